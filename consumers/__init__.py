@@ -1,0 +1,19 @@
+"""Consuming events from RabbitMQ and handing them to handlers."""
+
+from consumers.decoding import MalformedEventError, decode_event
+from consumers.event import Event, Handler
+from consumers.runtime import Outcome, SubscriptionConsumer
+from consumers.subscription import Subscription
+from consumers.topology import DELIVERY_LIMIT, declare_subscription_queue
+
+__all__ = [
+    "DELIVERY_LIMIT",
+    "Event",
+    "Handler",
+    "MalformedEventError",
+    "Outcome",
+    "Subscription",
+    "SubscriptionConsumer",
+    "declare_subscription_queue",
+    "decode_event",
+]

@@ -1,0 +1,109 @@
+"""Reading a CloudEvent out of any AMQP message that follows the contract.
+
+Binary mode with `ce-` (RabbitMQ binding), `cloudEvents_` or `cloudEvents:` (AMQP binding)
+header prefixes, and structured mode (`application/cloudevents+json` body).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from consumers.event import Event
+from producers import (
+    InvalidEventError,
+    event_from_json,
+    format_time,
+    is_json_content_type,
+    parse_time,
+    validate_attributes,
+)
+
+__all__ = ["MalformedEventError", "decode_event"]
+
+_PREFIXES = ("ce-", "cloudevents_", "cloudevents:")
+_STRUCTURED = "application/cloudevents+json"
+_KNOWN = frozenset(("id", "source", "type", "specversion", "time", "subject", "dataschema"))
+
+
+class MalformedEventError(ValueError):
+    """The message breaks the contract: it is dead-lettered with this reason, never dropped."""
+
+
+def decode_event(
+    headers: Mapping[str, Any] | None,
+    content_type: str | None,
+    body: bytes,
+    *,
+    correlation_id: str | None = None,
+    redelivered: bool = False,
+) -> Event:
+    try:
+        if content_type is not None and content_type.lower().startswith(_STRUCTURED):
+            structured = event_from_json(_load_json(body, "structured event body"))
+            attributes = dict(structured.attributes)
+            content_type, body = structured.datacontenttype, structured.data
+        else:
+            attributes = _binary_attributes(headers or {})
+            validate_attributes(attributes)
+    except InvalidEventError as error:
+        raise MalformedEventError(error.detail) from None
+    data: Any = body
+    if is_json_content_type(content_type):
+        data = _load_json(body, "data") if body else None
+    time = attributes.get("time")
+    return Event(
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        specversion=attributes["specversion"],
+        time=parse_time(time) if time is not None else None,
+        subject=attributes.get("subject"),
+        datacontenttype=content_type,
+        dataschema=attributes.get("dataschema"),
+        data=data,
+        extensions={k: v for k, v in attributes.items() if k not in _KNOWN},
+        correlation_id=correlation_id,
+        redelivered=redelivered,
+    )
+
+
+def _binary_attributes(headers: Mapping[str, Any]) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    for key, value in headers.items():
+        lowered = key.lower()
+        for prefix in _PREFIXES:
+            if lowered.startswith(prefix):
+                name = lowered[len(prefix) :]
+                if name != "datacontenttype":  # content_type is authoritative in binary mode
+                    attributes[name] = _header_string(name, value)
+                break
+    return attributes
+
+
+def _header_string(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            raise MalformedEventError(f"header for {name!r} is not UTF-8") from None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime):
+        # AMQP timestamps (the AMQP binding's `time`) arrive decoded as datetimes.
+        return format_time(value if value.tzinfo else value.replace(tzinfo=UTC))
+    raise MalformedEventError(f"header for {name!r} has an unsupported type {type(value).__name__}")
+
+
+def _load_json(body: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedEventError(f"{what} is not valid JSON") from None

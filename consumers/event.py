@@ -1,0 +1,36 @@
+"""What a handler receives: the handler's view of one CloudEvent, and the handler contract."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["Event", "Handler"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One CloudEvent as delivered to a handler.
+
+    `data` is the parsed JSON for JSON content types and the raw bytes otherwise.
+    `extensions` holds every other context attribute as its canonical string.
+    """
+
+    id: str
+    source: str
+    type: str
+    specversion: str
+    time: datetime | None = None
+    subject: str | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    data: Any = field(default=None, repr=False)
+    extensions: Mapping[str, str] = field(default_factory=dict)
+    correlation_id: str | None = None
+    redelivered: bool = False
+
+
+# async def handle(event: Event) -> None: returning acks the delivery; raising does not.
+Handler = Callable[[Event], Awaitable[None]]

@@ -1,0 +1,19 @@
+"""A subscription: which events, which handler, how much in parallel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consumers.event import Handler
+
+__all__ = ["Subscription"]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    name: str
+    events: tuple[str, ...]  # AMQP topic patterns over the event type
+    handler: Handler
+    handler_path: str  # "module:function", for logs and readiness
+    prefetch: int = 32
+    concurrency: int = 16

@@ -1,0 +1,45 @@
+"""Publishing events to RabbitMQ: the wire contract, the confirm-tracking publisher, a client."""
+
+from producers.client import EventClient
+from producers.event import SPECVERSION, OutgoingEvent, format_time, new_event
+from producers.formats import (
+    InvalidEventError,
+    event_from_json,
+    is_json_content_type,
+    parse_time,
+    validate_attributes,
+)
+from producers.publisher import (
+    AmqpPublisher,
+    BrokerUnavailableError,
+    Publisher,
+    PublishError,
+    PublishRejectedError,
+    PublishTimeoutError,
+)
+from producers.topology import Topology, declare_events_exchange
+from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message
+
+__all__ = [
+    "CE_HEADER_PREFIX",
+    "SPECVERSION",
+    "TRACEPARENT_HEADER",
+    "AmqpPublisher",
+    "BrokerUnavailableError",
+    "EventClient",
+    "InvalidEventError",
+    "OutgoingEvent",
+    "PublishError",
+    "PublishRejectedError",
+    "PublishTimeoutError",
+    "Publisher",
+    "Topology",
+    "declare_events_exchange",
+    "event_from_json",
+    "format_time",
+    "is_json_content_type",
+    "new_event",
+    "parse_time",
+    "to_amqp_message",
+    "validate_attributes",
+]

@@ -1,0 +1,129 @@
+"""Publishing with publisher confirms: an event counts as published only once RabbitMQ acked it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import aiormq.exceptions
+from aio_pika.abc import AbstractExchange
+from aio_pika.exceptions import DeliveryError
+from pamqp.commands import Basic
+
+from producers.event import OutgoingEvent
+from producers.wire import to_amqp_message
+
+__all__ = [
+    "AmqpPublisher",
+    "BrokerUnavailableError",
+    "PublishError",
+    "PublishRejectedError",
+    "PublishTimeoutError",
+    "Publisher",
+]
+
+
+class PublishError(Exception):
+    """The broker did not take responsibility for the event; the caller must not say yes."""
+
+    reason = "publish-failed"
+
+
+class BrokerUnavailableError(PublishError):
+    reason = "broker-unavailable"
+
+
+class PublishTimeoutError(PublishError):
+    reason = "publish-timeout"
+
+
+class PublishRejectedError(PublishError):
+    """RabbitMQ nacked the message or returned it as unroutable."""
+
+    reason = "publish-rejected"
+
+
+class Publisher(Protocol):
+    async def publish(
+        self,
+        event: OutgoingEvent,
+        *,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        """Return once the broker confirmed the event; raise PublishError otherwise."""
+        ...
+
+
+class _Detached:
+    """Publisher state before the broker connection exists: every use fails loudly."""
+
+    def exchange(self) -> AbstractExchange:
+        raise BrokerUnavailableError("not connected to RabbitMQ yet")
+
+
+class _Attached:
+    def __init__(self, exchange: AbstractExchange) -> None:
+        self._exchange = exchange
+
+    def exchange(self) -> AbstractExchange:
+        return self._exchange
+
+
+# What aiormq raises when the connection or channel goes away under a publish.
+_CONNECTION_FAILURES = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
+
+
+class AmqpPublisher:
+    """Publishes to the events exchange on a confirm-mode channel, many publishes in flight.
+
+    The channel belongs to a robust connection, so after a reconnect the same exchange object
+    publishes again; a publish caught by the outage fails and is never retried here, because a
+    lost confirm does not mean a lost message and the caller decides (the ingress answers 503).
+    """
+
+    def __init__(self, *, timeout: float) -> None:
+        self._timeout = timeout
+        self._state: _Detached | _Attached = _Detached()
+        self._in_flight = 0
+
+    def attach(self, exchange: AbstractExchange) -> None:
+        self._state = _Attached(exchange)
+
+    def detach(self) -> None:
+        self._state = _Detached()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def publish(
+        self,
+        event: OutgoingEvent,
+        *,
+        correlation_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        exchange = self._state.exchange()
+        message = to_amqp_message(event, correlation_id=correlation_id, traceparent=traceparent)
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                confirmation = await exchange.publish(
+                    message, routing_key=event.type, mandatory=True
+                )
+        except TimeoutError:
+            raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None
+        except DeliveryError:
+            raise PublishRejectedError("RabbitMQ nacked the message") from None
+        except _CONNECTION_FAILURES as error:
+            raise BrokerUnavailableError(f"connection lost: {type(error).__name__}") from None
+        finally:
+            self._in_flight -= 1
+        if not isinstance(confirmation, Basic.Ack):
+            # A basic.return: not even the alternate exchange could route it.
+            raise PublishRejectedError("RabbitMQ returned the message as unroutable")

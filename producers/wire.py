@@ -1,0 +1,40 @@
+"""The AMQP contract: a CloudEvent in binary mode as the CloudEvents RabbitMQ binding writes it.
+
+Every attribute but `datacontenttype` becomes a `ce-`-prefixed string header, `datacontenttype`
+becomes the AMQP `content_type`, the body is the event data; `message_id` is the event id and the
+routing key the event type. Consumers also read `cloudEvents_`/`cloudEvents:` prefixes and
+structured mode, so any AMQP publisher can feed conveyor.
+"""
+
+from __future__ import annotations
+
+from aio_pika import DeliveryMode, Message
+
+from producers.event import OutgoingEvent
+
+__all__ = ["CE_HEADER_PREFIX", "TRACEPARENT_HEADER", "to_amqp_message"]
+
+CE_HEADER_PREFIX = "ce-"
+TRACEPARENT_HEADER = "traceparent"
+
+
+def to_amqp_message(
+    event: OutgoingEvent,
+    *,
+    correlation_id: str | None = None,
+    traceparent: str | None = None,
+) -> Message:
+    headers: dict[str, str] = {
+        CE_HEADER_PREFIX + name: value for name, value in event.attributes.items()
+    }
+    if traceparent is not None:
+        headers[TRACEPARENT_HEADER] = traceparent
+    return Message(
+        event.data,
+        headers=headers,  # type: ignore[arg-type]  # aio-pika's header type is invariant over str values
+        content_type=event.datacontenttype,
+        message_id=event.id,
+        correlation_id=correlation_id,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        app_id="conveyor",
+    )

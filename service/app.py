@@ -1,0 +1,58 @@
+"""Assembling the aiohttp application: routes for the role, and the broker link in cleanup_ctx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from aiohttp import web
+
+from consumers import Subscription
+from producers import AmqpPublisher
+from service.broker import BrokerLink
+from service.health import livez, readyz
+from service.ingress import ingest, problems_middleware
+from service.keys import LIFECYCLE, LINK, PUBLISHER, SETTINGS, SUBSCRIPTIONS, Lifecycle
+from service.settings import Settings
+
+__all__ = ["build_app"]
+
+
+def build_app(
+    settings: Settings,
+    subscriptions: Sequence[Subscription] = (),
+    *,
+    max_backoff: float = 15.0,
+) -> web.Application:
+    """The whole process as an aiohttp app; nothing connects until the app starts."""
+    app = web.Application(
+        middlewares=[problems_middleware], client_max_size=settings.max_body_bytes
+    )
+    publisher = (
+        AmqpPublisher(timeout=settings.publish_timeout) if settings.role.runs_ingress else None
+    )
+    worker_subscriptions = tuple(subscriptions) if settings.role.runs_workers else ()
+    app[SETTINGS] = settings
+    app[SUBSCRIPTIONS] = worker_subscriptions
+    app[LIFECYCLE] = Lifecycle()
+    app[LINK] = BrokerLink(
+        settings,
+        publisher=publisher,
+        subscriptions=worker_subscriptions,
+        max_backoff=max_backoff,
+    )
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    if publisher is not None:
+        app[PUBLISHER] = publisher
+        app.router.add_post("/v1/events", ingest)
+    app.cleanup_ctx.append(_broker_link)
+    return app
+
+
+async def _broker_link(app: web.Application) -> AsyncIterator[None]:
+    link = app[LINK]
+    link.start()
+    yield
+    # By now the listener is closed and in-flight requests have finished (aiohttp's runner
+    # waits for them before cleanup), so only the consumers are left to drain.
+    await link.close()

@@ -1,0 +1,157 @@
+"""The link to RabbitMQ: connect in the background, declare, attach the publisher and consumers.
+
+The process starts whether or not the broker answers; until it does, /readyz is 503 and the
+ingress answers 503. Connection attempts back off with jitter (tenacity) and never give up.
+Once connected, aio-pika's robust connection restores channels, bindings and consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aio_pika
+import aiormq.exceptions
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from consumers import Subscription, SubscriptionConsumer, declare_subscription_queue
+from producers import AmqpPublisher, Topology, declare_events_exchange
+from service.settings import Settings
+
+__all__ = ["BrokerLink", "LinkStatus"]
+
+_log = structlog.get_logger(component="broker")
+# Failures worth another attempt: the broker is away, or refused what we declared (an operator
+# may fix a conflicting queue while we wait; /readyz shows the reason meanwhile).
+_RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError)
+HEARTBEAT_SECONDS = 15
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatus:
+    connected: bool
+    problem: str | None  # why the link is not up, when it is not
+
+
+class BrokerLink:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publisher: AmqpPublisher | None,
+        subscriptions: Sequence[Subscription],
+        max_backoff: float = 15.0,
+    ) -> None:
+        self._settings = settings
+        self._topology = Topology(settings.namespace)
+        self._publisher = publisher
+        self._subscriptions = tuple(subscriptions)
+        self._max_backoff = max_backoff
+        self._connection: AbstractRobustConnection | None = None
+        self._problem: str | None = "connecting"
+        self._task: asyncio.Task[None] | None = None
+        self.consumers: list[SubscriptionConsumer] = []
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._establish(), name="conveyor-broker-link")
+
+    def status(self) -> LinkStatus:
+        connection = self._connection
+        if connection is None or self._problem is not None:
+            return LinkStatus(connected=False, problem=self._problem or "connecting")
+        if connection.is_closed or not connection.connected.is_set():
+            return LinkStatus(connected=False, problem="reconnecting")
+        return LinkStatus(connected=True, problem=None)
+
+    def missing_subscriptions(self) -> list[str]:
+        started = {consumer.subscription.name for consumer in self.consumers}
+        return [s.name for s in self._subscriptions if s.name not in started]
+
+    async def _establish(self) -> None:
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.5, max=self._max_backoff),
+            retry=retry_if_exception_type(_RETRYABLE),
+            before_sleep=self._note_failure,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._connect_once()
+        self._problem = None
+        _log.info("broker link up", url=self._settings.amqp_url_redacted)
+
+    def _note_failure(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        self._problem = f"{type(error).__name__}: {error}"[:300] if error else "unknown"
+        _log.warning(
+            "broker not reachable yet; retrying",
+            url=self._settings.amqp_url_redacted,
+            attempt=state.attempt_number,
+            error=self._problem,
+        )
+
+    async def _connect_once(self) -> None:
+        connection = await aio_pika.connect_robust(
+            self._settings.amqp_url,
+            timeout=10,
+            heartbeat=HEARTBEAT_SECONDS,
+            client_properties={"connection_name": f"conveyor {self._settings.role.value}"},
+        )
+        try:
+            await self._declare_and_attach(connection)
+        except BaseException:
+            await self._abandon(connection)
+            raise
+        self._connection = connection
+
+    async def _declare_and_attach(self, connection: AbstractRobustConnection) -> None:
+        # The events exchange is declared by every role: consumers bind to it. This channel stays
+        # open so that a reconnect to a wiped broker re-declares the exchanges before the queues.
+        setup = await connection.channel()
+        exchange = await declare_events_exchange(setup, self._topology)
+        if self._publisher is not None:
+            publishing = await connection.channel(publisher_confirms=True)
+            self._publisher.attach(await publishing.get_exchange(exchange.name, ensure=False))
+        consumers = []
+        for subscription in self._subscriptions:
+            channel = await connection.channel()
+            queue = await declare_subscription_queue(channel, self._topology, subscription)
+            consumer = SubscriptionConsumer(subscription, channel, queue)
+            await consumer.start()
+            consumers.append(consumer)
+            _log.info(
+                "consuming",
+                subscription=subscription.name,
+                queue=queue.name,
+                prefetch=subscription.prefetch,
+                concurrency=subscription.concurrency,
+            )
+        self.consumers = consumers
+
+    async def _abandon(self, connection: AbstractRobustConnection) -> None:
+        if self._publisher is not None:
+            self._publisher.detach()
+        self.consumers = []
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+    async def close(self) -> None:
+        """Drain consumers (handlers get the shutdown timeout), then close the connection."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, *_RETRYABLE):
+                await self._task
+        await asyncio.gather(
+            *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers)
+        )
+        if self._publisher is not None:
+            self._publisher.detach()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+        self._problem = "closed"

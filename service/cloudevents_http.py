@@ -1,0 +1,146 @@
+"""CloudEvents over HTTP: turning a request's content type, headers and body into events.
+
+Pure functions, no I/O: structured, binary and batch modes of the CloudEvents HTTP binding,
+plus plain `application/json` where conveyor fills in id, source, specversion and time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from producers import (
+    SPECVERSION,
+    InvalidEventError,
+    OutgoingEvent,
+    event_from_json,
+    format_time,
+    validate_attributes,
+)
+
+__all__ = [
+    "ACCEPTED_CONTENT_TYPES",
+    "BatchTooLargeError",
+    "MalformedJsonError",
+    "ParsedBatch",
+    "ParsedSingle",
+    "UnsupportedMediaTypeError",
+    "parse_request",
+]
+
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+PLAIN_JSON = "application/json"
+ACCEPTED_CONTENT_TYPES = (STRUCTURED, BATCH, PLAIN_JSON, "any type with ce-* headers (binary)")
+DEFAULT_SOURCE = "/conveyor/ingress"
+_CE_HEADER = "ce-"
+
+
+class UnsupportedMediaTypeError(ValueError):
+    pass
+
+
+class MalformedJsonError(ValueError):
+    pass
+
+
+class BatchTooLargeError(ValueError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a batch holds at most {limit} events (CONVEYOR_MAX_BATCH_EVENTS)")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSingle:
+    event: OutgoingEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBatch:
+    """One entry per array element, in order: the event, or why that entry is invalid."""
+
+    entries: tuple[OutgoingEvent | InvalidEventError, ...]
+
+
+def parse_request(
+    content_type: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    max_batch_events: int,
+) -> ParsedSingle | ParsedBatch:
+    """Events from one request.
+
+    Raise InvalidEventError, MalformedJsonError, UnsupportedMediaTypeError or BatchTooLargeError.
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == STRUCTURED:
+        return ParsedSingle(event_from_json(_load(body)))
+    if media == BATCH:
+        return _parse_batch(_load(body), max_batch_events)
+    if "ce-specversion" in headers:
+        return ParsedSingle(_parse_binary(content_type, headers, body))
+    if media == PLAIN_JSON:
+        return ParsedSingle(_parse_plain(_load(body)))
+    shown = media or "no Content-Type"
+    raise UnsupportedMediaTypeError(
+        f"{shown} is not accepted; send one of: {', '.join(ACCEPTED_CONTENT_TYPES)}"
+    )
+
+
+def _load(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise MalformedJsonError(f"the body is not valid JSON: {error}") from None
+
+
+def _parse_batch(document: Any, limit: int) -> ParsedBatch:
+    if not isinstance(document, list):
+        raise InvalidEventError("a batch must be a JSON array of structured events")
+    if not document:
+        raise InvalidEventError("a batch must hold at least one event")
+    if len(document) > limit:
+        raise BatchTooLargeError(limit)
+    entries: list[OutgoingEvent | InvalidEventError] = []
+    for element in document:
+        try:
+            entries.append(event_from_json(element))
+        except InvalidEventError as error:
+            entries.append(error)
+    return ParsedBatch(tuple(entries))
+
+
+def _parse_binary(
+    content_type: str | None, headers: Mapping[str, str], body: bytes
+) -> OutgoingEvent:
+    # The HTTP binding percent-encodes attribute values in headers; decode them back.
+    attributes = {
+        name[len(_CE_HEADER) :]: unquote(value)
+        for name, value in headers.items()
+        if name.startswith(_CE_HEADER)
+    }
+    attributes.pop("datacontenttype", None)  # Content-Type is the authority in binary mode
+    validate_attributes(attributes)
+    return OutgoingEvent(attributes=attributes, datacontenttype=content_type, data=body)
+
+
+def _parse_plain(document: Any) -> OutgoingEvent:
+    if not isinstance(document, dict):
+        raise InvalidEventError("the body must be a JSON object with at least 'type'")
+    if "type" not in document:
+        raise InvalidEventError("required attribute 'type' is missing", "type")
+    filled: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "source": DEFAULT_SOURCE,
+        "specversion": SPECVERSION,
+        "time": format_time(datetime.now(UTC)),
+    }
+    filled.update(document)
+    return event_from_json(filled)

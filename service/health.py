@@ -1,0 +1,35 @@
+"""GET /livez (the loop answers) and GET /readyz (the broker link and every consumer are up)."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from service.keys import LIFECYCLE, LINK
+
+__all__ = ["livez", "readyz"]
+
+
+async def livez(_request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"alive"}', content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    link = request.app[LINK]
+    checks: dict[str, str] = {}
+    if request.app[LIFECYCLE].draining:
+        checks["lifecycle"] = "shutting down"
+    status = link.status()
+    checks["broker"] = "connected" if status.connected else f"not connected: {status.problem}"
+    if status.connected:
+        for consumer in link.consumers:
+            attached = await consumer.attached()
+            key = f"subscription:{consumer.subscription.name}"
+            checks[key] = "consuming" if attached else "consumer not attached"
+        for name in link.missing_subscriptions():
+            checks[f"subscription:{name}"] = "consumer not started"
+    missing = [name for name, state in checks.items() if state not in ("connected", "consuming")]
+    document = {"status": "not ready" if missing else "ready", "checks": checks, "missing": missing}
+    return web.Response(
+        status=503 if missing else 200, body=orjson.dumps(document), content_type="application/json"
+    )

@@ -1,0 +1,212 @@
+"""POST /v1/events: accept CloudEvents over HTTP, answer 202 only once RabbitMQ confirmed them.
+
+Errors become problem+json in one place, `problem_for` (domain errors) and the middleware
+(everything else, including aiohttp's own 404/405/413).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+import structlog
+from aiohttp import web
+
+from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
+from service.cloudevents_http import (
+    BatchTooLargeError,
+    MalformedJsonError,
+    ParsedSingle,
+    UnsupportedMediaTypeError,
+    parse_request,
+)
+from service.keys import PUBLISHER, SETTINGS
+from service.problems import Problem, problem_response
+
+__all__ = ["ingest", "problems_middleware"]
+
+_log = structlog.get_logger(component="ingress")
+CORRELATION_HEADER = "X-Correlation-ID"
+_CORRELATION = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+RETRY_AFTER_SECONDS = "2"
+
+
+class UnauthorizedError(Exception):
+    pass
+
+
+def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case per error kind
+    """The one mapping from a domain error to the answer the client gets."""
+    match error:
+        case InvalidEventError(attribute=attribute):
+            extra = {"attribute": attribute} if attribute else {}
+            return Problem(400, "invalid-event", "Invalid CloudEvent", str(error), extra)
+        case MalformedJsonError():
+            return Problem(400, "malformed-json", "Malformed JSON", str(error))
+        case UnsupportedMediaTypeError():
+            return Problem(415, "unsupported-media-type", "Unsupported media type", str(error))
+        case BatchTooLargeError(limit=limit):
+            return Problem(413, "batch-too-large", "Batch too large", str(error), {"limit": limit})
+        case UnauthorizedError():
+            return Problem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                str(error),
+                headers={"WWW-Authenticate": 'Bearer realm="conveyor"'},
+            )
+        case PublishError(reason=reason):
+            return Problem(
+                503,
+                reason,
+                "Broker unavailable",
+                f"the event was not accepted: {error}; retry later",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+    return None
+
+
+@web.middleware
+async def problems_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:  # noqa: PLR2004 - redirects and successes pass through
+            raise
+        max_body = request.app[SETTINGS].max_body_bytes
+        detail = (
+            f"the body is larger than {max_body} bytes (CONVEYOR_MAX_BODY_BYTES)"
+            if isinstance(error, web.HTTPRequestEntityTooLarge)
+            else error.text or error.reason
+        )
+        slug = error.reason.lower().replace(" ", "-")
+        headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+        return problem_response(Problem(error.status, slug, error.reason, detail, headers=headers))
+    except Exception as error:  # noqa: BLE001 - the one place any error becomes a problem body
+        problem = problem_for(error)
+        if problem is not None:
+            return problem_response(problem)
+        _log.exception("unhandled error in request", path=request.path)
+        return problem_response(
+            Problem(500, "internal-error", "Internal error", "the request failed unexpectedly")
+        )
+
+
+def _authorize(request: web.Request, keys: frozenset[str]) -> None:
+    if not keys:
+        return
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
+    # Compare against every key in constant time so timing does not reveal a partial match.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented.encode(), key.encode())
+    if scheme.lower() != "bearer" or not presented or not matched:
+        raise UnauthorizedError(
+            "send 'Authorization: Bearer <key>' with a key from CONVEYOR_API_KEYS"
+        )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    # client_max_size (set to the same limit) stops a chunked body that grows past it.
+    return await request.read()
+
+
+def _correlation_id(request: web.Request) -> str:
+    presented = request.headers.get(CORRELATION_HEADER, "")
+    return presented if _CORRELATION.match(presented) else str(uuid.uuid4())
+
+
+async def ingest(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    _authorize(request, settings.api_keys)
+    body = await _read_body(request, settings.max_body_bytes)
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    parsed = parse_request(
+        request.headers.get("Content-Type"),
+        headers,
+        body,
+        max_batch_events=settings.max_batch_events,
+    )
+    correlation_id = _correlation_id(request)
+    traceparent = request.headers.get("traceparent", "").strip().lower()
+    publish = _Publication(request.app[PUBLISHER], correlation_id, traceparent or None)
+    response_headers = {CORRELATION_HEADER: correlation_id}
+    if isinstance(parsed, ParsedSingle):
+        await publish(parsed.event)  # a PublishError becomes the 503 problem
+        return _json(202, {"id": parsed.event.id}, response_headers)
+    outcomes = await asyncio.gather(
+        *(
+            publish.settled(entry) if isinstance(entry, OutgoingEvent) else _failed(entry)
+            for entry in parsed.entries
+        )
+    )
+    results = [
+        {"id": outcome.id} if isinstance(outcome, OutgoingEvent) else {"error": outcome.body()}
+        for outcome in outcomes
+    ]
+    failures = [outcome for outcome in outcomes if isinstance(outcome, Problem)]
+    status = _batch_status(len(outcomes), failures)
+    if status == 503:  # noqa: PLR2004 - the status that tells a client to retry
+        response_headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return _json(status, {"results": results}, response_headers)
+
+
+def _batch_status(total: int, failures: list[Problem]) -> int:
+    """202 when every entry was accepted; one shared status when all failed alike; else 207."""
+    if not failures:
+        return 202
+    statuses = {failure.status for failure in failures}
+    if len(failures) == total and len(statuses) == 1:
+        return statuses.pop()
+    return 207
+
+
+async def _failed(error: InvalidEventError) -> Problem:
+    problem = problem_for(error)
+    assert problem is not None  # noqa: S101 - problem_for maps every InvalidEventError
+    return problem
+
+
+class _Publication:
+    def __init__(self, publisher: Publisher, correlation_id: str, traceparent: str | None) -> None:
+        self._publisher = publisher
+        self._correlation_id = correlation_id
+        self._traceparent = traceparent if traceparent and _TRACEPARENT.match(traceparent) else None
+
+    async def __call__(self, event: OutgoingEvent) -> None:
+        with structlog.contextvars.bound_contextvars(
+            event_id=event.id, event_type=event.type, correlation_id=self._correlation_id
+        ):
+            try:
+                await self._publisher.publish(
+                    event, correlation_id=self._correlation_id, traceparent=self._traceparent
+                )
+            except PublishError as error:
+                _log.warning("event not accepted", reason=error.reason, error=str(error))
+                raise
+            _log.debug("event accepted")
+
+    async def settled(self, event: OutgoingEvent) -> OutgoingEvent | Problem:
+        try:
+            await self(event)
+        except PublishError as error:
+            problem = problem_for(error)
+            assert problem is not None  # noqa: S101 - problem_for maps every PublishError
+            return problem
+        return event
+
+
+def _json(status: int, document: object, headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(document), content_type="application/json", headers=headers
+    )

@@ -1,0 +1,28 @@
+"""Typed application keys: what the aiohttp app holds, assembled in service.app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from consumers import Subscription
+from producers import Publisher
+from service.broker import BrokerLink
+from service.settings import Settings
+
+__all__ = ["LIFECYCLE", "LINK", "PUBLISHER", "SETTINGS", "SUBSCRIPTIONS", "Lifecycle"]
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Set when SIGTERM arrives: /readyz turns 503 before the listener closes."""
+
+    draining: bool = False
+
+
+SETTINGS = web.AppKey("settings", Settings)
+PUBLISHER = web.AppKey("publisher", Publisher)
+LINK = web.AppKey("link", BrokerLink)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])

@@ -1,0 +1,246 @@
+"""Settings: one frozen object, built once from the environment at the entry point."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from yarl import URL
+
+__all__ = [
+    "LogFormat",
+    "Role",
+    "SettingError",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+    "redact_url",
+]
+
+PREFIX = "CONVEYOR_"
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+class SettingError(ValueError):
+    """A setting has a value the service cannot use; the message names it and what it accepts."""
+
+    def __init__(self, name: str, accepts: str, got: str | None = None) -> None:
+        self.name = name
+        self.accepts = accepts
+        shown = "" if got is None else f" (got {got!r})"
+        super().__init__(f"{name}: expected {accepts}{shown}")
+
+
+class Role(enum.StrEnum):
+    """Which halves of the pipeline this process runs."""
+
+    ALL = "all"
+    INGRESS = "ingress"
+    WORKER = "worker"
+
+    @property
+    def runs_ingress(self) -> bool:
+        return self in (Role.ALL, Role.INGRESS)
+
+    @property
+    def runs_workers(self) -> bool:
+        return self in (Role.ALL, Role.WORKER)
+
+
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    amqp_url: str = field(default="amqp://guest:guest@localhost:5672/", repr=False)
+    # A service in a container listens on every interface.
+    http_host: str = "0.0.0.0"  # noqa: S104
+    http_port: int = 8080
+    config_path: Path | None = None
+    namespace: str = "conveyor"
+    role: Role = Role.ALL
+    log_format: LogFormat = LogFormat.JSON
+    log_level: str = "info"
+    max_body_bytes: int = 1024 * 1024
+    max_batch_events: int = 1000
+    publish_timeout: float = 5.0
+    shutdown_timeout: float = 30.0
+    drain_delay: float = 0.0
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @property
+    def amqp_url_redacted(self) -> str:
+        return redact_url(self.amqp_url)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    name: str
+    default: str
+    help: str
+
+
+SETTINGS_HELP: tuple[SettingDoc, ...] = (
+    SettingDoc(
+        "AMQP_URL", "amqp://guest:guest@localhost:5672/", "RabbitMQ URL (amqp:// or amqps://)"
+    ),
+    SettingDoc("HTTP_HOST", "0.0.0.0", "address the HTTP ingress listens on"),  # noqa: S104 - documents the default
+    SettingDoc("HTTP_PORT", "8080", "port of the HTTP ingress, 0-65535"),
+    SettingDoc("CONFIG", "(none)", "path of a TOML file with [[subscriptions]]"),
+    SettingDoc("NAMESPACE", "conveyor", "prefix of every exchange and queue: [a-z0-9][a-z0-9_-]*"),
+    SettingDoc("ROLE", "all", "all | ingress | worker"),
+    SettingDoc("LOG_FORMAT", "json", "json | console"),
+    SettingDoc("LOG_LEVEL", "info", "debug | info | warning | error | critical"),
+    SettingDoc("MAX_BODY_BYTES", "1048576", "largest accepted HTTP body in bytes"),
+    SettingDoc("MAX_BATCH_EVENTS", "1000", "most events in one batch request"),
+    SettingDoc("PUBLISH_TIMEOUT", "5s", "longest wait for RabbitMQ's confirm before a 503"),
+    SettingDoc("SHUTDOWN_TIMEOUT", "30s", "time running handlers get to finish on SIGTERM"),
+    SettingDoc("DRAIN_DELAY", "0s", "time /readyz answers 503 before the listener closes"),
+    SettingDoc("API_KEYS", "(none)", "comma-separated keys; when set, ingest needs a Bearer key"),
+)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '250ms', '5s', '1.5m', '2h' or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, fit for a log line."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parsed.password is None:
+        return str(parsed)
+    return str(parsed.with_password("***"))
+
+
+_DEFAULTS = Settings()
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from CONVEYOR_* variables; raise SettingError naming the first bad one."""
+    reader = _Reader(environ)
+    return Settings(
+        amqp_url=reader.amqp_url("AMQP_URL", _DEFAULTS.amqp_url),
+        http_host=reader.text("HTTP_HOST", _DEFAULTS.http_host),
+        http_port=reader.integer("HTTP_PORT", _DEFAULTS.http_port, low=0, high=65535),
+        config_path=reader.path("CONFIG"),
+        namespace=reader.namespace("NAMESPACE", _DEFAULTS.namespace),
+        role=reader.choice("ROLE", Role, _DEFAULTS.role),
+        log_format=reader.choice("LOG_FORMAT", LogFormat, _DEFAULTS.log_format),
+        log_level=reader.level("LOG_LEVEL", _DEFAULTS.log_level),
+        max_body_bytes=reader.integer("MAX_BODY_BYTES", _DEFAULTS.max_body_bytes, low=1),
+        max_batch_events=reader.integer("MAX_BATCH_EVENTS", _DEFAULTS.max_batch_events, low=1),
+        publish_timeout=reader.duration("PUBLISH_TIMEOUT", _DEFAULTS.publish_timeout),
+        shutdown_timeout=reader.duration("SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout),
+        drain_delay=reader.duration("DRAIN_DELAY", _DEFAULTS.drain_delay, allow_zero=True),
+        api_keys=reader.keys("API_KEYS"),
+    )
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(PREFIX + name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def amqp_url(self, name: str, default: str) -> str:
+        raw = self._raw(name) or default
+        try:
+            url = URL(raw)
+        except ValueError:
+            url = None
+        if url is None or url.scheme not in ("amqp", "amqps") or not url.host:
+            # Never echo the value: it may hold the broker password.
+            raise SettingError(PREFIX + name, "an amqp:// or amqps:// URL with a host")
+        return raw
+
+    def integer(self, name: str, default: int, *, low: int, high: int | None = None) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        bounds = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingError(PREFIX + name, bounds, raw) from None
+        if value < low or (high is not None and value > high):
+            raise SettingError(PREFIX + name, bounds, raw)
+        return value
+
+    def duration(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        accepts = "a duration such as 500ms, 5s, 2m (a bare number is seconds)"
+        try:
+            value = parse_duration(raw)
+        except ValueError:
+            raise SettingError(PREFIX + name, accepts, raw) from None
+        if value <= 0 and not allow_zero:
+            raise SettingError(PREFIX + name, "a duration above zero", raw)
+        return value
+
+    def path(self, name: str) -> Path | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        path = Path(raw)
+        if not path.is_file():
+            raise SettingError(PREFIX + name, "the path of a readable TOML file", raw)
+        return path
+
+    def namespace(self, name: str, default: str) -> str:
+        raw = self._raw(name) or default
+        if not NAMESPACE_PATTERN.match(raw):
+            raise SettingError(
+                PREFIX + name, "1-64 characters of a-z, 0-9, '_' or '-', starting alphanumeric", raw
+            )
+        return raw
+
+    def choice(self, name: str, kind: type[_E], default: _E) -> _E:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            return kind(raw.lower())
+        except ValueError:
+            accepts = "one of " + ", ".join(member.value for member in kind)
+            raise SettingError(PREFIX + name, accepts, raw) from None
+
+    def level(self, name: str, default: str) -> str:
+        raw = (self._raw(name) or default).lower()
+        if raw not in LOG_LEVELS:
+            raise SettingError(PREFIX + name, "one of " + ", ".join(LOG_LEVELS), raw)
+        return raw
+
+    def keys(self, name: str) -> frozenset[str]:
+        raw = self._raw(name)
+        if raw is None:
+            return frozenset()
+        keys = frozenset(key.strip() for key in raw.split(",") if key.strip())
+        if not keys:
+            raise SettingError(PREFIX + name, "comma-separated non-empty keys")
+        return keys

@@ -1,0 +1,105 @@
+"""Reading `[[subscriptions]]` from the TOML file named by CONVEYOR_CONFIG."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, cast
+
+from consumers import Handler, Subscription
+from service.settings import SettingError
+
+__all__ = ["load_subscriptions", "resolve_handler"]
+
+SETTING = "CONVEYOR_CONFIG"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+# AMQP topic pattern: dot-separated words, each '*', '#' or characters other than '.'.
+_PATTERN_WORD = re.compile(r"^(\*|#|[^.*#\s]+)$")
+MAX_PATTERN_LENGTH = 255
+_KEYS = frozenset(("name", "events", "handler", "prefetch", "concurrency"))
+MAX_PREFETCH = 10_000
+
+
+def load_subscriptions(path: Path) -> tuple[Subscription, ...]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise SettingError(SETTING, f"a readable TOML file ({error})") from None
+    entries = document.get("subscriptions", [])
+    if not isinstance(entries, list):
+        raise SettingError(SETTING, "[[subscriptions]] tables")
+    subscriptions = tuple(_subscription(index, entry) for index, entry in enumerate(entries))
+    names = [subscription.name for subscription in subscriptions]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SettingError(SETTING, f"unique subscription names; repeated: {', '.join(duplicates)}")
+    return subscriptions
+
+
+def _subscription(index: int, entry: Any) -> Subscription:
+    where = f"subscriptions[{index}]"
+    if not isinstance(entry, dict):
+        raise SettingError(SETTING, f"{where} to be a table")
+    unknown = sorted(set(entry) - _KEYS)
+    if unknown:
+        raise SettingError(SETTING, f"{where} keys among {sorted(_KEYS)}; unknown: {unknown}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name))
+    where = f"subscriptions[{index}] ({name})"
+    events = entry.get("events")
+    if (
+        not isinstance(events, list)
+        or not events
+        or not all(isinstance(pattern, str) and _valid_pattern(pattern) for pattern in events)
+    ):
+        raise SettingError(
+            SETTING, f"{where}.events as a non-empty list of topic patterns such as 'user.*'"
+        )
+    handler_path = entry.get("handler")
+    if not isinstance(handler_path, str):
+        raise SettingError(SETTING, f"{where}.handler as 'module:function'")
+    handler = resolve_handler(handler_path, where)
+    prefetch = _positive(entry, "prefetch", 32, where)
+    concurrency = _positive(entry, "concurrency", 16, where)
+    if concurrency > prefetch:
+        raise SettingError(SETTING, f"{where}.concurrency no larger than prefetch ({prefetch})")
+    return Subscription(
+        name=name,
+        events=tuple(events),
+        handler=handler,
+        handler_path=handler_path,
+        prefetch=prefetch,
+        concurrency=concurrency,
+    )
+
+
+def _valid_pattern(pattern: str) -> bool:
+    return 0 < len(pattern) <= MAX_PATTERN_LENGTH and all(
+        _PATTERN_WORD.match(w) for w in pattern.split(".")
+    )
+
+
+def _positive(entry: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREFETCH:
+        raise SettingError(SETTING, f"{where}.{key} as an integer from 1 to {MAX_PREFETCH}")
+    return value
+
+
+def resolve_handler(path: str, where: str = "handler") -> Handler:
+    """Import 'package.module:function' and check it is an async function of one argument."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise SettingError(SETTING, f"{where}.handler as 'module:function'", path)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise SettingError(SETTING, f"{where}.handler importable ({error})", path) from None
+    handler = getattr(module, attribute, None)
+    if not inspect.iscoroutinefunction(handler):
+        raise SettingError(SETTING, f"{where}.handler naming an async function", path)
+    return cast("Handler", handler)
