@@ -6,6 +6,7 @@ header prefixes, and structured mode (`application/cloudevents+json` body).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -51,9 +52,13 @@ def decode_event(
             validate_attributes(attributes)
     except InvalidEventError as error:
         raise MalformedEventError(error.detail) from None
-    data: Any = body
-    if is_json_content_type(content_type):
-        data = _load_json(body, "data") if body else None
+    data: Any = body or None
+    if body and is_json_content_type(content_type):
+        data = _load_json(body, "data")
+    elif body and content_type is None:
+        # No content type: JSON when it parses (the CloudEvents SDKs' default), else bytes.
+        with contextlib.suppress(orjson.JSONDecodeError):
+            data = orjson.loads(body)
     time = attributes.get("time")
     return Event(
         id=attributes["id"],

@@ -1,0 +1,1 @@
+"""Example handlers and subscriptions used by `make run`."""

@@ -1,0 +1,20 @@
+"""Example handlers: what a subscription's `handler = "examples.handlers:<name>"` points at."""
+
+from __future__ import annotations
+
+import structlog
+
+from consumers import Event
+
+_log = structlog.get_logger(component="examples")
+
+
+async def send_welcome(event: Event) -> None:
+    """Pretend to send a welcome email to the user who signed up."""
+    user = event.data.get("email", "someone") if isinstance(event.data, dict) else "someone"
+    _log.info("welcome email sent", to=user)
+
+
+async def record_order(event: Event) -> None:
+    """Pretend to store an order event; raising here would requeue once, then dead-letter."""
+    _log.info("order recorded", subject=event.subject, data=event.data)

@@ -1,0 +1,207 @@
+"""Fixtures shared by every test: the broker to talk to, a namespace per test, conveyor in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from consumers import Handler, Subscription
+from producers import Topology
+from service import Settings, build_app
+from tests.support.waiting import eventually
+
+BROKER_HELP = (
+    "These tests need a real RabbitMQ and found none. Either set CONVEYOR_TEST_AMQP_URL, "
+    "start one on localhost:5672 (`rabbitmq-server -detached`, or "
+    "`docker run -d -p 5672:5672 rabbitmq:3.13`), or make a Docker engine available for "
+    "testcontainers."
+)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """CONVEYOR_TEST_AMQP_URL, else a broker on localhost:5672, else testcontainers; else fail."""
+    configured = os.environ.get("CONVEYOR_TEST_AMQP_URL")
+    if configured:
+        yield configured
+        return
+    if _answers("127.0.0.1", 5672):
+        yield "amqp://guest:guest@127.0.0.1:5672/"
+        return
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer  # noqa: PLC0415 - only when needed
+
+        container = RabbitMqContainer("rabbitmq:3.13").start()
+    except Exception as error:  # noqa: BLE001 - any failure here means: no broker to be had
+        pytest.fail(f"{BROKER_HELP} (testcontainers: {type(error).__name__}: {error})")
+    try:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(5672)
+        yield f"amqp://guest:guest@{host}:{port}/"
+    finally:
+        container.stop()
+
+
+@dataclass
+class Namespace:
+    """A unique namespace on the shared broker; everything declared under it goes at teardown."""
+
+    name: str
+    amqp_url: str
+    subscriptions: set[str] = field(default_factory=set)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.name)
+
+    async def depth(self, queue: str) -> int:
+        async with await aio_pika.connect(self.amqp_url) as connection:
+            channel = await connection.channel()
+            declared = await channel.declare_queue(queue, passive=True)
+            return declared.declaration_result.message_count or 0
+
+    async def take_all(self, queue: str) -> list[AbstractIncomingMessage]:
+        """Every message now in `queue`, removed from it (for asserting what sits there)."""
+        messages = []
+        async with await aio_pika.connect(self.amqp_url) as connection:
+            channel = await connection.channel()
+            declared = await channel.declare_queue(queue, passive=True)
+            while (message := await declared.get(fail=False, no_ack=True)) is not None:
+                messages.append(message)
+        return messages
+
+    async def take_at_least(
+        self, queue: str, count: int, timeout: float = 10.0
+    ) -> list[AbstractIncomingMessage]:
+        """Take messages from `queue` until `count` arrived (dead-lettering is asynchronous)."""
+        taken: list[AbstractIncomingMessage] = []
+
+        async def enough() -> bool:
+            taken.extend(await self.take_all(queue))
+            return len(taken) >= count
+
+        await eventually(enough, timeout=timeout, what=f"{count} messages in {queue}")
+        return taken
+
+    async def publish_raw(self, body: bytes, *, routing_key: str, **properties: Any) -> None:
+        async with await aio_pika.connect(self.amqp_url) as connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(self.topology.events_exchange)
+            await exchange.publish(aio_pika.Message(body, **properties), routing_key=routing_key)
+
+    async def cleanup(self) -> None:
+        topology = self.topology
+        queues = [topology.unrouted]
+        for name in self.subscriptions:
+            queues += [topology.queue(name), topology.dead_letter_queue(name)]
+        exchanges = [topology.events_exchange, topology.unrouted, topology.dead_letter_exchange]
+        async with await aio_pika.connect(self.amqp_url) as connection:
+            for name in queues:
+                channel = await connection.channel()
+                with contextlib.suppress(aiormq.exceptions.ChannelClosed):
+                    await channel.queue_delete(name)
+            for name in exchanges:
+                channel = await connection.channel()
+                with contextlib.suppress(aiormq.exceptions.ChannelClosed):
+                    await channel.exchange_delete(name)
+
+
+@pytest.fixture
+async def namespace(amqp_url: str) -> AsyncIterator[Namespace]:
+    space = Namespace(f"test-{uuid.uuid4().hex[:12]}", amqp_url)
+    yield space
+    await space.cleanup()
+
+
+@dataclass
+class Running:
+    client: TestClient[Any, Any]
+    settings: Settings
+
+    async def ready(self, timeout: float = 15.0) -> None:
+        async def is_ready() -> bool:
+            response = await self.client.get("/readyz")
+            return response.status == 200
+
+        await eventually(is_ready, timeout=timeout, what="conveyor to become ready")
+
+    async def post(self, document: Any, content_type: str = "application/json") -> Any:
+        return await self.client.post(
+            "/v1/events", json=document, headers={"Content-Type": content_type}
+        )
+
+
+StartConveyor = Callable[..., Awaitable[Running]]
+
+
+def subscription(
+    name: str, events: tuple[str, ...], handler: Handler, *, prefetch: int = 8, concurrency: int = 4
+) -> Subscription:
+    return Subscription(
+        name=name,
+        events=events,
+        handler=handler,
+        handler_path=f"tests:{name}",
+        prefetch=prefetch,
+        concurrency=concurrency,
+    )
+
+
+@pytest.fixture
+async def start_conveyor(amqp_url: str, namespace: Namespace) -> AsyncIterator[StartConveyor]:
+    """Start conveyor in this process on a free port; every one started is stopped at teardown."""
+    running: list[Running] = []
+
+    async def start(
+        subscriptions: tuple[Subscription, ...] = (),
+        *,
+        wait_ready: bool = True,
+        amqp_url_override: str | None = None,
+        **overrides: Any,
+    ) -> Running:
+        settings = replace(
+            Settings(),
+            amqp_url=amqp_url_override or amqp_url,
+            namespace=namespace.name,
+            http_host="127.0.0.1",
+            http_port=0,
+            shutdown_timeout=5.0,
+            **overrides,
+        )
+        namespace.subscriptions.update(s.name for s in subscriptions)
+        app = build_app(settings, subscriptions, max_backoff=0.3)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        started = Running(client, settings)
+        running.append(started)
+        if wait_ready:
+            await started.ready()
+        return started
+
+    yield start
+    for started in reversed(running):
+        await started.client.close()
+
+
+def url_with_port(url: str, port: int) -> str:
+    return str(URL(url).with_host("127.0.0.1").with_port(port))
