@@ -39,7 +39,8 @@ class EventClient:
             },
         )
         channel = await self._connection.channel(publisher_confirms=True)
-        self._publisher.attach(await declare_events_exchange(channel, self._topology))
+        exchange = await declare_events_exchange(channel, self._topology)
+        self._publisher.attach(self._connection, channel, exchange)
         return self
 
     async def __aexit__(

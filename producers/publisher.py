@@ -6,7 +6,7 @@ import asyncio
 from typing import Protocol
 
 import aiormq.exceptions
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
@@ -58,18 +58,39 @@ class Publisher(Protocol):
 class _Detached:
     """Publisher state before the broker connection exists: every use fails loudly."""
 
-    def exchange(self) -> AbstractExchange:
-        raise BrokerUnavailableError("not connected to RabbitMQ yet")
+    def usable(self) -> bool:
+        return False
+
+    async def exchange(self) -> AbstractExchange:
+        raise BrokerUnavailableError("not connected to RabbitMQ")
 
 
 class _Attached:
-    def __init__(self, exchange: AbstractExchange) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
+    ) -> None:
+        self._connection = connection
+        self._channel = channel
         self._exchange = exchange
 
-    def exchange(self) -> AbstractExchange:
+    def usable(self) -> bool:
+        return self._connection.connected.is_set() and not self._channel.is_closed
+
+    async def exchange(self) -> AbstractExchange:
+        if not self._connection.connected.is_set():
+            # Known down: answer at once rather than hold the client for the whole timeout.
+            raise BrokerUnavailableError("the connection to RabbitMQ is down")
+        # Right after a reconnect the connection is up while aio-pika still restores the
+        # channel; wait for it (the caller's publish timeout bounds this).
+        while self._channel.is_closed:
+            await asyncio.sleep(_RESTORE_POLL_SECONDS)
         return self._exchange
 
 
+_RESTORE_POLL_SECONDS = 0.02
 # What aiormq raises when the connection or channel goes away under a publish.
 _CONNECTION_FAILURES = (
     aiormq.exceptions.AMQPError,
@@ -91,8 +112,18 @@ class AmqpPublisher:
         self._state: _Detached | _Attached = _Detached()
         self._in_flight = 0
 
-    def attach(self, exchange: AbstractExchange) -> None:
-        self._state = _Attached(exchange)
+    def attach(
+        self,
+        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
+    ) -> None:
+        self._state = _Attached(connection, channel, exchange)
+
+    @property
+    def usable(self) -> bool:
+        """Whether a publish could go out now (for /readyz)."""
+        return self._state.usable()
 
     def detach(self) -> None:
         self._state = _Detached()
@@ -108,11 +139,11 @@ class AmqpPublisher:
         correlation_id: str | None = None,
         traceparent: str | None = None,
     ) -> None:
-        exchange = self._state.exchange()
         message = to_amqp_message(event, correlation_id=correlation_id, traceparent=traceparent)
         self._in_flight += 1
         try:
             async with asyncio.timeout(self._timeout):
+                exchange = await self._state.exchange()
                 confirmation = await exchange.publish(
                     message, routing_key=event.type, mandatory=True
                 )

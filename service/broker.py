@@ -29,6 +29,7 @@ _log = structlog.get_logger(component="broker")
 # may fix a conflicting queue while we wait; /readyz shows the reason meanwhile).
 _RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError)
 HEARTBEAT_SECONDS = 15
+RECONNECT_INTERVAL_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class BrokerLink:
             return LinkStatus(connected=False, problem=self._problem or "connecting")
         if connection.is_closed or not connection.connected.is_set():
             return LinkStatus(connected=False, problem="reconnecting")
+        if self._publisher is not None and not self._publisher.usable:
+            return LinkStatus(connected=False, problem="publishing channel not restored yet")
         return LinkStatus(connected=True, problem=None)
 
     def missing_subscriptions(self) -> list[str]:
@@ -99,6 +102,8 @@ class BrokerLink:
             self._settings.amqp_url,
             timeout=10,
             heartbeat=HEARTBEAT_SECONDS,
+            # aio-pika's own reconnect loop after a lost connection: a fixed interval.
+            reconnect_interval=min(RECONNECT_INTERVAL_SECONDS, self._max_backoff),
             client_properties={"connection_name": f"conveyor {self._settings.role.value}"},
         )
         try:
@@ -115,7 +120,9 @@ class BrokerLink:
         exchange = await declare_events_exchange(setup, self._topology)
         if self._publisher is not None:
             publishing = await connection.channel(publisher_confirms=True)
-            self._publisher.attach(await publishing.get_exchange(exchange.name, ensure=False))
+            self._publisher.attach(
+                connection, publishing, await publishing.get_exchange(exchange.name, ensure=False)
+            )
         consumers = []
         for subscription in self._subscriptions:
             channel = await connection.channel()

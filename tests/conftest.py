@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: the broker to talk to, a namespace per test, conveyor in-process."""
+"""Shared fixtures: the broker to talk to, a namespace per test, conveyor in-process."""
 
 from __future__ import annotations
 

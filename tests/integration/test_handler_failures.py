@@ -26,7 +26,7 @@ async def test_a_handler_that_fails_once_gets_the_event_again_and_it_is_acked(
 async def test_a_handler_that_keeps_failing_sends_the_event_to_the_dlq_intact(
     start_conveyor: StartConveyor, namespace: Namespace
 ) -> None:
-    recorder = Recorder(fail=lambda event: True)
+    recorder = Recorder(fail=lambda _event: True)
     ok = Recorder()
     conveyor = await start_conveyor(
         (

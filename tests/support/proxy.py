@@ -15,7 +15,8 @@ class FaultProxy:
         self._links: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.accepting = True
-        self.stalled = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def start(self) -> None:
@@ -31,6 +32,18 @@ class FaultProxy:
         for link in list(self._links):
             link.cancel()
         await asyncio.gather(*self._links, return_exceptions=True)
+
+    @property
+    def stalled(self) -> bool:
+        return not self._flowing.is_set()
+
+    @stalled.setter
+    def stalled(self, value: bool) -> None:
+        """A stalled link keeps its sockets open but forwards nothing: a silent network."""
+        if value:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     def cut_all(self) -> None:
         for writer in list(self._writers):
@@ -61,8 +74,7 @@ class FaultProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while chunk := await reader.read(65536):
-                while self.stalled:
-                    await asyncio.sleep(0.05)
+                await self._flowing.wait()
                 writer.write(chunk)
                 await writer.drain()
         writer.transport.abort()
