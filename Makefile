@@ -1,0 +1,49 @@
+# conveyor: `make run` starts the service with the example subscriptions, `make test` checks everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+AMQP_URL ?= amqp://guest:guest@localhost:5672/
+
+.PHONY: help install run test test-unit test-integration lint format clean
+
+help:
+	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
+	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
+	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "conveyor needs Python >= 3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,uvloop]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	@$(BIN)/python -c 'import socket, sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); socket.create_connection((p.hostname, p.port or 5672), 2)' '$(AMQP_URL)' 2>/dev/null \
+		|| { echo "No RabbitMQ answers at $(AMQP_URL). Start one: 'rabbitmq-server -detached' or 'docker run -d -p 5672:5672 rabbitmq:3.13', or set AMQP_URL=..."; exit 1; }
+	CONVEYOR_AMQP_URL='$(AMQP_URL)' CONVEYOR_CONFIG=examples/subscriptions.toml \
+		CONVEYOR_LOG_FORMAT=$${CONVEYOR_LOG_FORMAT:-console} $(BIN)/conveyor serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test-unit: install
+	$(BIN)/pytest tests/unit -q
+
+test-integration: install
+	$(BIN)/pytest tests/integration -q
+
+test: lint
+	$(BIN)/pytest -q -ra
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,122 @@
+"""Parsing HTTP requests into events: every mode, and what each rejects."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from producers import InvalidEventError, OutgoingEvent
+from service.cloudevents_http import (
+    BatchTooLargeError,
+    MalformedJsonError,
+    ParsedBatch,
+    ParsedSingle,
+    UnsupportedMediaTypeError,
+    parse_request,
+)
+
+EVENT = {"specversion": "1.0", "id": "1", "source": "/s", "type": "a.b"}
+
+
+def single(
+    content_type: str | None, body: bytes, headers: dict[str, str] | None = None
+) -> OutgoingEvent:
+    parsed = parse_request(content_type, headers or {}, body, max_batch_events=10)
+    assert isinstance(parsed, ParsedSingle)
+    return parsed.event
+
+
+def test_structured_mode_keeps_json_data_and_stringifies_extension_values() -> None:
+    event = single(
+        "application/cloudevents+json; charset=utf-8",
+        orjson.dumps({**EVENT, "data": {"x": 1}, "count": 3, "flag": True}),
+    )
+    assert event.attributes == {**EVENT, "count": "3", "flag": "true"}
+    assert event.datacontenttype == "application/json"
+    assert orjson.loads(event.data) == {"x": 1}
+
+
+def test_structured_mode_with_text_data_keeps_the_text_as_bytes() -> None:
+    event = single(
+        "application/cloudevents+json",
+        orjson.dumps({**EVENT, "datacontenttype": "text/plain", "data": "hi"}),
+    )
+    assert (event.datacontenttype, event.data) == ("text/plain", b"hi")
+
+
+def test_structured_mode_rejects_data_and_data_base64_together() -> None:
+    with pytest.raises(InvalidEventError) as raised:
+        single(
+            "application/cloudevents+json",
+            orjson.dumps({**EVENT, "data": 1, "data_base64": "aA=="}),
+        )
+    assert raised.value.attribute == "data_base64"
+
+
+def test_binary_mode_percent_decodes_and_takes_content_type_from_the_header() -> None:
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "%2Fpath%20with%20space",
+        "ce-type": "a.b",
+        "ce-datacontenttype": "ignored/because-content-type-wins",
+    }
+    event = single("image/png", b"\x89PNG", headers)
+    assert event.attributes["source"] == "/path with space"
+    assert "datacontenttype" not in event.attributes
+    assert (event.datacontenttype, event.data) == ("image/png", b"\x89PNG")
+
+
+def test_structured_content_type_wins_over_ce_headers() -> None:
+    event = single("application/cloudevents+json", orjson.dumps(EVENT), {"ce-id": "other"})
+    assert event.id == "1"
+
+
+def test_plain_json_fills_the_missing_attributes_but_keeps_the_given_ones() -> None:
+    event = single("application/json", orjson.dumps({"type": "t.x", "id": "mine", "data": [1]}))
+    assert event.id == "mine"
+    assert event.attributes["specversion"] == "1.0"
+    assert event.attributes["source"] == "/conveyor/ingress"
+    assert event.attributes["time"].endswith("Z")
+
+
+def test_batch_keeps_order_and_isolates_bad_entries() -> None:
+    body = orjson.dumps([EVENT, {"id": "x"}, {**EVENT, "id": "3"}])
+    parsed = parse_request("application/cloudevents-batch+json", {}, body, max_batch_events=10)
+    assert isinstance(parsed, ParsedBatch)
+    first, second, third = parsed.entries
+    assert isinstance(first, OutgoingEvent)
+    assert first.id == "1"
+    assert isinstance(second, InvalidEventError)
+    assert isinstance(third, OutgoingEvent)
+    assert third.id == "3"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "error"),
+    [
+        ("application/cloudevents-batch+json", b"[]", InvalidEventError),
+        ("application/cloudevents-batch+json", b"{}", InvalidEventError),
+        ("application/cloudevents-batch+json", orjson.dumps([EVENT] * 11), BatchTooLargeError),
+        ("application/cloudevents+json", b"[1]", InvalidEventError),
+        ("application/cloudevents+json", b"\xff\xfe", MalformedJsonError),
+        ("application/json", b"[]", InvalidEventError),
+        ("text/plain", b"x", UnsupportedMediaTypeError),
+        (None, b"x", UnsupportedMediaTypeError),
+    ],
+)
+def test_rejections(content_type: str | None, body: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_request(content_type, {}, body, max_batch_events=10)
+
+
+def test_too_many_attributes_are_rejected() -> None:
+    document = {**EVENT, **{f"ext{n}": "v" for n in range(80)}}
+    with pytest.raises(InvalidEventError, match="at most 64"):
+        single("application/cloudevents+json", orjson.dumps(document))
+
+
+def test_an_overlong_attribute_value_is_rejected() -> None:
+    with pytest.raises(InvalidEventError) as raised:
+        single("application/cloudevents+json", orjson.dumps({**EVENT, "subject": "s" * 5000}))
+    assert raised.value.attribute == "subject"

@@ -1,0 +1,76 @@
+"""Reading events out of AMQP messages from any publisher that follows the contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from consumers import MalformedEventError, decode_event
+
+REQUIRED = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "a.b"}
+
+
+def test_binary_mode_parses_json_data_and_splits_extensions() -> None:
+    event = decode_event(
+        {**REQUIRED, "ce-subject": "sub", "ce-tenant": "acme", "traceparent": "x"},
+        "application/json",
+        b'{"k": [1, 2]}',
+    )
+    assert (event.id, event.source, event.type, event.subject) == ("1", "/s", "a.b", "sub")
+    assert event.data == {"k": [1, 2]}
+    assert event.extensions == {"tenant": "acme"}
+
+
+def test_header_prefixes_are_case_insensitive_and_values_may_be_bytes_ints_or_bools() -> None:
+    event = decode_event(
+        {
+            "CloudEvents_specversion": b"1.0",
+            "cloudEvents:id": "7",
+            "cloudevents_source": "/s",
+            "cloudEvents:type": "t",
+            "cloudEvents:count": 3,
+            "cloudEvents:flag": False,
+            "cloudEvents:time": datetime(2026, 1, 1, tzinfo=UTC),
+        },
+        "application/octet-stream",
+        b"\x00\x01",
+    )
+    assert event.extensions == {"count": "3", "flag": "false"}
+    assert event.time == datetime(2026, 1, 1, tzinfo=UTC)
+    assert event.data == b"\x00\x01"
+
+
+def test_structured_mode_message() -> None:
+    body = orjson.dumps(
+        {"specversion": "1.0", "id": "s", "source": "/s", "type": "t", "data": {"a": 1}}
+    )
+    event = decode_event({}, "application/cloudevents+json", body)
+    assert (event.id, event.data, event.datacontenttype) == ("s", {"a": 1}, "application/json")
+
+
+def test_no_content_type_parses_json_when_it_can_and_keeps_bytes_otherwise() -> None:
+    assert decode_event(REQUIRED, None, b'{"a": 1}').data == {"a": 1}
+    assert decode_event(REQUIRED, None, b"not json").data == b"not json"
+    assert decode_event(REQUIRED, "application/json", b"").data is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "content_type", "body"),
+    [
+        ({k: v for k, v in REQUIRED.items() if k != "ce-id"}, "application/json", b"{}"),
+        ({**REQUIRED, "ce-specversion": "0.3"}, "application/json", b"{}"),
+        (REQUIRED, "application/json", b"{oops"),
+        ({**REQUIRED, "ce-time": "yesterday"}, None, b""),
+        ({**REQUIRED, "ce-id": b"\xff"}, None, b""),
+        ({}, "application/cloudevents+json", b"[]"),
+        ({}, "application/cloudevents+json", b"nope"),
+        ({**REQUIRED, "ce-x": [1]}, None, b""),
+    ],
+)
+def test_contract_breaches_are_malformed(
+    headers: dict[str, object], content_type: str | None, body: bytes
+) -> None:
+    with pytest.raises(MalformedEventError):
+        decode_event(headers, content_type, body)

@@ -1,0 +1,103 @@
+"""Settings from the environment: defaults, parsing, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import (
+    LogFormat,
+    Role,
+    SettingError,
+    load_settings,
+    parse_duration,
+    redact_url,
+)
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    settings = load_settings({})
+    assert settings.amqp_url == "amqp://guest:guest@localhost:5672/"
+    assert (settings.http_host, settings.http_port) == ("0.0.0.0", 8080)
+    assert settings.namespace == "conveyor"
+    assert settings.role is Role.ALL
+    assert settings.log_format is LogFormat.JSON
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.publish_timeout == 5.0
+    assert settings.shutdown_timeout == 30.0
+    assert settings.api_keys == frozenset()
+    assert settings.config_path is None
+
+
+def test_every_setting_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("")
+    settings = load_settings(
+        {
+            "CONVEYOR_AMQP_URL": "amqps://u:p@broker:5671/vh",
+            "CONVEYOR_HTTP_HOST": "127.0.0.1",
+            "CONVEYOR_HTTP_PORT": "9000",
+            "CONVEYOR_CONFIG": str(config),
+            "CONVEYOR_NAMESPACE": "team-a",
+            "CONVEYOR_ROLE": "Worker",
+            "CONVEYOR_LOG_FORMAT": "console",
+            "CONVEYOR_LOG_LEVEL": "DEBUG",
+            "CONVEYOR_MAX_BODY_BYTES": "2048",
+            "CONVEYOR_MAX_BATCH_EVENTS": "10",
+            "CONVEYOR_PUBLISH_TIMEOUT": "750ms",
+            "CONVEYOR_SHUTDOWN_TIMEOUT": "1m",
+            "CONVEYOR_DRAIN_DELAY": "0",
+            "CONVEYOR_API_KEYS": " a , b,,",
+        }
+    )
+    assert settings.amqp_url == "amqps://u:p@broker:5671/vh"
+    assert settings.http_port == 9000
+    assert settings.config_path == config
+    assert settings.role is Role.WORKER
+    assert settings.log_level == "debug"
+    assert settings.publish_timeout == 0.75
+    assert settings.shutdown_timeout == 60.0
+    assert settings.api_keys == frozenset({"a", "b"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CONVEYOR_HTTP_PORT", "70000"),
+        ("CONVEYOR_HTTP_PORT", "-1"),
+        ("CONVEYOR_MAX_BODY_BYTES", "0"),
+        ("CONVEYOR_PUBLISH_TIMEOUT", "0s"),
+        ("CONVEYOR_PUBLISH_TIMEOUT", "5 parsecs"),
+        ("CONVEYOR_ROLE", "manager"),
+        ("CONVEYOR_LOG_LEVEL", "loud"),
+        ("CONVEYOR_NAMESPACE", "-leading-dash"),
+        ("CONVEYOR_AMQP_URL", "redis://localhost"),
+        ("CONVEYOR_API_KEYS", ", ,"),
+    ],
+)
+def test_a_bad_value_raises_naming_the_setting(name: str, value: str) -> None:
+    with pytest.raises(SettingError) as raised:
+        load_settings({name: value})
+    assert raised.value.name == name
+    assert str(raised.value).startswith(f"{name}: expected ")
+
+
+def test_settings_repr_hides_secrets() -> None:
+    settings = load_settings(
+        {"CONVEYOR_AMQP_URL": "amqp://u:topsecret@h/", "CONVEYOR_API_KEYS": "key-123"}
+    )
+    assert "topsecret" not in repr(settings)
+    assert "key-123" not in repr(settings)
+    assert settings.amqp_url_redacted == "amqp://u:***@h/"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5", 5.0), ("250ms", 0.25), ("1.5s", 1.5), ("2m", 120.0), ("1h", 3600.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_redact_url_without_password_is_unchanged() -> None:
+    assert redact_url("amqp://localhost/") == "amqp://localhost/"
