@@ -19,7 +19,7 @@ from service.settings import (
 def test_defaults_match_the_documented_ones() -> None:
     settings = load_settings({})
     assert settings.amqp_url == "amqp://guest:guest@localhost:5672/"
-    assert (settings.http_host, settings.http_port) == ("0.0.0.0", 8080)
+    assert (settings.http_host, settings.http_port) == ("0.0.0.0", 8080)  # noqa: S104
     assert settings.namespace == "conveyor"
     assert settings.role is Role.ALL
     assert settings.log_format is LogFormat.JSON

@@ -9,6 +9,7 @@ import pytest
 from consumers import handlers
 from service import SettingError, load_subscriptions
 
+HEAD = "[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'consumers.handlers:discard'\n"
 GOOD = """
 [[subscriptions]]
 name = "audit"
@@ -48,21 +49,9 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
         ("[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'nomodule'", "(a).handler"),
         ("[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'no.such.mod:f'", "importable"),
         ("[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'json:dumps'", "async function"),
-        (
-            "[[subscriptions]]\nname = 'a'\nevents = ['a']\n"
-            "handler = 'consumers.handlers:discard'\nprefetch = 0",
-            "(a).prefetch",
-        ),
-        (
-            "[[subscriptions]]\nname = 'a'\nevents = ['a']\n"
-            "handler = 'consumers.handlers:discard'\nprefetch = 2\nconcurrency = 4",
-            "no larger than prefetch",
-        ),
-        (
-            "[[subscriptions]]\nname = 'a'\nevents = ['a']\n"
-            "handler = 'consumers.handlers:discard'\nretries = 3",
-            "unknown: ['retries']",
-        ),
+        (HEAD + "prefetch = 0", "(a).prefetch"),
+        (HEAD + "prefetch = 2\nconcurrency = 4", "no larger than prefetch"),
+        (HEAD + "retries = 3", "unknown: ['retries']"),
         (GOOD + GOOD, "repeated: audit, defaults"),
         ("subscriptions = 3", "[[subscriptions]]"),
         ("not toml at all [", "readable TOML"),
