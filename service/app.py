@@ -11,7 +11,7 @@ from producers import AmqpPublisher
 from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.ingress import ingest, problems_middleware
-from service.keys import LIFECYCLE, LINK, PUBLISHER, SETTINGS, SUBSCRIPTIONS, Lifecycle
+from service.keys import LIFECYCLE, LINK, PUBLISHER, SETTINGS, Lifecycle
 from service.settings import Settings
 
 __all__ = ["build_app"]
@@ -30,14 +30,13 @@ def build_app(
     publisher = (
         AmqpPublisher(timeout=settings.publish_timeout) if settings.role.runs_ingress else None
     )
-    worker_subscriptions = tuple(subscriptions) if settings.role.runs_workers else ()
     app[SETTINGS] = settings
-    app[SUBSCRIPTIONS] = worker_subscriptions
     app[LIFECYCLE] = Lifecycle()
     app[LINK] = BrokerLink(
         settings,
         publisher=publisher,
-        subscriptions=worker_subscriptions,
+        subscriptions=subscriptions,
+        consume=settings.role.runs_workers,
         max_backoff=max_backoff,
     )
     app.router.add_get("/livez", livez)

@@ -45,12 +45,14 @@ class BrokerLink:
         *,
         publisher: AmqpPublisher | None,
         subscriptions: Sequence[Subscription],
+        consume: bool,
         max_backoff: float = 15.0,
     ) -> None:
         self._settings = settings
         self._topology = Topology(settings.namespace)
         self._publisher = publisher
         self._subscriptions = tuple(subscriptions)
+        self._consume = consume
         self._max_backoff = max_backoff
         self._connection: AbstractRobustConnection | None = None
         self._problem: str | None = "connecting"
@@ -71,6 +73,8 @@ class BrokerLink:
         return LinkStatus(connected=True, problem=None)
 
     def missing_subscriptions(self) -> list[str]:
+        if not self._consume:
+            return []
         started = {consumer.subscription.name for consumer in self.consumers}
         return [s.name for s in self._subscriptions if s.name not in started]
 
@@ -125,8 +129,12 @@ class BrokerLink:
             )
         consumers = []
         for subscription in self._subscriptions:
+            # Every role declares the subscription queues, so events an ingress accepts before
+            # any worker runs wait in their queue instead of counting as unrouted.
             channel = await connection.channel()
             queue = await declare_subscription_queue(channel, self._topology, subscription)
+            if not self._consume:
+                continue
             consumer = SubscriptionConsumer(subscription, channel, queue)
             await consumer.start()
             consumers.append(consumer)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from consumers import Subscription
 from producers import Publisher
 from service.broker import BrokerLink
 from service.settings import Settings
@@ -25,4 +24,3 @@ SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
-SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])
