@@ -10,7 +10,7 @@ from producers import Publisher
 from service.broker import BrokerLink
 from service.settings import Settings
 
-__all__ = ["LIFECYCLE", "LINK", "PUBLISHER", "SETTINGS", "SUBSCRIPTIONS", "Lifecycle"]
+__all__ = ["LIFECYCLE", "LINK", "PUBLISHER", "SETTINGS", "Lifecycle"]
 
 
 @dataclass(slots=True)
