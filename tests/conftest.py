@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,7 +50,12 @@ def amqp_url() -> Iterator[str]:
         yield "amqp://guest:guest@127.0.0.1:5672/"
         return
     try:
-        from testcontainers.rabbitmq import RabbitMqContainer  # noqa: PLC0415 - only when needed
+        # testcontainers 4.15 warns about its own deprecated decorator at import time.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from testcontainers.community.rabbitmq import (  # noqa: PLC0415 - only when needed
+                RabbitMqContainer,
+            )
 
         container = RabbitMqContainer("rabbitmq:3.13").start()
     except Exception as error:  # noqa: BLE001 - any failure here means: no broker to be had
