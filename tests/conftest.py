@@ -49,6 +49,16 @@ def amqp_url() -> Iterator[str]:
     if _answers("127.0.0.1", 5672):
         yield "amqp://guest:guest@127.0.0.1:5672/"
         return
+    container = _start_rabbitmq_container()
+    try:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(5672)
+        yield f"amqp://guest:guest@{host}:{port}/"
+    finally:
+        container.stop()
+
+
+def _start_rabbitmq_container() -> Any:
     try:
         # testcontainers 4.15 warns about its own deprecated decorator at import time.
         with warnings.catch_warnings():
@@ -57,16 +67,10 @@ def amqp_url() -> Iterator[str]:
                 RabbitMqContainer,
             )
 
-        container = RabbitMqContainer("rabbitmq:3.13").start()
+        return RabbitMqContainer("rabbitmq:3.13").start()
     except Exception as error:  # noqa: BLE001 - any failure here means: no broker to be had
-        pytest.fail(f"{BROKER_HELP} (testcontainers: {type(error).__name__}: {error})")
-    try:
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(5672)
-        yield f"amqp://guest:guest@{host}:{port}/"
-    finally:
-        container.stop()
-
+        reason = f"{type(error).__name__}: {error}"
+    pytest.fail(f"{BROKER_HELP} (testcontainers: {reason})", pytrace=False)
 
 @dataclass
 class Namespace:
