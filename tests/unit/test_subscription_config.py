@@ -6,22 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from consumers import handlers
+from consumers import builtin
 from service import SettingError, load_subscriptions
 
-HEAD = "[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'consumers.handlers:discard'\n"
+HEAD = "[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'consumers.builtin:discard'\n"
 GOOD = """
 [[subscriptions]]
 name = "audit"
 events = ["user.*", "order.#"]
-handler = "consumers.handlers:log_event"
+handler = "consumers.builtin:log_event"
 prefetch = 20
 concurrency = 5
 
 [[subscriptions]]
 name = "defaults"
 events = ["x"]
-handler = "consumers.handlers:discard"
+handler = "consumers.builtin:discard"
 """
 
 
@@ -35,7 +35,7 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
     audit, defaults = load_subscriptions(write(tmp_path, GOOD))
     assert audit.name == "audit"
     assert audit.events == ("user.*", "order.#")
-    assert audit.handler is handlers.log_event
+    assert audit.handler is builtin.log_event
     assert (audit.prefetch, audit.concurrency) == (20, 5)
     assert (defaults.prefetch, defaults.concurrency) == (32, 16)
 

@@ -1,4 +1,4 @@
-"""Built-in handlers a subscription can name as `consumers.handlers:<name>`."""
+"""Built-in handlers a subscription can name as `consumers.builtin:<name>`."""
 
 from __future__ import annotations
 
