@@ -72,6 +72,7 @@ def _start_rabbitmq_container() -> Any:
         reason = f"{type(error).__name__}: {error}"
     pytest.fail(f"{BROKER_HELP} (testcontainers: {reason})", pytrace=False)
 
+
 @dataclass
 class Namespace:
     """A unique namespace on the shared broker; everything declared under it goes at teardown."""
