@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import structlog
 
-from consumers.event import Event
+from consumers.event import Event, Handler
+from consumers.webhook import Webhook, WebhookOptions
 
 __all__ = ["discard", "log_event"]
 
@@ -27,3 +32,21 @@ async def log_event(event: Event) -> None:
 
 async def discard(event: Event) -> None:
     """Acknowledge and drop: for draining a subscription on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerFactory:
+    """A built-in that needs `[subscriptions.options]`: `build` turns them into a handler.
+
+    `build(options, parse_duration)` raises ValueError naming the bad option.
+    """
+
+    build: Callable[[Mapping[str, Any], Callable[[str], float]], Handler]
+
+
+def _build_webhook(options: Mapping[str, Any], parse_duration: Callable[[str], float]) -> Handler:
+    return Webhook(WebhookOptions.parse(options, parse_duration))
+
+
+# handler = "consumers.builtin:webhook" with [subscriptions.options] url = "https://..."
+webhook = HandlerFactory(build=_build_webhook)

@@ -21,6 +21,7 @@ from producers import (
     is_json_content_type,
     parse_time,
     validate_attributes,
+    validate_content_type,
 )
 
 __all__ = ["MalformedEventError", "decode_event"]
@@ -41,6 +42,7 @@ def decode_event(
     *,
     correlation_id: str | None = None,
     redelivered: bool = False,
+    attempt: int = 1,
 ) -> Event:
     try:
         if content_type is not None and content_type.lower().startswith(_STRUCTURED):
@@ -50,6 +52,7 @@ def decode_event(
         else:
             attributes = _binary_attributes(headers or {})
             validate_attributes(attributes)
+            validate_content_type(content_type)
     except InvalidEventError as error:
         raise MalformedEventError(error.detail) from None
     data: Any = body or None
@@ -71,8 +74,10 @@ def decode_event(
         dataschema=attributes.get("dataschema"),
         data=data,
         extensions={k: v for k, v in attributes.items() if k not in _KNOWN},
+        raw_data=body,
         correlation_id=correlation_id,
         redelivered=redelivered,
+        attempt=attempt,
     )
 
 

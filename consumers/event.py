@@ -14,8 +14,9 @@ __all__ = ["Event", "Handler"]
 class Event:
     """One CloudEvent as delivered to a handler.
 
-    `data` is the parsed JSON for JSON content types and the raw bytes otherwise.
-    `extensions` holds every other context attribute as its canonical string.
+    `data` is the parsed JSON for JSON content types and the raw bytes otherwise; `raw_data`
+    is always the bytes as they arrived. `extensions` holds every other context attribute as
+    its canonical string. `attempt` counts handler attempts for this subscription, from 1.
     """
 
     id: str
@@ -28,8 +29,10 @@ class Event:
     dataschema: str | None = None
     data: Any = field(default=None, repr=False)
     extensions: Mapping[str, str] = field(default_factory=dict)
+    raw_data: bytes = field(default=b"", repr=False)
     correlation_id: str | None = None
     redelivered: bool = False
+    attempt: int = 1
 
 
 # async def handle(event: Event) -> None: returning acks the delivery; raising does not.

@@ -1,8 +1,9 @@
 """The consumer runtime: deliveries of one subscription handed to its handler, bounded in parallel.
 
-One place maps a delivery's outcome to ack / requeue / dead-letter (`_settle`). Nothing is
-acked before its handler returned; whatever is unsettled when the channel closes goes back to
-the queue, so a crash or shutdown yields a redelivery, never a loss.
+One place maps a delivery's outcome to what happens on the broker (`_settle`). Nothing is acked
+before its handler returned or a confirmed copy sits in the retry tier or the dead-letter queue;
+whatever is unsettled when the channel closes goes back to the queue, so a crash or shutdown
+yields a redelivery, never a loss.
 """
 
 from __future__ import annotations
@@ -11,18 +12,32 @@ import asyncio
 import contextlib
 import enum
 import uuid
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from consumers.attempts import run_attempts
+from consumers.dead_letter import (
+    ATTEMPTS,
+    RETRIES,
+    DeadLetterReason,
+    Failure,
+    failure_headers,
+    read_int,
+)
 from consumers.decoding import MalformedEventError, decode_event
+from consumers.moves import MessageMover, MoveFailedError
+from consumers.retry import delay_label
 from consumers.subscription import Subscription
+from producers import Topology
 
 __all__ = ["Outcome", "SubscriptionConsumer"]
 
 _log = structlog.get_logger(component="consumer")
+_CANCEL_GRACE_SECONDS = 5.0
 _SETTLE_FAILURES = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError)
 
 
@@ -30,20 +45,35 @@ class Outcome(enum.StrEnum):
     """What happened to one delivery."""
 
     ACKED = "acked"  # the handler returned
-    REQUEUED = "requeued"  # first failure: one more try from the queue
-    DEAD_LETTERED = "dead-lettered"  # failed again, or malformed: to {ns}.{subscription}.dlq
-    RETURNED = "returned"  # not started before shutdown: back to the queue untouched
+    RETRY_SCHEDULED = "retry-scheduled"  # a copy waits in a retry tier
+    DEAD_LETTERED = "dead-lettered"  # a copy sits in {ns}.{subscription}.dlq
+    RETURNED = "returned"  # back to the queue untouched (shutdown, or a move that failed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    outcome: Outcome
+    headers: dict[str, Any] | None = None  # the copy's headers, for moves
+    target_queue: str | None = None  # retry tier, for RETRY_SCHEDULED
 
 
 class SubscriptionConsumer:
     """Consumes `{ns}.{subscription}` on its own channel with the subscription's prefetch."""
 
     def __init__(
-        self, subscription: Subscription, channel: AbstractChannel, queue: AbstractQueue
+        self,
+        subscription: Subscription,
+        *,
+        topology: Topology,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        mover: MessageMover,
     ) -> None:
         self.subscription = subscription
+        self._topology = topology
         self._channel = channel
         self._queue = queue
+        self._mover = mover
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._draining = False
         self._running: set[asyncio.Task[object]] = set()
@@ -89,70 +119,134 @@ class SubscriptionConsumer:
                 subscription=self.subscription.name,
                 cancelled=len(unfinished),
             )
-            await asyncio.gather(*unfinished, return_exceptions=True)
+            # A handler that swallows cancellation must not hold the process: closing the
+            # channel returns its delivery anyway.
+            await asyncio.wait(unfinished, timeout=_CANCEL_GRACE_SECONDS)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # aiormq runs each delivery in its own task; the semaphore bounds handlers in parallel
-        # while prefetch bounds how many deliveries wait here.
+        # aiormq runs each delivery in its own task; prefetch bounds how many exist, and the
+        # semaphore bounds how many run a handler.
         async with self._slots:
             if self._draining:
-                await self._settle(message, Outcome.RETURNED)
+                await self._settle(message, _Verdict(Outcome.RETURNED))
                 return
             task = asyncio.current_task()
             if task is not None:
                 self._running.add(task)
             try:
-                await self._deliver(message)
+                with structlog.contextvars.bound_contextvars(
+                    subscription=self.subscription.name,
+                    event_id=message.message_id,
+                    event_type=message.routing_key,
+                    correlation_id=message.correlation_id,
+                ):
+                    await self._settle(message, await self._judge(message))
             finally:
                 if task is not None:
                     self._running.discard(task)
 
-    async def _deliver(self, message: AbstractIncomingMessage) -> None:
-        headers = message.headers or {}
-        with structlog.contextvars.bound_contextvars(
-            subscription=self.subscription.name,
-            event_id=message.message_id,
-            event_type=message.routing_key,
-            correlation_id=message.correlation_id,
-        ):
-            try:
-                event = decode_event(
-                    headers,
-                    message.content_type,
-                    message.body,
-                    correlation_id=message.correlation_id,
-                    redelivered=bool(message.redelivered),
-                )
-            except MalformedEventError as error:
-                _log.error("malformed message", reason="malformed", detail=str(error))
-                await self._settle(message, Outcome.DEAD_LETTERED)
-                return
-            structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
-            try:
-                await self.subscription.handler(event)
-            except Exception as error:  # noqa: BLE001 - any handler failure is settled, never raised
-                outcome = Outcome.DEAD_LETTERED if message.redelivered else Outcome.REQUEUED
-                _log.warning(
-                    "handler failed",
-                    outcome=outcome.value,
-                    error_class=type(error).__name__,
-                    error=str(error)[:500],
-                )
-                await self._settle(message, outcome)
-                return
-            await self._settle(message, Outcome.ACKED)
-            _log.debug("event handled")
-
-    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+    async def _judge(self, message: AbstractIncomingMessage) -> _Verdict:
+        """Run the handler and decide the delivery's fate; no broker I/O here."""
+        headers: dict[str, Any] = dict(message.headers or {})
+        attempts_before = read_int(headers, ATTEMPTS)
+        retries = read_int(headers, RETRIES)
         try:
-            match outcome:
-                case Outcome.ACKED:
-                    await message.ack()
-                case Outcome.REQUEUED | Outcome.RETURNED:
-                    await message.nack(requeue=True)
-                case Outcome.DEAD_LETTERED:
-                    # The queue's dead-letter exchange routes it to {ns}.{subscription}.dlq.
-                    await message.reject(requeue=False)
+            event = decode_event(
+                headers,
+                message.content_type,
+                message.body,
+                correlation_id=message.correlation_id,
+                redelivered=bool(message.redelivered),
+                attempt=attempts_before + 1,
+            )
+        except MalformedEventError as error:
+            failure = Failure("MalformedEventError", str(error), "")
+            return self._dead_letter(message, headers, failure, attempts_before, "malformed")
+        structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
+        result = await run_attempts(
+            self.subscription.handler,
+            event,
+            policy=self.subscription.retry,
+            timeout=self.subscription.timeout,
+            keep_trying=lambda: not self._draining,
+        )
+        attempts = attempts_before + result.attempts
+        if result.failure is None:
+            return _Verdict(Outcome.ACKED)
+        if result.permanent:
+            return self._dead_letter(message, headers, result.failure, attempts, "permanent")
+        delay = self.subscription.retry.next_delay(retries)
+        if delay is None:
+            return self._dead_letter(message, headers, result.failure, attempts, "exhausted")
+        _log.warning(
+            "handler failed; retry scheduled",
+            attempt=attempts,
+            retry_in=delay,
+            error_class=result.failure.error_class,
+            error=result.failure.message,
+        )
+        copy_headers = failure_headers(
+            headers,
+            failure=result.failure,
+            attempts=attempts,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            retries=retries + 1,
+        )
+        tier = self._topology.retry_queue(self.subscription.name, delay_label(delay))
+        return _Verdict(Outcome.RETRY_SCHEDULED, copy_headers, tier)
+
+    def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        failure: Failure,
+        attempts: int,
+        why: str,
+    ) -> _Verdict:
+        reason = {
+            "malformed": DeadLetterReason.MALFORMED,
+            "permanent": DeadLetterReason.PERMANENT,
+            "exhausted": DeadLetterReason.RETRIES_EXHAUSTED,
+        }[why]
+        _log.error(
+            "event dead-lettered",
+            reason=reason.value,
+            attempt=attempts,
+            error_class=failure.error_class,
+            error=failure.message,
+        )
+        copy_headers = failure_headers(
+            headers,
+            failure=failure,
+            attempts=attempts,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            reason=reason,
+        )
+        return _Verdict(Outcome.DEAD_LETTERED, copy_headers)
+
+    async def _settle(self, message: AbstractIncomingMessage, verdict: _Verdict) -> None:
+        outcome = verdict.outcome
+        try:
+            if verdict.headers is not None:
+                exchange, routing_key = (
+                    ("", verdict.target_queue or "")
+                    if outcome is Outcome.RETRY_SCHEDULED
+                    else (self._topology.dead_letter_exchange, self.subscription.name)
+                )
+                try:
+                    await self._mover.copy(
+                        message, exchange=exchange, routing_key=routing_key, headers=verdict.headers
+                    )
+                except MoveFailedError as error:
+                    # The copy is not safe yet: leave the original in the queue to come back.
+                    _log.warning("could not move event; it stays queued", error=str(error))
+                    outcome = Outcome.RETURNED
+            if outcome is Outcome.RETURNED:
+                await message.nack(requeue=True)
+            else:
+                await message.ack()
         except _SETTLE_FAILURES as error:
             # The channel is gone: the broker requeues the unsettled delivery by itself.
             _log.warning(
@@ -160,3 +254,6 @@ class SubscriptionConsumer:
                 outcome=outcome.value,
                 error_class=type(error).__name__,
             )
+            return
+        if outcome is Outcome.ACKED:
+            _log.debug("event handled")

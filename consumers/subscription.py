@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from consumers.event import Handler
+from consumers.retry import RetryPolicy
 
 __all__ = ["Subscription"]
 
@@ -17,3 +18,5 @@ class Subscription:
     handler_path: str  # "module:function", for logs and readiness
     prefetch: int = 32
     concurrency: int = 16
+    timeout: float = 30.0  # seconds one handler attempt may run
+    retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -8,6 +8,7 @@ from producers.formats import (
     is_json_content_type,
     parse_time,
     validate_attributes,
+    validate_content_type,
 )
 from producers.publisher import (
     AmqpPublisher,
@@ -42,4 +43,5 @@ __all__ = [
     "parse_time",
     "to_amqp_message",
     "validate_attributes",
+    "validate_content_type",
 ]

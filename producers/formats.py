@@ -24,12 +24,21 @@ __all__ = [
     "is_json_content_type",
     "parse_time",
     "validate_attributes",
+    "validate_content_type",
 ]
 
 REQUIRED = ("id", "source", "specversion", "type")
 # One event carries at most this many context attributes; an event is not a header dump.
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_LENGTH = 4096
+# All attributes travel in one AMQP header frame, and RabbitMQ closes the whole connection
+# when a frame exceeds its frame_max (128 KiB by default): stay well below.
+MAX_ATTRIBUTES_BYTES = 32 * 1024
+# id, type and datacontenttype become message_id, the routing key and content_type: AMQP
+# short strings of at most 255 bytes.
+MAX_SHORT_STRING_BYTES = 255
+_INT32 = (-(2**31), 2**31 - 1)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 # The spec: names are lower-case ASCII letters or digits; 20 characters is a SHOULD we enforce
 # loosely (AMQP and HTTP carry longer ones fine), so allow up to 64.
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,64}$")
@@ -53,14 +62,22 @@ def is_json_content_type(content_type: str | None) -> bool:
 
 
 def parse_time(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp; it must carry its offset."""
+    """Parse an RFC 3339 timestamp (date, time with seconds, and an offset or 'Z')."""
+    if not _RFC3339.match(text):
+        raise InvalidEventError("time must be an RFC 3339 timestamp with an offset", "time")
     try:
-        moment = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidEventError("time must be an RFC 3339 timestamp", "time") from None
-    if moment.tzinfo is None:
-        raise InvalidEventError("time must carry a UTC offset or 'Z'", "time")
-    return moment
+        raise InvalidEventError(
+            "time must be an RFC 3339 timestamp with an offset", "time"
+        ) from None
+
+
+def validate_content_type(content_type: str | None) -> None:
+    if content_type is not None and len(content_type.encode()) > MAX_SHORT_STRING_BYTES:
+        raise InvalidEventError(
+            f"datacontenttype is longer than {MAX_SHORT_STRING_BYTES} bytes", "datacontenttype"
+        )
 
 
 def attribute_string(name: str, value: Any) -> str:
@@ -68,6 +85,8 @@ def attribute_string(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
+        if not _INT32[0] <= value <= _INT32[1]:
+            raise InvalidEventError(f"attribute {name!r} is outside the 32-bit Integer range", name)
         return str(value)
     if isinstance(value, str):
         return value
@@ -75,25 +94,40 @@ def attribute_string(name: str, value: Any) -> str:
 
 
 def validate_attributes(attributes: Mapping[str, str]) -> None:
-    """Check required attributes, names, lengths and the time format; raise InvalidEventError."""
-    if len(attributes) > MAX_ATTRIBUTES:
-        raise InvalidEventError(f"at most {MAX_ATTRIBUTES} attributes are accepted")
+    """Check required attributes, names, sizes and the time format; raise InvalidEventError."""
+    _validate_required(attributes)
+    _validate_sizes(attributes)
+    for name in attributes:
+        if not _ATTRIBUTE_NAME.match(name):
+            raise InvalidEventError(
+                f"attribute name {name[:64]!r} must be 1-64 lower-case letters or digits", name
+            )
+    if "time" in attributes:
+        parse_time(attributes["time"])
+
+
+def _validate_required(attributes: Mapping[str, str]) -> None:
     for name in REQUIRED:
         if not attributes.get(name):
             raise InvalidEventError(f"required attribute {name!r} is missing or empty", name)
     if attributes["specversion"] != SPECVERSION:
         raise InvalidEventError("specversion must be '1.0'", "specversion")
+
+
+def _validate_sizes(attributes: Mapping[str, str]) -> None:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidEventError(f"at most {MAX_ATTRIBUTES} attributes are accepted")
+    for name in ("id", "type"):
+        if len(attributes[name].encode()) > MAX_SHORT_STRING_BYTES:
+            raise InvalidEventError(f"{name} is longer than {MAX_SHORT_STRING_BYTES} bytes", name)
     for name, value in attributes.items():
-        if not _ATTRIBUTE_NAME.match(name):
-            raise InvalidEventError(
-                f"attribute name {name[:64]!r} must be 1-64 lower-case letters or digits", name
-            )
         if len(value) > MAX_ATTRIBUTE_LENGTH:
             raise InvalidEventError(
                 f"attribute {name!r} is longer than {MAX_ATTRIBUTE_LENGTH} characters", name
             )
-    if "time" in attributes:
-        parse_time(attributes["time"])
+    total = sum(len(name) + len(value.encode()) for name, value in attributes.items())
+    if total > MAX_ATTRIBUTES_BYTES:
+        raise InvalidEventError(f"the attributes add up to more than {MAX_ATTRIBUTES_BYTES} bytes")
 
 
 def event_from_json(document: Any) -> OutgoingEvent:
@@ -106,13 +140,14 @@ def event_from_json(document: Any) -> OutgoingEvent:
     data_base64: Any = None
     for name, value in document.items():
         if name == "data":
-            data, data_present = value, True
+            data, data_present = value, value is not None
         elif name == "data_base64":
             data_base64 = value
         elif value is not None:
             attributes[name] = attribute_string(name, value)
     datacontenttype = attributes.pop("datacontenttype", None)
     validate_attributes(attributes)
+    validate_content_type(datacontenttype)
     if data_present and data_base64 is not None:
         raise InvalidEventError("an event carries data or data_base64, not both", "data_base64")
     if data_base64 is not None:

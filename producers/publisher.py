@@ -153,6 +153,13 @@ class AmqpPublisher:
             raise PublishRejectedError("RabbitMQ nacked the message") from None
         except _CONNECTION_FAILURES as error:
             raise BrokerUnavailableError(f"connection lost: {type(error).__name__}") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled: let it
+            # aiormq fails pending confirms with CancelledError when it drops a dead connection
+            # (missed heartbeats); that is an unavailable broker, not a cancelled request.
+            raise BrokerUnavailableError("connection dropped while awaiting the confirm") from None
         finally:
             self._in_flight -= 1
         if not isinstance(confirmation, Basic.Ack):

@@ -39,6 +39,9 @@ class Topology:
     def dead_letter_queue(self, subscription: str) -> str:
         return f"{self.namespace}.{subscription}.dlq"
 
+    def retry_queue(self, subscription: str, delay_label: str) -> str:
+        return f"{self.namespace}.{subscription}.retry.{delay_label}"
+
 
 async def declare_events_exchange(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
     """Declare `{ns}.events` with its alternate exchange, so an event no one binds is kept."""

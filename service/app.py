@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
@@ -44,8 +44,24 @@ def build_app(
     if publisher is not None:
         app[PUBLISHER] = publisher
         app.router.add_post("/v1/events", ingest)
+    # Handlers close after the link is down (cleanup runs in reverse order).
+    app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
     return app
+
+
+def _handler_resources(
+    subscriptions: Sequence[Subscription],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def close_handlers(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        for subscription in subscriptions:
+            # Built-in handlers such as the webhook hold a connection pool.
+            aclose = getattr(subscription.handler, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return close_handlers
 
 
 async def _broker_link(app: web.Application) -> AsyncIterator[None]:

@@ -18,7 +18,12 @@ import structlog
 from aio_pika.abc import AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from consumers import Subscription, SubscriptionConsumer, declare_subscription_queue
+from consumers import (
+    MessageMover,
+    Subscription,
+    SubscriptionConsumer,
+    declare_subscription_queue,
+)
 from producers import AmqpPublisher, Topology, declare_events_exchange
 from service.settings import Settings
 
@@ -27,7 +32,8 @@ __all__ = ["BrokerLink", "LinkStatus"]
 _log = structlog.get_logger(component="broker")
 # Failures worth another attempt: the broker is away, or refused what we declared (an operator
 # may fix a conflicting queue while we wait; /readyz shows the reason meanwhile).
-_RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError)
+# RuntimeError: aio-pika raises it from channel() when the connection drops mid-setup.
+_RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError)
 HEARTBEAT_SECONDS = 15
 RECONNECT_INTERVAL_SECONDS = 2.0
 
@@ -85,9 +91,15 @@ class BrokerLink:
             before_sleep=self._note_failure,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                await self._connect_once()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._connect_once()
+        except Exception as error:  # noqa: BLE001 - logged with traceback; readiness shows it
+            # Not a broker hiccup tenacity knows to retry: say so loudly, stay not-ready.
+            self._problem = f"broker link failed: {type(error).__name__}: {error}"[:300]
+            _log.exception("broker link failed; the process stays not ready")
+            return
         self._problem = None
         _log.info("broker link up", url=self._settings.amqp_url_redacted)
 
@@ -128,6 +140,11 @@ class BrokerLink:
                 connection, publishing, await publishing.get_exchange(exchange.name, ensure=False)
             )
         consumers = []
+        # One confirm channel per process moves failed deliveries into retry tiers and DLQs.
+        mover = MessageMover(
+            await connection.channel(publisher_confirms=True),
+            timeout=self._settings.publish_timeout,
+        )
         for subscription in self._subscriptions:
             # Every role declares the subscription queues, so events an ingress accepts before
             # any worker runs wait in their queue instead of counting as unrouted.
@@ -135,7 +152,9 @@ class BrokerLink:
             queue = await declare_subscription_queue(channel, self._topology, subscription)
             if not self._consume:
                 continue
-            consumer = SubscriptionConsumer(subscription, channel, queue)
+            consumer = SubscriptionConsumer(
+                subscription, topology=self._topology, channel=channel, queue=queue, mover=mover
+            )
             await consumer.start()
             consumers.append(consumer)
             _log.info(
@@ -159,7 +178,7 @@ class BrokerLink:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, *_RETRYABLE):
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await asyncio.gather(
             *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers)

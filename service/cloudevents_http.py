@@ -22,6 +22,7 @@ from producers import (
     event_from_json,
     format_time,
     validate_attributes,
+    validate_content_type,
 )
 
 __all__ = [
@@ -104,8 +105,6 @@ def _load(body: bytes) -> Any:
 def _parse_batch(document: Any, limit: int) -> ParsedBatch:
     if not isinstance(document, list):
         raise InvalidEventError("a batch must be a JSON array of structured events")
-    if not document:
-        raise InvalidEventError("a batch must hold at least one event")
     if len(document) > limit:
         raise BatchTooLargeError(limit)
     entries: list[OutgoingEvent | InvalidEventError] = []
@@ -128,6 +127,7 @@ def _parse_binary(
     }
     attributes.pop("datacontenttype", None)  # Content-Type is the authority in binary mode
     validate_attributes(attributes)
+    validate_content_type(content_type)
     return OutgoingEvent(attributes=attributes, datacontenttype=content_type, data=body)
 
 

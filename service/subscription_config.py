@@ -9,8 +9,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, cast
 
-from consumers import Handler, Subscription
-from service.settings import SettingError
+from consumers import Handler, RetryPolicy, Subscription
+from consumers.builtin import HandlerFactory
+from service.settings import SettingError, parse_duration
 
 __all__ = ["load_subscriptions", "resolve_handler"]
 
@@ -19,8 +20,16 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 # AMQP topic pattern: dot-separated words, each '*', '#' or characters other than '.'.
 _PATTERN_WORD = re.compile(r"^(\*|#|[^.*#\s]+)$")
 MAX_PATTERN_LENGTH = 255
-_KEYS = frozenset(("name", "events", "handler", "prefetch", "concurrency"))
+_KEYS = frozenset(
+    ("name", "events", "handler", "prefetch", "concurrency", "timeout", "retry", "options")
+)
+_RETRY_KEYS = frozenset(("in_process", "delays"))
 MAX_PREFETCH = 10_000
+MAX_IN_PROCESS = 10
+MAX_TIERS = 20
+# RabbitMQ takes a queue TTL up to 2^32-1 ms; a week is far below it and far beyond any sane tier.
+MAX_DELAY_SECONDS = 7 * 24 * 3600
+MIN_DELAY_SECONDS = 0.01
 
 
 def load_subscriptions(path: Path) -> tuple[Subscription, ...]:
@@ -62,7 +71,7 @@ def _subscription(index: int, entry: Any) -> Subscription:
     handler_path = entry.get("handler")
     if not isinstance(handler_path, str):
         raise SettingError(SETTING, f"{where}.handler as 'module:function'")
-    handler = resolve_handler(handler_path, where)
+    handler = _handler(handler_path, entry.get("options"), where)
     prefetch = _positive(entry, "prefetch", 32, where)
     concurrency = _positive(entry, "concurrency", 16, where)
     if concurrency > prefetch:
@@ -74,7 +83,68 @@ def _subscription(index: int, entry: Any) -> Subscription:
         handler_path=handler_path,
         prefetch=prefetch,
         concurrency=concurrency,
+        timeout=_duration(entry.get("timeout", "30s"), f"{where}.timeout", low=MIN_DELAY_SECONDS),
+        retry=_retry(entry.get("retry", {}), where),
     )
+
+
+def _duration(value: Any, where: str, *, low: float, high: float | None = None) -> float:
+    text = str(value) if isinstance(value, str | int | float) and value is not True else ""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds < low or (high is not None and seconds > high):
+        raise SettingError(SETTING, f"{where} as a duration such as 500ms, 10s, 1m", repr(value))
+    return seconds
+
+
+def _retry(table: Any, where: str) -> RetryPolicy:
+    if not isinstance(table, dict):
+        raise SettingError(SETTING, f"{where}.retry as a table")
+    unknown = sorted(set(table) - _RETRY_KEYS)
+    if unknown:
+        raise SettingError(
+            SETTING, f"{where}.retry keys among {sorted(_RETRY_KEYS)}; unknown: {unknown}"
+        )
+    default = RetryPolicy()
+    in_process = table.get("in_process", default.in_process)
+    if (
+        isinstance(in_process, bool)
+        or not isinstance(in_process, int)
+        or not 1 <= in_process <= MAX_IN_PROCESS
+    ):
+        raise SettingError(
+            SETTING, f"{where}.retry.in_process as an integer from 1 to {MAX_IN_PROCESS}"
+        )
+    raw_delays = table.get("delays")
+    if raw_delays is None:
+        return RetryPolicy(in_process=in_process, delays=default.delays)
+    if not isinstance(raw_delays, list) or len(raw_delays) > MAX_TIERS:
+        raise SettingError(
+            SETTING, f"{where}.retry.delays as a list of at most {MAX_TIERS} durations"
+        )
+    delays = tuple(
+        _duration(d, f"{where}.retry.delays[{i}]", low=MIN_DELAY_SECONDS, high=MAX_DELAY_SECONDS)
+        for i, d in enumerate(raw_delays)
+    )
+    return RetryPolicy(in_process=in_process, delays=delays)
+
+
+def _handler(path: str, options: Any, where: str) -> Handler:
+    target = resolve_handler(path, where)
+    if isinstance(target, HandlerFactory):
+        if not isinstance(options, dict):
+            raise SettingError(SETTING, f"{where}.options table for {path}")
+        try:
+            return target.build(options, parse_duration)
+        except ValueError as error:
+            raise SettingError(SETTING, f"{where}.{error}") from None
+    if options is not None:
+        raise SettingError(
+            SETTING, f"{where}.options only with a built-in that takes them ({path} does not)"
+        )
+    return target
 
 
 def _valid_pattern(pattern: str) -> bool:
@@ -90,8 +160,8 @@ def _positive(entry: dict[str, Any], key: str, default: int, where: str) -> int:
     return value
 
 
-def resolve_handler(path: str, where: str = "handler") -> Handler:
-    """Import 'package.module:function' and check it is an async function of one argument."""
+def resolve_handler(path: str, where: str = "handler") -> Handler | HandlerFactory:
+    """Import 'package.module:function': an async function, or a built-in handler factory."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise SettingError(SETTING, f"{where}.handler as 'module:function'", path)
@@ -100,6 +170,8 @@ def resolve_handler(path: str, where: str = "handler") -> Handler:
     except ImportError as error:
         raise SettingError(SETTING, f"{where}.handler importable ({error})", path) from None
     handler = getattr(module, attribute, None)
+    if isinstance(handler, HandlerFactory):
+        return handler
     if not inspect.iscoroutinefunction(handler):
         raise SettingError(SETTING, f"{where}.handler naming an async function", path)
     return cast("Handler", handler)

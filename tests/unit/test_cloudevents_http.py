@@ -95,7 +95,6 @@ def test_batch_keeps_order_and_isolates_bad_entries() -> None:
 @pytest.mark.parametrize(
     ("content_type", "body", "error"),
     [
-        ("application/cloudevents-batch+json", b"[]", InvalidEventError),
         ("application/cloudevents-batch+json", b"{}", InvalidEventError),
         ("application/cloudevents-batch+json", orjson.dumps([EVENT] * 11), BatchTooLargeError),
         ("application/cloudevents+json", b"[1]", InvalidEventError),
@@ -108,6 +107,45 @@ def test_batch_keeps_order_and_isolates_bad_entries() -> None:
 def test_rejections(content_type: str | None, body: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         parse_request(content_type, {}, body, max_batch_events=10)
+
+
+def test_an_empty_batch_is_valid_and_holds_nothing() -> None:
+    parsed = parse_request("application/cloudevents-batch+json", {}, b"[]", max_batch_events=10)
+    assert parsed == ParsedBatch(())
+
+
+@pytest.mark.parametrize(
+    ("extra", "attribute"),
+    [
+        ({"id": "é" * 200}, "id"),  # 400 bytes: longer than an AMQP message_id may be
+        ({"type": "t" * 256}, "type"),  # the routing key is a short string too
+        ({"datacontenttype": "text/" + "x" * 300}, "datacontenttype"),
+        ({"count": 2**31}, "count"),
+        ({"time": "20240101T000000Z"}, "time"),
+        ({"time": "2024-01-01T00:00Z"}, "time"),
+        ({"time": "2024-01-01T00:00:00"}, "time"),
+    ],
+)
+def test_values_amqp_or_the_type_system_cannot_carry_are_400(
+    extra: dict[str, object], attribute: str
+) -> None:
+    with pytest.raises(InvalidEventError) as raised:
+        single("application/cloudevents+json", orjson.dumps({**EVENT, **extra}))
+    assert raised.value.attribute == attribute
+
+
+def test_attributes_that_would_overflow_an_amqp_frame_are_rejected() -> None:
+    # 60 attributes of 4000 characters once closed the whole broker connection.
+    document = {**EVENT, **{f"ext{n}": "v" * 4000 for n in range(60)}}
+    with pytest.raises(InvalidEventError, match="add up to more than"):
+        single("application/cloudevents+json", orjson.dumps(document))
+
+
+def test_null_data_with_data_base64_counts_as_absent_data() -> None:
+    event = single(
+        "application/cloudevents+json", orjson.dumps({**EVENT, "data": None, "data_base64": "aGk="})
+    )
+    assert event.data == b"hi"
 
 
 def test_too_many_attributes_are_rejected() -> None:

@@ -1,0 +1,114 @@
+"""Running a handler for one delivery: a timeout per attempt, quick retries with tenacity."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from consumers.dead_letter import Failure
+from consumers.errors import PermanentError, RetryableError
+from consumers.event import Event, Handler
+from consumers.retry import (
+    IN_PROCESS_BASE_SECONDS,
+    IN_PROCESS_BUDGET_SECONDS,
+    IN_PROCESS_MAX_WAIT_SECONDS,
+    RetryPolicy,
+)
+
+__all__ = ["AttemptsResult", "HandlerTimeoutError", "run_attempts"]
+
+_exponential = wait_random_exponential(
+    multiplier=IN_PROCESS_BASE_SECONDS, max=IN_PROCESS_MAX_WAIT_SECONDS
+)
+
+
+class HandlerTimeoutError(RetryableError):
+    """The handler ran past its subscription's `timeout`."""
+
+
+class HandlerCancelledError(RetryableError):
+    """The handler raised CancelledError without anyone cancelling it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptsResult:
+    attempts: int  # handler attempts made in this delivery
+    failure: Failure | None = None  # None when the last attempt succeeded
+    permanent: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.failure is None
+
+
+def _wait(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, RetryableError) and error.retry_after is not None:
+        return min(error.retry_after, IN_PROCESS_MAX_WAIT_SECONDS)
+    return _exponential(state)
+
+
+def _worth_retrying_here(error: BaseException) -> bool:
+    if not isinstance(error, Exception) or isinstance(error, PermanentError):
+        return False
+    # A downstream that asks for a longer pause than the in-process cap gets the ladder.
+    return not (
+        isinstance(error, RetryableError)
+        and error.retry_after is not None
+        and error.retry_after > IN_PROCESS_MAX_WAIT_SECONDS
+    )
+
+
+async def run_attempts(
+    handler: Handler,
+    event: Event,
+    *,
+    policy: RetryPolicy,
+    timeout: float,
+    keep_trying: Callable[[], bool],
+) -> AttemptsResult:
+    """Call `handler` until it returns, fails permanently, or in-process attempts run out.
+
+    `event.attempt` is the number of the first attempt here; each retry gets the next number.
+    Cancellation propagates (the delivery then returns to the queue unsettled).
+    """
+    made = 0
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.in_process) | stop_after_delay(IN_PROCESS_BUDGET_SECONDS),
+        wait=_wait,
+        retry=retry_if_exception(lambda error: _worth_retrying_here(error) and keep_trying()),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                current = dataclasses.replace(event, attempt=event.attempt + made)
+                made += 1
+                try:
+                    async with asyncio.timeout(timeout):
+                        await handler(current)
+                except TimeoutError:
+                    message = f"handler ran past its timeout of {timeout:g}s"
+                    raise HandlerTimeoutError(message) from None
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # shutdown or a lost channel: the delivery goes back unsettled
+                    # The handler raised CancelledError itself: that is its failure.
+                    raise HandlerCancelledError("the handler raised CancelledError") from None
+    except PermanentError as error:
+        return AttemptsResult(made, Failure.from_exception(error), permanent=True)
+    except Exception as error:  # noqa: BLE001 - every other failure is a retryable outcome
+        return AttemptsResult(made, Failure.from_exception(error))
+    return AttemptsResult(made)

@@ -1,0 +1,93 @@
+"""Headers conveyor adds when it moves a message into the retry ladder or a dead-letter queue.
+
+They travel with the message (alongside RabbitMQ's own `x-death`), so whoever inspects a DLQ
+entry sees why it is there without conveyor's logs.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from producers import format_time
+
+__all__ = ["DeadLetterReason", "Failure", "Headers", "failure_headers", "read_int"]
+
+ATTEMPTS = "x-conveyor-attempts"  # handler attempts made so far
+RETRIES = "x-conveyor-retries"  # passes through the broker-side ladder so far
+REASON = "x-conveyor-reason"
+ERROR_CLASS = "x-conveyor-error-class"
+ERROR_MESSAGE = "x-conveyor-error-message"
+ERROR_TRACEBACK = "x-conveyor-error-traceback"
+FIRST_FAILURE = "x-conveyor-first-failure"
+LAST_FAILURE = "x-conveyor-last-failure"
+ORIGINAL_EXCHANGE = "x-conveyor-original-exchange"
+ORIGINAL_ROUTING_KEY = "x-conveyor-original-routing-key"
+MAX_MESSAGE_CHARS = 1000
+MAX_TRACEBACK_CHARS = 2000
+
+Headers = dict[str, Any]
+
+
+class DeadLetterReason(enum.StrEnum):
+    RETRIES_EXHAUSTED = "retries-exhausted"
+    PERMANENT = "permanent-error"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why the last attempt failed."""
+
+    error_class: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def from_exception(cls, error: BaseException) -> Failure:
+        lines = traceback.format_exception(error)
+        return cls(
+            error_class=type(error).__name__,
+            message=str(error)[:MAX_MESSAGE_CHARS],
+            # The innermost frames say most; keep the tail.
+            traceback="".join(lines)[-MAX_TRACEBACK_CHARS:],
+        )
+
+
+def read_int(headers: Mapping[str, Any], name: str) -> int:
+    value = headers.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def failure_headers(
+    headers: Mapping[str, Any],
+    *,
+    failure: Failure,
+    attempts: int,
+    exchange: str,
+    routing_key: str,
+    now: datetime | None = None,
+    reason: DeadLetterReason | None = None,
+    retries: int | None = None,
+) -> Headers:
+    """The message's headers plus conveyor's account of the failure (pure; no I/O)."""
+    moment = format_time(now or datetime.now(UTC))
+    updated: Headers = dict(headers)
+    updated[ATTEMPTS] = attempts
+    updated[ERROR_CLASS] = failure.error_class
+    updated[ERROR_MESSAGE] = failure.message
+    updated[ERROR_TRACEBACK] = failure.traceback
+    updated.setdefault(FIRST_FAILURE, moment)
+    updated[LAST_FAILURE] = moment
+    # The first hop keeps where the event was first published; later hops come from the ladder.
+    updated.setdefault(ORIGINAL_EXCHANGE, exchange)
+    updated.setdefault(ORIGINAL_ROUTING_KEY, routing_key)
+    if retries is not None:
+        updated[RETRIES] = retries
+    if reason is not None:
+        updated[REASON] = reason.value
+    return updated
