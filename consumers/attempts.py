@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -28,6 +29,7 @@ from consumers.retry import (
 
 __all__ = ["AttemptsResult", "HandlerTimeoutError", "run_attempts"]
 
+_log = structlog.get_logger(component="consumer")
 _exponential = wait_random_exponential(
     multiplier=IN_PROCESS_BASE_SECONDS, max=IN_PROCESS_MAX_WAIT_SECONDS
 )
@@ -59,6 +61,17 @@ def _wait(state: RetryCallState) -> float:
     return _exponential(state)
 
 
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    _log.warning(
+        "handler failed; retrying in process",
+        attempt_in_delivery=state.attempt_number,
+        retry_in=round(state.upcoming_sleep, 3),
+        error_class=type(error).__name__,
+        error=str(error)[:500],
+    )
+
+
 def _worth_retrying_here(error: BaseException) -> bool:
     if not isinstance(error, Exception) or isinstance(error, PermanentError):
         return False
@@ -87,6 +100,7 @@ async def run_attempts(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.in_process) | stop_after_delay(IN_PROCESS_BUDGET_SECONDS),
         wait=_wait,
+        before_sleep=_log_retry,
         retry=retry_if_exception(lambda error: _worth_retrying_here(error) and keep_trying()),
         reraise=True,
     )

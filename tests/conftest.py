@@ -18,11 +18,12 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from consumers import Handler, Subscription
+from consumers import Handler, RetryPolicy, Subscription
 from producers import Topology
 from service import Settings, build_app
 from tests.support.waiting import eventually
 
+NO_RETRY = RetryPolicy(in_process=1, delays=())
 BROKER_HELP = (
     "These tests need a real RabbitMQ and found none. Either set CONVEYOR_TEST_AMQP_URL, "
     "start one on localhost:5672 (`rabbitmq-server -detached`, or "
@@ -166,8 +167,16 @@ StartConveyor = Callable[..., Awaitable[Running]]
 
 
 def subscription(
-    name: str, events: tuple[str, ...], handler: Handler, *, prefetch: int = 8, concurrency: int = 4
+    name: str,
+    events: tuple[str, ...],
+    handler: Handler,
+    *,
+    prefetch: int = 8,
+    concurrency: int = 4,
+    timeout: float = 10.0,
+    retry: RetryPolicy = NO_RETRY,
 ) -> Subscription:
+    """A subscription for tests; by default one attempt and no ladder, so failures show at once."""
     return Subscription(
         name=name,
         events=events,
@@ -175,6 +184,8 @@ def subscription(
         handler_path=f"tests:{name}",
         prefetch=prefetch,
         concurrency=concurrency,
+        timeout=timeout,
+        retry=retry,
     )
 
 

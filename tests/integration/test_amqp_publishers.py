@@ -126,4 +126,9 @@ async def test_a_message_that_breaks_the_contract_is_dead_lettered_not_dropped(
     assert sorted(message.message_id or "" for message in dead) == ["bad-json", "no-id"]
     bad_json = next(message for message in dead if message.message_id == "bad-json")
     assert bad_json.body == b"not json"  # kept as it was sent
+    for message in dead:
+        headers = message.headers or {}
+        assert headers["x-conveyor-reason"] == "malformed"
+        assert headers["x-conveyor-error-class"] == "MalformedEventError"
+    assert "not valid JSON" in str((bad_json.headers or {})["x-conveyor-error-message"])
     assert await namespace.depth(namespace.topology.queue("strict")) == 0

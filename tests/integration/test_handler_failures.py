@@ -1,38 +1,44 @@
-"""A failing handler never loses its event: one more try from the queue, then the DLQ."""
+"""Handler failures: quick retries, the broker-side ladder, and the DLQ with the reason attached."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import orjson
 
+from consumers import Event, PermanentError, RetryPolicy
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.recorder import Recorder
 
+FAST_LADDER = RetryPolicy(in_process=2, delays=(0.2, 0.4))
 
-async def test_a_handler_that_fails_once_gets_the_event_again_and_it_is_acked(
+
+async def test_a_transient_failure_is_retried_in_process_and_then_acked(
     start_conveyor: StartConveyor, namespace: Namespace
 ) -> None:
-    recorder = Recorder(fail=lambda event: not event.redelivered)
-    conveyor = await start_conveyor((subscription("flaky", ("flaky.*",), recorder),))
+    recorder = Recorder(fail=lambda event: event.attempt == 1)
+    conveyor = await start_conveyor(
+        (subscription("flaky", ("flaky.*",), recorder, retry=RetryPolicy(in_process=3)),)
+    )
 
-    response = await conveyor.post({"type": "flaky.op", "id": "f-1"})
+    assert (await conveyor.post({"type": "flaky.op", "id": "f-1"})).status == 202
 
-    assert response.status == 202
     attempts = await recorder.wait_for(2)
-    assert [(event.id, event.redelivered) for event in attempts] == [("f-1", False), ("f-1", True)]
+    assert [(event.id, event.attempt) for event in attempts] == [("f-1", 1), ("f-1", 2)]
+    await asyncio.sleep(0.3)  # room for a wrong third attempt or a DLQ copy to show up
+    assert len(recorder.events) == 2
     assert await namespace.depth(namespace.topology.dead_letter_queue("flaky")) == 0
     assert await namespace.depth(namespace.topology.queue("flaky")) == 0
 
 
-async def test_a_handler_that_keeps_failing_sends_the_event_to_the_dlq_intact(
+async def test_an_always_failing_handler_goes_round_the_ladder_then_into_the_dlq_once(
     start_conveyor: StartConveyor, namespace: Namespace
 ) -> None:
     recorder = Recorder(fail=lambda _event: True)
-    ok = Recorder()
     conveyor = await start_conveyor(
-        (
-            subscription("broken", ("work.*",), recorder),
-            subscription("healthy", ("work.*",), ok),
-        )
+        (subscription("broken", ("work.*",), recorder, retry=FAST_LADDER),)
     )
 
     response = await conveyor.post(
@@ -41,12 +47,115 @@ async def test_a_handler_that_keeps_failing_sends_the_event_to_the_dlq_intact(
 
     assert response.status == 202
     [dead] = await namespace.take_at_least(namespace.topology.dead_letter_queue("broken"), 1)
+    # in_process x (tiers + 1) attempts, numbered as the handler saw them.
+    assert [event.attempt for event in recorder.events] == [1, 2, 3, 4, 5, 6]
     assert dead.message_id == "doomed"
     assert orjson.loads(dead.body) == {"k": "v"}
-    assert dead.headers is not None
-    assert dead.headers["ce-subject"] == "s"
     assert dead.content_type == "application/json"
-    assert len(recorder.events) == 2
-    # The other subscription of the same event is unaffected by the failing one.
-    assert ok.ids() == ["doomed"]
-    assert await namespace.depth(namespace.topology.dead_letter_queue("healthy")) == 0
+    headers: dict[str, Any] = dict(dead.headers or {})
+    assert headers["ce-subject"] == "s"
+    assert headers["x-conveyor-reason"] == "retries-exhausted"
+    assert headers["x-conveyor-attempts"] == 6
+    assert headers["x-conveyor-retries"] == 2
+    assert headers["x-conveyor-error-class"] == "RuntimeError"
+    assert headers["x-conveyor-error-message"] == "told to fail on doomed"
+    assert "RuntimeError" in headers["x-conveyor-error-traceback"]
+    assert headers["x-conveyor-first-failure"] <= headers["x-conveyor-last-failure"]
+    assert headers["x-conveyor-original-exchange"] == namespace.topology.events_exchange
+    assert headers["x-conveyor-original-routing-key"] == "work.item"
+    assert {death["reason"] for death in headers["x-death"]} == {"expired"}  # RabbitMQ's own
+    await asyncio.sleep(0.5)
+    assert await namespace.depth(namespace.topology.dead_letter_queue("broken")) == 0  # one only
+    assert len(recorder.events) == 6
+
+
+async def test_the_ladder_waits_each_tier_on_the_broker(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    seen: list[float] = []
+
+    async def failing(event: Event) -> None:
+        seen.append(time.monotonic())
+        raise RuntimeError(f"attempt {event.attempt}")
+
+    await start_conveyor(
+        (subscription("tiers", ("tier.*",), failing, retry=RetryPolicy(1, (0.5, 1.0))),)
+    )
+    await namespace.publish_raw(
+        b"{}",
+        routing_key="tier.x",
+        content_type="application/json",
+        headers={"ce-specversion": "1.0", "ce-id": "t", "ce-source": "/s", "ce-type": "tier.x"},
+    )
+
+    await namespace.take_at_least(namespace.topology.dead_letter_queue("tiers"), 1)
+    assert len(seen) == 3
+    first_gap, second_gap = seen[1] - seen[0], seen[2] - seen[1]
+    # Never early; late only by broker and scheduling slack.
+    assert 0.45 <= first_gap < 2.5
+    assert 0.95 <= second_gap < 3.0
+
+
+async def test_a_permanent_error_dead_letters_after_one_attempt(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    calls: list[int] = []
+
+    async def refuse(event: Event) -> None:
+        calls.append(event.attempt)
+        raise PermanentError("customer does not exist")
+
+    conveyor = await start_conveyor(
+        (subscription("strict", ("strict.*",), refuse, retry=FAST_LADDER),)
+    )
+    assert (await conveyor.post({"type": "strict.op", "id": "p-1"})).status == 202
+
+    [dead] = await namespace.take_at_least(namespace.topology.dead_letter_queue("strict"), 1)
+    headers: dict[str, Any] = dict(dead.headers or {})
+    assert headers["x-conveyor-reason"] == "permanent-error"
+    assert headers["x-conveyor-error-class"] == "PermanentError"
+    assert headers["x-conveyor-attempts"] == 1
+    assert calls == [1]
+
+
+async def test_a_handler_past_its_timeout_is_a_retryable_failure(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    attempts: list[int] = []
+
+    async def slow(event: Event) -> None:
+        attempts.append(event.attempt)
+        await asyncio.sleep(5)
+
+    conveyor = await start_conveyor(
+        (subscription("slow", ("slow.*",), slow, timeout=0.2, retry=RetryPolicy(2, ())),)
+    )
+    assert (await conveyor.post({"type": "slow.op", "id": "late"})).status == 202
+
+    [dead] = await namespace.take_at_least(namespace.topology.dead_letter_queue("slow"), 1)
+    headers: dict[str, Any] = dict(dead.headers or {})
+    assert headers["x-conveyor-error-class"] == "HandlerTimeoutError"
+    assert headers["x-conveyor-reason"] == "retries-exhausted"
+    assert attempts == [1, 2]
+
+
+async def test_a_failing_subscription_does_not_affect_another_one(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    stuck = Recorder()
+    stuck.release.clear()  # never returns during the test
+    healthy = Recorder()
+    conveyor = await start_conveyor(
+        (
+            subscription("stuck", ("shared.*",), stuck, prefetch=1, concurrency=1),
+            subscription("healthy", ("shared.*",), healthy),
+        )
+    )
+    for n in range(5):
+        assert (await conveyor.post({"type": "shared.op", "id": f"s{n}"})).status == 202
+
+    await healthy.wait_for(5)
+    assert sorted(healthy.ids()) == [f"s{n}" for n in range(5)]
+    assert stuck.started == 1
+    stuck.release.set()
+    await stuck.wait_for(5)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import structlog
 from structlog.testing import capture_logs
 
+from consumers import RetryPolicy
 from tests.conftest import StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
 
 async def test_consumer_log_lines_carry_the_event_context(start_conveyor: StartConveyor) -> None:
-    recorder = Recorder(fail=lambda event: not event.redelivered)
-    conveyor = await start_conveyor((subscription("logged", ("logged.*",), recorder),))
+    recorder = Recorder(fail=lambda event: event.attempt == 1)
+    conveyor = await start_conveyor(
+        (subscription("logged", ("logged.*",), recorder, retry=RetryPolicy(2, ())),)
+    )
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         response = await conveyor.client.post(
@@ -28,12 +31,12 @@ async def test_consumer_log_lines_carry_the_event_context(start_conveyor: StartC
 
         await eventually(acked, timeout=5, what="the ack's log line")
 
-    failed = next(line for line in logs if line["event"] == "handler failed")
+    failed = next(line for line in logs if line["event"] == "handler failed; retrying in process")
     assert failed["event_id"] == "log-1"
     assert failed["event_type"] == "logged.thing"
     assert failed["subscription"] == "logged"
     assert failed["correlation_id"] == "corr-log"
     assert failed["error_class"] == "RuntimeError"
-    assert failed["outcome"] == "requeued"
+    assert failed["attempt_in_delivery"] == 1
     handled = [line for line in logs if line["event"] == "event handled"]
     assert [(line["event_id"], line["subscription"]) for line in handled] == [("log-1", "logged")]

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from consumers import builtin
+from consumers import RetryPolicy, builtin
+from consumers.webhook import Webhook
 from service import SettingError, load_subscriptions
 
 HEAD = "[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'consumers.builtin:discard'\n"
+HOOK = '[[subscriptions]]\nname = "hook"\nevents = ["a"]\nhandler = "consumers.builtin:webhook"\n'
 GOOD = """
 [[subscriptions]]
 name = "audit"
@@ -29,6 +31,22 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "subscriptions.toml"
     path.write_text(text)
     return path
+
+
+def test_timeout_retry_and_webhook_options(tmp_path: Path) -> None:
+    text = (
+        HEAD
+        + 'timeout = "5s"\n[subscriptions.retry]\nin_process = 2\ndelays = ["500ms", "1m"]\n'
+        + HOOK
+        + '[subscriptions.options]\nurl = "https://example.com/in"\ntimeout = "3s"\n'
+    )
+    plain, hook = load_subscriptions(write(tmp_path, text))
+    assert plain.timeout == 5.0
+    assert plain.retry == RetryPolicy(in_process=2, delays=(0.5, 60.0))
+    assert isinstance(hook.handler, Webhook)
+    assert hook.handler.options.url == "https://example.com/in"
+    assert hook.handler.options.timeout == 3.0
+    assert hook.retry == RetryPolicy()
 
 
 def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
@@ -53,6 +71,14 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
         (HEAD + "prefetch = 2\nconcurrency = 4", "no larger than prefetch"),
         (HEAD + "retries = 3", "unknown: ['retries']"),
         (GOOD + GOOD, "repeated: audit, defaults"),
+        (HEAD + 'timeout = "soon"', "(a).timeout"),
+        (HEAD + "[subscriptions.retry]\nin_process = 0", "(a).retry.in_process"),
+        (HEAD + '[subscriptions.retry]\ndelays = ["1s", "-2s"]', "(a).retry.delays[1]"),
+        (HEAD + '[subscriptions.retry]\ndelays = ["30d"]', "(a).retry.delays[0]"),
+        (HEAD + "[subscriptions.retry]\nforever = true", "unknown: ['forever']"),
+        (HEAD + '[subscriptions.options]\nurl = "x"', "options only with a built-in"),
+        (HOOK + '[subscriptions.options]\nurl = "ftp://x"', "(hook).options.url as an http"),
+        (HOOK, "(hook).options table"),
         ("subscriptions = 3", "[[subscriptions]]"),
         ("not toml at all [", "readable TOML"),
     ],
