@@ -108,6 +108,7 @@ async def run_attempts(
         async for attempt in retrying:
             with attempt:
                 current = dataclasses.replace(event, attempt=event.attempt + made)
+                structlog.contextvars.bind_contextvars(attempt=current.attempt)
                 made += 1
                 try:
                     async with asyncio.timeout(timeout):

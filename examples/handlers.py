@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from consumers import Event
+from consumers import Event, PermanentError
 
 _log = structlog.get_logger(component="examples")
 
@@ -16,5 +16,7 @@ async def send_welcome(event: Event) -> None:
 
 
 async def record_order(event: Event) -> None:
-    """Pretend to store an order event; raising here would requeue once, then dead-letter."""
-    _log.info("order recorded", subject=event.subject, data=event.data)
+    """Pretend to store an order; an order without a total can never succeed, so say so."""
+    if isinstance(event.data, dict) and "total" not in event.data:
+        raise PermanentError("an order event needs data.total")  # straight to the DLQ
+    _log.info("order recorded", subject=event.subject, data=event.data, attempt=event.attempt)
