@@ -9,20 +9,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiormq.exceptions
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
+from producers import BROKER_FAILURES
+
 __all__ = ["MessageMover", "MoveFailedError"]
 
-_FAILURES = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    TimeoutError,
-)
+
+_UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 
 
 class MoveFailedError(Exception):
@@ -65,7 +62,7 @@ class MessageMover:
                 confirmation = await target.publish(copy, routing_key=routing_key, mandatory=True)
         except DeliveryError:
             raise MoveFailedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
-        except _FAILURES as error:
+        except _UNREACHABLE as error:
             raise MoveFailedError(f"{type(error).__name__} moving to {routing_key!r}") from None
         if not isinstance(confirmation, Basic.Ack):
             raise MoveFailedError(f"RabbitMQ returned the copy: no queue for {routing_key!r}")

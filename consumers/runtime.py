@@ -32,13 +32,13 @@ from consumers.decoding import MalformedEventError, decode_event
 from consumers.moves import MessageMover, MoveFailedError
 from consumers.retry import delay_label
 from consumers.subscription import Subscription
-from producers import Topology
+from producers import BROKER_FAILURES, Topology
 
 __all__ = ["Outcome", "SubscriptionConsumer"]
 
 _log = structlog.get_logger(component="consumer")
 _CANCEL_GRACE_SECONDS = 5.0
-_SETTLE_FAILURES = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError)
+_UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 
 
 class Outcome(enum.StrEnum):
@@ -92,7 +92,7 @@ class SubscriptionConsumer:
         try:
             async with asyncio.timeout(0.5):
                 underlay = cast("aiormq.Channel", await self._channel.get_underlay_channel())
-        except (TimeoutError, *_SETTLE_FAILURES):
+        except _UNREACHABLE:
             return False
         return self._consumer_tag in underlay.consumers
 
@@ -103,7 +103,7 @@ class SubscriptionConsumer:
         """
         self._draining = True
         if self._consuming:
-            with contextlib.suppress(TimeoutError, *_SETTLE_FAILURES):
+            with contextlib.suppress(TimeoutError, *BROKER_FAILURES):
                 async with asyncio.timeout(min(timeout, 5.0)):
                     await self._queue.cancel(self._consumer_tag)
             self._consuming = False
@@ -247,7 +247,7 @@ class SubscriptionConsumer:
                 await message.nack(requeue=True)
             else:
                 await message.ack()
-        except _SETTLE_FAILURES as error:
+        except BROKER_FAILURES as error:
             # The channel is gone: the broker requeues the unsettled delivery by itself.
             _log.warning(
                 "could not settle delivery; the broker will redeliver it",

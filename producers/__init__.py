@@ -11,6 +11,7 @@ from producers.formats import (
     validate_content_type,
 )
 from producers.publisher import (
+    BROKER_FAILURES,
     AmqpPublisher,
     BrokerUnavailableError,
     Publisher,
@@ -22,6 +23,7 @@ from producers.topology import Topology, declare_events_exchange
 from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message
 
 __all__ = [
+    "BROKER_FAILURES",
     "CE_HEADER_PREFIX",
     "SPECVERSION",
     "TRACEPARENT_HEADER",

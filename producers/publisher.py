@@ -14,6 +14,7 @@ from producers.event import OutgoingEvent
 from producers.wire import to_amqp_message
 
 __all__ = [
+    "BROKER_FAILURES",
     "AmqpPublisher",
     "BrokerUnavailableError",
     "PublishError",
@@ -91,8 +92,8 @@ class _Attached:
 
 
 _RESTORE_POLL_SECONDS = 0.02
-# What aiormq raises when the connection or channel goes away under a publish.
-_CONNECTION_FAILURES = (
+# What aiormq and aio-pika raise when the connection or channel goes away under an operation.
+BROKER_FAILURES: tuple[type[Exception], ...] = (
     aiormq.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,
     ConnectionError,
@@ -151,7 +152,7 @@ class AmqpPublisher:
             raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None
         except DeliveryError:
             raise PublishRejectedError("RabbitMQ nacked the message") from None
-        except _CONNECTION_FAILURES as error:
+        except BROKER_FAILURES as error:
             raise BrokerUnavailableError(f"connection lost: {type(error).__name__}") from None
         except asyncio.CancelledError:
             task = asyncio.current_task()

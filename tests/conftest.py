@@ -21,6 +21,7 @@ from yarl import URL
 from consumers import Handler, RetryPolicy, Subscription
 from producers import Topology
 from service import Settings, build_app
+from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 
 NO_RETRY = RetryPolicy(in_process=1, delays=())
@@ -223,6 +224,16 @@ async def start_conveyor(amqp_url: str, namespace: Namespace) -> AsyncIterator[S
     yield start
     for started in reversed(running):
         await started.client.close()
+
+
+@pytest.fixture
+async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
+    """A TCP proxy in front of the broker that tests can make refuse, cut or stall connections."""
+    target = URL(amqp_url)
+    faults = FaultProxy(target.host or "127.0.0.1", target.port or 5672)
+    await faults.start()
+    yield faults
+    await faults.stop()
 
 
 def url_with_port(url: str, port: int) -> str:

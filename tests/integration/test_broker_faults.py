@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
-from yarl import URL
 
 from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
-    target = URL(amqp_url)
-    faults = FaultProxy(target.host or "127.0.0.1", target.port or 5672)
-    await faults.start()
-    yield faults
-    await faults.stop()
 
 
 async def readiness(conveyor: Running) -> tuple[int, dict[str, Any]]:

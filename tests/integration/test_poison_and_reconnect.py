@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
-import pytest
-from yarl import URL
 
 from service import Role
 from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
@@ -40,15 +37,6 @@ async def test_a_message_that_kills_its_worker_again_and_again_ends_in_the_dlq(
     deaths: Any = (dead.headers or {})["x-death"]
     assert [death["reason"] for death in deaths] == ["delivery_limit"]
     assert deliveries == 21  # x-delivery-limit = 20: the 21st delivery was the last
-
-
-@pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
-    target = URL(amqp_url)
-    faults = FaultProxy(target.host or "127.0.0.1", target.port or 5672)
-    await faults.start()
-    yield faults
-    await faults.stop()
 
 
 async def test_a_connection_cut_mid_stream_loses_nothing_and_consumers_come_back(
