@@ -13,7 +13,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
     wait_random_exponential,
 )
 
@@ -22,7 +21,6 @@ from consumers.errors import PermanentError, RetryableError
 from consumers.event import Event, Handler
 from consumers.retry import (
     IN_PROCESS_BASE_SECONDS,
-    IN_PROCESS_BUDGET_SECONDS,
     IN_PROCESS_MAX_WAIT_SECONDS,
     RetryPolicy,
 )
@@ -98,7 +96,7 @@ async def run_attempts(
     """
     made = 0
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.in_process) | stop_after_delay(IN_PROCESS_BUDGET_SECONDS),
+        stop=stop_after_attempt(policy.in_process),
         wait=_wait,
         before_sleep=_log_retry,
         retry=retry_if_exception(lambda error: _worth_retrying_here(error) and keep_trying()),

@@ -15,8 +15,16 @@ from typing import Any
 
 from producers import format_time
 
-__all__ = ["DeadLetterReason", "Failure", "Headers", "failure_headers", "read_int"]
+__all__ = [
+    "DeadLetterReason",
+    "Failure",
+    "Headers",
+    "failure_headers",
+    "read_int",
+    "without_conveyor_headers",
+]
 
+CONVEYOR_PREFIX = "x-conveyor-"
 ATTEMPTS = "x-conveyor-attempts"  # handler attempts made so far
 RETRIES = "x-conveyor-retries"  # passes through the broker-side ladder so far
 REASON = "x-conveyor-reason"
@@ -88,6 +96,13 @@ def failure_headers(
     updated.setdefault(ORIGINAL_ROUTING_KEY, routing_key)
     if retries is not None:
         updated[RETRIES] = retries
-    if reason is not None:
+    if reason is None:
+        updated.pop(REASON, None)  # a retry copy is not dead (yet)
+    else:
         updated[REASON] = reason.value
     return updated
+
+
+def without_conveyor_headers(headers: Mapping[str, Any]) -> Headers:
+    """The headers minus conveyor's own, for a message that did not come from our ladder."""
+    return {k: v for k, v in headers.items() if not k.lower().startswith(CONVEYOR_PREFIX)}

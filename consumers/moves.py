@@ -7,29 +7,66 @@ never a loss.
 from __future__ import annotations
 
 import asyncio
+import decimal
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aio_pika.exceptions import DeliveryError
+from pamqp import encode
 from pamqp.commands import Basic
 
-from producers import BROKER_FAILURES
+from consumers.dead_letter import ERROR_MESSAGE, ERROR_TRACEBACK
+from producers import BROKER_FAILURES, SameIdGate
 
 __all__ = ["MessageMover", "MoveFailedError"]
 
-
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
+# RabbitMQ's default frame_max is 131072 bytes and the whole header table must fit one frame
+# with the other properties; a copy whose headers grew past this would make the broker close
+# the connection.
+MAX_HEADER_TABLE_BYTES = 120_000
+_FLOAT32_MAX = 3.4e38
 
 
 class MoveFailedError(Exception):
     """The copy was not confirmed; the original must stay where it is."""
 
 
+def _encodable(value: Any) -> Any:
+    """A header value pamqp can write back: it reads some values it cannot encode again."""
+    if isinstance(value, bytes):
+        return bytearray(value)  # pamqp writes bytearray as a byte array, not bytes
+    if isinstance(value, float) and (not math.isfinite(value) or abs(value) > _FLOAT32_MAX):
+        return str(value)  # pamqp re-encodes doubles as 32-bit floats
+    if isinstance(value, dict):
+        return {str(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(v) for v in value]
+    if isinstance(value, decimal.Decimal) and not value.is_finite():
+        return str(value)
+    return value
+
+
+def fit_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Headers ready to publish: encodable, and within one frame (trimming our own text first)."""
+    fitted = {str(k): _encodable(v) for k, v in headers.items()}
+    for trimmable in (ERROR_TRACEBACK, ERROR_MESSAGE):
+        if len(encode.field_table(fitted)) <= MAX_HEADER_TABLE_BYTES:
+            return fitted
+        fitted.pop(trimmable, None)
+    if len(encode.field_table(fitted)) > MAX_HEADER_TABLE_BYTES:
+        raise MoveFailedError("the message's own headers leave no room in one AMQP frame")
+    return fitted
+
+
 class MessageMover:
     def __init__(self, channel: AbstractChannel, *, timeout: float) -> None:
         self._channel = channel  # opened with publisher_confirms=True
         self._timeout = timeout
+        self._same_id = SameIdGate()
 
     async def copy(
         self,
@@ -39,30 +76,41 @@ class MessageMover:
         routing_key: str,
         headers: dict[str, Any],
     ) -> None:
-        """Publish a copy of `message` with new headers; return only once RabbitMQ confirmed it."""
-        copy = Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-            delivery_mode=DeliveryMode.PERSISTENT,
-        )
+        """Publish a copy of `message` with new headers; return only once RabbitMQ confirmed it.
+
+        Raises MoveFailedError, and nothing else, for any reason the copy is not confirmed.
+        """
         try:
-            async with asyncio.timeout(self._timeout):
+            copy = Message(
+                message.body,
+                headers=fit_headers(headers),
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                message_id=message.message_id,
+                correlation_id=message.correlation_id,
+                reply_to=message.reply_to,
+                priority=message.priority,
+                timestamp=message.timestamp,
+                type=message.type,
+                app_id=message.app_id,
+                # No expiration: a copy in a retry tier or DLQ must not vanish on its own.
+                delivery_mode=DeliveryMode.PERSISTENT,
+            )
+            async with asyncio.timeout(self._timeout), self._same_id.turn(message.message_id):
                 target = (
                     self._channel.default_exchange
                     if exchange == ""
                     else await self._channel.get_exchange(exchange, ensure=False)
                 )
                 confirmation = await target.publish(copy, routing_key=routing_key, mandatory=True)
+        except MoveFailedError:
+            raise
         except DeliveryError:
             raise MoveFailedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
         except _UNREACHABLE as error:
             raise MoveFailedError(f"{type(error).__name__} moving to {routing_key!r}") from None
+        except (TypeError, ValueError, OverflowError) as error:
+            # Headers another publisher sent that cannot be written back as they are.
+            raise MoveFailedError(f"cannot re-encode the message: {error}") from None
         if not isinstance(confirmation, Basic.Ack):
             raise MoveFailedError(f"RabbitMQ returned the copy: no queue for {routing_key!r}")

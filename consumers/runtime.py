@@ -27,6 +27,7 @@ from consumers.dead_letter import (
     Failure,
     failure_headers,
     read_int,
+    without_conveyor_headers,
 )
 from consumers.decoding import MalformedEventError, decode_event
 from consumers.moves import MessageMover, MoveFailedError
@@ -38,6 +39,7 @@ __all__ = ["Outcome", "SubscriptionConsumer"]
 
 _log = structlog.get_logger(component="consumer")
 _CANCEL_GRACE_SECONDS = 5.0
+_MOVE_RETRY_PAUSE_SECONDS = 1.0
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 
 
@@ -148,6 +150,10 @@ class SubscriptionConsumer:
     async def _judge(self, message: AbstractIncomingMessage) -> _Verdict:
         """Run the handler and decide the delivery's fate; no broker I/O here."""
         headers: dict[str, Any] = dict(message.headers or {})
+        if not self._from_own_ladder(message):
+            # Counters are ours only when we wrote them: a fresh publish (or a replay from the
+            # DLQ) that carries x-conveyor-* headers starts from the first attempt again.
+            headers = without_conveyor_headers(headers)
         attempts_before = read_int(headers, ATTEMPTS)
         retries = read_int(headers, RETRIES)
         try:
@@ -196,6 +202,10 @@ class SubscriptionConsumer:
         tier = self._topology.retry_queue(self.subscription.name, delay_label(delay))
         return _Verdict(Outcome.RETRY_SCHEDULED, copy_headers, tier)
 
+    def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
+        # A retry tier dead-letters through the default exchange with our queue as routing key.
+        return message.exchange == "" and message.routing_key == self._queue.name
+
     def _dead_letter(
         self,
         message: AbstractIncomingMessage,
@@ -240,9 +250,11 @@ class SubscriptionConsumer:
                         message, exchange=exchange, routing_key=routing_key, headers=verdict.headers
                     )
                 except MoveFailedError as error:
-                    # The copy is not safe yet: leave the original in the queue to come back.
+                    # The copy is not safe yet: leave the original in the queue to come back,
+                    # after a pause so a broker in trouble is not hammered with redeliveries.
                     _log.warning("could not move event; it stays queued", error=str(error))
                     outcome = Outcome.RETURNED
+                    await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
             if outcome is Outcome.RETURNED:
                 await message.nack(requeue=True)
             else:
@@ -254,6 +266,11 @@ class SubscriptionConsumer:
                 outcome=outcome.value,
                 error_class=type(error).__name__,
             )
+            return
+        except Exception:  # noqa: BLE001 - a delivery must never stay unsettled on a live channel
+            _log.exception("settling failed unexpectedly; returning the event to its queue")
+            with contextlib.suppress(*BROKER_FAILURES):
+                await message.nack(requeue=True)
             return
         if outcome is Outcome.ACKED:
             _log.debug("event handled")

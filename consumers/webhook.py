@@ -1,11 +1,14 @@
 """The built-in webhook handler: each event delivered as a CloudEvents HTTP request, binary mode.
 
 2xx is success; 408, 429 and 5xx are retryable (their Retry-After is passed on as a hint);
-any other status is permanent. Network errors and the request timeout are retryable.
+any other status is permanent, 3xx included: redirects are not followed, because aiohttp would
+turn the POST into a bodiless GET and a 200 to that would ack an event never delivered.
+Network errors and the request timeout are retryable.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +26,7 @@ from producers import format_time
 __all__ = ["Webhook", "WebhookOptions"]
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
+_BREAKS_HEADER = re.compile(r"[\r\n\x00]")
 _SERVER_ERROR = 500
 # Characters the CloudEvents HTTP binding lets through unencoded in a header value.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
@@ -53,24 +57,31 @@ class WebhookOptions:
         try:
             seconds = parse_duration(str(timeout))
         except ValueError:
-            raise ValueError("options.timeout as a duration such as 10s") from None
+            seconds = 0.0
+        if seconds <= 0:
+            raise ValueError("options.timeout as a duration above zero, such as 10s")
         headers = options.get("headers", {})
         if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+            isinstance(k, str) and isinstance(v, str) and not _BREAKS_HEADER.search(k + v)
+            for k, v in headers.items()
         ):
-            raise ValueError("options.headers as a table of strings")
+            raise ValueError("options.headers as a table of single-line strings")
         return cls(url=url, timeout=seconds, headers=headers)
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when unusable."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    text = value.strip()
+    if text.isascii() and text.isdecimal():
+        return float(text)
     try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if moment.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are GMT
+        moment = moment.replace(tzinfo=UTC)
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
@@ -111,14 +122,18 @@ class Webhook:
                 data=event.raw_data,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.options.timeout),
+                allow_redirects=False,
+                # Without a datacontenttype, send no Content-Type rather than aiohttp's default.
+                skip_auto_headers=() if "Content-Type" in headers else ("Content-Type",),
             ) as response:
                 status = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                retry_after_header = response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as error:
             raise RetryableError(f"webhook unreachable: {type(error).__name__}: {error}") from None
         if 200 <= status < 300:  # noqa: PLR2004 - the 2xx range
             return
         if status in _RETRYABLE_STATUSES or status >= _SERVER_ERROR:
+            retry_after = _retry_after(retry_after_header)
             raise RetryableError(f"webhook answered {status}", retry_after=retry_after)
         raise PermanentError(f"webhook answered {status}")
 

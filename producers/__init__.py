@@ -19,6 +19,7 @@ from producers.publisher import (
     PublishRejectedError,
     PublishTimeoutError,
 )
+from producers.same_id import SameIdGate
 from producers.topology import Topology, declare_events_exchange
 from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message
 
@@ -36,6 +37,7 @@ __all__ = [
     "PublishRejectedError",
     "PublishTimeoutError",
     "Publisher",
+    "SameIdGate",
     "Topology",
     "declare_events_exchange",
     "event_from_json",

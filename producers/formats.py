@@ -63,7 +63,7 @@ def is_json_content_type(content_type: str | None) -> bool:
 
 def parse_time(text: str) -> datetime:
     """Parse an RFC 3339 timestamp (date, time with seconds, and an offset or 'Z')."""
-    if not _RFC3339.match(text):
+    if not _RFC3339.fullmatch(text):
         raise InvalidEventError("time must be an RFC 3339 timestamp with an offset", "time")
     try:
         return datetime.fromisoformat(text)
@@ -98,7 +98,7 @@ def validate_attributes(attributes: Mapping[str, str]) -> None:
     _validate_required(attributes)
     _validate_sizes(attributes)
     for name in attributes:
-        if not _ATTRIBUTE_NAME.match(name):
+        if not _ATTRIBUTE_NAME.fullmatch(name):
             raise InvalidEventError(
                 f"attribute name {name[:64]!r} must be 1-64 lower-case letters or digits", name
             )

@@ -11,6 +11,7 @@ from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from producers.event import OutgoingEvent
+from producers.same_id import SameIdGate
 from producers.wire import to_amqp_message
 
 __all__ = [
@@ -112,6 +113,7 @@ class AmqpPublisher:
         self._timeout = timeout
         self._state: _Detached | _Attached = _Detached()
         self._in_flight = 0
+        self._same_id = SameIdGate()
 
     def attach(
         self,
@@ -143,7 +145,7 @@ class AmqpPublisher:
         message = to_amqp_message(event, correlation_id=correlation_id, traceparent=traceparent)
         self._in_flight += 1
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
                 exchange = await self._state.exchange()
                 confirmation = await exchange.publish(
                     message, routing_key=event.type, mandatory=True

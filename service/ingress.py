@@ -123,7 +123,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 def _correlation_id(request: web.Request) -> str:
     presented = request.headers.get(CORRELATION_HEADER, "")
-    return presented if _CORRELATION.match(presented) else str(uuid.uuid4())
+    return presented if _CORRELATION.fullmatch(presented) else str(uuid.uuid4())
 
 
 async def ingest(request: web.Request) -> web.Response:
@@ -181,7 +181,8 @@ class _Publication:
     def __init__(self, publisher: Publisher, correlation_id: str, traceparent: str | None) -> None:
         self._publisher = publisher
         self._correlation_id = correlation_id
-        self._traceparent = traceparent if traceparent and _TRACEPARENT.match(traceparent) else None
+        valid = traceparent is not None and _TRACEPARENT.fullmatch(traceparent) is not None
+        self._traceparent = traceparent if valid else None
 
     async def __call__(self, event: OutgoingEvent) -> None:
         with structlog.contextvars.bound_contextvars(

@@ -112,7 +112,7 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
 
 def parse_duration(text: str) -> float:
     """Seconds from '250ms', '5s', '1.5m', '2h' or a bare number of seconds."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError(text)
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -214,7 +214,7 @@ class _Reader:
 
     def namespace(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
-        if not NAMESPACE_PATTERN.match(raw):
+        if not NAMESPACE_PATTERN.fullmatch(raw):
             raise SettingError(
                 PREFIX + name, "1-64 characters of a-z, 0-9, '_' or '-', starting alphanumeric", raw
             )

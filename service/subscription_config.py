@@ -56,7 +56,7 @@ def _subscription(index: int, entry: Any) -> Subscription:
     if unknown:
         raise SettingError(SETTING, f"{where} keys among {sorted(_KEYS)}; unknown: {unknown}")
     name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name))
     where = f"subscriptions[{index}] ({name})"
     events = entry.get("events")
@@ -148,8 +148,8 @@ def _handler(path: str, options: Any, where: str) -> Handler:
 
 
 def _valid_pattern(pattern: str) -> bool:
-    return 0 < len(pattern) <= MAX_PATTERN_LENGTH and all(
-        _PATTERN_WORD.match(w) for w in pattern.split(".")
+    return 0 < len(pattern.encode()) <= MAX_PATTERN_LENGTH and all(
+        _PATTERN_WORD.fullmatch(w) for w in pattern.split(".")
     )
 
 
@@ -167,8 +167,9 @@ def resolve_handler(path: str, where: str = "handler") -> Handler | HandlerFacto
         raise SettingError(SETTING, f"{where}.handler as 'module:function'", path)
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise SettingError(SETTING, f"{where}.handler importable ({error})", path) from None
+    except Exception as error:  # noqa: BLE001 - a module may fail to import in any way at all
+        detail = f"{type(error).__name__}: {error}"
+        raise SettingError(SETTING, f"{where}.handler importable ({detail})", path) from None
     handler = getattr(module, attribute, None)
     if isinstance(handler, HandlerFactory):
         return handler

@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from consumers import Handler, RetryPolicy, Subscription
+from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
 from tests.support.proxy import FaultProxy
@@ -81,7 +81,11 @@ class Namespace:
 
     name: str
     amqp_url: str
-    subscriptions: set[str] = field(default_factory=set)
+    # subscription name -> its retry delays: every queue it declares, tiers included
+    subscriptions: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def register(self, subscription: Subscription) -> None:
+        self.subscriptions[subscription.name] = subscription.retry.delays
 
     @property
     def topology(self) -> Topology:
@@ -125,8 +129,9 @@ class Namespace:
     async def cleanup(self) -> None:
         topology = self.topology
         queues = [topology.unrouted]
-        for name in self.subscriptions:
+        for name, delays in self.subscriptions.items():
             queues += [topology.queue(name), topology.dead_letter_queue(name)]
+            queues += [topology.retry_queue(name, delay_label(delay)) for delay in delays]
         exchanges = [topology.events_exchange, topology.unrouted, topology.dead_letter_exchange]
         async with await aio_pika.connect(self.amqp_url) as connection:
             for name in queues:
@@ -211,7 +216,8 @@ async def start_conveyor(amqp_url: str, namespace: Namespace) -> AsyncIterator[S
             shutdown_timeout=5.0,
             **overrides,
         )
-        namespace.subscriptions.update(s.name for s in subscriptions)
+        for declared in subscriptions:
+            namespace.register(declared)
         app = build_app(settings, subscriptions, max_backoff=0.3)
         client = TestClient(TestServer(app))
         await client.start_server()

@@ -159,3 +159,52 @@ async def test_a_failing_subscription_does_not_affect_another_one(
     assert stuck.started == 1
     stuck.release.set()
     await stuck.wait_for(5)
+
+
+async def test_headers_that_cannot_be_written_back_do_not_block_the_consumer(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    recorder = Recorder()
+    await start_conveyor((subscription("odd", ("odd.*",), recorder, prefetch=1, concurrency=1),))
+    required = {"ce-specversion": "1.0", "ce-source": "/s", "ce-type": "odd.x"}
+    # A non-UTF-8 id makes the event malformed, and pamqp reads it back as bytes it cannot
+    # write again; the DLQ copy must still go out and the consumer move on.
+    await namespace.publish_raw(
+        b"", routing_key="odd.x", headers={**required, "ce-id": bytearray(b"\xff\xfe")}
+    )
+    await namespace.publish_raw(b"", routing_key="odd.x", headers={**required, "ce-id": "fine"})
+
+    await recorder.wait_for(1)
+    assert recorder.ids() == ["fine"]
+    [dead] = await namespace.take_at_least(namespace.topology.dead_letter_queue("odd"), 1)
+    headers: dict[str, Any] = dict(dead.headers or {})
+    assert headers["x-conveyor-reason"] == "malformed"
+    assert bytes(headers["ce-id"]) == b"\xff\xfe"
+
+
+async def test_counters_from_another_publisher_are_not_trusted(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    recorder = Recorder(fail=lambda _event: True)
+    await start_conveyor(
+        (subscription("fresh", ("fresh.*",), recorder, retry=RetryPolicy(1, (0.1,))),)
+    )
+    await namespace.publish_raw(
+        b"",
+        routing_key="fresh.x",
+        headers={
+            "ce-specversion": "1.0",
+            "ce-id": "forged",
+            "ce-source": "/s",
+            "ce-type": "fresh.x",
+            "x-conveyor-retries": 7,
+            "x-conveyor-attempts": 40,
+            "x-conveyor-reason": "permanent-error",
+        },
+    )
+
+    [dead] = await namespace.take_at_least(namespace.topology.dead_letter_queue("fresh"), 1)
+    assert [event.attempt for event in recorder.events] == [1, 2]  # the whole ladder, from 1
+    headers: dict[str, Any] = dict(dead.headers or {})
+    assert headers["x-conveyor-attempts"] == 2
+    assert headers["x-conveyor-reason"] == "retries-exhausted"

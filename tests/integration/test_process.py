@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from consumers import RetryPolicy
 from tests.conftest import Namespace
 from tests.support.waiting import eventually
 
@@ -146,7 +147,8 @@ async def launch(
     started: list[Process] = []
     config = tmp_path / "subscriptions.toml"
     config.write_text(SLOW_CONFIG)
-    namespace.subscriptions.add("slow")
+    # The slow subscription keeps the default retry ladder.
+    namespace.subscriptions["slow"] = RetryPolicy().delays
 
     async def start(**env: str) -> Process:
         port = free_port()

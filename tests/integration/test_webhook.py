@@ -144,3 +144,18 @@ async def test_an_unreachable_target_is_retryable(
     assert headers["x-conveyor-reason"] == "retries-exhausted"
     assert headers["x-conveyor-attempts"] == 2
     assert "webhook unreachable" in str(headers["x-conveyor-error-message"])
+
+
+async def test_a_redirect_is_not_followed_and_dead_letters(
+    start_conveyor: StartConveyor, namespace: Namespace, downstream: tuple[Downstream, str]
+) -> None:
+    target, url = downstream
+    target.script = [(302, {"Location": "/elsewhere"})]
+    conveyor = await start_conveyor(
+        (subscription("hook", ("hook.*",), hook(url), retry=RetryPolicy(3, ())),)
+    )
+    assert (await conveyor.post({"type": "hook.x", "id": "w-6"})).status == 202
+
+    [dead] = await namespace.take_at_least(namespace.topology.dead_letter_queue("hook"), 1)
+    assert (dead.headers or {})["x-conveyor-error-message"] == "webhook answered 302"
+    assert len(target.requests) == 1  # no bodiless GET to /elsewhere

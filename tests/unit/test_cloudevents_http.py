@@ -124,6 +124,8 @@ def test_an_empty_batch_is_valid_and_holds_nothing() -> None:
         ({"time": "20240101T000000Z"}, "time"),
         ({"time": "2024-01-01T00:00Z"}, "time"),
         ({"time": "2024-01-01T00:00:00"}, "time"),
+        ({"time": "2024-01-01T00:00:00Z\n"}, "time"),
+        ({"abc\n": "x"}, "abc\n"),
     ],
 )
 def test_values_amqp_or_the_type_system_cannot_carry_are_400(
