@@ -1,0 +1,22 @@
+"""The service's store: SQLite by default, PostgreSQL when several processes share state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from yarl import URL
+
+from service.store.base import Claim, ClaimOutcome, IdempotencyStore
+from service.store.postgres import PostgresStore
+from service.store.sqlite import SqliteStore
+
+__all__ = ["Claim", "ClaimOutcome", "IdempotencyStore", "open_store"]
+
+
+async def open_store(url: str) -> IdempotencyStore:
+    """Open (and create or migrate) the store named by CONVEYOR_STORE_URL."""
+    parsed = URL(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///./var/conveyor.db is relative, sqlite:////abs/path.db absolute.
+        return await SqliteStore.open(Path(url.removeprefix("sqlite:///")))
+    return await PostgresStore.open(url)

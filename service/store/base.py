@@ -1,0 +1,41 @@
+"""What the service keeps between requests: idempotency claims (statuses come next)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Claim", "ClaimOutcome", "IdempotencyStore"]
+
+
+class ClaimOutcome(enum.StrEnum):
+    OWNER = "owner"  # first with this key: go ahead, then complete() or release()
+    REPLAY = "replay"  # seen and answered: return the stored answer, do nothing else
+    CONFLICT = "conflict"  # the key was used for a different request
+    IN_PROGRESS = "in-progress"  # another request with this key has not answered yet
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    outcome: ClaimOutcome
+    status: int | None = None
+    body: bytes | None = None
+
+
+class IdempotencyStore(Protocol):
+    async def claim(self, scope: str, key: str, fingerprint: str, ttl: float) -> Claim:
+        """Claim `key` in `scope` atomically: exactly one concurrent caller becomes OWNER."""
+        ...
+
+    async def complete(self, scope: str, key: str, status: int, body: bytes) -> None:
+        """Store the owner's answer for replays."""
+        ...
+
+    async def release(self, scope: str, key: str) -> None:
+        """Forget an unanswered claim (the request failed; a retry may try again)."""
+        ...
+
+    async def purge_expired(self) -> int: ...
+
+    async def close(self) -> None: ...

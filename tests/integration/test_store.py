@@ -1,0 +1,87 @@
+"""The store's idempotency claims, against SQLite and the real PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.store import ClaimOutcome, IdempotencyStore, open_store
+
+POSTGRES_URL = os.environ.get(
+    "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A schema of its own on the shared PostgreSQL, dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(POSTGRES_URL)
+    except OSError as error:
+        pytest.fail(
+            f"store tests need PostgreSQL at {POSTGRES_URL} (set CONVEYOR_TEST_POSTGRES_URL): "
+            f"{error}",
+            pytrace=False,
+        )
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    # asyncpg passes unknown DSN parameters on as server settings.
+    yield f"{POSTGRES_URL}?search_path={schema}"
+    await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> AsyncIterator[IdempotencyStore]:
+    url = f"sqlite:///{tmp_path}/conveyor.db" if request.param == "sqlite" else postgres_url
+    opened = await open_store(url)
+    yield opened
+    await opened.close()
+
+
+def unique() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+async def test_the_first_claim_owns_the_key_and_a_repeat_replays_its_answer(
+    store: IdempotencyStore,
+) -> None:
+    scope, key = unique(), "k"
+    assert (await store.claim(scope, key, "fp", 60)).outcome is ClaimOutcome.OWNER
+    assert (await store.claim(scope, key, "fp", 60)).outcome is ClaimOutcome.IN_PROGRESS
+    await store.complete(scope, key, 202, b'{"id":"1"}')
+
+    replay = await store.claim(scope, key, "fp", 60)
+    assert (replay.outcome, replay.status, replay.body) == (ClaimOutcome.REPLAY, 202, b'{"id":"1"}')
+    assert (await store.claim(scope, key, "other", 60)).outcome is ClaimOutcome.CONFLICT
+
+
+async def test_concurrent_claims_have_exactly_one_owner(store: IdempotencyStore) -> None:
+    scope = unique()
+    outcomes = await asyncio.gather(*(store.claim(scope, "same", "fp", 60) for _ in range(20)))
+    owners = [claim for claim in outcomes if claim.outcome is ClaimOutcome.OWNER]
+    assert len(owners) == 1
+
+
+async def test_a_released_claim_can_be_claimed_again(store: IdempotencyStore) -> None:
+    scope = unique()
+    assert (await store.claim(scope, "k", "fp", 60)).outcome is ClaimOutcome.OWNER
+    await store.release(scope, "k")
+    assert (await store.claim(scope, "k", "fp", 60)).outcome is ClaimOutcome.OWNER
+
+
+async def test_an_expired_claim_is_forgotten(store: IdempotencyStore) -> None:
+    scope = unique()
+    assert (await store.claim(scope, "k", "fp", 0.05)).outcome is ClaimOutcome.OWNER
+    await store.complete(scope, "k", 202, b"{}")
+    await asyncio.sleep(0.1)
+    assert (await store.claim(scope, "k", "different", 60)).outcome is ClaimOutcome.OWNER
+    assert await store.purge_expired() >= 0
