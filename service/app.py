@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 
+import structlog
 from aiohttp import web
 
 from consumers import Subscription
 from producers import AmqpPublisher
 from service.broker import BrokerLink
 from service.health import livez, readyz
+from service.idempotency import Deduplicator
 from service.ingress import ingest, problems_middleware
-from service.keys import LIFECYCLE, LINK, PUBLISHER, SETTINGS, Lifecycle
+from service.keys import DEDUPLICATOR, LIFECYCLE, LINK, PUBLISHER, SETTINGS, Lifecycle
 from service.settings import Settings
+from service.store import IdempotencyStore, open_store
+
+_log = structlog.get_logger(component="store")
+PURGE_INTERVAL_SECONDS = 600
 
 __all__ = ["build_app"]
 
@@ -44,6 +52,7 @@ def build_app(
     if publisher is not None:
         app[PUBLISHER] = publisher
         app.router.add_post("/v1/events", ingest)
+        app.cleanup_ctx.append(_store)
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
@@ -62,6 +71,30 @@ def _handler_resources(
                 await aclose()
 
     return close_handlers
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = await open_store(settings.store_url)
+    # A duplicate waits for the first request's answer about as long as that one may take.
+    app[DEDUPLICATOR] = Deduplicator(
+        store, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
+    )
+    purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
+    yield
+    purge.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await purge
+    await store.close()
+
+
+async def _purge_expired(store: IdempotencyStore) -> None:
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        try:
+            await store.purge_expired()
+        except Exception:  # noqa: BLE001 - a failed purge is retried next round
+            _log.exception("purging expired idempotency keys failed")
 
 
 async def _broker_link(app: web.Application) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ Errors become problem+json in one place, `problem_for` (domain errors) and the m
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import re
 import uuid
@@ -20,11 +21,23 @@ from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
 from service.cloudevents_http import (
     BatchTooLargeError,
     MalformedJsonError,
+    ParsedBatch,
     ParsedSingle,
     UnsupportedMediaTypeError,
     parse_request,
 )
-from service.keys import PUBLISHER, SETTINGS
+from service.idempotency import (
+    IDEMPOTENCY_HEADER,
+    Answer,
+    Deduplicator,
+    IdempotencyConflictError,
+    IdempotencyInProgressError,
+    InvalidIdempotencyKeyError,
+    check_key,
+    event_fingerprint,
+    request_fingerprint,
+)
+from service.keys import DEDUPLICATOR, PUBLISHER, SETTINGS
 from service.problems import Problem, problem_response
 
 __all__ = ["ingest", "problems_middleware"]
@@ -52,6 +65,18 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case
             return Problem(415, "unsupported-media-type", "Unsupported media type", str(error))
         case BatchTooLargeError(limit=limit):
             return Problem(413, "batch-too-large", "Batch too large", str(error), {"limit": limit})
+        case IdempotencyConflictError():
+            return Problem(422, "idempotency-conflict", "Idempotency conflict", str(error))
+        case IdempotencyInProgressError():
+            return Problem(
+                409,
+                "idempotency-in-progress",
+                "Request in progress",
+                str(error),
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        case InvalidIdempotencyKeyError():
+            return Problem(400, "invalid-idempotency-key", "Invalid Idempotency-Key", str(error))
         case UnauthorizedError():
             return Problem(
                 401,
@@ -131,19 +156,43 @@ async def ingest(request: web.Request) -> web.Response:
     _authorize(request, settings.api_keys)
     body = await _read_body(request, settings.max_body_bytes)
     headers = {name.lower(): value for name, value in request.headers.items()}
-    parsed = parse_request(
-        request.headers.get("Content-Type"),
-        headers,
-        body,
-        max_batch_events=settings.max_batch_events,
-    )
+    content_type = request.headers.get("Content-Type")
     correlation_id = _correlation_id(request)
     traceparent = request.headers.get("traceparent", "").strip().lower()
-    publish = _Publication(request.app[PUBLISHER], correlation_id, traceparent or None)
+    deduplicator = request.app[DEDUPLICATOR]
+    publish = _Publication(
+        request.app[PUBLISHER], deduplicator, correlation_id, traceparent or None
+    )
+
+    async def accept() -> Answer:
+        parsed = parse_request(
+            content_type, headers, body, max_batch_events=settings.max_batch_events
+        )
+        return await _accept(parsed, publish)
+
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        answer = await accept()
+    else:
+        fingerprint = request_fingerprint(content_type, headers, body)
+        answer = await deduplicator.once("request", check_key(key), fingerprint, accept)
     response_headers = {CORRELATION_HEADER: correlation_id}
+    if answer.status == 503:  # noqa: PLR2004 - the status that tells a client to retry
+        response_headers["Retry-After"] = RETRY_AFTER_SECONDS
+    if answer.replayed:
+        response_headers["Idempotent-Replayed"] = "true"
+    return web.Response(
+        status=answer.status,
+        body=answer.body,
+        content_type="application/json",
+        headers=response_headers,
+    )
+
+
+async def _accept(parsed: ParsedSingle | ParsedBatch, publish: _Publication) -> Answer:
     if isinstance(parsed, ParsedSingle):
         await publish(parsed.event)  # a PublishError becomes the 503 problem
-        return _json(202, {"id": parsed.event.id}, response_headers)
+        return Answer(202, orjson.dumps({"id": parsed.event.id}))
     outcomes = await asyncio.gather(
         *(
             publish.settled(entry) if isinstance(entry, OutgoingEvent) else _failed(entry)
@@ -155,10 +204,7 @@ async def ingest(request: web.Request) -> web.Response:
         for outcome in outcomes
     ]
     failures = [outcome for outcome in outcomes if isinstance(outcome, Problem)]
-    status = _batch_status(len(outcomes), failures)
-    if status == 503:  # noqa: PLR2004 - the status that tells a client to retry
-        response_headers["Retry-After"] = RETRY_AFTER_SECONDS
-    return _json(status, {"results": results}, response_headers)
+    return Answer(_batch_status(len(outcomes), failures), orjson.dumps({"results": results}))
 
 
 def _batch_status(total: int, failures: list[Problem]) -> int:
@@ -178,13 +224,32 @@ async def _failed(error: InvalidEventError) -> Problem:
 
 
 class _Publication:
-    def __init__(self, publisher: Publisher, correlation_id: str, traceparent: str | None) -> None:
+    """Publishes one event once: a repeat of its source and id is answered, not republished."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        deduplicator: Deduplicator,
+        correlation_id: str,
+        traceparent: str | None,
+    ) -> None:
         self._publisher = publisher
+        self._deduplicator = deduplicator
         self._correlation_id = correlation_id
         valid = traceparent is not None and _TRACEPARENT.fullmatch(traceparent) is not None
         self._traceparent = traceparent if valid else None
 
     async def __call__(self, event: OutgoingEvent) -> None:
+        async def publish() -> Answer:
+            await self._publish(event)
+            return Answer(202, b"")
+
+        identity = hashlib.sha256(f"{event.source}\0{event.id}".encode()).hexdigest()
+        answer = await self._deduplicator.once("event", identity, event_fingerprint(event), publish)
+        if answer.replayed:
+            _log.info("duplicate event not published again", event_id=event.id)
+
+    async def _publish(self, event: OutgoingEvent) -> None:
         with structlog.contextvars.bound_contextvars(
             event_id=event.id, event_type=event.type, correlation_id=self._correlation_id
         ):
@@ -200,14 +265,8 @@ class _Publication:
     async def settled(self, event: OutgoingEvent) -> OutgoingEvent | Problem:
         try:
             await self(event)
-        except PublishError as error:
+        except (PublishError, IdempotencyConflictError, IdempotencyInProgressError) as error:
             problem = problem_for(error)
-            assert problem is not None  # noqa: S101 - problem_for maps every PublishError
+            assert problem is not None  # noqa: S101 - problem_for maps each of these
             return problem
         return event
-
-
-def _json(status: int, document: object, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(document), content_type="application/json", headers=headers
-    )

@@ -8,9 +8,10 @@ from aiohttp import web
 
 from producers import Publisher
 from service.broker import BrokerLink
+from service.idempotency import Deduplicator
 from service.settings import Settings
 
-__all__ = ["LIFECYCLE", "LINK", "PUBLISHER", "SETTINGS", "Lifecycle"]
+__all__ = ["DEDUPLICATOR", "LIFECYCLE", "LINK", "PUBLISHER", "SETTINGS", "Lifecycle"]
 
 
 @dataclass(slots=True)
@@ -24,3 +25,4 @@ SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)

@@ -77,6 +77,8 @@ class Settings:
     shutdown_timeout: float = 30.0
     drain_delay: float = 0.0
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    store_url: str = field(default="sqlite:///./var/conveyor.db", repr=False)
+    idempotency_ttl: float = 24 * 3600.0
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -107,6 +109,8 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc("SHUTDOWN_TIMEOUT", "30s", "time running handlers get to finish on SIGTERM"),
     SettingDoc("DRAIN_DELAY", "0s", "time /readyz answers 503 before the listener closes"),
     SettingDoc("API_KEYS", "(none)", "comma-separated keys; when set, ingest needs a Bearer key"),
+    SettingDoc("STORE_URL", "sqlite:///./var/conveyor.db", "sqlite:///path or postgresql://..."),
+    SettingDoc("IDEMPOTENCY_TTL", "24h", "how long a repeated request or event id is recognised"),
 )
 
 
@@ -150,6 +154,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         shutdown_timeout=reader.duration("SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout),
         drain_delay=reader.duration("DRAIN_DELAY", _DEFAULTS.drain_delay, allow_zero=True),
         api_keys=reader.keys("API_KEYS"),
+        store_url=reader.store_url("STORE_URL", _DEFAULTS.store_url),
+        idempotency_ttl=reader.duration("IDEMPOTENCY_TTL", _DEFAULTS.idempotency_ttl),
     )
 
 
@@ -175,6 +181,14 @@ class _Reader:
         if url is None or url.scheme not in ("amqp", "amqps") or not url.host:
             # Never echo the value: it may hold the broker password.
             raise SettingError(PREFIX + name, "an amqp:// or amqps:// URL with a host")
+        return raw
+
+    def store_url(self, name: str, default: str) -> str:
+        raw = self._raw(name) or default
+        scheme = raw.split(":", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in raw:
+            # Never echo the value: a PostgreSQL URL may hold a password.
+            raise SettingError(PREFIX + name, "sqlite:///<path> or postgresql://user@host/db")
         return raw
 
     def integer(self, name: str, default: int, *, low: int, high: int | None = None) -> int:

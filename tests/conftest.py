@@ -9,10 +9,12 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiormq.exceptions
+import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp.test_utils import TestClient, TestServer
@@ -196,7 +198,9 @@ def subscription(
 
 
 @pytest.fixture
-async def start_conveyor(amqp_url: str, namespace: Namespace) -> AsyncIterator[StartConveyor]:
+async def start_conveyor(
+    amqp_url: str, namespace: Namespace, tmp_path: Path
+) -> AsyncIterator[StartConveyor]:
     """Start conveyor in this process on a free port; every one started is stopped at teardown."""
     running: list[Running] = []
 
@@ -207,14 +211,17 @@ async def start_conveyor(amqp_url: str, namespace: Namespace) -> AsyncIterator[S
         amqp_url_override: str | None = None,
         **overrides: Any,
     ) -> Running:
+        defaults: dict[str, Any] = {
+            "shutdown_timeout": 5.0,
+            "store_url": f"sqlite:///{tmp_path}/conveyor-{len(running)}.db",
+        }
         settings = replace(
             Settings(),
             amqp_url=amqp_url_override or amqp_url,
             namespace=namespace.name,
             http_host="127.0.0.1",
             http_port=0,
-            shutdown_timeout=5.0,
-            **overrides,
+            **(defaults | overrides),
         )
         for declared in subscriptions:
             namespace.register(declared)
@@ -240,6 +247,30 @@ async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
     await faults.start()
     yield faults
     await faults.stop()
+
+
+POSTGRES_URL = os.environ.get(
+    "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A schema of its own on the shared PostgreSQL, dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncpg.connect(POSTGRES_URL)
+    except OSError as error:
+        pytest.fail(
+            f"store tests need PostgreSQL at {POSTGRES_URL} (set CONVEYOR_TEST_POSTGRES_URL): "
+            f"{error}",
+            pytrace=False,
+        )
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    # asyncpg passes unknown DSN parameters on as server settings.
+    yield f"{POSTGRES_URL}?search_path={schema}"
+    await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    await admin.close()
 
 
 def url_with_port(url: str, port: int) -> str:

@@ -159,6 +159,7 @@ async def launch(
             "CONVEYOR_HTTP_HOST": "127.0.0.1",
             "CONVEYOR_HTTP_PORT": str(port),
             "CONVEYOR_CONFIG": str(config),
+            "CONVEYOR_STORE_URL": f"sqlite:///{tmp_path}/store.db",
             **env,
         }
         with output.open("w") as sink:

@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from service.store import ClaimOutcome, IdempotencyStore, open_store
-
-POSTGRES_URL = os.environ.get(
-    "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A schema of its own on the shared PostgreSQL, dropped afterwards."""
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(POSTGRES_URL)
-    except OSError as error:
-        pytest.fail(
-            f"store tests need PostgreSQL at {POSTGRES_URL} (set CONVEYOR_TEST_POSTGRES_URL): "
-            f"{error}",
-            pytrace=False,
-        )
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    # asyncpg passes unknown DSN parameters on as server settings.
-    yield f"{POSTGRES_URL}?search_path={schema}"
-    await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-    await admin.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

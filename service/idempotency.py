@@ -1,0 +1,124 @@
+"""Saying yes once: the Idempotency-Key of a request and the CloudEvents identity of an event.
+
+A repeat within the TTL gets the first answer and publishes nothing; the same key with other
+content is refused; of two concurrent requests with one key, one publishes and the other waits
+for its answer. Only final answers are kept: a failure (5xx, or an exception) releases the claim
+so that the client's retry is not stuck with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from producers import OutgoingEvent
+from service.store import ClaimOutcome, IdempotencyStore
+
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "Answer",
+    "Deduplicator",
+    "IdempotencyConflictError",
+    "IdempotencyInProgressError",
+    "InvalidIdempotencyKeyError",
+    "check_key",
+    "event_fingerprint",
+    "request_fingerprint",
+]
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_POLL_SECONDS = 0.02
+_SERVER_ERROR = 500
+
+
+class IdempotencyConflictError(Exception):
+    """The key was used before for different content."""
+
+
+class IdempotencyInProgressError(Exception):
+    """Another request with this key has not answered yet."""
+
+
+class InvalidIdempotencyKeyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+def check_key(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise InvalidIdempotencyKeyError(
+            f"{IDEMPOTENCY_HEADER} must be 1-255 visible ASCII characters"
+        )
+    return key
+
+
+def request_fingerprint(content_type: str | None, headers: Mapping[str, str], body: bytes) -> str:
+    digest = hashlib.sha256()
+    digest.update((content_type or "").encode())
+    for name in sorted(name for name in headers if name.startswith("ce-")):
+        digest.update(b"\0" + name.encode() + b"\0" + headers[name].encode())
+    digest.update(b"\0" + body)
+    return digest.hexdigest()
+
+
+def event_fingerprint(event: OutgoingEvent) -> str:
+    # `time` may be filled in by us per request; it does not make two events different.
+    attributes = {k: v for k, v in event.attributes.items() if k != "time"}
+    digest = hashlib.sha256(orjson.dumps(attributes, option=orjson.OPT_SORT_KEYS))
+    digest.update(b"\0" + (event.datacontenttype or "").encode() + b"\0" + event.data)
+    return digest.hexdigest()
+
+
+class Deduplicator:
+    def __init__(self, store: IdempotencyStore, *, ttl: float, wait: float) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._wait = wait  # how long a duplicate waits for the first request's answer
+
+    async def once(
+        self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[Answer]]
+    ) -> Answer:
+        deadline = asyncio.get_running_loop().time() + self._wait
+        while True:
+            claim = await self._store.claim(scope, key, fingerprint, self._ttl)
+            match claim.outcome:
+                case ClaimOutcome.OWNER:
+                    return await self._produce(scope, key, produce)
+                case ClaimOutcome.REPLAY:
+                    return Answer(claim.status or 200, claim.body or b"", replayed=True)
+                case ClaimOutcome.CONFLICT:
+                    raise IdempotencyConflictError(
+                        "this key was already used for a different request"
+                    )
+                case ClaimOutcome.IN_PROGRESS:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise IdempotencyInProgressError(
+                            "a request with this key is still being answered; retry later"
+                        )
+                    await asyncio.sleep(_POLL_SECONDS)
+
+    async def _produce(
+        self, scope: str, key: str, produce: Callable[[], Awaitable[Answer]]
+    ) -> Answer:
+        try:
+            answer = await produce()
+        except BaseException:
+            await asyncio.shield(self._store.release(scope, key))
+            raise
+        if answer.status >= _SERVER_ERROR:
+            await self._store.release(scope, key)
+        else:
+            await self._store.complete(scope, key, answer.status, answer.body)
+        return answer
