@@ -112,7 +112,6 @@ class AmqpPublisher:
     def __init__(self, *, timeout: float) -> None:
         self._timeout = timeout
         self._state: _Detached | _Attached = _Detached()
-        self._in_flight = 0
         self._same_id = SameIdGate()
 
     def attach(
@@ -131,10 +130,6 @@ class AmqpPublisher:
     def detach(self) -> None:
         self._state = _Detached()
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     async def publish(
         self,
         event: OutgoingEvent,
@@ -143,7 +138,6 @@ class AmqpPublisher:
         traceparent: str | None = None,
     ) -> None:
         message = to_amqp_message(event, correlation_id=correlation_id, traceparent=traceparent)
-        self._in_flight += 1
         try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
                 exchange = await self._state.exchange()
@@ -163,8 +157,6 @@ class AmqpPublisher:
             # aiormq fails pending confirms with CancelledError when it drops a dead connection
             # (missed heartbeats); that is an unavailable broker, not a cancelled request.
             raise BrokerUnavailableError("connection dropped while awaiting the confirm") from None
-        finally:
-            self._in_flight -= 1
         if not isinstance(confirmation, Basic.Ack):
             # A basic.return: not even the alternate exchange could route it.
             raise PublishRejectedError("RabbitMQ returned the message as unroutable")
