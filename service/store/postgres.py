@@ -11,7 +11,6 @@ from service.store.sql import SCHEMA, Statements, numbered
 
 __all__ = ["PostgresStore"]
 
-_DELETE_EXPIRED_KEY = numbered(Statements.delete_expired_key)
 _INSERT_CLAIM = numbered(Statements.insert_claim) + " RETURNING 1"
 _SELECT_CLAIM = numbered(Statements.select_claim)
 _COMPLETE = numbered(Statements.complete)
@@ -36,8 +35,9 @@ class PostgresStore:
     async def claim(self, scope: str, key: str, fingerprint: str, ttl: float) -> Claim:
         now = time.time()
         async with self._pool.acquire() as connection:
-            await connection.execute(_DELETE_EXPIRED_KEY, scope, key, now)
-            inserted = await connection.fetchval(_INSERT_CLAIM, scope, key, fingerprint, now + ttl)
+            inserted = await connection.fetchval(
+                _INSERT_CLAIM, scope, key, fingerprint, now + ttl, now
+            )
             if inserted == 1:
                 return Claim(ClaimOutcome.OWNER)
             row = await connection.fetchrow(_SELECT_CLAIM, scope, key)

@@ -23,12 +23,13 @@ SCHEMA = (
 
 
 class Statements:
-    delete_expired_key = (
-        "DELETE FROM conveyor_idempotency WHERE scope = ? AND key = ? AND expires_at < ?"
-    )
+    # One statement claims a new key or takes over an expired one; a live key is left alone
+    # (no row changes), which is how the caller learns it does not own the key.
     insert_claim = (
         "INSERT INTO conveyor_idempotency (scope, key, fingerprint, status, body, expires_at) "
-        "VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (scope, key) DO NOTHING"
+        "VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (scope, key) DO UPDATE SET "
+        "fingerprint = excluded.fingerprint, status = NULL, body = NULL, "
+        "expires_at = excluded.expires_at WHERE conveyor_idempotency.expires_at < ?"
     )
     select_claim = (
         "SELECT fingerprint, status, body FROM conveyor_idempotency WHERE scope = ? AND key = ?"

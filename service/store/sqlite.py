@@ -31,9 +31,8 @@ class SqliteStore:
 
     async def claim(self, scope: str, key: str, fingerprint: str, ttl: float) -> Claim:
         now = time.time()
-        await self._db.execute(Statements.delete_expired_key, (scope, key, now))
         cursor = await self._db.execute(
-            Statements.insert_claim, (scope, key, fingerprint, now + ttl)
+            Statements.insert_claim, (scope, key, fingerprint, now + ttl, now)
         )
         if cursor.rowcount == 1:
             return Claim(ClaimOutcome.OWNER)
