@@ -28,6 +28,7 @@ __all__ = [
     "InvalidIdempotencyKeyError",
     "check_key",
     "event_fingerprint",
+    "event_identity",
     "request_fingerprint",
 ]
 
@@ -71,6 +72,11 @@ def request_fingerprint(content_type: str | None, headers: Mapping[str, str], bo
         digest.update(b"\0" + name.encode() + b"\0" + headers[name].encode())
     digest.update(b"\0" + body)
     return digest.hexdigest()
+
+
+def event_identity(event: OutgoingEvent) -> str:
+    """The key of an event's CloudEvents identity: ids are unique per source only."""
+    return hashlib.sha256(f"{event.source}\0{event.id}".encode()).hexdigest()
 
 
 def event_fingerprint(event: OutgoingEvent) -> str:

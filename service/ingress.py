@@ -7,7 +7,6 @@ Errors become problem+json in one place, `problem_for` (domain errors) and the m
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import re
 import uuid
@@ -35,6 +34,7 @@ from service.idempotency import (
     InvalidIdempotencyKeyError,
     check_key,
     event_fingerprint,
+    event_identity,
     request_fingerprint,
 )
 from service.keys import DEDUPLICATOR, PUBLISHER, SETTINGS
@@ -244,8 +244,9 @@ class _Publication:
             await self._publish(event)
             return Answer(202, b"")
 
-        identity = hashlib.sha256(f"{event.source}\0{event.id}".encode()).hexdigest()
-        answer = await self._deduplicator.once("event", identity, event_fingerprint(event), publish)
+        answer = await self._deduplicator.once(
+            "event", event_identity(event), event_fingerprint(event), publish
+        )
         if answer.replayed:
             _log.info("duplicate event not published again", event_id=event.id)
 
@@ -263,10 +264,12 @@ class _Publication:
             _log.debug("event accepted")
 
     async def settled(self, event: OutgoingEvent) -> OutgoingEvent | Problem:
+        """For a batch entry: the event, or the problem its failure maps to."""
         try:
             await self(event)
-        except (PublishError, IdempotencyConflictError, IdempotencyInProgressError) as error:
+        except Exception as error:
             problem = problem_for(error)
-            assert problem is not None  # noqa: S101 - problem_for maps each of these
+            if problem is None:
+                raise  # not a failure of this entry: the middleware answers 500
             return problem
         return event
