@@ -53,10 +53,18 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class _Move:
+    """Where a copy of the delivery goes, and with which headers."""
+
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class _Verdict:
     outcome: Outcome
-    headers: dict[str, Any] | None = None  # the copy's headers, for moves
-    target_queue: str | None = None  # retry tier, for RETRY_SCHEDULED
+    move: _Move | None = None  # for RETRY_SCHEDULED and DEAD_LETTERED
 
 
 class SubscriptionConsumer:
@@ -167,7 +175,9 @@ class SubscriptionConsumer:
             )
         except MalformedEventError as error:
             failure = Failure("MalformedEventError", str(error), "")
-            return self._dead_letter(message, headers, failure, attempts_before, "malformed")
+            return self._dead_letter(
+                message, headers, failure, attempts_before, DeadLetterReason.MALFORMED
+            )
         structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
         result = await run_attempts(
             self.subscription.handler,
@@ -180,10 +190,14 @@ class SubscriptionConsumer:
         if result.failure is None:
             return _Verdict(Outcome.ACKED)
         if result.permanent:
-            return self._dead_letter(message, headers, result.failure, attempts, "permanent")
+            return self._dead_letter(
+                message, headers, result.failure, attempts, DeadLetterReason.PERMANENT
+            )
         delay = self.subscription.retry.next_delay(retries)
         if delay is None:
-            return self._dead_letter(message, headers, result.failure, attempts, "exhausted")
+            return self._dead_letter(
+                message, headers, result.failure, attempts, DeadLetterReason.RETRIES_EXHAUSTED
+            )
         _log.warning(
             "handler failed; retry scheduled",
             attempt=attempts,
@@ -199,8 +213,9 @@ class SubscriptionConsumer:
             routing_key=message.routing_key or "",
             retries=retries + 1,
         )
+        # The default exchange routes straight to the tier queue named as the routing key.
         tier = self._topology.retry_queue(self.subscription.name, delay_label(delay))
-        return _Verdict(Outcome.RETRY_SCHEDULED, copy_headers, tier)
+        return _Verdict(Outcome.RETRY_SCHEDULED, _Move("", tier, copy_headers))
 
     def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.
@@ -212,13 +227,8 @@ class SubscriptionConsumer:
         headers: dict[str, Any],
         failure: Failure,
         attempts: int,
-        why: str,
+        reason: DeadLetterReason,
     ) -> _Verdict:
-        reason = {
-            "malformed": DeadLetterReason.MALFORMED,
-            "permanent": DeadLetterReason.PERMANENT,
-            "exhausted": DeadLetterReason.RETRIES_EXHAUSTED,
-        }[why]
         _log.error(
             "event dead-lettered",
             reason=reason.value,
@@ -234,20 +244,19 @@ class SubscriptionConsumer:
             routing_key=message.routing_key or "",
             reason=reason,
         )
-        return _Verdict(Outcome.DEAD_LETTERED, copy_headers)
+        move = _Move(self._topology.dead_letter_exchange, self.subscription.name, copy_headers)
+        return _Verdict(Outcome.DEAD_LETTERED, move)
 
     async def _settle(self, message: AbstractIncomingMessage, verdict: _Verdict) -> None:
         outcome = verdict.outcome
         try:
-            if verdict.headers is not None:
-                exchange, routing_key = (
-                    ("", verdict.target_queue or "")
-                    if outcome is Outcome.RETRY_SCHEDULED
-                    else (self._topology.dead_letter_exchange, self.subscription.name)
-                )
+            if verdict.move is not None:
                 try:
                     await self._mover.copy(
-                        message, exchange=exchange, routing_key=routing_key, headers=verdict.headers
+                        message,
+                        exchange=verdict.move.exchange,
+                        routing_key=verdict.move.routing_key,
+                        headers=verdict.move.headers,
                     )
                 except MoveFailedError as error:
                     # The copy is not safe yet: leave the original in the queue to come back,
