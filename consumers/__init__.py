@@ -1,16 +1,22 @@
 """Consuming events from RabbitMQ and handing them to handlers."""
 
+from consumers.completions import COMPLETION_SOURCE, COMPLETION_TYPES
 from consumers.decoding import MalformedEventError, decode_event
 from consumers.errors import PermanentError, RetryableError
 from consumers.event import Event, Handler
 from consumers.moves import MessageMover
 from consumers.retry import RetryPolicy, delay_label
 from consumers.runtime import Outcome, SubscriptionConsumer
+from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
 from consumers.topology import DELIVERY_LIMIT, declare_subscription_queue
 
 __all__ = [
+    "COMPLETION_SOURCE",
+    "COMPLETION_TYPES",
     "DELIVERY_LIMIT",
+    "DeliveryState",
+    "DeliveryUpdate",
     "Event",
     "Handler",
     "MalformedEventError",
@@ -19,6 +25,7 @@ __all__ = [
     "PermanentError",
     "RetryPolicy",
     "RetryableError",
+    "StatusLedger",
     "Subscription",
     "SubscriptionConsumer",
     "declare_subscription_queue",

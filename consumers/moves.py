@@ -96,15 +96,24 @@ class MessageMover:
                 # No expiration: a copy in a retry tier or DLQ must not vanish on its own.
                 delivery_mode=DeliveryMode.PERSISTENT,
             )
+        except (TypeError, ValueError, OverflowError) as error:
+            raise MoveFailedError(f"cannot re-encode the message: {error}") from None
+        await self.publish(copy, exchange=exchange, routing_key=routing_key, mandatory=True)
+
+    async def publish(
+        self, message: Message, *, exchange: str, routing_key: str, mandatory: bool
+    ) -> None:
+        """Publish `message`; return once RabbitMQ confirmed it, else raise MoveFailedError."""
+        try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(message.message_id):
                 target = (
                     self._channel.default_exchange
                     if exchange == ""
                     else await self._channel.get_exchange(exchange, ensure=False)
                 )
-                confirmation = await target.publish(copy, routing_key=routing_key, mandatory=True)
-        except MoveFailedError:
-            raise
+                confirmation = await target.publish(
+                    message, routing_key=routing_key, mandatory=mandatory
+                )
         except DeliveryError:
             raise MoveFailedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
         except _UNREACHABLE as error:

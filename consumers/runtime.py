@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,6 +21,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from consumers.attempts import run_attempts
+from consumers.completions import completion_message, completion_routing_key, event_attributes
 from consumers.dead_letter import (
     ATTEMPTS,
     RETRIES,
@@ -30,8 +32,10 @@ from consumers.dead_letter import (
     without_conveyor_headers,
 )
 from consumers.decoding import MalformedEventError, decode_event
+from consumers.event import Event
 from consumers.moves import MessageMover, MoveFailedError
 from consumers.retry import delay_label
+from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
 from producers import BROKER_FAILURES, Topology
 
@@ -50,6 +54,7 @@ class Outcome(enum.StrEnum):
     RETRY_SCHEDULED = "retry-scheduled"  # a copy waits in a retry tier
     DEAD_LETTERED = "dead-lettered"  # a copy sits in {ns}.{subscription}.dlq
     RETURNED = "returned"  # back to the queue untouched (shutdown, or a move that failed)
+    SKIPPED = "skipped"  # acked without running the handler: it already succeeded here
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,7 @@ class _Move:
 class _Verdict:
     outcome: Outcome
     move: _Move | None = None  # for RETRY_SCHEDULED and DEAD_LETTERED
+    status: DeliveryUpdate | None = None  # what to record (and announce, when terminal)
 
 
 class SubscriptionConsumer:
@@ -78,12 +84,14 @@ class SubscriptionConsumer:
         channel: AbstractChannel,
         queue: AbstractQueue,
         mover: MessageMover,
+        ledger: StatusLedger,
     ) -> None:
         self.subscription = subscription
         self._topology = topology
         self._channel = channel
         self._queue = queue
         self._mover = mover
+        self._ledger = ledger
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._draining = False
         self._running: set[asyncio.Task[object]] = set()
@@ -174,11 +182,19 @@ class SubscriptionConsumer:
                 attempt=attempts_before + 1,
             )
         except MalformedEventError as error:
+            # No trustworthy identity, so no status record: the DLQ entry says why.
             failure = Failure("MalformedEventError", str(error), "")
             return self._dead_letter(
-                message, headers, failure, attempts_before, DeadLetterReason.MALFORMED
+                message, headers, failure, attempts_before, reason=DeadLetterReason.MALFORMED
             )
         structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
+        status = _StatusOf(event, self.subscription.name)
+        if self.subscription.deduplicate and await self._succeeded_before(event):
+            _log.info("event already succeeded here; acked without running the handler")
+            return _Verdict(
+                Outcome.SKIPPED, status=status(DeliveryState.SUCCEEDED, attempts_before)
+            )
+        self._ledger.note(status(DeliveryState.PROCESSING, attempts_before + 1))
         result = await run_attempts(
             self.subscription.handler,
             event,
@@ -188,15 +204,20 @@ class SubscriptionConsumer:
         )
         attempts = attempts_before + result.attempts
         if result.failure is None:
-            return _Verdict(Outcome.ACKED)
-        if result.permanent:
-            return self._dead_letter(
-                message, headers, result.failure, attempts, DeadLetterReason.PERMANENT
+            return _Verdict(Outcome.ACKED, status=status(DeliveryState.SUCCEEDED, attempts))
+        if result.permanent or (delay := self.subscription.retry.next_delay(retries)) is None:
+            reason = (
+                DeadLetterReason.PERMANENT
+                if result.permanent
+                else DeadLetterReason.RETRIES_EXHAUSTED
             )
-        delay = self.subscription.retry.next_delay(retries)
-        if delay is None:
             return self._dead_letter(
-                message, headers, result.failure, attempts, DeadLetterReason.RETRIES_EXHAUSTED
+                message,
+                headers,
+                result.failure,
+                attempts,
+                reason=reason,
+                status=status(DeliveryState.DEAD_LETTERED, attempts, result.failure, reason=reason),
             )
         _log.warning(
             "handler failed; retry scheduled",
@@ -215,7 +236,20 @@ class SubscriptionConsumer:
         )
         # The default exchange routes straight to the tier queue named as the routing key.
         tier = self._topology.retry_queue(self.subscription.name, delay_label(delay))
-        return _Verdict(Outcome.RETRY_SCHEDULED, _Move("", tier, copy_headers))
+        retrying = status(DeliveryState.RETRYING, attempts, result.failure, next_attempt_in=delay)
+        return _Verdict(Outcome.RETRY_SCHEDULED, _Move("", tier, copy_headers), retrying)
+
+    async def _succeeded_before(self, event: Event) -> bool:
+        try:
+            return await self._ledger.succeeded_before(
+                self.subscription.name, event.source, event.id
+            )
+        except Exception as error:  # noqa: BLE001 - the store being away must not stop delivery
+            # Without the answer, run the handler: at-least-once still holds.
+            _log.warning(
+                "could not ask the store whether the event already succeeded", error=str(error)
+            )
+            return False
 
     def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.
@@ -227,7 +261,9 @@ class SubscriptionConsumer:
         headers: dict[str, Any],
         failure: Failure,
         attempts: int,
+        *,
         reason: DeadLetterReason,
+        status: DeliveryUpdate | None = None,
     ) -> _Verdict:
         _log.error(
             "event dead-lettered",
@@ -245,7 +281,7 @@ class SubscriptionConsumer:
             reason=reason,
         )
         move = _Move(self._topology.dead_letter_exchange, self.subscription.name, copy_headers)
-        return _Verdict(Outcome.DEAD_LETTERED, move)
+        return _Verdict(Outcome.DEAD_LETTERED, move, status)
 
     async def _settle(self, message: AbstractIncomingMessage, verdict: _Verdict) -> None:
         outcome = verdict.outcome
@@ -264,6 +300,8 @@ class SubscriptionConsumer:
                     _log.warning("could not move event; it stays queued", error=str(error))
                     outcome = Outcome.RETURNED
                     await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
+            if outcome is not Outcome.RETURNED and verdict.status is not None:
+                outcome = await self._report(message, outcome, verdict.status)
             if outcome is Outcome.RETURNED:
                 await message.nack(requeue=True)
             else:
@@ -283,3 +321,65 @@ class SubscriptionConsumer:
             return
         if outcome is Outcome.ACKED:
             _log.debug("event handled")
+
+    async def _report(
+        self, message: AbstractIncomingMessage, outcome: Outcome, update: DeliveryUpdate
+    ) -> Outcome:
+        """Record the new state, then announce a terminal one; RETURNED if the announcement failed.
+
+        The delivery is acked only after its completion event is confirmed, so a completion is
+        published at least once: a redelivery of a succeeded event announces it again (skipped).
+        """
+        if outcome is not Outcome.SKIPPED:
+            try:
+                await self._ledger.record(update)
+            except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
+                _log.warning("could not record the event's status", error=str(error))
+        if not update.state.terminal:
+            return outcome
+        try:
+            await self._mover.publish(
+                completion_message(update, correlation_id=message.correlation_id),
+                exchange=self._topology.results_exchange,
+                routing_key=completion_routing_key(update),
+                mandatory=False,  # nobody listening for completions is fine
+            )
+        except MoveFailedError as error:
+            _log.warning(
+                "could not publish the completion event; it stays queued", error=str(error)
+            )
+            await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
+            return Outcome.RETURNED
+        return outcome
+
+
+class _StatusOf:
+    """Builds the status updates of one event for one subscription."""
+
+    def __init__(self, event: Event, subscription: str) -> None:
+        self._event = event
+        self._subscription = subscription
+        self._attributes = event_attributes(event)
+
+    def __call__(
+        self,
+        state: DeliveryState,
+        attempts: int,
+        failure: Failure | None = None,
+        *,
+        next_attempt_in: float | None = None,
+        reason: DeadLetterReason | None = None,
+    ) -> DeliveryUpdate:
+        now = time.time()
+        return DeliveryUpdate(
+            event_id=self._event.id,
+            source=self._event.source,
+            subscription=self._subscription,
+            state=state,
+            attempts=attempts,
+            at=now,
+            attributes=self._attributes,
+            next_attempt_at=None if next_attempt_in is None else now + next_attempt_in,
+            failure=failure,
+            reason=None if reason is None else reason.value,
+        )

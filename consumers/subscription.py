@@ -20,3 +20,5 @@ class Subscription:
     concurrency: int = 16
     timeout: float = 30.0  # seconds one handler attempt may run
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Ack a delivery of an event that already succeeded here without running the handler again.
+    deduplicate: bool = True

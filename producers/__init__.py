@@ -20,7 +20,7 @@ from producers.publisher import (
     PublishTimeoutError,
 )
 from producers.same_id import SameIdGate
-from producers.topology import Topology, declare_events_exchange
+from producers.topology import Topology, declare_events_exchange, declare_results_exchange
 from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "SameIdGate",
     "Topology",
     "declare_events_exchange",
+    "declare_results_exchange",
     "event_from_json",
     "format_time",
     "is_json_content_type",

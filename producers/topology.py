@@ -11,7 +11,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from pamqp.common import FieldTable
 
-__all__ = ["Topology", "declare_events_exchange"]
+__all__ = ["Topology", "declare_events_exchange", "declare_results_exchange"]
 
 QUORUM: FieldTable = {"x-queue-type": "quorum"}
 
@@ -28,6 +28,11 @@ class Topology:
     def unrouted(self) -> str:
         """Both the alternate exchange of the events exchange and the queue behind it."""
         return f"{self.namespace}.unrouted"
+
+    @property
+    def results_exchange(self) -> str:
+        """Topic exchange of completion events (`conveyor.event.succeeded.<subscription>`...)."""
+        return f"{self.namespace}.results"
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -55,4 +60,13 @@ async def declare_events_exchange(channel: AbstractChannel, topology: Topology) 
         aio_pika.ExchangeType.TOPIC,
         durable=True,
         arguments={"alternate-exchange": topology.unrouted},
+    )
+
+
+async def declare_results_exchange(
+    channel: AbstractChannel, topology: Topology
+) -> AbstractExchange:
+    """Declare `{ns}.results`; who wants completion events binds a queue of their own to it."""
+    return await channel.declare_exchange(
+        topology.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )

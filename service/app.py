@@ -15,9 +15,19 @@ from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
 from service.ingress import ingest, problems_middleware
-from service.keys import DEDUPLICATOR, LIFECYCLE, LINK, PUBLISHER, SETTINGS, Lifecycle
+from service.keys import (
+    DEDUPLICATOR,
+    LIFECYCLE,
+    LINK,
+    PUBLISHER,
+    SETTINGS,
+    STATUS_BOOK,
+    Lifecycle,
+)
 from service.settings import Settings
-from service.store import IdempotencyStore, open_store
+from service.status import StatusBook
+from service.status_api import event_status
+from service.store import BatchWriter, IdempotencyStore, open_store
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
@@ -52,7 +62,10 @@ def build_app(
     if publisher is not None:
         app[PUBLISHER] = publisher
         app.router.add_post("/v1/events", ingest)
-        app.cleanup_ctx.append(_store)
+        # Event ids may hold '/' (sent percent-encoded), hence the pattern.
+        app.router.add_get("/v1/events/{event_id:.+}", event_status)
+    # The store closes last: consumers record their final states while the link drains.
+    app.cleanup_ctx.append(_store(subscriptions))
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
@@ -73,19 +86,30 @@ def _handler_resources(
     return close_handlers
 
 
-async def _store(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    store = await open_store(settings.store_url)
-    # A duplicate waits for the first request's answer about as long as that one may take.
-    app[DEDUPLICATOR] = Deduplicator(
-        store, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
-    )
-    purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
-    yield
-    purge.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await purge
-    await store.close()
+def _store(
+    subscriptions: Sequence[Subscription],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def open_and_close(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        store = await open_store(settings.store_url)
+        writer = BatchWriter(store)
+        book = StatusBook(store, writer, ttl=settings.status_ttl, subscriptions=subscriptions)
+        writer.on_written = book.wake_waiters
+        writer.start()
+        app[STATUS_BOOK] = book
+        # A duplicate waits for the first request's answer about as long as that one may take.
+        app[DEDUPLICATOR] = Deduplicator(
+            store, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
+        )
+        purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
+        yield
+        purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
+        await writer.close()
+        await store.close()
+
+    return open_and_close
 
 
 async def _purge_expired(store: IdempotencyStore) -> None:
@@ -94,12 +118,12 @@ async def _purge_expired(store: IdempotencyStore) -> None:
         try:
             await store.purge_expired()
         except Exception:  # noqa: BLE001 - a failed purge is retried next round
-            _log.exception("purging expired idempotency keys failed")
+            _log.exception("purging expired idempotency keys and statuses failed")
 
 
 async def _broker_link(app: web.Application) -> AsyncIterator[None]:
     link = app[LINK]
-    link.start()
+    link.start(app[STATUS_BOOK])
     yield
     # By now the listener is closed and in-flight requests have finished (aiohttp's runner
     # waits for them before cleanup), so only the consumers are left to drain.

@@ -20,11 +20,17 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from consumers import (
     MessageMover,
+    StatusLedger,
     Subscription,
     SubscriptionConsumer,
     declare_subscription_queue,
 )
-from producers import AmqpPublisher, Topology, declare_events_exchange
+from producers import (
+    AmqpPublisher,
+    Topology,
+    declare_events_exchange,
+    declare_results_exchange,
+)
 from service.settings import Settings
 
 __all__ = ["BrokerLink", "LinkStatus"]
@@ -63,9 +69,12 @@ class BrokerLink:
         self._connection: AbstractRobustConnection | None = None
         self._problem: str | None = "connecting"
         self._task: asyncio.Task[None] | None = None
+        self._ledger: StatusLedger | None = None
         self.consumers: list[SubscriptionConsumer] = []
 
-    def start(self) -> None:
+    def start(self, ledger: StatusLedger) -> None:
+        """Connect in the background; consumers report their deliveries' progress to `ledger`."""
+        self._ledger = ledger
         self._task = asyncio.create_task(self._establish(), name="conveyor-broker-link")
 
     def status(self) -> LinkStatus:
@@ -134,6 +143,7 @@ class BrokerLink:
         # open so that a reconnect to a wiped broker re-declares the exchanges before the queues.
         setup = await connection.channel()
         exchange = await declare_events_exchange(setup, self._topology)
+        await declare_results_exchange(setup, self._topology)
         if self._publisher is not None:
             publishing = await connection.channel(publisher_confirms=True)
             self._publisher.attach(
@@ -150,10 +160,15 @@ class BrokerLink:
             # any worker runs wait in their queue instead of counting as unrouted.
             channel = await connection.channel()
             queue = await declare_subscription_queue(channel, self._topology, subscription)
-            if not self._consume:
+            if not self._consume or self._ledger is None:
                 continue
             consumer = SubscriptionConsumer(
-                subscription, topology=self._topology, channel=channel, queue=queue, mover=mover
+                subscription,
+                topology=self._topology,
+                channel=channel,
+                queue=queue,
+                mover=mover,
+                ledger=self._ledger,
             )
             await consumer.start()
             consumers.append(consumer)

@@ -7,16 +7,17 @@ Errors become problem+json in one place, `problem_for` (domain errors) and the m
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 import orjson
 import structlog
 from aiohttp import web
 
 from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
+from service.auth import UnauthorizedError, authorize
 from service.cloudevents_http import (
     BatchTooLargeError,
     MalformedJsonError,
@@ -37,8 +38,9 @@ from service.idempotency import (
     event_identity,
     request_fingerprint,
 )
-from service.keys import DEDUPLICATOR, PUBLISHER, SETTINGS
+from service.keys import DEDUPLICATOR, PUBLISHER, SETTINGS, STATUS_BOOK
 from service.problems import Problem, problem_response
+from service.status import StatusBook
 
 __all__ = ["ingest", "problems_middleware"]
 
@@ -47,10 +49,6 @@ CORRELATION_HEADER = "X-Correlation-ID"
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 RETRY_AFTER_SECONDS = "2"
-
-
-class UnauthorizedError(Exception):
-    pass
 
 
 def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case per error kind
@@ -124,21 +122,6 @@ async def problems_middleware(
         )
 
 
-def _authorize(request: web.Request, keys: frozenset[str]) -> None:
-    if not keys:
-        return
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    presented = presented.strip()
-    # Compare against every key in constant time so timing does not reveal a partial match.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented.encode(), key.encode())
-    if scheme.lower() != "bearer" or not presented or not matched:
-        raise UnauthorizedError(
-            "send 'Authorization: Bearer <key>' with a key from CONVEYOR_API_KEYS"
-        )
-
-
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -153,7 +136,7 @@ def _correlation_id(request: web.Request) -> str:
 
 async def ingest(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    _authorize(request, settings.api_keys)
+    authorize(request, settings.api_keys)
     body = await _read_body(request, settings.max_body_bytes)
     headers = {name.lower(): value for name, value in request.headers.items()}
     content_type = request.headers.get("Content-Type")
@@ -161,7 +144,11 @@ async def ingest(request: web.Request) -> web.Response:
     traceparent = request.headers.get("traceparent", "").strip().lower()
     deduplicator = request.app[DEDUPLICATOR]
     publish = _Publication(
-        request.app[PUBLISHER], deduplicator, correlation_id, traceparent or None
+        request.app[PUBLISHER],
+        deduplicator,
+        request.app[STATUS_BOOK],
+        correlation_id,
+        traceparent or None,
     )
 
     async def accept() -> Answer:
@@ -181,6 +168,9 @@ async def ingest(request: web.Request) -> web.Response:
         response_headers["Retry-After"] = RETRY_AFTER_SECONDS
     if answer.replayed:
         response_headers["Idempotent-Replayed"] = "true"
+    if answer.status == 202 and answer.body.startswith(b'{"id"'):  # noqa: PLR2004 - accepted
+        # A single event (first answer or replay): where its status is.
+        response_headers["Location"] = orjson.loads(answer.body)["location"]
     return web.Response(
         status=answer.status,
         body=answer.body,
@@ -192,7 +182,7 @@ async def ingest(request: web.Request) -> web.Response:
 async def _accept(parsed: ParsedSingle | ParsedBatch, publish: _Publication) -> Answer:
     if isinstance(parsed, ParsedSingle):
         await publish(parsed.event)  # a PublishError becomes the 503 problem
-        return Answer(202, orjson.dumps({"id": parsed.event.id}))
+        return Answer(202, orjson.dumps(_accepted_entry(parsed.event)))
     outcomes = await asyncio.gather(
         *(
             publish.settled(entry) if isinstance(entry, OutgoingEvent) else _failed(entry)
@@ -200,11 +190,21 @@ async def _accept(parsed: ParsedSingle | ParsedBatch, publish: _Publication) -> 
         )
     )
     results = [
-        {"id": outcome.id} if isinstance(outcome, OutgoingEvent) else {"error": outcome.body()}
+        _accepted_entry(outcome)
+        if isinstance(outcome, OutgoingEvent)
+        else {"error": outcome.body()}
         for outcome in outcomes
     ]
     failures = [outcome for outcome in outcomes if isinstance(outcome, Problem)]
     return Answer(_batch_status(len(outcomes), failures), orjson.dumps({"results": results}))
+
+
+def _status_location(event_id: str) -> str:
+    return f"/v1/events/{quote(event_id, safe='')}"
+
+
+def _accepted_entry(event: OutgoingEvent) -> dict[str, str]:
+    return {"id": event.id, "location": _status_location(event.id)}
 
 
 def _batch_status(total: int, failures: list[Problem]) -> int:
@@ -230,11 +230,13 @@ class _Publication:
         self,
         publisher: Publisher,
         deduplicator: Deduplicator,
+        book: StatusBook,
         correlation_id: str,
         traceparent: str | None,
     ) -> None:
         self._publisher = publisher
         self._deduplicator = deduplicator
+        self._book = book
         self._correlation_id = correlation_id
         valid = traceparent is not None and _TRACEPARENT.fullmatch(traceparent) is not None
         self._traceparent = traceparent if valid else None
@@ -262,6 +264,11 @@ class _Publication:
                 _log.warning("event not accepted", reason=error.reason, error=str(error))
                 raise
             _log.debug("event accepted")
+            try:
+                await self._book.accepted(event)
+            except Exception as error:  # noqa: BLE001 - the event is safe in RabbitMQ; say yes
+                # Its status appears once a consumer reports on it.
+                _log.warning("could not record the accepted event's status", error=str(error))
 
     async def settled(self, event: OutgoingEvent) -> OutgoingEvent | Problem:
         """For a batch entry: the event, or the problem its failure maps to."""

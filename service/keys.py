@@ -10,8 +10,17 @@ from producers import Publisher
 from service.broker import BrokerLink
 from service.idempotency import Deduplicator
 from service.settings import Settings
+from service.status import StatusBook
 
-__all__ = ["DEDUPLICATOR", "LIFECYCLE", "LINK", "PUBLISHER", "SETTINGS", "Lifecycle"]
+__all__ = [
+    "DEDUPLICATOR",
+    "LIFECYCLE",
+    "LINK",
+    "PUBLISHER",
+    "SETTINGS",
+    "STATUS_BOOK",
+    "Lifecycle",
+]
 
 
 @dataclass(slots=True)
@@ -26,3 +35,4 @@ PUBLISHER = web.AppKey("publisher", Publisher)
 LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
+STATUS_BOOK = web.AppKey("status_book", StatusBook)

@@ -23,8 +23,8 @@ __all__ = [
 
 PREFIX = "CONVEYOR_"
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _E = TypeVar("_E", bound=enum.StrEnum)
 
@@ -79,6 +79,7 @@ class Settings:
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)
     store_url: str = field(default="sqlite:///./var/conveyor.db", repr=False)
     idempotency_ttl: float = 24 * 3600.0
+    status_ttl: float = 7 * 24 * 3600.0
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -111,11 +112,12 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc("API_KEYS", "(none)", "comma-separated keys; when set, ingest needs a Bearer key"),
     SettingDoc("STORE_URL", "sqlite:///./var/conveyor.db", "sqlite:///path or postgresql://..."),
     SettingDoc("IDEMPOTENCY_TTL", "24h", "how long a repeated request or event id is recognised"),
+    SettingDoc("STATUS_TTL", "7d", "how long GET /v1/events/{id} knows an event's status"),
 )
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from '250ms', '5s', '1.5m', '2h' or a bare number of seconds."""
+    """Seconds from '250ms', '5s', '1.5m', '2h', '7d' or a bare number of seconds."""
     match = _DURATION.fullmatch(text)
     if match is None:
         raise ValueError(text)
@@ -156,6 +158,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         api_keys=reader.keys("API_KEYS"),
         store_url=reader.store_url("STORE_URL", _DEFAULTS.store_url),
         idempotency_ttl=reader.duration("IDEMPOTENCY_TTL", _DEFAULTS.idempotency_ttl),
+        status_ttl=reader.duration("STATUS_TTL", _DEFAULTS.status_ttl),
     )
 
 

@@ -21,7 +21,17 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 _PATTERN_WORD = re.compile(r"^(\*|#|[^.*#\s]+)$")
 MAX_PATTERN_LENGTH = 255
 _KEYS = frozenset(
-    ("name", "events", "handler", "prefetch", "concurrency", "timeout", "retry", "options")
+    (
+        "name",
+        "events",
+        "handler",
+        "prefetch",
+        "concurrency",
+        "timeout",
+        "retry",
+        "options",
+        "deduplicate",
+    )
 )
 _RETRY_KEYS = frozenset(("in_process", "delays"))
 MAX_PREFETCH = 10_000
@@ -85,7 +95,15 @@ def _subscription(index: int, entry: Any) -> Subscription:
         concurrency=concurrency,
         timeout=_duration(entry.get("timeout", "30s"), f"{where}.timeout", low=MIN_DELAY_SECONDS),
         retry=_retry(entry.get("retry", {}), where),
+        deduplicate=_flag(entry, "deduplicate", default=True, where=where),
     )
+
+
+def _flag(entry: dict[str, Any], key: str, *, default: bool, where: str) -> bool:
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise SettingError(SETTING, f"{where}.{key} as true or false", repr(value))
+    return value
 
 
 def _duration(value: Any, where: str, *, low: float, high: float | None = None) -> float:

@@ -134,7 +134,12 @@ class Namespace:
         for name, delays in self.subscriptions.items():
             queues += [topology.queue(name), topology.dead_letter_queue(name)]
             queues += [topology.retry_queue(name, delay_label(delay)) for delay in delays]
-        exchanges = [topology.events_exchange, topology.unrouted, topology.dead_letter_exchange]
+        exchanges = [
+            topology.events_exchange,
+            topology.unrouted,
+            topology.dead_letter_exchange,
+            topology.results_exchange,
+        ]
         async with await aio_pika.connect(self.amqp_url) as connection:
             for name in queues:
                 channel = await connection.channel()

@@ -6,14 +6,25 @@ from pathlib import Path
 
 from yarl import URL
 
-from service.store.base import Claim, ClaimOutcome, IdempotencyStore
+from service.store.base import Claim, ClaimOutcome, IdempotencyStore, Store, Write
+from service.store.batching import BatchWriter
 from service.store.postgres import PostgresStore
+from service.store.sql import Statements
 from service.store.sqlite import SqliteStore
 
-__all__ = ["Claim", "ClaimOutcome", "IdempotencyStore", "open_store"]
+__all__ = [
+    "BatchWriter",
+    "Claim",
+    "ClaimOutcome",
+    "IdempotencyStore",
+    "Statements",
+    "Store",
+    "Write",
+    "open_store",
+]
 
 
-async def open_store(url: str) -> IdempotencyStore:
+async def open_store(url: str) -> Store:
     """Open (and create or migrate) the store named by CONVEYOR_STORE_URL."""
     parsed = URL(url)
     if parsed.scheme == "sqlite":

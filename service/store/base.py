@@ -1,12 +1,16 @@
-"""What the service keeps between requests: idempotency claims (statuses come next)."""
+"""What the service keeps: idempotency claims, and event statuses written in batches."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Claim", "ClaimOutcome", "IdempotencyStore"]
+__all__ = ["Claim", "ClaimOutcome", "IdempotencyStore", "Store", "Write"]
+
+# One statement of service.store.sql.Statements with its parameters.
+Write = tuple[str, tuple[Any, ...]]
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -39,3 +43,11 @@ class IdempotencyStore(Protocol):
     async def purge_expired(self) -> int: ...
 
     async def close(self) -> None: ...
+
+
+class Store(IdempotencyStore, Protocol):
+    async def write(self, writes: Sequence[Write]) -> None:
+        """Apply `writes` in one transaction, in order: all of them or none."""
+        ...
+
+    async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]: ...

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
-from service.store.base import Claim, ClaimOutcome
-from service.store.sql import SCHEMA, Statements, numbered
+from service.store.base import Claim, ClaimOutcome, Write
+from service.store.sql import MIGRATIONS, Statements, numbered
 
 __all__ = ["PostgresStore"]
 
@@ -15,7 +19,9 @@ _INSERT_CLAIM = numbered(Statements.insert_claim) + " RETURNING 1"
 _SELECT_CLAIM = numbered(Statements.select_claim)
 _COMPLETE = numbered(Statements.complete)
 _RELEASE = numbered(Statements.release)
-_PURGE = numbered(Statements.purge)
+_PURGE = tuple(numbered(statement) for statement in Statements.purge)
+_MIGRATION_LOCK = 7311023
+_numbered = functools.lru_cache(maxsize=64)(numbered)
 
 
 class PostgresStore:
@@ -25,11 +31,11 @@ class PostgresStore:
     @classmethod
     async def open(cls, dsn: str) -> PostgresStore:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
-        # Several processes may start at once; serialise the schema creation.
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(7311023)")
-            for statement in SCHEMA:
-                await connection.execute(statement)
+        try:
+            await _migrate(pool)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(pool)
 
     async def claim(self, scope: str, key: str, fingerprint: str, ttl: float) -> Claim:
@@ -55,9 +61,37 @@ class PostgresStore:
     async def release(self, scope: str, key: str) -> None:
         await self._pool.execute(_RELEASE, scope, key)
 
+    async def write(self, writes: Sequence[Write]) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            for statement, group in itertools.groupby(writes, key=lambda write: write[0]):
+                await connection.executemany(_numbered(statement), [params for _, params in group])
+
+    async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+        rows = await self._pool.fetch(_numbered(statement), *params)
+        return [tuple(row) for row in rows]
+
     async def purge_expired(self) -> int:
-        result = await self._pool.execute(_PURGE, time.time())
-        return int(result.rsplit(" ", 1)[-1])
+        now = time.time()
+        purged = 0
+        for statement in _PURGE:
+            result = await self._pool.execute(statement, now)
+            purged += int(result.rsplit(" ", 1)[-1])
+        return purged
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+async def _migrate(pool: asyncpg.Pool) -> None:
+    # Several processes may start at once; the advisory lock makes them migrate in turn.
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await connection.execute(Statements.create_version)
+        done = await connection.fetchval(Statements.select_version)
+        for migration in MIGRATIONS[done or 0 :]:
+            for statement in migration:
+                await connection.execute(statement)
+        # A newer conveyor may have migrated further; its tables are a superset of ours.
+        version = max(done or 0, len(MIGRATIONS))
+        statement = Statements.insert_version if done is None else Statements.update_version
+        await connection.execute(numbered(statement), version)

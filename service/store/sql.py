@@ -1,28 +1,79 @@
-"""The schema and statements, written once with `?` placeholders; PostgreSQL gets `$n`."""
+"""The schema and statements, written once with `?` placeholders; PostgreSQL gets `$n`.
+
+The schema is a list of migrations; `conveyor_schema` holds how many ran, and each start runs
+the rest. Statements use only what SQLite (3.24+) and PostgreSQL both understand.
+"""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["SCHEMA", "Statements", "numbered"]
+__all__ = ["MIGRATIONS", "Statements", "numbered"]
 
-SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS conveyor_idempotency (
-        scope TEXT NOT NULL,
-        key TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        status INTEGER,
-        body BYTEA,
-        expires_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (scope, key)
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS conveyor_idempotency_expiry ON conveyor_idempotency (expires_at)",
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: idempotency keys of requests and of events' CloudEvents identity
+    (
+        """
+        CREATE TABLE IF NOT EXISTS conveyor_idempotency (
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status INTEGER,
+            body BYTEA,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (scope, key)
+        )
+        """,
+        (
+            "CREATE INDEX IF NOT EXISTS conveyor_idempotency_expiry "
+            "ON conveyor_idempotency (expires_at)"
+        ),
+    ),
+    # 2: event statuses, one row per event and one per (event, subscription)
+    (
+        """
+        CREATE TABLE IF NOT EXISTS conveyor_events (
+            event_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            attributes TEXT NOT NULL,
+            routed TEXT,
+            accepted_at DOUBLE PRECISION,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (event_id, source)
+        )
+        """,
+        "CREATE INDEX IF NOT EXISTS conveyor_events_expiry ON conveyor_events (expires_at)",
+        """
+        CREATE TABLE IF NOT EXISTS conveyor_deliveries (
+            event_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            subscription TEXT NOT NULL,
+            state TEXT NOT NULL,
+            state_rank INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt_at DOUBLE PRECISION,
+            last_error TEXT,
+            first_attempt_at DOUBLE PRECISION,
+            updated_at DOUBLE PRECISION NOT NULL,
+            finished_at DOUBLE PRECISION,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (event_id, source, subscription)
+        )
+        """,
+        (
+            "CREATE INDEX IF NOT EXISTS conveyor_deliveries_expiry "
+            "ON conveyor_deliveries (expires_at)"
+        ),
+    ),
 )
 
 
 class Statements:
+    create_version = "CREATE TABLE IF NOT EXISTS conveyor_schema (version INTEGER NOT NULL)"
+    select_version = "SELECT version FROM conveyor_schema"
+    insert_version = "INSERT INTO conveyor_schema (version) VALUES (?)"
+    update_version = "UPDATE conveyor_schema SET version = ?"
+
     # One statement claims a new key or takes over an expired one; a live key is left alone
     # (no row changes), which is how the caller learns it does not own the key.
     insert_claim = (
@@ -36,7 +87,55 @@ class Statements:
     )
     complete = "UPDATE conveyor_idempotency SET status = ?, body = ? WHERE scope = ? AND key = ?"
     release = "DELETE FROM conveyor_idempotency WHERE scope = ? AND key = ? AND status IS NULL"
-    purge = "DELETE FROM conveyor_idempotency WHERE expires_at < ?"
+
+    # The ingress knows where it routed the event and when it accepted it: its row wins.
+    accept_event = (
+        "INSERT INTO conveyor_events (event_id, source, attributes, routed, accepted_at, "
+        "expires_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, source) DO UPDATE SET "
+        "attributes = excluded.attributes, routed = excluded.routed, "
+        "accepted_at = excluded.accepted_at, expires_at = excluded.expires_at"
+    )
+    # A consumer only makes sure the event has a row (it may have come straight over AMQP).
+    see_event = (
+        "INSERT INTO conveyor_events (event_id, source, attributes, routed, accepted_at, "
+        "expires_at) VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (event_id, source) DO NOTHING"
+    )
+    # Keeps the furthest state: more attempts, or the same attempts and a later state. An
+    # update that arrives late (another process, a batch behind) never rolls a status back.
+    put_delivery = (
+        "INSERT INTO conveyor_deliveries (event_id, source, subscription, state, state_rank, "
+        "attempts, next_attempt_at, last_error, first_attempt_at, updated_at, finished_at, "
+        "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (event_id, source, subscription) DO UPDATE SET "
+        "state = excluded.state, state_rank = excluded.state_rank, "
+        "attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, "
+        "last_error = COALESCE(excluded.last_error, conveyor_deliveries.last_error), "
+        "first_attempt_at = COALESCE(conveyor_deliveries.first_attempt_at, "
+        "excluded.first_attempt_at), updated_at = excluded.updated_at, "
+        "finished_at = excluded.finished_at, expires_at = excluded.expires_at "
+        "WHERE excluded.attempts > conveyor_deliveries.attempts "
+        "OR (excluded.attempts = conveyor_deliveries.attempts "
+        "AND excluded.state_rank > conveyor_deliveries.state_rank)"
+    )
+    select_events = (
+        "SELECT event_id, source, attributes, routed, accepted_at FROM conveyor_events "
+        "WHERE event_id = ? AND expires_at > ? ORDER BY source LIMIT 20"
+    )
+    select_deliveries = (
+        "SELECT subscription, state, attempts, next_attempt_at, last_error, first_attempt_at, "
+        "updated_at, finished_at FROM conveyor_deliveries "
+        "WHERE event_id = ? AND source = ? AND expires_at > ? ORDER BY subscription"
+    )
+    select_succeeded = (
+        "SELECT 1 FROM conveyor_deliveries WHERE event_id = ? AND source = ? "
+        "AND subscription = ? AND state = 'succeeded'"
+    )
+
+    purge = (
+        "DELETE FROM conveyor_idempotency WHERE expires_at < ?",
+        "DELETE FROM conveyor_events WHERE expires_at < ?",
+        "DELETE FROM conveyor_deliveries WHERE expires_at < ?",
+    )
 
 
 def numbered(statement: str) -> str:

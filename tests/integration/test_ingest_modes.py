@@ -40,7 +40,11 @@ async def test_structured_mode_reaches_handler_with_every_attribute(
     )
 
     assert response.status == 202
-    assert await response.json() == {"id": "evt-structured-1"}
+    assert await response.json() == {
+        "id": "evt-structured-1",
+        "location": "/v1/events/evt-structured-1",
+    }
+    assert response.headers["Location"] == "/v1/events/evt-structured-1"
     assert response.headers["X-Correlation-ID"] == "corr-1"
     [received] = await recorder.wait_for(1)
     assert received.id == "evt-structured-1"
@@ -119,10 +123,10 @@ async def test_batch_answers_one_result_per_entry_and_a_bad_entry_does_not_sink_
 
     assert response.status == 207
     results = (await response.json())["results"]
-    assert results[0] == {"id": "b-1"}
+    assert results[0] == {"id": "b-1", "location": "/v1/events/b-1"}
     assert results[1]["error"]["status"] == 400
     assert results[1]["error"]["attribute"] == "specversion"
-    assert results[2] == {"id": "b-3"}
+    assert results[2] == {"id": "b-3", "location": "/v1/events/b-3"}
     received = await recorder.wait_for(2)
     assert sorted(event.id for event in received) == ["b-1", "b-3"]
     assert {event.id: event.data for event in received} == {"b-1": 1, "b-3": b"hi"}

@@ -1,0 +1,85 @@
+"""Completion events: each terminal outcome as a CloudEvent on `{ns}.results`.
+
+Other services bind a queue to the results topic exchange instead of polling the status API.
+The routing key is `<type>.<subscription>`, e.g. `conveyor.event.dead_lettered.orders`. A
+completion is published (with confirm) before the delivery is acked, so it is sent at least once;
+its id is derived from the outcome, so a repeat carries the same id and a receiver can drop it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from aio_pika import Message
+
+from consumers.event import Event
+from consumers.status import DeliveryState, DeliveryUpdate
+from producers import format_time, new_event, to_amqp_message
+
+__all__ = [
+    "COMPLETION_SOURCE",
+    "COMPLETION_TYPES",
+    "completion_message",
+    "completion_routing_key",
+    "event_attributes",
+]
+
+COMPLETION_SOURCE = "conveyor"
+COMPLETION_TYPES = {
+    DeliveryState.SUCCEEDED: "conveyor.event.succeeded",
+    DeliveryState.DEAD_LETTERED: "conveyor.event.dead_lettered",
+}
+_ID_NAMESPACE = uuid.UUID("8f9b8f5e-7a0c-4d0c-9a49-3c1f4e0b6a11")
+
+
+def event_attributes(event: Event) -> dict[str, str]:
+    """The event's context attributes in their canonical string form."""
+    attributes = dict(event.extensions)
+    attributes.update(
+        id=event.id, source=event.source, type=event.type, specversion=event.specversion
+    )
+    optional = {
+        "time": format_time(event.time) if event.time else None,
+        "subject": event.subject,
+        "datacontenttype": event.datacontenttype,
+        "dataschema": event.dataschema,
+    }
+    attributes.update({name: value for name, value in optional.items() if value is not None})
+    return attributes
+
+
+def completion_routing_key(update: DeliveryUpdate) -> str:
+    return f"{COMPLETION_TYPES[update.state]}.{update.subscription}"
+
+
+def completion_message(update: DeliveryUpdate, *, correlation_id: str | None) -> Message:
+    """The completion CloudEvent for a terminal `update`, ready to publish."""
+    completion_type = COMPLETION_TYPES[update.state]
+    data: dict[str, Any] = {
+        "event": _identity(update.attributes),
+        "subscription": update.subscription,
+        "state": update.state.value,
+        "attempts": update.attempts,
+        "finished_at": format_time(datetime.fromtimestamp(update.at, UTC)),
+    }
+    if update.state is DeliveryState.DEAD_LETTERED:
+        data["reason"] = update.reason
+        if update.failure is not None:
+            data["error"] = {"class": update.failure.error_class, "message": update.failure.message}
+    identity = f"{update.source}\0{update.event_id}\0{update.subscription}\0{completion_type}"
+    completion = new_event(
+        completion_type,
+        data,
+        source=COMPLETION_SOURCE,
+        id=str(uuid.uuid5(_ID_NAMESPACE, identity)),
+        subject=update.event_id,
+        extensions={"subscription": update.subscription},
+    )
+    return to_amqp_message(completion, correlation_id=correlation_id)
+
+
+def _identity(attributes: Mapping[str, str]) -> dict[str, str]:
+    return {name: attributes[name] for name in ("id", "source", "type") if name in attributes}

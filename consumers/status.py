@@ -1,0 +1,75 @@
+"""What the runtime tells about each delivery, and the ledger it tells it to.
+
+The ledger lives in the service (over its store); the runtime only sees this protocol, so data
+still flows one way: the runtime reports, it never reads anything but "did this already succeed".
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from consumers.dead_letter import Failure
+
+__all__ = ["DeliveryState", "DeliveryUpdate", "StatusLedger"]
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one event stands for one subscription."""
+
+    PENDING = "pending"  # accepted and routed; no handler has started yet
+    PROCESSING = "processing"  # a handler attempt is running
+    RETRYING = "retrying"  # waiting in a retry tier until `next_attempt_at`
+    SUCCEEDED = "succeeded"
+    DEAD_LETTERED = "dead-lettered"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (DeliveryState.SUCCEEDED, DeliveryState.DEAD_LETTERED)
+
+    @property
+    def rank(self) -> int:
+        # Within one attempt count, a later state wins over an earlier one; the store keeps the
+        # highest (attempts, rank), so an update that arrives late never rolls a status back.
+        return _RANKS[self]
+
+
+_RANKS = {
+    DeliveryState.PENDING: 0,
+    DeliveryState.PROCESSING: 1,
+    DeliveryState.RETRYING: 2,
+    DeliveryState.SUCCEEDED: 3,
+    DeliveryState.DEAD_LETTERED: 3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryUpdate:
+    """One event's new state for one subscription, as observed at `at` (Unix seconds)."""
+
+    event_id: str
+    source: str
+    subscription: str
+    state: DeliveryState
+    attempts: int  # handler attempts started so far, this one included
+    at: float
+    attributes: Mapping[str, str]  # the event's context attributes, for its status record
+    next_attempt_at: float | None = None  # for RETRYING
+    failure: Failure | None = None  # the last error, for RETRYING and DEAD_LETTERED
+    reason: str | None = None  # why it was dead-lettered
+
+
+class StatusLedger(Protocol):
+    async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
+        """True when this event already succeeded for this subscription."""
+        ...
+
+    def note(self, update: DeliveryUpdate) -> None:
+        """Record `update` soon, in order with the others; do not wait for it."""
+        ...
+
+    async def record(self, update: DeliveryUpdate) -> None:
+        """Record `update`; return once it is stored."""
+        ...

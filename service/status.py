@@ -1,0 +1,228 @@
+"""Event statuses over the store: written by the ingress and the consumers, read by the API.
+
+The ingress records an accepted event (and `pending` for each subscription it routes to) before
+answering 202; consumers report each delivery's progress through `consumers.StatusLedger`.
+Progress notes (`processing`) are queued without waiting; states a client acts on (retrying,
+succeeded, dead-lettered) are stored before the delivery is acked, so a status never runs ahead
+of what happened, and a redelivery can see that an event already succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from consumers import DeliveryState, DeliveryUpdate, Subscription
+from producers import OutgoingEvent, format_time
+from service.routing import routed_subscriptions
+from service.store import BatchWriter, Statements, Store, Write
+
+__all__ = ["EventStatus", "StatusBook"]
+
+_POLL_SECONDS = 0.5  # how often a waiter looks again for changes made by other processes
+
+
+@dataclass(frozen=True, slots=True)
+class EventStatus:
+    """One event (one source and id) and where it stands in each subscription."""
+
+    attributes: dict[str, str]
+    accepted_at: float | None
+    subscriptions: dict[str, dict[str, Any]]
+    unrouted: bool
+
+    @property
+    def state(self) -> str:
+        states = {str(entry["state"]) for entry in self.subscriptions.values()}
+        if self.unrouted and not states:
+            return "unrouted"
+        if len(states) == 1:
+            return states.pop()
+        if states <= {DeliveryState.SUCCEEDED.value, DeliveryState.DEAD_LETTERED.value}:
+            return DeliveryState.DEAD_LETTERED.value  # finished, and not everywhere well
+        return "in-progress"
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will happen to it: every subscription finished, or it went nowhere."""
+        if not self.subscriptions:
+            return self.unrouted
+        return all(DeliveryState(entry["state"]).terminal for entry in self.subscriptions.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.attributes.get("id"),
+            "source": self.attributes.get("source"),
+            "type": self.attributes.get("type"),
+            "state": self.state,
+            "done": self.done,
+            "accepted_at": _time(self.accepted_at),
+            "attributes": self.attributes,
+            "subscriptions": self.subscriptions,
+        }
+
+
+class StatusBook:
+    """The service's `consumers.StatusLedger`, and the reader behind GET /v1/events/{id}."""
+
+    def __init__(
+        self,
+        store: Store,
+        writer: BatchWriter,
+        *,
+        ttl: float,
+        subscriptions: Sequence[Subscription],
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self._ttl = ttl
+        self._subscriptions = tuple(subscriptions)
+        self._written = asyncio.Event()
+
+    def wake_waiters(self) -> None:
+        """Called after each committed batch: waiters look again."""
+        self._written.set()
+        self._written = asyncio.Event()
+
+    async def accepted(self, event: OutgoingEvent) -> None:
+        """Record an event RabbitMQ confirmed: `pending` where it was routed, else unrouted."""
+        now = time.time()
+        routed = routed_subscriptions(self._subscriptions, event.type)
+        attributes = dict(event.attributes)
+        if event.datacontenttype is not None:
+            attributes["datacontenttype"] = event.datacontenttype
+        writes: list[Write] = [
+            (
+                Statements.accept_event,
+                (
+                    event.id,
+                    event.source,
+                    orjson.dumps(attributes).decode(),
+                    orjson.dumps(routed).decode(),
+                    now,
+                    now + self._ttl,
+                ),
+            )
+        ]
+        writes += [
+            _delivery_write(
+                DeliveryUpdate(
+                    event.id, event.source, name, DeliveryState.PENDING, 0, now, attributes
+                ),
+                self._ttl,
+            )
+            for name in routed
+        ]
+        await self._writer.store(*writes)
+
+    async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
+        rows = await self._store.query(Statements.select_succeeded, event_id, source, subscription)
+        return bool(rows)
+
+    def note(self, update: DeliveryUpdate) -> None:
+        self._writer.submit(*self._update_writes(update))
+
+    async def record(self, update: DeliveryUpdate) -> None:
+        await self._writer.store(*self._update_writes(update))
+
+    def _update_writes(self, update: DeliveryUpdate) -> tuple[Write, Write]:
+        expires_at = update.at + self._ttl
+        event_row = (
+            Statements.see_event,
+            (
+                update.event_id,
+                update.source,
+                orjson.dumps(dict(update.attributes)).decode(),
+                expires_at,
+            ),
+        )
+        return event_row, _delivery_write(update, self._ttl)
+
+    async def lookup(self, event_id: str, source: str | None = None) -> list[EventStatus]:
+        """The statuses of events with this id (one per source), or of the one from `source`."""
+        now = time.time()
+        rows = await self._store.query(Statements.select_events, event_id, now)
+        found = []
+        for _, row_source, attributes, routed, accepted_at in rows:
+            if source is not None and row_source != source:
+                continue
+            deliveries = await self._store.query(
+                Statements.select_deliveries, event_id, row_source, now
+            )
+            found.append(
+                EventStatus(
+                    attributes=orjson.loads(attributes),
+                    accepted_at=accepted_at,
+                    subscriptions={row[0]: _delivery_json(row) for row in deliveries},
+                    unrouted=routed is not None and not orjson.loads(routed),
+                )
+            )
+        return found
+
+    async def wait(self, event_id: str, source: str | None, timeout: float) -> list[EventStatus]:
+        """Like `lookup`, but wait up to `timeout` seconds for the event to be done."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            written = self._written
+            found = await self.lookup(event_id, source)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or (found and all(status.done for status in found)):
+                return found
+            # Our own writes wake us at once; another process's are seen on the next poll.
+            try:
+                async with asyncio.timeout(min(_POLL_SECONDS, remaining)):
+                    await written.wait()
+            except TimeoutError:
+                pass
+
+
+def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
+    error = None
+    if update.failure is not None:
+        error = {"class": update.failure.error_class, "message": update.failure.message}
+        if update.reason is not None:
+            error["reason"] = update.reason
+    state = update.state
+    return (
+        Statements.put_delivery,
+        (
+            update.event_id,
+            update.source,
+            update.subscription,
+            state.value,
+            state.rank,
+            update.attempts,
+            update.next_attempt_at,
+            None if error is None else orjson.dumps(error).decode(),
+            update.at if state is DeliveryState.PROCESSING else None,  # first attempt, kept
+            update.at,
+            update.at if state.terminal else None,
+            update.at + ttl,
+        ),
+    )
+
+
+def _delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    _, state, attempts, next_attempt_at, last_error, first_attempt_at, updated_at, finished = row
+    entry: dict[str, Any] = {
+        "state": state,
+        "attempts": attempts,
+        "first_attempt_at": _time(first_attempt_at),
+        "updated_at": _time(updated_at),
+        "finished_at": _time(finished),
+    }
+    if state == DeliveryState.RETRYING.value:
+        entry["next_attempt_at"] = _time(next_attempt_at)
+    if last_error is not None:
+        entry["last_error"] = orjson.loads(last_error)
+    return entry
+
+
+def _time(seconds: float | None) -> str | None:
+    return None if seconds is None else format_time(datetime.fromtimestamp(seconds, UTC))

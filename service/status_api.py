@@ -1,0 +1,63 @@
+"""GET /v1/events/{id}: what became of an accepted event, per subscription; `?wait=` long-polls."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from service.auth import authorize
+from service.keys import SETTINGS, STATUS_BOOK
+from service.problems import Problem, problem_response
+from service.settings import parse_duration
+
+__all__ = ["MAX_WAIT_SECONDS", "event_status"]
+
+MAX_WAIT_SECONDS = 60.0
+_MAX_ID_BYTES = 255  # the ingress takes no longer id, so no status can have one
+
+
+async def event_status(request: web.Request) -> web.Response:
+    authorize(request, request.app[SETTINGS].api_keys)
+    event_id = request.match_info["event_id"]
+    source = request.query.get("source")
+    wait_text = request.query.get("wait")
+    try:
+        wait = 0.0 if wait_text is None else parse_duration(wait_text)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        return problem_response(
+            Problem(
+                400,
+                "invalid-wait",
+                "Invalid wait",
+                f"wait must be a duration such as 500ms or 10s, at most {MAX_WAIT_SECONDS:g}s",
+            )
+        )
+    book = request.app[STATUS_BOOK]
+    found = []
+    if len(event_id.encode()) <= _MAX_ID_BYTES:
+        found = await (
+            book.wait(event_id, source, wait) if wait > 0 else book.lookup(event_id, source)
+        )
+    if not found:
+        return problem_response(
+            Problem(
+                404,
+                "event-not-found",
+                "Event not found",
+                "no event with this id is known (never accepted, or its status expired)",
+            )
+        )
+    if len(found) > 1:
+        sources = [status.attributes.get("source") for status in found]
+        return problem_response(
+            Problem(
+                409,
+                "ambiguous-event-id",
+                "Ambiguous event id",
+                "events from several sources have this id; add ?source= to pick one",
+                {"sources": sources},
+            )
+        )
+    return web.Response(body=orjson.dumps(found[0].to_json()), content_type="application/json")
