@@ -40,8 +40,8 @@ class EventStatus:
     @property
     def state(self) -> str:
         states = {str(entry["state"]) for entry in self.subscriptions.values()}
-        if self.unrouted and not states:
-            return "unrouted"
+        if not states:
+            return "unrouted" if self.unrouted else DeliveryState.PENDING.value
         if len(states) == 1:
             return states.pop()
         if states <= {DeliveryState.SUCCEEDED.value, DeliveryState.DEAD_LETTERED.value}:

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq.exceptions
@@ -175,6 +175,11 @@ class Running:
             "/v1/events", json=document, headers={"Content-Type": content_type}
         )
 
+    async def status(self, location: str, **query: str) -> tuple[int, Any]:
+        """GET a status URL: (HTTP status, JSON or problem body)."""
+        response = await self.client.get(location, params=query)
+        return response.status, await response.json(content_type=None)
+
 
 StartConveyor = Callable[..., Awaitable[Running]]
 
@@ -276,6 +281,14 @@ async def postgres_url() -> AsyncIterator[str]:
     yield f"{POSTGRES_URL}?search_path={schema}"
     await admin.execute(f"DROP SCHEMA {schema} CASCADE")
     await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store backend in turn: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/shared.db"
+    return cast("str", request.getfixturevalue("postgres_url"))
 
 
 def url_with_port(url: str, port: int) -> str:

@@ -28,6 +28,8 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.shutdown_timeout == 30.0
     assert settings.api_keys == frozenset()
     assert settings.config_path is None
+    assert settings.idempotency_ttl == 24 * 3600
+    assert settings.status_ttl == 7 * 24 * 3600
 
 
 def test_every_setting_is_read(tmp_path: Path) -> None:
@@ -49,6 +51,7 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
             "CONVEYOR_SHUTDOWN_TIMEOUT": "1m",
             "CONVEYOR_DRAIN_DELAY": "0",
             "CONVEYOR_API_KEYS": " a , b,,",
+            "CONVEYOR_STATUS_TTL": "2d",
         }
     )
     assert settings.amqp_url == "amqps://u:p@broker:5671/vh"
@@ -59,6 +62,7 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
     assert settings.publish_timeout == 0.75
     assert settings.shutdown_timeout == 60.0
     assert settings.api_keys == frozenset({"a", "b"})
+    assert settings.status_ttl == 2 * 86400
 
 
 @pytest.mark.parametrize(
@@ -74,6 +78,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         ("CONVEYOR_NAMESPACE", "-leading-dash"),
         ("CONVEYOR_AMQP_URL", "redis://localhost"),
         ("CONVEYOR_API_KEYS", ", ,"),
+        ("CONVEYOR_STATUS_TTL", "a week"),
+        ("CONVEYOR_STATUS_TTL", "0"),
     ],
 )
 def test_a_bad_value_raises_naming_the_setting(name: str, value: str) -> None:
@@ -93,7 +99,8 @@ def test_settings_repr_hides_secrets() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("5", 5.0), ("250ms", 0.25), ("1.5s", 1.5), ("2m", 120.0), ("1h", 3600.0)]
+    ("text", "seconds"),
+    [("5", 5.0), ("250ms", 0.25), ("1.5s", 1.5), ("2m", 120.0), ("1h", 3600.0), ("7d", 604800.0)],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds

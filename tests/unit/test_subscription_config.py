@@ -56,6 +56,12 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
     assert audit.handler is builtin.log_event
     assert (audit.prefetch, audit.concurrency) == (20, 5)
     assert (defaults.prefetch, defaults.concurrency) == (32, 16)
+    assert defaults.deduplicate is True
+
+
+def test_a_subscription_can_opt_out_of_deduplication(tmp_path: Path) -> None:
+    [audit] = load_subscriptions(write(tmp_path, HEAD + "deduplicate = false"))
+    assert audit.deduplicate is False
 
 
 @pytest.mark.parametrize(
@@ -70,6 +76,7 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
         (HEAD + "prefetch = 0", "(a).prefetch"),
         (HEAD + "prefetch = 2\nconcurrency = 4", "no larger than prefetch"),
         (HEAD + "retries = 3", "unknown: ['retries']"),
+        (HEAD + 'deduplicate = "no"', "(a).deduplicate as true or false"),
         (GOOD + GOOD, "repeated: audit, defaults"),
         ("[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = '.x:y'", "importable"),
         ('[[subscriptions]]\nname = "s\\n"\nevents = ["a"]', "subscriptions[0].name"),

@@ -1,0 +1,152 @@
+"""Completion events on {ns}.results, and effectively-once handling of redelivered events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aio_pika
+import orjson
+import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from consumers import PermanentError
+from tests.conftest import Namespace, StartConveyor, subscription
+from tests.support.recorder import Recorder
+from tests.support.waiting import eventually
+
+
+@dataclass
+class ResultsProbe:
+    """An exclusive queue bound to {ns}.results: what a subscriber to completions receives."""
+
+    queue: AbstractQueue
+    received: list[AbstractIncomingMessage]
+
+    async def take(self, count: int) -> list[AbstractIncomingMessage]:
+        async def enough() -> bool:
+            while (message := await self.queue.get(fail=False, no_ack=True)) is not None:
+                self.received.append(message)
+            return len(self.received) >= count
+
+        await eventually(enough, what=f"{count} completion events")
+        await asyncio.sleep(0.3)  # room for a wrong extra one to show
+        await enough()
+        return self.received
+
+
+@pytest.fixture
+async def results(namespace: Namespace) -> AsyncIterator[ResultsProbe]:
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            namespace.topology.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(f"probe-{uuid.uuid4().hex}", exclusive=True)
+        await queue.bind(exchange, routing_key="conveyor.event.#")
+        yield ResultsProbe(queue, [])
+
+
+async def publish(namespace: Namespace, event_id: str, times: int) -> None:
+    """The same event `times` times straight over AMQP, as a duplicate publish would send it."""
+    headers = {"ce-id": event_id, "ce-source": "/amqp", "ce-type": "order.placed"}
+    headers |= {"ce-specversion": "1.0"}
+    for _ in range(times):
+        await namespace.publish_raw(
+            b'{"n": 1}',
+            routing_key="order.placed",
+            headers=headers,
+            content_type="application/json",
+            message_id=event_id,
+        )
+
+
+async def test_results_exchange_receives_succeeded_and_dead_lettered_events(
+    start_conveyor: StartConveyor, results: ResultsProbe
+) -> None:
+    async def handle(event: object) -> None:
+        if getattr(event, "type", "") == "order.refused":
+            raise PermanentError("refused by policy")
+
+    conveyor = await start_conveyor((subscription("orders", ("order.*",), handle),))
+    for document in (
+        {"type": "order.placed", "id": "ok-1", "source": "/shop"},
+        {"type": "order.refused", "id": "bad-1", "source": "/shop"},
+    ):
+        assert (await conveyor.post(document)).status == 202
+
+    received = await results.take(2)
+
+    by_key = {message.routing_key or "": message for message in received}
+    assert sorted(by_key) == [
+        "conveyor.event.dead_lettered.orders",
+        "conveyor.event.succeeded.orders",
+    ]
+    succeeded = by_key["conveyor.event.succeeded.orders"]
+    headers = succeeded.headers or {}
+    assert headers["ce-type"] == "conveyor.event.succeeded"
+    assert headers["ce-source"] == "conveyor"
+    assert headers["ce-subject"] == "ok-1"
+    assert headers["ce-subscription"] == "orders"
+    assert succeeded.content_type == "application/json"
+    data = orjson.loads(succeeded.body)
+    assert data["event"] == {"id": "ok-1", "source": "/shop", "type": "order.placed"}
+    assert (data["state"], data["attempts"], data["subscription"]) == ("succeeded", 1, "orders")
+
+    dead = by_key["conveyor.event.dead_lettered.orders"]
+    assert (dead.headers or {})["ce-subject"] == "bad-1"
+    dead_data = orjson.loads(dead.body)
+    assert dead_data["reason"] == "permanent-error"
+    assert dead_data["error"] == {"class": "PermanentError", "message": "refused by policy"}
+
+
+async def test_a_duplicate_of_a_succeeded_event_is_acked_without_running_the_handler(
+    start_conveyor: StartConveyor, namespace: Namespace, results: ResultsProbe
+) -> None:
+    recorder = Recorder()
+    conveyor = await start_conveyor((subscription("orders", ("order.*",), recorder),))
+    await publish(namespace, "dup-1", 1)
+    await recorder.wait_for(1)
+    _, first = await conveyor.status("/v1/events/dup-1", wait="10s")
+    assert first["subscriptions"]["orders"]["state"] == "succeeded"
+
+    # The same event again, as a duplicate publish or a redelivery after a crash would bring it.
+    await publish(namespace, "dup-1", 2)
+    completions = await results.take(3)
+    assert len(completions) == 3
+
+    assert recorder.ids() == ["dup-1"]
+    assert await namespace.depth(namespace.topology.queue("orders")) == 0
+    # Each delivery announced the outcome, all under one id, so a receiver can drop repeats.
+    assert len({(message.headers or {})["ce-id"] for message in completions}) == 1
+    _, after = await conveyor.status("/v1/events/dup-1")
+    assert after["subscriptions"]["orders"]["attempts"] == 1
+
+
+async def test_a_subscription_that_opts_out_runs_the_handler_for_every_delivery(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    recorder = Recorder()
+    sub = subscription("audit", ("order.*",), recorder)
+    await start_conveyor(
+        (
+            type(sub)(
+                name=sub.name,
+                events=sub.events,
+                handler=sub.handler,
+                handler_path=sub.handler_path,
+                retry=sub.retry,
+                deduplicate=False,
+            ),
+        )
+    )
+    await publish(namespace, "dup-2", 1)
+    await recorder.wait_for(1)
+
+    await publish(namespace, "dup-2", 2)
+
+    await recorder.wait_for(3)
+    await asyncio.sleep(0.3)  # room for a wrong extra one to show
+    assert recorder.ids() == ["dup-2"] * 3

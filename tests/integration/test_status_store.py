@@ -1,0 +1,158 @@
+"""Status records in the store: ordering, group commit, migration, expiry; both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from consumers import DeliveryState, DeliveryUpdate
+from consumers.dead_letter import Failure
+from service.status import StatusBook
+from service.store import BatchWriter, ClaimOutcome, Store, Write, open_store
+
+
+class CountingStore:
+    """The real store, counting the transactions the writer asks of it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.transactions = 0
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        self.transactions += 1
+        await self.store.write(writes)
+
+
+@pytest.fixture
+async def book(store_url: str) -> AsyncIterator[tuple[StatusBook, CountingStore]]:
+    store = await open_store(store_url)
+    counting = CountingStore(store)
+    writer = BatchWriter(counting)  # type: ignore[arg-type]  # only write() is used by the writer
+    writer.start()
+    yield StatusBook(store, writer, ttl=60, subscriptions=()), counting
+    await writer.close()
+    await store.close()
+
+
+def update(state: DeliveryState, attempts: int, event_id: str = "e-1") -> DeliveryUpdate:
+    failure = Failure("Boom", "went wrong", "") if state is DeliveryState.RETRYING else None
+    return DeliveryUpdate(
+        event_id=event_id,
+        source="/s",
+        subscription="sub",
+        state=state,
+        attempts=attempts,
+        at=time.time(),
+        attributes={"id": event_id, "source": "/s", "type": "t", "specversion": "1.0"},
+        next_attempt_at=time.time() + 10 if state is DeliveryState.RETRYING else None,
+        failure=failure,
+    )
+
+
+async def state(book: StatusBook, event_id: str = "e-1") -> tuple[str, int]:
+    [found] = await book.lookup(event_id)
+    entry = found.subscriptions["sub"]
+    return entry["state"], entry["attempts"]
+
+
+async def test_a_late_update_never_rolls_a_status_back(
+    book: tuple[StatusBook, CountingStore],
+) -> None:
+    ledger, _ = book
+    await ledger.record(update(DeliveryState.RETRYING, 3))
+    # Arriving late from another process: an earlier attempt's states.
+    await ledger.record(update(DeliveryState.PROCESSING, 3))
+    await ledger.record(update(DeliveryState.PROCESSING, 2))
+    assert await state(ledger) == ("retrying", 3)
+
+    await ledger.record(update(DeliveryState.PROCESSING, 4))
+    assert await state(ledger) == ("processing", 4)
+    await ledger.record(update(DeliveryState.SUCCEEDED, 4))
+    await ledger.record(update(DeliveryState.RETRYING, 3))
+    assert await state(ledger) == ("succeeded", 4)
+    [found] = await ledger.lookup("e-1")
+    assert found.subscriptions["sub"]["last_error"] == {"class": "Boom", "message": "went wrong"}
+    assert await ledger.succeeded_before("sub", "/s", "e-1")
+    assert not await ledger.succeeded_before("other", "/s", "e-1")
+
+
+async def test_notes_and_records_apply_in_order_in_few_transactions(
+    book: tuple[StatusBook, CountingStore],
+) -> None:
+    ledger, counting = book
+    for index in range(300):
+        ledger.note(update(DeliveryState.PROCESSING, 1, f"n-{index}"))
+    await asyncio.gather(
+        *(ledger.record(update(DeliveryState.SUCCEEDED, 1, f"n-{index}")) for index in range(300))
+    )
+
+    states = [await state(ledger, f"n-{index}") for index in range(0, 300, 37)]
+    assert set(states) == {("succeeded", 1)}
+    assert counting.transactions < 600 / 10  # grouped: far fewer transactions than writes
+
+
+async def test_expired_statuses_are_purged(store_url: str) -> None:
+    store = await open_store(store_url)
+    writer = BatchWriter(store)
+    writer.start()
+    ledger = StatusBook(store, writer, ttl=0.2, subscriptions=())
+    try:
+        await ledger.record(update(DeliveryState.SUCCEEDED, 1, "old"))
+        assert await ledger.lookup("old")
+        await asyncio.sleep(0.3)
+        assert await ledger.lookup("old") == []  # hidden at once
+        assert await store.purge_expired() >= 2  # and deleted by the purge
+    finally:
+        await writer.close()
+        await store.close()
+
+
+async def test_an_sqlite_file_from_the_first_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # what the previous release created
+        old.execute(
+            "CREATE TABLE conveyor_idempotency (scope TEXT NOT NULL, key TEXT NOT NULL, "
+            "fingerprint TEXT NOT NULL, status INTEGER, body BLOB, "
+            "expires_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (scope, key))"
+        )
+        old.execute(
+            "INSERT INTO conveyor_idempotency VALUES ('request', 'k', 'fp', 202, x'7b7d', ?)",
+            (time.time() + 60,),
+        )
+    store = await open_store(f"sqlite:///{path}")
+    try:
+        replay = await store.claim("request", "k", "fp", 60)
+        assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b"{}")
+        assert await store.query("SELECT version FROM conveyor_schema") == [(2,)]
+        assert await store.query("SELECT count(*) FROM conveyor_deliveries") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_processes_starting_together_on_postgresql_migrate_once(postgres_url: str) -> None:
+    stores = await asyncio.gather(*(open_store(postgres_url) for _ in range(4)))
+    try:
+        assert await stores[0].query("SELECT version FROM conveyor_schema") == [(2,)]
+    finally:
+        for store in stores:
+            await store.close()
+    schema = postgres_url.rsplit("search_path=", 1)[1]
+    connection = await asyncpg.connect(postgres_url.split("?", maxsplit=1)[0])
+    try:
+        tables = await connection.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+        )
+    finally:
+        await connection.close()
+    assert sorted(row["table_name"] for row in tables) == [
+        "conveyor_deliveries",
+        "conveyor_events",
+        "conveyor_idempotency",
+        "conveyor_schema",
+    ]
