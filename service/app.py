@@ -99,7 +99,7 @@ def _store(
         app[STATUS_BOOK] = book
         # A duplicate waits for the first request's answer about as long as that one may take.
         app[DEDUPLICATOR] = Deduplicator(
-            store, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
+            store, writer, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
         )
         purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
         yield

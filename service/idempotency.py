@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
 
 from producers import OutgoingEvent
-from service.store import ClaimOutcome, IdempotencyStore
+from service.store import BatchWriter, ClaimOutcome, IdempotencyStore, Statements
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -36,6 +37,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _POLL_SECONDS = 0.02
 _SERVER_ERROR = 500
+_MIN_LEASE_SECONDS = 30.0
 
 
 class IdempotencyConflictError(Exception):
@@ -88,17 +90,22 @@ def event_fingerprint(event: OutgoingEvent) -> str:
 
 
 class Deduplicator:
-    def __init__(self, store: IdempotencyStore, *, ttl: float, wait: float) -> None:
+    def __init__(
+        self, store: IdempotencyStore, writer: BatchWriter, *, ttl: float, wait: float
+    ) -> None:
         self._store = store
+        self._writer = writer  # answers are stored with the status writes, in one transaction
         self._ttl = ttl
         self._wait = wait  # how long a duplicate waits for the first request's answer
+        # An owner that died mid-request frees its key after this, not after the whole TTL.
+        self._lease = max(_MIN_LEASE_SECONDS, 2 * wait)
 
     async def once(
         self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[Answer]]
     ) -> Answer:
         deadline = asyncio.get_running_loop().time() + self._wait
         while True:
-            claim = await self._store.claim(scope, key, fingerprint, self._ttl)
+            claim = await self._store.claim(scope, key, fingerprint, self._lease)
             match claim.outcome:
                 case ClaimOutcome.OWNER:
                     return await self._produce(scope, key, produce)
@@ -126,5 +133,8 @@ class Deduplicator:
         if answer.status >= _SERVER_ERROR:
             await self._store.release(scope, key)
         else:
-            await self._store.complete(scope, key, answer.status, answer.body)
+            expires_at = time.time() + self._ttl
+            await self._writer.store(
+                (Statements.complete, (answer.status, answer.body, expires_at, scope, key))
+            )
         return answer

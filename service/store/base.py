@@ -28,12 +28,12 @@ class Claim:
 
 
 class IdempotencyStore(Protocol):
-    async def claim(self, scope: str, key: str, fingerprint: str, ttl: float) -> Claim:
-        """Claim `key` in `scope` atomically: exactly one concurrent caller becomes OWNER."""
-        ...
+    async def claim(self, scope: str, key: str, fingerprint: str, lease: float) -> Claim:
+        """Claim `key` in `scope` atomically: exactly one concurrent caller becomes OWNER.
 
-    async def complete(self, scope: str, key: str, status: int, body: bytes) -> None:
-        """Store the owner's answer for replays."""
+        The owner holds the key for `lease` seconds; it stores its answer (Statements.complete,
+        through a batch) or releases the key. A lease that ran out can be claimed again.
+        """
         ...
 
     async def release(self, scope: str, key: str) -> None:

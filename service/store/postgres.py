@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,13 +10,12 @@ from typing import Any
 import asyncpg
 
 from service.store.base import Claim, ClaimOutcome, Write
-from service.store.sql import MIGRATIONS, Statements, numbered
+from service.store.sql import MIGRATIONS, Statements, by_statement, numbered
 
 __all__ = ["PostgresStore"]
 
 _INSERT_CLAIM = numbered(Statements.insert_claim) + " RETURNING 1"
 _SELECT_CLAIM = numbered(Statements.select_claim)
-_COMPLETE = numbered(Statements.complete)
 _RELEASE = numbered(Statements.release)
 _PURGE = tuple(numbered(statement) for statement in Statements.purge)
 _MIGRATION_LOCK = 7311023
@@ -38,33 +36,30 @@ class PostgresStore:
             raise
         return cls(pool)
 
-    async def claim(self, scope: str, key: str, fingerprint: str, ttl: float) -> Claim:
+    async def claim(self, scope: str, key: str, fingerprint: str, lease: float) -> Claim:
         now = time.time()
         async with self._pool.acquire() as connection:
             inserted = await connection.fetchval(
-                _INSERT_CLAIM, scope, key, fingerprint, now + ttl, now
+                _INSERT_CLAIM, scope, key, fingerprint, now + lease, now
             )
             if inserted == 1:
                 return Claim(ClaimOutcome.OWNER)
             row = await connection.fetchrow(_SELECT_CLAIM, scope, key)
         if row is None:
-            return await self.claim(scope, key, fingerprint, ttl)
+            return await self.claim(scope, key, fingerprint, lease)
         if row["fingerprint"] != fingerprint:
             return Claim(ClaimOutcome.CONFLICT)
         if row["status"] is None:
             return Claim(ClaimOutcome.IN_PROGRESS)
         return Claim(ClaimOutcome.REPLAY, int(row["status"]), bytes(row["body"]))
 
-    async def complete(self, scope: str, key: str, status: int, body: bytes) -> None:
-        await self._pool.execute(_COMPLETE, status, body, scope, key)
-
     async def release(self, scope: str, key: str) -> None:
         await self._pool.execute(_RELEASE, scope, key)
 
     async def write(self, writes: Sequence[Write]) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
-            for statement, group in itertools.groupby(writes, key=lambda write: write[0]):
-                await connection.executemany(_numbered(statement), [params for _, params in group])
+            for statement, rows in by_statement(writes):
+                await connection.executemany(_numbered(statement), rows)
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
         rows = await self._pool.fetch(_numbered(statement), *params)

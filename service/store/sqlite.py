@@ -1,14 +1,14 @@
-"""The embedded store: one SQLite file through aiosqlite.
+"""The embedded store: one SQLite file through aiosqlite (one connection, one thread).
 
-Two connections, each with its own thread: one for claims and reads, one for batched status
-writes. A batch runs in a transaction of its own, so a claim never lands inside someone else's
-batch (and is never rolled back with it). WAL lets them read while the other writes; the busy
-timeout makes the two writers take turns instead of failing.
+Status writes come in batches, each in a transaction of its own. Claims and releases wait while
+a batch runs (the lock), so a claim never lands inside a batch's transaction or is rolled back
+with it. One connection, not two: two writers on one file would take turns through SQLite's
+busy handler, which sleeps, and cost far more than waiting for the lock.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,46 +17,42 @@ from typing import Any
 import aiosqlite
 
 from service.store.base import Claim, ClaimOutcome, Write
-from service.store.sql import MIGRATIONS, Statements
+from service.store.sql import MIGRATIONS, Statements, by_statement
 
 __all__ = ["SqliteStore"]
 
-_BUSY_TIMEOUT_MS = 10_000
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    connection = await aiosqlite.connect(path, isolation_level=None)  # autocommit
-    # WAL lets readers go on while the writer writes; NORMAL sync is durable across a
-    # process crash (the case idempotency must survive), not across power loss.
-    await connection.execute("PRAGMA journal_mode=WAL")
-    await connection.execute("PRAGMA synchronous=NORMAL")
-    await connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-    return connection
+_BUSY_TIMEOUT_MS = 10_000  # another process on the same file (a second conveyor, a migration)
 
 
 class SqliteStore:
-    def __init__(self, connection: aiosqlite.Connection, batches: aiosqlite.Connection) -> None:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
         self._db = connection
-        self._batches = batches
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        connection = await _connect(path)
+        connection = await aiosqlite.connect(path, isolation_level=None)  # autocommit
+        # WAL lets readers go on while the writer writes; NORMAL sync is durable across a
+        # process crash (the case idempotency must survive), not across power loss.
+        await connection.execute("PRAGMA journal_mode=WAL")
+        await connection.execute("PRAGMA synchronous=NORMAL")
+        await connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         await _migrate(connection)
-        return cls(connection, await _connect(path))
+        return cls(connection)
 
-    async def claim(self, scope: str, key: str, fingerprint: str, ttl: float) -> Claim:
+    async def claim(self, scope: str, key: str, fingerprint: str, lease: float) -> Claim:
         now = time.time()
-        cursor = await self._db.execute(
-            Statements.insert_claim, (scope, key, fingerprint, now + ttl, now)
-        )
-        if cursor.rowcount == 1:
-            return Claim(ClaimOutcome.OWNER)
-        async with self._db.execute(Statements.select_claim, (scope, key)) as rows:
-            row = await rows.fetchone()
+        async with self._lock:
+            cursor = await self._db.execute(
+                Statements.insert_claim, (scope, key, fingerprint, now + lease, now)
+            )
+            if cursor.rowcount == 1:
+                return Claim(ClaimOutcome.OWNER)
+            async with self._db.execute(Statements.select_claim, (scope, key)) as rows:
+                row = await rows.fetchone()
         if row is None:  # released between our insert and select: try once more
-            return await self.claim(scope, key, fingerprint, ttl)
+            return await self.claim(scope, key, fingerprint, lease)
         stored_fingerprint, status, body = row
         if stored_fingerprint != fingerprint:
             return Claim(ClaimOutcome.CONFLICT)
@@ -64,37 +60,36 @@ class SqliteStore:
             return Claim(ClaimOutcome.IN_PROGRESS)
         return Claim(ClaimOutcome.REPLAY, int(status), bytes(body))
 
-    async def complete(self, scope: str, key: str, status: int, body: bytes) -> None:
-        await self._db.execute(Statements.complete, (status, body, scope, key))
-
     async def release(self, scope: str, key: str) -> None:
-        await self._db.execute(Statements.release, (scope, key))
+        async with self._lock:
+            await self._db.execute(Statements.release, (scope, key))
 
     async def write(self, writes: Sequence[Write]) -> None:
-        await self._batches.execute("BEGIN IMMEDIATE")
-        try:
-            # Runs of one statement go to the thread in one call.
-            for statement, group in itertools.groupby(writes, key=lambda write: write[0]):
-                await self._batches.executemany(statement, [params for _, params in group])
-        except BaseException:
-            await self._batches.execute("ROLLBACK")
-            raise
-        await self._batches.execute("COMMIT")
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement, rows in by_statement(writes):
+                    await self._db.executemany(statement, rows)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-        async with self._db.execute(statement, params) as rows:
+        # Under the lock: a read inside a running batch would see rows not yet committed.
+        async with self._lock, self._db.execute(statement, params) as rows:
             return [tuple(row) for row in await rows.fetchall()]
 
     async def purge_expired(self) -> int:
         now = time.time()
         purged = 0
-        for statement in Statements.purge:
-            cursor = await self._db.execute(statement, (now,))
-            purged += cursor.rowcount
+        async with self._lock:
+            for statement in Statements.purge:
+                cursor = await self._db.execute(statement, (now,))
+                purged += cursor.rowcount
         return purged
 
     async def close(self) -> None:
-        await self._batches.close()
         await self._db.close()
 
 
