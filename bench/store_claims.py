@@ -28,9 +28,9 @@ async def claims_per_second(url: str) -> float:
 
     async def one(index: int) -> None:
         async with slots:
-            await store.claim(scope, str(index), "fingerprint", 60)
+            await store.claim(scope, str(index), "fingerprint", owner="bench", lease=60)
             # As the Deduplicator stores an answer (normally grouped with status writes).
-            complete = (202, b"{}", time.time() + 60, scope, str(index))
+            complete = (202, b"{}", time.time() + 60, scope, str(index), "bench")
             await store.write([(Statements.complete, complete)])
 
     started = time.perf_counter()

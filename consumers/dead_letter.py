@@ -26,6 +26,7 @@ __all__ = [
 
 CONVEYOR_PREFIX = "x-conveyor-"
 ATTEMPTS = "x-conveyor-attempts"  # handler attempts made so far
+REPLAYS = "x-conveyor-replays"  # times an operator sent it back from the dead-letter queue
 RETRIES = "x-conveyor-retries"  # passes through the broker-side ladder so far
 REASON = "x-conveyor-reason"
 ERROR_CLASS = "x-conveyor-error-class"

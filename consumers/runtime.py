@@ -24,6 +24,7 @@ from consumers.attempts import run_attempts
 from consumers.completions import completion_message, completion_routing_key, event_attributes
 from consumers.dead_letter import (
     ATTEMPTS,
+    REPLAYS,
     RETRIES,
     DeadLetterReason,
     Failure,
@@ -44,6 +45,8 @@ __all__ = ["Outcome", "SubscriptionConsumer"]
 _log = structlog.get_logger(component="consumer")
 _CANCEL_GRACE_SECONDS = 5.0
 _MOVE_RETRY_PAUSE_SECONDS = 1.0
+# The status store is a helper, not a gate: past this, a delivery goes on without its answer.
+_STORE_TIMEOUT_SECONDS = 5.0
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 
 
@@ -188,7 +191,7 @@ class SubscriptionConsumer:
                 message, headers, failure, attempts_before, reason=DeadLetterReason.MALFORMED
             )
         structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
-        status = _StatusOf(event, self.subscription.name)
+        status = _StatusOf(event, self.subscription.name, read_int(headers, REPLAYS))
         if self.subscription.deduplicate and await self._succeeded_before(event):
             _log.info("event already succeeded here; acked without running the handler")
             return _Verdict(
@@ -241,9 +244,10 @@ class SubscriptionConsumer:
 
     async def _succeeded_before(self, event: Event) -> bool:
         try:
-            return await self._ledger.succeeded_before(
-                self.subscription.name, event.source, event.id
-            )
+            async with asyncio.timeout(_STORE_TIMEOUT_SECONDS):
+                return await self._ledger.succeeded_before(
+                    self.subscription.name, event.source, event.id
+                )
         except Exception as error:  # noqa: BLE001 - the store being away must not stop delivery
             # Without the answer, run the handler: at-least-once still holds.
             _log.warning(
@@ -325,14 +329,18 @@ class SubscriptionConsumer:
     async def _report(
         self, message: AbstractIncomingMessage, outcome: Outcome, update: DeliveryUpdate
     ) -> Outcome:
-        """Record the new state, then announce a terminal one; RETURNED if the announcement failed.
+        """Record the new state, then announce a terminal one.
 
-        The delivery is acked only after its completion event is confirmed, so a completion is
-        published at least once: a redelivery of a succeeded event announces it again (skipped).
+        A succeeded delivery of a deduplicating subscription is acked only after its completion
+        event is confirmed: if that fails, the delivery returns and its redelivery is skipped
+        and announced again, so the completion goes out at least once without running the
+        handler twice. Anywhere else a failed announcement is logged and the delivery acked:
+        re-running a handler, or dead-lettering twice, would cost more than a lost notice.
         """
         if outcome is not Outcome.SKIPPED:
             try:
-                await self._ledger.record(update)
+                async with asyncio.timeout(_STORE_TIMEOUT_SECONDS):
+                    await self._ledger.record(update)
             except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
                 _log.warning("could not record the event's status", error=str(error))
         if not update.state.terminal:
@@ -345,20 +353,24 @@ class SubscriptionConsumer:
                 mandatory=False,  # nobody listening for completions is fine
             )
         except MoveFailedError as error:
-            _log.warning(
-                "could not publish the completion event; it stays queued", error=str(error)
-            )
-            await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
-            return Outcome.RETURNED
+            if update.state is DeliveryState.SUCCEEDED and self.subscription.deduplicate:
+                _log.warning(
+                    "could not publish the completion event; the delivery stays queued",
+                    error=str(error),
+                )
+                await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
+                return Outcome.RETURNED
+            _log.warning("could not publish the completion event", error=str(error))
         return outcome
 
 
 class _StatusOf:
     """Builds the status updates of one event for one subscription."""
 
-    def __init__(self, event: Event, subscription: str) -> None:
+    def __init__(self, event: Event, subscription: str, replays: int) -> None:
         self._event = event
         self._subscription = subscription
+        self._replays = replays
         self._attributes = event_attributes(event)
 
     def __call__(
@@ -379,6 +391,7 @@ class _StatusOf:
             attempts=attempts,
             at=now,
             attributes=self._attributes,
+            replays=self._replays,
             next_attempt_at=None if next_attempt_in is None else now + next_attempt_in,
             failure=failure,
             reason=None if reason is None else reason.value,

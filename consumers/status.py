@@ -32,7 +32,8 @@ class DeliveryState(enum.StrEnum):
     @property
     def rank(self) -> int:
         # Within one attempt count, a later state wins over an earlier one; the store keeps the
-        # highest (attempts, rank), so an update that arrives late never rolls a status back.
+        # highest (replays, attempts, rank): an update that arrives late never rolls a status
+        # back, and a replay from the DLQ starts over.
         return _RANKS[self]
 
 
@@ -56,6 +57,7 @@ class DeliveryUpdate:
     attempts: int  # handler attempts started so far, this one included
     at: float
     attributes: Mapping[str, str]  # the event's context attributes, for its status record
+    replays: int = 0  # times it was replayed from the DLQ: a replay starts a new round
     next_attempt_at: float | None = None  # for RETRYING
     failure: Failure | None = None  # the last error, for RETRYING and DEAD_LETTERED
     reason: str | None = None  # why it was dead-lettered

@@ -43,6 +43,7 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-
 # loosely (AMQP and HTTP carry longer ones fine), so allow up to 64.
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,64}$")
 _JSON_SUFFIX = "+json"
+_DISALLOWED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class InvalidEventError(ValueError):
@@ -96,6 +97,7 @@ def attribute_string(name: str, value: Any) -> str:
 def validate_attributes(attributes: Mapping[str, str]) -> None:
     """Check required attributes, names, sizes and the time format; raise InvalidEventError."""
     _validate_required(attributes)
+    _validate_characters(attributes)
     _validate_sizes(attributes)
     for name in attributes:
         if not _ATTRIBUTE_NAME.fullmatch(name):
@@ -112,6 +114,16 @@ def _validate_required(attributes: Mapping[str, str]) -> None:
             raise InvalidEventError(f"required attribute {name!r} is missing or empty", name)
     if attributes["specversion"] != SPECVERSION:
         raise InvalidEventError("specversion must be '1.0'", "specversion")
+
+
+def _validate_characters(attributes: Mapping[str, str]) -> None:
+    # The spec's String type excludes control characters and unpaired surrogates; a NUL would
+    # also be refused by PostgreSQL when the status is stored.
+    for name, value in attributes.items():
+        if _DISALLOWED.search(value):
+            raise InvalidEventError(
+                f"attribute {name!r} holds a control character or an unpaired surrogate", name
+            )
 
 
 def _validate_sizes(attributes: Mapping[str, str]) -> None:

@@ -93,7 +93,13 @@ def _store(
         settings = app[SETTINGS]
         store = await open_store(settings.store_url)
         writer = BatchWriter(store)
-        book = StatusBook(store, writer, ttl=settings.status_ttl, subscriptions=subscriptions)
+        book = StatusBook(
+            store,
+            writer,
+            ttl=settings.status_ttl,
+            dedup_window=settings.idempotency_ttl,
+            subscriptions=subscriptions,
+        )
         writer.on_written = book.wake_waiters
         writer.start()
         app[STATUS_BOOK] = book

@@ -12,13 +12,21 @@ import asyncio
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
+import structlog
 
 from producers import OutgoingEvent
-from service.store import BatchWriter, ClaimOutcome, IdempotencyStore, Statements
+from service.store import (
+    WRITE_TIMEOUT_SECONDS,
+    BatchWriter,
+    ClaimOutcome,
+    IdempotencyStore,
+    Statements,
+)
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -37,7 +45,10 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _POLL_SECONDS = 0.02
 _SERVER_ERROR = 500
-_MIN_LEASE_SECONDS = 30.0
+_log = structlog.get_logger(component="idempotency")
+# Beyond the owner's longest honest work (publish, then two store writes), so a live owner
+# never loses its key to a retry that would publish again.
+_LEASE_MARGIN_SECONDS = 30.0
 
 
 class IdempotencyConflictError(Exception):
@@ -98,17 +109,18 @@ class Deduplicator:
         self._ttl = ttl
         self._wait = wait  # how long a duplicate waits for the first request's answer
         # An owner that died mid-request frees its key after this, not after the whole TTL.
-        self._lease = max(_MIN_LEASE_SECONDS, 2 * wait)
+        self._lease = wait + 2 * WRITE_TIMEOUT_SECONDS + _LEASE_MARGIN_SECONDS
 
     async def once(
         self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[Answer]]
     ) -> Answer:
         deadline = asyncio.get_running_loop().time() + self._wait
+        owner = uuid.uuid4().hex
         while True:
-            claim = await self._store.claim(scope, key, fingerprint, self._lease)
+            claim = await self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease)
             match claim.outcome:
                 case ClaimOutcome.OWNER:
-                    return await self._produce(scope, key, produce)
+                    return await self._produce(scope, key, owner, produce)
                 case ClaimOutcome.REPLAY:
                     return Answer(claim.status or 200, claim.body or b"", replayed=True)
                 case ClaimOutcome.CONFLICT:
@@ -123,18 +135,28 @@ class Deduplicator:
                     await asyncio.sleep(_POLL_SECONDS)
 
     async def _produce(
-        self, scope: str, key: str, produce: Callable[[], Awaitable[Answer]]
+        self, scope: str, key: str, owner: str, produce: Callable[[], Awaitable[Answer]]
     ) -> Answer:
         try:
             answer = await produce()
         except BaseException:
-            await asyncio.shield(self._store.release(scope, key))
+            await asyncio.shield(self._release(scope, key, owner))
             raise
         if answer.status >= _SERVER_ERROR:
-            await self._store.release(scope, key)
-        else:
-            expires_at = time.time() + self._ttl
-            await self._writer.store(
-                (Statements.complete, (answer.status, answer.body, expires_at, scope, key))
-            )
+            await self._release(scope, key, owner)
+            return answer
+        expires_at = time.time() + self._ttl
+        complete = (answer.status, answer.body, expires_at, scope, key, owner)
+        try:
+            await self._writer.store((Statements.complete, complete))
+        except Exception as error:  # noqa: BLE001 - the answer stands; only its replay is lost
+            # What was produced happened (events are in RabbitMQ): answer it. A repeat within
+            # the lease waits and gets 409; after it, it is treated as new.
+            _log.warning("could not store the answer for replays", scope=scope, error=str(error))
         return answer
+
+    async def _release(self, scope: str, key: str, owner: str) -> None:
+        try:
+            await self._store.release(scope, key, owner)
+        except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
+            _log.warning("could not release an idempotency key", scope=scope, error=str(error))

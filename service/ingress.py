@@ -169,8 +169,9 @@ async def ingest(request: web.Request) -> web.Response:
     if answer.replayed:
         response_headers["Idempotent-Replayed"] = "true"
     if answer.status == 202 and answer.body.startswith(b'{"id"'):  # noqa: PLR2004 - accepted
-        # A single event (first answer or replay): where its status is.
-        response_headers["Location"] = orjson.loads(answer.body)["location"]
+        # A single event (first answer or replay, even one stored before answers had a
+        # location): where its status is.
+        response_headers["Location"] = _status_location(orjson.loads(answer.body)["id"])
     return web.Response(
         status=answer.status,
         body=answer.body,

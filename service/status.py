@@ -10,6 +10,7 @@ of what happened, and a redelivery can see that an event already succeeded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,12 @@ from service.store import BatchWriter, Statements, Store, Write
 __all__ = ["EventStatus", "StatusBook"]
 
 _POLL_SECONDS = 0.5  # how often a waiter looks again for changes made by other processes
+# Long-polls held at once; past this a request with ?wait= is answered at once (each waiter
+# costs a few store reads per poll, and the store also serves ingest).
+MAX_WAITERS = 500
+_EVENT_ROW_STATEMENTS = frozenset(
+    (Statements.accept_event, Statements.see_event, Statements.put_delivery)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +84,28 @@ class StatusBook:
         writer: BatchWriter,
         *,
         ttl: float,
+        dedup_window: float,
         subscriptions: Sequence[Subscription],
     ) -> None:
         self._store = store
         self._writer = writer
         self._ttl = ttl
+        # A success counts for dedup only this long: the ingress refuses an id reused for other
+        # content for as long (the idempotency TTL); after it, the same id may be a new event.
+        self._dedup_window = dedup_window
         self._subscriptions = tuple(subscriptions)
-        self._written = asyncio.Event()
+        self._changed: dict[str, asyncio.Event] = {}  # event id -> set when a write touched it
+        self._waiters = 0
 
-    def wake_waiters(self) -> None:
-        """Called after each committed batch: waiters look again."""
-        self._written.set()
-        self._written = asyncio.Event()
+    def wake_waiters(self, writes: Sequence[Write]) -> None:
+        """Called after each committed batch: waiters on the events it touched look again."""
+        if not self._changed:
+            return
+        for statement, params in writes:
+            if statement in _EVENT_ROW_STATEMENTS and (
+                changed := self._changed.pop(params[0], None)
+            ):
+                changed.set()
 
     async def accepted(self, event: OutgoingEvent) -> None:
         """Record an event RabbitMQ confirmed: `pending` where it was routed, else unrouted."""
@@ -122,7 +139,10 @@ class StatusBook:
         await self._writer.store(*writes)
 
     async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
-        rows = await self._store.query(Statements.select_succeeded, event_id, source, subscription)
+        since = time.time() - self._dedup_window
+        rows = await self._store.query(
+            Statements.select_succeeded, event_id, source, subscription, since
+        )
         return bool(rows)
 
     def note(self, update: DeliveryUpdate) -> None:
@@ -155,31 +175,51 @@ class StatusBook:
             deliveries = await self._store.query(
                 Statements.select_deliveries, event_id, row_source, now
             )
+            attributes_json = orjson.loads(attributes)
+            subscriptions = {row[0]: _delivery_json(row) for row in deliveries}
+            # Not accepted over HTTP (published straight to RabbitMQ, or its accept write
+            # failed): expect the subscriptions this process knows, so that one subscription's
+            # success does not make the event look done while another has not started.
+            expected = (
+                orjson.loads(routed)
+                if routed is not None
+                else routed_subscriptions(self._subscriptions, attributes_json.get("type", ""))
+            )
+            for name in expected:
+                subscriptions.setdefault(
+                    name, {"state": DeliveryState.PENDING.value, "attempts": 0}
+                )
             found.append(
                 EventStatus(
-                    attributes=orjson.loads(attributes),
+                    attributes=attributes_json,
                     accepted_at=accepted_at,
-                    subscriptions={row[0]: _delivery_json(row) for row in deliveries},
-                    unrouted=routed is not None and not orjson.loads(routed),
+                    subscriptions=subscriptions,
+                    unrouted=routed is not None and not expected,
                 )
             )
         return found
 
     async def wait(self, event_id: str, source: str | None, timeout: float) -> list[EventStatus]:
         """Like `lookup`, but wait up to `timeout` seconds for the event to be done."""
+        if self._waiters >= MAX_WAITERS:
+            return await self.lookup(event_id, source)
         deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            written = self._written
-            found = await self.lookup(event_id, source)
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 or (found and all(status.done for status in found)):
-                return found
-            # Our own writes wake us at once; another process's are seen on the next poll.
-            try:
-                async with asyncio.timeout(min(_POLL_SECONDS, remaining)):
-                    await written.wait()
-            except TimeoutError:
-                pass
+        self._waiters += 1
+        try:
+            while True:
+                changed = self._changed.setdefault(event_id, asyncio.Event())
+                found = await self.lookup(event_id, source)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or (found and all(status.done for status in found)):
+                    return found
+                # Our own writes wake us at once; another process's are seen on the next poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(_POLL_SECONDS, remaining)):
+                        await changed.wait()
+        finally:
+            self._waiters -= 1
+            if self._waiters == 0:
+                self._changed.clear()
 
 
 def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
@@ -197,6 +237,7 @@ def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
             update.subscription,
             state.value,
             state.rank,
+            update.replays,
             update.attempts,
             update.next_attempt_at,
             None if error is None else orjson.dumps(error).decode(),

@@ -7,12 +7,13 @@ from pathlib import Path
 from yarl import URL
 
 from service.store.base import Claim, ClaimOutcome, IdempotencyStore, Store, Write
-from service.store.batching import BatchWriter
+from service.store.batching import WRITE_TIMEOUT_SECONDS, BatchWriter, WriterClosedError
 from service.store.postgres import PostgresStore
 from service.store.sql import Statements
 from service.store.sqlite import SqliteStore
 
 __all__ = [
+    "WRITE_TIMEOUT_SECONDS",
     "BatchWriter",
     "Claim",
     "ClaimOutcome",
@@ -20,6 +21,7 @@ __all__ = [
     "Statements",
     "Store",
     "Write",
+    "WriterClosedError",
     "open_store",
 ]
 

@@ -28,15 +28,18 @@ class Claim:
 
 
 class IdempotencyStore(Protocol):
-    async def claim(self, scope: str, key: str, fingerprint: str, lease: float) -> Claim:
+    async def claim(
+        self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
+    ) -> Claim:
         """Claim `key` in `scope` atomically: exactly one concurrent caller becomes OWNER.
 
-        The owner holds the key for `lease` seconds; it stores its answer (Statements.complete,
-        through a batch) or releases the key. A lease that ran out can be claimed again.
+        The owner (a token unique to the caller) holds the key for `lease` seconds; it stores
+        its answer (Statements.complete, through a batch) or releases the key. A lease that ran
+        out can be claimed by someone else, and then the old owner's answer or release is void.
         """
         ...
 
-    async def release(self, scope: str, key: str) -> None:
+    async def release(self, scope: str, key: str, owner: str) -> None:
         """Forget an unanswered claim (the request failed; a retry may try again)."""
         ...
 

@@ -10,27 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from service.store.base import Store, Write
 
-__all__ = ["BatchWriter"]
+__all__ = ["BatchWriter", "WriterClosedError"]
 
 _log = structlog.get_logger(component="store")
 MAX_BATCH_WRITES = 500
 # A store that stops answering fails the batch instead of holding every writer behind it.
 WRITE_TIMEOUT_SECONDS = 30.0
+# Queued progress notes beyond this are dropped (a store outage must not grow memory without
+# bound); writes someone waits for are never dropped.
+MAX_QUEUED_NOTES = 10_000
+CLOSE_TIMEOUT_SECONDS = 35.0
+
+_Entry = tuple[tuple[Write, ...], asyncio.Future[None] | None]
+
+
+class WriterClosedError(RuntimeError):
+    pass
 
 
 class BatchWriter:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queue: asyncio.Queue[tuple[tuple[Write, ...], asyncio.Future[None] | None]] = (
-            asyncio.Queue()
-        )
-        self.on_written: Callable[[], None] | None = None  # called after each committed batch
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
+        self._notes = 0  # queued entries nobody waits for
+        self._closed = False
+        # Called after each committed batch with its writes (for waiters on the status API).
+        self.on_written: Callable[[Sequence[Write]], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -38,20 +49,30 @@ class BatchWriter:
 
     def submit(self, *writes: Write) -> None:
         """Queue `writes` (applied together) without waiting; a failure is logged."""
+        if self._closed:
+            return
+        if self._notes >= MAX_QUEUED_NOTES:
+            _log.warning("status store behind; a progress note was dropped")
+            return
+        self._notes += 1
         self._queue.put_nowait((writes, None))
 
     async def store(self, *writes: Write) -> None:
         """Queue `writes` (applied together) and return once they are committed."""
+        if self._closed:
+            raise WriterClosedError("the store is closing")
         done = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((writes, done))
         await done
 
     async def close(self) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued (for a bounded time), then stop."""
+        self._closed = True
         if self._task is None:
             return
-        self._queue.put_nowait(((), None))  # wakes the loop; an empty group is a no-op
-        await self._queue.join()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self._queue.join()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -62,15 +83,18 @@ class BatchWriter:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH_WRITES and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._notes -= sum(1 for _, done in batch if done is None)
             try:
                 await self._write(batch)
+            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+                _log.exception("status writer failed on a batch")
             finally:
-                for _ in batch:
+                for _, done in batch:
+                    if done is not None and not done.done():
+                        done.set_exception(WriterClosedError("the batch was not written"))
                     self._queue.task_done()
 
-    async def _write(
-        self, batch: list[tuple[tuple[Write, ...], asyncio.Future[None] | None]]
-    ) -> None:
+    async def _write(self, batch: list[_Entry]) -> None:
         writes = [write for group, _ in batch for write in group]
         try:
             if writes:
@@ -86,4 +110,4 @@ class BatchWriter:
             if done is not None and not done.done():
                 done.set_result(None)
         if self.on_written is not None:
-            self.on_written()
+            self.on_written(writes)

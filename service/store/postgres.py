@@ -20,6 +20,14 @@ _RELEASE = numbered(Statements.release)
 _PURGE = tuple(numbered(statement) for statement in Statements.purge)
 _MIGRATION_LOCK = 7311023
 _numbered = functools.lru_cache(maxsize=64)(numbered)
+_DEADLOCK_RETRIES = 3
+# Without these a half-open connection holds a claim or a delivery until TCP gives up.
+_COMMAND_TIMEOUT_SECONDS = 10.0
+
+
+def _row_key(row: tuple[Any, ...]) -> tuple[str, ...]:
+    # The leading columns are the row's key in every status statement (event id, source, ...).
+    return tuple(str(value) for value in row[:3])
 
 
 class PostgresStore:
@@ -28,7 +36,9 @@ class PostgresStore:
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresStore:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=10, command_timeout=_COMMAND_TIMEOUT_SECONDS
+        )
         try:
             await _migrate(pool)
         except BaseException:
@@ -36,30 +46,48 @@ class PostgresStore:
             raise
         return cls(pool)
 
-    async def claim(self, scope: str, key: str, fingerprint: str, lease: float) -> Claim:
+    async def claim(
+        self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
+    ) -> Claim:
         now = time.time()
-        async with self._pool.acquire() as connection:
+        async with self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection:
             inserted = await connection.fetchval(
-                _INSERT_CLAIM, scope, key, fingerprint, now + lease, now
+                _INSERT_CLAIM, scope, key, fingerprint, owner, now + lease, now
             )
             if inserted == 1:
                 return Claim(ClaimOutcome.OWNER)
             row = await connection.fetchrow(_SELECT_CLAIM, scope, key)
         if row is None:
-            return await self.claim(scope, key, fingerprint, lease)
+            return await self.claim(scope, key, fingerprint, owner=owner, lease=lease)
         if row["fingerprint"] != fingerprint:
             return Claim(ClaimOutcome.CONFLICT)
         if row["status"] is None:
             return Claim(ClaimOutcome.IN_PROGRESS)
         return Claim(ClaimOutcome.REPLAY, int(row["status"]), bytes(row["body"]))
 
-    async def release(self, scope: str, key: str) -> None:
-        await self._pool.execute(_RELEASE, scope, key)
+    async def release(self, scope: str, key: str, owner: str) -> None:
+        await self._pool.execute(_RELEASE, scope, key, owner)
 
     async def write(self, writes: Sequence[Write]) -> None:
-        async with self._pool.acquire() as connection, connection.transaction():
-            for statement, rows in by_statement(writes):
-                await connection.executemany(_numbered(statement), rows)
+        # Rows in key order: two processes writing overlapping rows then lock them in the same
+        # order. Stable, so one row's updates keep their order. A deadlock that happens anyway
+        # (another statement mix) is retried: PostgreSQL rolled the whole transaction back.
+        groups = [
+            (statement, sorted(rows, key=_row_key)) for statement, rows in by_statement(writes)
+        ]
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                async with (
+                    self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection,
+                    connection.transaction(),
+                ):
+                    for statement, rows in groups:
+                        await connection.executemany(_numbered(statement), rows)
+            except asyncpg.exceptions.DeadlockDetectedError:
+                if attempt == _DEADLOCK_RETRIES:
+                    raise
+            else:
+                return
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
         rows = await self._pool.fetch(_numbered(statement), *params)

@@ -31,8 +31,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             "ON conveyor_idempotency (expires_at)"
         ),
     ),
-    # 2: event statuses, one row per event and one per (event, subscription)
+    # 2: event statuses, one row per event and one per (event, subscription); claim owners
     (
+        # Who holds a claim: a stale owner (its lease ran out, another took over) then cannot
+        # overwrite or release the new owner's claim.
+        "ALTER TABLE conveyor_idempotency ADD COLUMN owner TEXT",
         """
         CREATE TABLE IF NOT EXISTS conveyor_events (
             event_id TEXT NOT NULL,
@@ -52,6 +55,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             subscription TEXT NOT NULL,
             state TEXT NOT NULL,
             state_rank INTEGER NOT NULL,
+            replays INTEGER NOT NULL,
             attempts INTEGER NOT NULL,
             next_attempt_at DOUBLE PRECISION,
             last_error TEXT,
@@ -79,10 +83,12 @@ class Statements:
     # One statement claims a new key or takes over an expired one; a live key is left alone
     # (no row changes), which is how the caller learns it does not own the key.
     insert_claim = (
-        "INSERT INTO conveyor_idempotency (scope, key, fingerprint, status, body, expires_at) "
-        "VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (scope, key) DO UPDATE SET "
-        "fingerprint = excluded.fingerprint, status = NULL, body = NULL, "
-        "expires_at = excluded.expires_at WHERE conveyor_idempotency.expires_at < ?"
+        "INSERT INTO conveyor_idempotency "
+        "(scope, key, fingerprint, owner, status, body, expires_at) "
+        "VALUES (?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT (scope, key) DO UPDATE SET "
+        "fingerprint = excluded.fingerprint, owner = excluded.owner, status = NULL, "
+        "body = NULL, expires_at = excluded.expires_at "
+        "WHERE conveyor_idempotency.expires_at < ?"
     )
     select_claim = (
         "SELECT fingerprint, status, body FROM conveyor_idempotency WHERE scope = ? AND key = ?"
@@ -91,9 +97,12 @@ class Statements:
     # a process that died mid-request does not block the key for a day.
     complete = (
         "UPDATE conveyor_idempotency SET status = ?, body = ?, expires_at = ? "
-        "WHERE scope = ? AND key = ?"
+        "WHERE scope = ? AND key = ? AND owner = ?"
     )
-    release = "DELETE FROM conveyor_idempotency WHERE scope = ? AND key = ? AND status IS NULL"
+    release = (
+        "DELETE FROM conveyor_idempotency "
+        "WHERE scope = ? AND key = ? AND owner = ? AND status IS NULL"
+    )
 
     # The ingress knows where it routed the event and when it accepted it: its row wins.
     accept_event = (
@@ -107,22 +116,26 @@ class Statements:
         "INSERT INTO conveyor_events (event_id, source, attributes, routed, accepted_at, "
         "expires_at) VALUES (?, ?, ?, NULL, NULL, ?) ON CONFLICT (event_id, source) DO NOTHING"
     )
-    # Keeps the furthest state: more attempts, or the same attempts and a later state. An
-    # update that arrives late (another process, a batch behind) never rolls a status back.
+    # Keeps the furthest state: a later replay from the DLQ, then more attempts, then a later
+    # state for the same attempt. An update that arrives late (another process, a batch
+    # behind) never rolls a status back.
     put_delivery = (
         "INSERT INTO conveyor_deliveries (event_id, source, subscription, state, state_rank, "
-        "attempts, next_attempt_at, last_error, first_attempt_at, updated_at, finished_at, "
-        "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "replays, attempts, next_attempt_at, last_error, first_attempt_at, updated_at, "
+        "finished_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (event_id, source, subscription) DO UPDATE SET "
         "state = excluded.state, state_rank = excluded.state_rank, "
+        "replays = excluded.replays, "
         "attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, "
         "last_error = COALESCE(excluded.last_error, conveyor_deliveries.last_error), "
         "first_attempt_at = COALESCE(conveyor_deliveries.first_attempt_at, "
         "excluded.first_attempt_at), updated_at = excluded.updated_at, "
         "finished_at = excluded.finished_at, expires_at = excluded.expires_at "
-        "WHERE excluded.attempts > conveyor_deliveries.attempts "
+        "WHERE excluded.replays > conveyor_deliveries.replays "
+        "OR (excluded.replays = conveyor_deliveries.replays "
+        "AND (excluded.attempts > conveyor_deliveries.attempts "
         "OR (excluded.attempts = conveyor_deliveries.attempts "
-        "AND excluded.state_rank > conveyor_deliveries.state_rank)"
+        "AND excluded.state_rank > conveyor_deliveries.state_rank)))"
     )
     select_events = (
         "SELECT event_id, source, attributes, routed, accepted_at FROM conveyor_events "
@@ -135,7 +148,7 @@ class Statements:
     )
     select_succeeded = (
         "SELECT 1 FROM conveyor_deliveries WHERE event_id = ? AND source = ? "
-        "AND subscription = ? AND state = 'succeeded'"
+        "AND subscription = ? AND state = 'succeeded' AND finished_at > ?"
     )
 
     purge = (

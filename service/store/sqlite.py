@@ -41,18 +41,20 @@ class SqliteStore:
         await _migrate(connection)
         return cls(connection)
 
-    async def claim(self, scope: str, key: str, fingerprint: str, lease: float) -> Claim:
+    async def claim(
+        self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
+    ) -> Claim:
         now = time.time()
         async with self._lock:
             cursor = await self._db.execute(
-                Statements.insert_claim, (scope, key, fingerprint, now + lease, now)
+                Statements.insert_claim, (scope, key, fingerprint, owner, now + lease, now)
             )
             if cursor.rowcount == 1:
                 return Claim(ClaimOutcome.OWNER)
             async with self._db.execute(Statements.select_claim, (scope, key)) as rows:
                 row = await rows.fetchone()
         if row is None:  # released between our insert and select: try once more
-            return await self.claim(scope, key, fingerprint, lease)
+            return await self.claim(scope, key, fingerprint, owner=owner, lease=lease)
         stored_fingerprint, status, body = row
         if stored_fingerprint != fingerprint:
             return Claim(ClaimOutcome.CONFLICT)
@@ -60,20 +62,27 @@ class SqliteStore:
             return Claim(ClaimOutcome.IN_PROGRESS)
         return Claim(ClaimOutcome.REPLAY, int(status), bytes(body))
 
-    async def release(self, scope: str, key: str) -> None:
+    async def release(self, scope: str, key: str, owner: str) -> None:
         async with self._lock:
-            await self._db.execute(Statements.release, (scope, key))
+            await self._db.execute(Statements.release, (scope, key, owner))
 
     async def write(self, writes: Sequence[Write]) -> None:
+        # Shielded: a caller's timeout or cancellation must not leave the connection inside an
+        # open transaction (aiosqlite would still run the BEGIN in its thread); the transaction
+        # then finishes, or rolls back, on its own.
+        await asyncio.shield(self._transaction(writes))
+
+    async def _transaction(self, writes: Sequence[Write]) -> None:
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 for statement, rows in by_statement(writes):
                     await self._db.executemany(statement, rows)
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
         # Under the lock: a read inside a running batch would see rows not yet committed.

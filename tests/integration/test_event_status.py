@@ -176,3 +176,33 @@ async def test_a_permanent_failure_is_dead_lettered_at_once(
     assert (strict["state"], strict["attempts"]) == ("dead-lettered", 1)
     assert strict["last_error"]["reason"] == "permanent-error"
     assert strict["last_error"]["class"] == "PermanentError"
+
+
+async def test_an_event_published_over_amqp_is_not_done_until_every_subscription_is(
+    start_conveyor: StartConveyor, namespace: Namespace, store_url: str
+) -> None:
+    slow = Recorder()
+    slow.release.clear()
+    subscriptions = (
+        subscription("fast", ("order.*",), Recorder()),
+        subscription("slow", ("order.*",), slow),
+    )
+    conveyor = await start_conveyor(subscriptions, store_url=store_url)
+    headers = {"ce-id": "amqp-1", "ce-source": "/amqp", "ce-type": "order.placed"}
+    await namespace.publish_raw(
+        b"{}", routing_key="order.placed", headers=headers | {"ce-specversion": "1.0"}
+    )
+
+    async def fast_done() -> bool:
+        status, body = await conveyor.status("/v1/events/amqp-1")
+        return status == 200 and body["subscriptions"].get("fast", {}).get("state") == "succeeded"
+
+    await eventually(fast_done, what="the fast subscription to succeed")
+    _, partial = await conveyor.status("/v1/events/amqp-1")
+    assert partial["done"] is False
+    assert partial["subscriptions"]["slow"]["state"] in {"pending", "processing"}
+
+    slow.release.set()
+    _, finished = await conveyor.status("/v1/events/amqp-1", wait="10s")
+    assert (finished["state"], finished["done"]) == ("succeeded", True)
+    assert finished["accepted_at"] is None  # it never came through the ingress

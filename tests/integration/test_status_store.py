@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -14,7 +15,7 @@ import pytest
 from consumers import DeliveryState, DeliveryUpdate
 from consumers.dead_letter import Failure
 from service.status import StatusBook
-from service.store import BatchWriter, ClaimOutcome, Store, Write, open_store
+from service.store import BatchWriter, ClaimOutcome, Statements, Store, Write, open_store
 
 
 class CountingStore:
@@ -35,7 +36,7 @@ async def book(store_url: str) -> AsyncIterator[tuple[StatusBook, CountingStore]
     counting = CountingStore(store)
     writer = BatchWriter(counting)  # type: ignore[arg-type]  # only write() is used by the writer
     writer.start()
-    yield StatusBook(store, writer, ttl=60, subscriptions=()), counting
+    yield StatusBook(store, writer, ttl=60, dedup_window=60, subscriptions=()), counting
     await writer.close()
     await store.close()
 
@@ -101,7 +102,7 @@ async def test_expired_statuses_are_purged(store_url: str) -> None:
     store = await open_store(store_url)
     writer = BatchWriter(store)
     writer.start()
-    ledger = StatusBook(store, writer, ttl=0.2, subscriptions=())
+    ledger = StatusBook(store, writer, ttl=0.2, dedup_window=60, subscriptions=())
     try:
         await ledger.record(update(DeliveryState.SUCCEEDED, 1, "old"))
         assert await ledger.lookup("old")
@@ -127,7 +128,7 @@ async def test_an_sqlite_file_from_the_first_schema_is_migrated(tmp_path: Path) 
         )
     store = await open_store(f"sqlite:///{path}")
     try:
-        replay = await store.claim("request", "k", "fp", 60)
+        replay = await store.claim("request", "k", "fp", owner="new", lease=60)
         assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b"{}")
         assert await store.query("SELECT version FROM conveyor_schema") == [(2,)]
         assert await store.query("SELECT count(*) FROM conveyor_deliveries") == [(0,)]
@@ -156,3 +157,57 @@ async def test_processes_starting_together_on_postgresql_migrate_once(postgres_u
         "conveyor_idempotency",
         "conveyor_schema",
     ]
+
+
+async def test_a_success_counts_for_dedup_only_within_the_window(store_url: str) -> None:
+    store = await open_store(store_url)
+    writer = BatchWriter(store)
+    writer.start()
+    ledger = StatusBook(store, writer, ttl=60, dedup_window=0.3, subscriptions=())
+    try:
+        await ledger.record(update(DeliveryState.SUCCEEDED, 1, "w-1"))
+        assert await ledger.succeeded_before("sub", "/s", "w-1")
+        await asyncio.sleep(0.4)  # past the idempotency TTL the same id may be a new event
+        assert not await ledger.succeeded_before("sub", "/s", "w-1")
+    finally:
+        await writer.close()
+        await store.close()
+
+
+async def test_a_replay_from_the_dlq_starts_the_status_over(
+    book: tuple[StatusBook, CountingStore],
+) -> None:
+    ledger, _ = book
+    await ledger.record(update(DeliveryState.DEAD_LETTERED, 15))
+    await ledger.record(replace(update(DeliveryState.PROCESSING, 1), replays=1))
+    assert await state(ledger) == ("processing", 1)
+    await ledger.record(replace(update(DeliveryState.SUCCEEDED, 1), replays=1))
+    assert await state(ledger) == ("succeeded", 1)
+    await ledger.record(update(DeliveryState.RETRYING, 14))  # late, from before the replay
+    assert await state(ledger) == ("succeeded", 1)
+
+
+async def test_a_batch_cut_short_by_a_timeout_leaves_sqlite_usable(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    store = await open_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        writes = [(Statements.see_event, ("t-1", "/s", "{}", time.time() + 60))]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await store.write(writes)
+        other.execute("COMMIT")
+
+        await store.write([(Statements.see_event, ("t-2", "/s", "{}", time.time() + 60))])
+        assert await claim_outcome(store) is ClaimOutcome.OWNER
+        seen = other.execute("SELECT event_id FROM conveyor_events ORDER BY event_id").fetchall()
+        assert seen == [("t-1",), ("t-2",)]  # the first batch finished once the lock was free
+        assert other.execute("SELECT count(*) FROM conveyor_idempotency").fetchone() == (1,)
+    finally:
+        other.close()
+        await store.close()
+
+
+async def claim_outcome(store: Store) -> ClaimOutcome:
+    return (await store.claim("request", "k", "fp", owner="o", lease=60)).outcome

@@ -126,6 +126,10 @@ def test_an_empty_batch_is_valid_and_holds_nothing() -> None:
         ({"time": "2024-01-01T00:00:00"}, "time"),
         ({"time": "2024-01-01T00:00:00Z\n"}, "time"),
         ({"abc\n": "x"}, "abc\n"),
+        # The type system's String excludes control characters (PostgreSQL refuses NUL, too).
+        ({"source": "/a\x00b"}, "source"),
+        ({"subject": "line\nbreak"}, "subject"),
+        ({"id": "next\x85line"}, "id"),
     ],
 )
 def test_values_amqp_or_the_type_system_cannot_carry_are_400(
