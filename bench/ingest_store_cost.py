@@ -41,12 +41,14 @@ MODES = ("none", "sqlite", "postgresql")
 class NullStore:
     """Remembers nothing: every claim is new, every write is dropped."""
 
-    async def claim(self, scope: str, key: str, fingerprint: str, lease: float) -> Any:
+    async def claim(
+        self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
+    ) -> Any:
         from service.store import Claim, ClaimOutcome  # noqa: PLC0415 - only the child needs it
 
         return Claim(ClaimOutcome.OWNER)
 
-    async def release(self, scope: str, key: str) -> None:
+    async def release(self, scope: str, key: str, owner: str) -> None:
         return None
 
     async def write(self, writes: Sequence[Any]) -> None:
