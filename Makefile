@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 AMQP_URL ?= amqp://guest:guest@localhost:5672/
 
-.PHONY: help install run test test-unit test-integration lint format clean
+.PHONY: help install run test test-unit test-integration lint format bench clean
 
 help:
 	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
 	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
+	@echo "make bench  - benchmarks on the local broker and PostgreSQL (a few minutes)"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "conveyor needs Python >= 3.11")'
@@ -43,6 +44,10 @@ test-integration: install
 
 test: lint
 	$(BIN)/pytest -q -ra
+
+bench: install
+	$(BIN)/python bench/store_claims.py
+	$(BIN)/python bench/ingest_store_cost.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
