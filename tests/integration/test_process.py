@@ -273,3 +273,37 @@ async def test_no_secret_reaches_the_logs(
     assert "broker link up" in output
     assert "key-top-secret" not in output
     assert f":{password}@" not in output
+
+
+async def test_two_processes_on_one_postgresql_store_agree(
+    launch: Callable[..., Awaitable[Process]], postgres_url: str, tmp_path: Path
+) -> None:
+    ingress = await launch(CONVEYOR_ROLE="ingress", CONVEYOR_STORE_URL=postgres_url)
+    worker = await launch(CONVEYOR_STORE_URL=postgres_url)
+    log = tmp_path / "handled.log"
+    document = {
+        "type": "slow.job",
+        "id": "p-1",
+        "source": "/procs",
+        "data": {"sleep": 0.2, "log": str(log)},
+    }
+    headers = {"Idempotency-Key": "two-procs"}
+
+    async with aiohttp.ClientSession() as session:
+        answers = []
+        for process in (ingress, worker, ingress):
+            url = process.base / "v1/events"
+            async with session.post(url, json=document, headers=headers) as response:
+                answers.append((response.status, await response.json()))
+        # The ingress waits for an outcome only the worker process produces.
+        url = ingress.base / "v1/events/p-1"
+        async with session.get(url, params={"wait": "20s"}) as response:
+            seen_by_ingress = await response.json()
+        async with session.get(worker.base / "v1/events/p-1") as response:
+            seen_by_worker = await response.json()
+
+    assert {status for status, _ in answers} == {202}
+    assert {body["id"] for _, body in answers} == {"p-1"}
+    assert seen_by_ingress["subscriptions"]["slow"]["state"] == "succeeded"
+    assert seen_by_ingress == seen_by_worker
+    assert handler_log(log) == ["start p-1", "done p-1"]  # handled once
