@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,7 +20,6 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from consumers.attempts import run_attempts
-from consumers.completions import completion_message, completion_routing_key, event_attributes
 from consumers.dead_letter import (
     ATTEMPTS,
     REPLAYS,
@@ -33,8 +31,8 @@ from consumers.dead_letter import (
     without_conveyor_headers,
 )
 from consumers.decoding import MalformedEventError, decode_event
-from consumers.event import Event
 from consumers.moves import MessageMover, MoveFailedError
+from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
@@ -45,8 +43,6 @@ __all__ = ["Outcome", "SubscriptionConsumer"]
 _log = structlog.get_logger(component="consumer")
 _CANCEL_GRACE_SECONDS = 5.0
 _MOVE_RETRY_PAUSE_SECONDS = 1.0
-# The status store is a helper, not a gate: past this, a delivery goes on without its answer.
-_STORE_TIMEOUT_SECONDS = 5.0
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 
 
@@ -94,7 +90,7 @@ class SubscriptionConsumer:
         self._channel = channel
         self._queue = queue
         self._mover = mover
-        self._ledger = ledger
+        self._reporter = StatusReporter(subscription, ledger=ledger, mover=mover, topology=topology)
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._draining = False
         self._running: set[asyncio.Task[object]] = set()
@@ -191,13 +187,13 @@ class SubscriptionConsumer:
                 message, headers, failure, attempts_before, reason=DeadLetterReason.MALFORMED
             )
         structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
-        status = _StatusOf(event, self.subscription.name, read_int(headers, REPLAYS))
-        if self.subscription.deduplicate and await self._succeeded_before(event):
+        status = StatusOf(event, self.subscription.name, read_int(headers, REPLAYS))
+        if self.subscription.deduplicate and await self._reporter.succeeded_before(event):
             _log.info("event already succeeded here; acked without running the handler")
             return _Verdict(
                 Outcome.SKIPPED, status=status(DeliveryState.SUCCEEDED, attempts_before)
             )
-        self._ledger.note(status(DeliveryState.PROCESSING, attempts_before + 1))
+        self._reporter.note(status(DeliveryState.PROCESSING, attempts_before + 1))
         result = await run_attempts(
             self.subscription.handler,
             event,
@@ -241,19 +237,6 @@ class SubscriptionConsumer:
         tier = self._topology.retry_queue(self.subscription.name, delay_label(delay))
         retrying = status(DeliveryState.RETRYING, attempts, result.failure, next_attempt_in=delay)
         return _Verdict(Outcome.RETRY_SCHEDULED, _Move("", tier, copy_headers), retrying)
-
-    async def _succeeded_before(self, event: Event) -> bool:
-        try:
-            async with asyncio.timeout(_STORE_TIMEOUT_SECONDS):
-                return await self._ledger.succeeded_before(
-                    self.subscription.name, event.source, event.id
-                )
-        except Exception as error:  # noqa: BLE001 - the store being away must not stop delivery
-            # Without the answer, run the handler: at-least-once still holds.
-            _log.warning(
-                "could not ask the store whether the event already succeeded", error=str(error)
-            )
-            return False
 
     def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.
@@ -305,7 +288,14 @@ class SubscriptionConsumer:
                     outcome = Outcome.RETURNED
                     await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
             if outcome is not Outcome.RETURNED and verdict.status is not None:
-                outcome = await self._report(message, outcome, verdict.status)
+                announced = await self._reporter.report(
+                    verdict.status,
+                    correlation_id=message.correlation_id,
+                    record=outcome is not Outcome.SKIPPED,
+                )
+                if not announced:
+                    outcome = Outcome.RETURNED
+                    await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
             if outcome is Outcome.RETURNED:
                 await message.nack(requeue=True)
             else:
@@ -325,74 +315,3 @@ class SubscriptionConsumer:
             return
         if outcome is Outcome.ACKED:
             _log.debug("event handled")
-
-    async def _report(
-        self, message: AbstractIncomingMessage, outcome: Outcome, update: DeliveryUpdate
-    ) -> Outcome:
-        """Record the new state, then announce a terminal one.
-
-        A succeeded delivery of a deduplicating subscription is acked only after its completion
-        event is confirmed: if that fails, the delivery returns and its redelivery is skipped
-        and announced again, so the completion goes out at least once without running the
-        handler twice. Anywhere else a failed announcement is logged and the delivery acked:
-        re-running a handler, or dead-lettering twice, would cost more than a lost notice.
-        """
-        if outcome is not Outcome.SKIPPED:
-            try:
-                async with asyncio.timeout(_STORE_TIMEOUT_SECONDS):
-                    await self._ledger.record(update)
-            except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
-                _log.warning("could not record the event's status", error=str(error))
-        if not update.state.terminal:
-            return outcome
-        try:
-            await self._mover.publish(
-                completion_message(update, correlation_id=message.correlation_id),
-                exchange=self._topology.results_exchange,
-                routing_key=completion_routing_key(update),
-                mandatory=False,  # nobody listening for completions is fine
-            )
-        except MoveFailedError as error:
-            if update.state is DeliveryState.SUCCEEDED and self.subscription.deduplicate:
-                _log.warning(
-                    "could not publish the completion event; the delivery stays queued",
-                    error=str(error),
-                )
-                await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
-                return Outcome.RETURNED
-            _log.warning("could not publish the completion event", error=str(error))
-        return outcome
-
-
-class _StatusOf:
-    """Builds the status updates of one event for one subscription."""
-
-    def __init__(self, event: Event, subscription: str, replays: int) -> None:
-        self._event = event
-        self._subscription = subscription
-        self._replays = replays
-        self._attributes = event_attributes(event)
-
-    def __call__(
-        self,
-        state: DeliveryState,
-        attempts: int,
-        failure: Failure | None = None,
-        *,
-        next_attempt_in: float | None = None,
-        reason: DeadLetterReason | None = None,
-    ) -> DeliveryUpdate:
-        now = time.time()
-        return DeliveryUpdate(
-            event_id=self._event.id,
-            source=self._event.source,
-            subscription=self._subscription,
-            state=state,
-            attempts=attempts,
-            at=now,
-            attributes=self._attributes,
-            replays=self._replays,
-            next_attempt_at=None if next_attempt_in is None else now + next_attempt_in,
-            failure=failure,
-            reason=None if reason is None else reason.value,
-        )

@@ -10,6 +10,7 @@ from producers.formats import (
     validate_attributes,
     validate_content_type,
 )
+from producers.observe import NO_PUBLISH_OBSERVER, PublishObserver
 from producers.publisher import (
     BROKER_FAILURES,
     AmqpPublisher,
@@ -26,6 +27,7 @@ from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message
 __all__ = [
     "BROKER_FAILURES",
     "CE_HEADER_PREFIX",
+    "NO_PUBLISH_OBSERVER",
     "SPECVERSION",
     "TRACEPARENT_HEADER",
     "AmqpPublisher",
@@ -34,6 +36,7 @@ __all__ = [
     "InvalidEventError",
     "OutgoingEvent",
     "PublishError",
+    "PublishObserver",
     "PublishRejectedError",
     "PublishTimeoutError",
     "Publisher",

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol
 
 import aiormq.exceptions
+from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from producers.event import OutgoingEvent
+from producers.observe import NO_PUBLISH_OBSERVER, PublishObserver
 from producers.same_id import SameIdGate
 from producers.wire import to_amqp_message
 
@@ -43,6 +46,10 @@ class PublishRejectedError(PublishError):
     """RabbitMQ nacked the message or returned it as unroutable."""
 
     reason = "publish-rejected"
+
+    def __init__(self, detail: str, *, outcome: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome  # "nack" or "returned"
 
 
 class Publisher(Protocol):
@@ -109,8 +116,9 @@ class AmqpPublisher:
     lost confirm does not mean a lost message and the caller decides (the ingress answers 503).
     """
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, observer: PublishObserver = NO_PUBLISH_OBSERVER) -> None:
         self._timeout = timeout
+        self._observer = observer
         self._state: _Detached | _Attached = _Detached()
         self._same_id = SameIdGate()
 
@@ -138,6 +146,22 @@ class AmqpPublisher:
         traceparent: str | None = None,
     ) -> None:
         message = to_amqp_message(event, correlation_id=correlation_id, traceparent=traceparent)
+        started = time.perf_counter()
+        self._observer.publish_started()
+        outcome = "unavailable"
+        try:
+            await self._publish(message, event)
+            outcome = "ack"
+        except PublishTimeoutError:
+            outcome = "timeout"
+            raise
+        except PublishRejectedError as error:
+            outcome = error.outcome
+            raise
+        finally:
+            self._observer.publish_finished(outcome, time.perf_counter() - started)
+
+    async def _publish(self, message: Message, event: OutgoingEvent) -> None:
         try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
                 exchange = await self._state.exchange()
@@ -147,7 +171,7 @@ class AmqpPublisher:
         except TimeoutError:
             raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None
         except DeliveryError:
-            raise PublishRejectedError("RabbitMQ nacked the message") from None
+            raise PublishRejectedError("RabbitMQ nacked the message", outcome="nack") from None
         except BROKER_FAILURES as error:
             raise BrokerUnavailableError(f"connection lost: {type(error).__name__}") from None
         except asyncio.CancelledError:
@@ -159,4 +183,6 @@ class AmqpPublisher:
             raise BrokerUnavailableError("connection dropped while awaiting the confirm") from None
         if not isinstance(confirmation, Basic.Ack):
             # A basic.return: not even the alternate exchange could route it.
-            raise PublishRejectedError("RabbitMQ returned the message as unroutable")
+            raise PublishRejectedError(
+                "RabbitMQ returned the message as unroutable", outcome="returned"
+            )
