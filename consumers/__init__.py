@@ -5,6 +5,7 @@ from consumers.decoding import MalformedEventError, decode_event
 from consumers.errors import PermanentError, RetryableError
 from consumers.event import Event, Handler
 from consumers.moves import MessageMover
+from consumers.observe import NO_DELIVERY_OBSERVER, DeliveryObserver
 from consumers.retry import RetryPolicy, delay_label
 from consumers.runtime import Outcome, SubscriptionConsumer
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
@@ -15,6 +16,8 @@ __all__ = [
     "COMPLETION_SOURCE",
     "COMPLETION_TYPES",
     "DELIVERY_LIMIT",
+    "NO_DELIVERY_OBSERVER",
+    "DeliveryObserver",
     "DeliveryState",
     "DeliveryUpdate",
     "Event",

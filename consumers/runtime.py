@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, cast
@@ -32,6 +33,7 @@ from consumers.dead_letter import (
 )
 from consumers.decoding import MalformedEventError, decode_event
 from consumers.moves import MessageMover, MoveFailedError
+from consumers.observe import NO_DELIVERY_OBSERVER, DeliveryObserver
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
@@ -63,6 +65,7 @@ class _Move:
     exchange: str
     routing_key: str
     headers: dict[str, Any]
+    tier: str | None = None  # the retry tier's delay label, for a move into the ladder
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +87,14 @@ class SubscriptionConsumer:
         queue: AbstractQueue,
         mover: MessageMover,
         ledger: StatusLedger,
+        observer: DeliveryObserver = NO_DELIVERY_OBSERVER,
     ) -> None:
         self.subscription = subscription
         self._topology = topology
         self._channel = channel
         self._queue = queue
         self._mover = mover
+        self._observer = observer
         self._reporter = StatusReporter(subscription, ledger=ledger, mover=mover, topology=topology)
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._draining = False
@@ -194,6 +199,7 @@ class SubscriptionConsumer:
                 Outcome.SKIPPED, status=status(DeliveryState.SUCCEEDED, attempts_before)
             )
         self._reporter.note(status(DeliveryState.PROCESSING, attempts_before + 1))
+        started = time.perf_counter()
         result = await run_attempts(
             self.subscription.handler,
             event,
@@ -201,6 +207,7 @@ class SubscriptionConsumer:
             timeout=self.subscription.timeout,
             keep_trying=lambda: not self._draining,
         )
+        self._observer.handler_ran(self.subscription.name, time.perf_counter() - started)
         attempts = attempts_before + result.attempts
         if result.failure is None:
             return _Verdict(Outcome.ACKED, status=status(DeliveryState.SUCCEEDED, attempts))
@@ -234,9 +241,10 @@ class SubscriptionConsumer:
             retries=retries + 1,
         )
         # The default exchange routes straight to the tier queue named as the routing key.
-        tier = self._topology.retry_queue(self.subscription.name, delay_label(delay))
+        label = delay_label(delay)
+        tier = self._topology.retry_queue(self.subscription.name, label)
         retrying = status(DeliveryState.RETRYING, attempts, result.failure, next_attempt_in=delay)
-        return _Verdict(Outcome.RETRY_SCHEDULED, _Move("", tier, copy_headers), retrying)
+        return _Verdict(Outcome.RETRY_SCHEDULED, _Move("", tier, copy_headers, label), retrying)
 
     def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.
@@ -271,6 +279,13 @@ class SubscriptionConsumer:
         return _Verdict(Outcome.DEAD_LETTERED, move, status)
 
     async def _settle(self, message: AbstractIncomingMessage, verdict: _Verdict) -> None:
+        outcome = await self._carry_out(message, verdict)
+        self._observer.delivery_settled(self.subscription.name, outcome.value)
+        if outcome is Outcome.RETRY_SCHEDULED and verdict.move and verdict.move.tier:
+            self._observer.retry_scheduled(self.subscription.name, verdict.move.tier)
+
+    async def _carry_out(self, message: AbstractIncomingMessage, verdict: _Verdict) -> Outcome:
+        """Settle the delivery as `verdict` says; return what actually happened to it."""
         outcome = verdict.outcome
         try:
             if verdict.move is not None:
@@ -307,11 +322,12 @@ class SubscriptionConsumer:
                 outcome=outcome.value,
                 error_class=type(error).__name__,
             )
-            return
+            return Outcome.RETURNED
         except Exception:  # noqa: BLE001 - a delivery must never stay unsettled on a live channel
             _log.exception("settling failed unexpectedly; returning the event to its queue")
             with contextlib.suppress(*BROKER_FAILURES):
                 await message.nack(requeue=True)
-            return
+            return Outcome.RETURNED
         if outcome is Outcome.ACKED:
             _log.debug("event handled")
+        return outcome

@@ -14,16 +14,20 @@ from producers import AmqpPublisher
 from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
-from service.ingress import ingest, problems_middleware
+from service.ingress import INGEST_PATH, ingest, problems_middleware
 from service.keys import (
     DEDUPLICATOR,
     LIFECYCLE,
     LINK,
+    METRICS,
     PUBLISHER,
     SETTINGS,
     STATUS_BOOK,
     Lifecycle,
 )
+from service.metrics import Metrics
+from service.metrics_api import metrics_endpoint, metrics_middleware
+from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
@@ -40,28 +44,37 @@ def build_app(
     subscriptions: Sequence[Subscription] = (),
     *,
     max_backoff: float = 15.0,
+    queue_poll_interval: float = QUEUE_POLL_SECONDS,
 ) -> web.Application:
     """The whole process as an aiohttp app; nothing connects until the app starts."""
     app = web.Application(
-        middlewares=[problems_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[metrics_middleware, problems_middleware],
+        client_max_size=settings.max_body_bytes,
     )
+    metrics = Metrics()
     publisher = (
-        AmqpPublisher(timeout=settings.publish_timeout) if settings.role.runs_ingress else None
+        AmqpPublisher(timeout=settings.publish_timeout, observer=metrics)
+        if settings.role.runs_ingress
+        else None
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[LIFECYCLE] = Lifecycle()
     app[LINK] = BrokerLink(
         settings,
         publisher=publisher,
         subscriptions=subscriptions,
         consume=settings.role.runs_workers,
+        metrics=metrics,
         max_backoff=max_backoff,
+        queue_poll_interval=queue_poll_interval,
     )
     app.router.add_get("/livez", livez)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher
-        app.router.add_post("/v1/events", ingest)
+        app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
     # The store closes last: consumers record their final states while the link drains.

@@ -31,6 +31,8 @@ from producers import (
     declare_events_exchange,
     declare_results_exchange,
 )
+from service.metrics import Metrics
+from service.queue_stats import poll_queue_stats
 from service.settings import Settings
 
 __all__ = ["BrokerLink", "LinkStatus"]
@@ -58,7 +60,9 @@ class BrokerLink:
         publisher: AmqpPublisher | None,
         subscriptions: Sequence[Subscription],
         consume: bool,
+        metrics: Metrics,
         max_backoff: float = 15.0,
+        queue_poll_interval: float = 10.0,
     ) -> None:
         self._settings = settings
         self._topology = Topology(settings.namespace)
@@ -66,6 +70,9 @@ class BrokerLink:
         self._subscriptions = tuple(subscriptions)
         self._consume = consume
         self._max_backoff = max_backoff
+        self._metrics = metrics
+        self._queue_poll_interval = queue_poll_interval
+        self._poller: asyncio.Task[None] | None = None
         self._connection: AbstractRobustConnection | None = None
         self._problem: str | None = "connecting"
         self._task: asyncio.Task[None] | None = None
@@ -111,6 +118,17 @@ class BrokerLink:
             return
         self._problem = None
         _log.info("broker link up", url=self._settings.amqp_url_redacted)
+        if self._connection is not None:
+            self._poller = asyncio.create_task(
+                poll_queue_stats(
+                    self._connection,
+                    self._topology,
+                    self._subscriptions,
+                    self._metrics,
+                    interval=self._queue_poll_interval,
+                ),
+                name="conveyor-queue-stats",
+            )
 
     def _note_failure(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -169,6 +187,7 @@ class BrokerLink:
                 queue=queue,
                 mover=mover,
                 ledger=self._ledger,
+                observer=self._metrics,
             )
             await consumer.start()
             consumers.append(consumer)
@@ -195,6 +214,10 @@ class BrokerLink:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._poller
         await asyncio.gather(
             *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers)
         )

@@ -38,17 +38,19 @@ from service.idempotency import (
     event_identity,
     request_fingerprint,
 )
-from service.keys import DEDUPLICATOR, PUBLISHER, SETTINGS, STATUS_BOOK
+from service.keys import DEDUPLICATOR, METRICS, PUBLISHER, SETTINGS, STATUS_BOOK
+from service.metrics import Metrics
 from service.problems import Problem, problem_response
 from service.status import StatusBook
 
-__all__ = ["ingest", "problems_middleware"]
+__all__ = ["INGEST_PATH", "ingest", "problems_middleware"]
 
 _log = structlog.get_logger(component="ingress")
 CORRELATION_HEADER = "X-Correlation-ID"
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 RETRY_AFTER_SECONDS = "2"
+INGEST_PATH = "/v1/events"
 
 
 def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case per error kind
@@ -111,15 +113,18 @@ async def problems_middleware(
         )
         slug = error.reason.lower().replace(" ", "-")
         headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
-        return problem_response(Problem(error.status, slug, error.reason, detail, headers=headers))
+        problem = Problem(error.status, slug, error.reason, detail, headers=headers)
     except Exception as error:  # noqa: BLE001 - the one place any error becomes a problem body
-        problem = problem_for(error)
-        if problem is not None:
-            return problem_response(problem)
-        _log.exception("unhandled error in request", path=request.path)
-        return problem_response(
-            Problem(500, "internal-error", "Internal error", "the request failed unexpectedly")
-        )
+        mapped = problem_for(error)
+        if mapped is None:
+            _log.exception("unhandled error in request", path=request.path)
+            mapped = Problem(
+                500, "internal-error", "Internal error", "the request failed unexpectedly"
+            )
+        problem = mapped
+    if request.method == "POST" and request.path == INGEST_PATH:
+        request.app[METRICS].events_rejected.labels(problem.slug).inc()
+    return problem_response(problem)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -145,10 +150,11 @@ async def ingest(request: web.Request) -> web.Response:
     deduplicator = request.app[DEDUPLICATOR]
     publish = _Publication(
         request.app[PUBLISHER],
-        deduplicator,
-        request.app[STATUS_BOOK],
-        correlation_id,
-        traceparent or None,
+        deduplicator=deduplicator,
+        book=request.app[STATUS_BOOK],
+        metrics=request.app[METRICS],
+        correlation_id=correlation_id,
+        traceparent=traceparent or None,
     )
 
     async def accept() -> Answer:
@@ -197,6 +203,8 @@ async def _accept(parsed: ParsedSingle | ParsedBatch, publish: _Publication) -> 
         for outcome in outcomes
     ]
     failures = [outcome for outcome in outcomes if isinstance(outcome, Problem)]
+    for failure in failures:
+        publish.metrics.events_rejected.labels(failure.slug).inc()
     return Answer(_batch_status(len(outcomes), failures), orjson.dumps({"results": results}))
 
 
@@ -230,14 +238,17 @@ class _Publication:
     def __init__(
         self,
         publisher: Publisher,
+        *,
         deduplicator: Deduplicator,
         book: StatusBook,
+        metrics: Metrics,
         correlation_id: str,
         traceparent: str | None,
     ) -> None:
         self._publisher = publisher
         self._deduplicator = deduplicator
         self._book = book
+        self.metrics = metrics
         self._correlation_id = correlation_id
         valid = traceparent is not None and _TRACEPARENT.fullmatch(traceparent) is not None
         self._traceparent = traceparent if valid else None
@@ -251,7 +262,10 @@ class _Publication:
             "event", event_identity(event), event_fingerprint(event), publish
         )
         if answer.replayed:
+            self.metrics.events_deduplicated.inc()
             _log.info("duplicate event not published again", event_id=event.id)
+        else:
+            self.metrics.events_accepted.inc()
 
     async def _publish(self, event: OutgoingEvent) -> None:
         with structlog.contextvars.bound_contextvars(

@@ -9,6 +9,7 @@ from aiohttp import web
 from producers import Publisher
 from service.broker import BrokerLink
 from service.idempotency import Deduplicator
+from service.metrics import Metrics
 from service.settings import Settings
 from service.status import StatusBook
 
@@ -16,6 +17,7 @@ __all__ = [
     "DEDUPLICATOR",
     "LIFECYCLE",
     "LINK",
+    "METRICS",
     "PUBLISHER",
     "SETTINGS",
     "STATUS_BOOK",
@@ -36,3 +38,4 @@ LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
+METRICS = web.AppKey("metrics", Metrics)

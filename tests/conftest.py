@@ -235,7 +235,7 @@ async def start_conveyor(
         )
         for declared in subscriptions:
             namespace.register(declared)
-        app = build_app(settings, subscriptions, max_backoff=0.3)
+        app = build_app(settings, subscriptions, max_backoff=0.3, queue_poll_interval=0.2)
         client = TestClient(TestServer(app))
         await client.start_server()
         started = Running(client, settings)

@@ -1,0 +1,116 @@
+"""Prometheus metrics: one registry per app, fed by the ingress, the publisher and the consumers.
+
+The publisher and the consumer runtime only know their observer protocols; `Metrics` implements
+both, so neither package imports prometheus. Queue depths come from a poll (passive declares),
+not from the management plugin, which a deployment may not have.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_HANDLER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    """Every metric conveyor exposes on GET /metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.http_requests = Counter(
+            "conveyor_http_requests",
+            "HTTP requests answered, by route, method and status",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+        self.events_accepted = Counter(
+            "conveyor_events_accepted",
+            "Events RabbitMQ confirmed and the ingress answered 202 for",
+            registry=registry,
+        )
+        self.events_rejected = Counter(
+            "conveyor_events_rejected",
+            "Events the ingress did not accept, by problem type",
+            ("reason",),
+            registry=registry,
+        )
+        self.events_deduplicated = Counter(
+            "conveyor_events_deduplicated",
+            "Events answered from an earlier acceptance (same source and id), not published again",
+            registry=registry,
+        )
+        self.publish_seconds = Histogram(
+            "conveyor_publish_confirm_seconds",
+            "Time from publish to RabbitMQ's confirm (or failure), by outcome",
+            ("outcome",),
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.publishes_in_flight = Gauge(
+            "conveyor_publishes_in_flight",
+            "Publishes waiting for RabbitMQ's confirm",
+            registry=registry,
+        )
+        self.handler_seconds = Histogram(
+            "conveyor_handler_seconds",
+            "Time a delivery spent in its handler (in-process retries included)",
+            ("subscription",),
+            buckets=_HANDLER_BUCKETS,
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "conveyor_deliveries",
+            "Deliveries settled, by subscription and outcome "
+            "(acked, retry-scheduled, dead-lettered, skipped, returned)",
+            ("subscription", "outcome"),
+            registry=registry,
+        )
+        self.retries = Counter(
+            "conveyor_retries",
+            "Deliveries moved into a retry tier, by subscription and tier",
+            ("subscription", "tier"),
+            registry=registry,
+        )
+        self.queue_messages = Gauge(
+            "conveyor_queue_messages",
+            "Messages ready in a subscription's queues (polled), by queue kind (main, dlq, retry)",
+            ("subscription", "queue"),
+            registry=registry,
+        )
+        self.queue_consumers = Gauge(
+            "conveyor_queue_consumers",
+            "Consumers attached to a subscription's queue (polled)",
+            ("subscription",),
+            registry=registry,
+        )
+        self.broker_connected = Gauge(
+            "conveyor_broker_connected",
+            "1 while the broker connection and channels are up",
+            registry=registry,
+        )
+
+    # producers.PublishObserver
+    def publish_started(self) -> None:
+        self.publishes_in_flight.inc()
+
+    def publish_finished(self, outcome: str, seconds: float) -> None:
+        self.publishes_in_flight.dec()
+        self.publish_seconds.labels(outcome).observe(seconds)
+
+    # consumers.DeliveryObserver
+    def handler_ran(self, subscription: str, seconds: float) -> None:
+        self.handler_seconds.labels(subscription).observe(seconds)
+
+    def delivery_settled(self, subscription: str, outcome: str) -> None:
+        self.deliveries.labels(subscription, outcome).inc()
+
+    def retry_scheduled(self, subscription: str, tier: str) -> None:
+        self.retries.labels(subscription, tier).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,31 @@
+"""GET /metrics, and the middleware that counts every HTTP answer by route and status."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from service.keys import LINK, METRICS
+from service.metrics import CONTENT_TYPE_LATEST
+
+__all__ = ["metrics_endpoint", "metrics_middleware"]
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.broker_connected.set(1 if request.app[LINK].status().connected else 0)
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # Outermost: it sees the status the problems middleware settled on. The route is the
+    # pattern (`/v1/events/{event_id}`), never the raw path, so labels stay few.
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].http_requests.labels(route, request.method, str(response.status)).inc()
+    return response

@@ -1,0 +1,75 @@
+"""Polling queue depths and consumer counts for the metrics, with passive declares.
+
+The management plugin would give more, but a deployment may not run it; a passive declare is
+plain AMQP and answers the two numbers that matter: messages ready and consumers attached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from consumers import Subscription, delay_label
+from producers import BROKER_FAILURES, Topology
+from service.metrics import Metrics
+
+__all__ = ["poll_queue_stats"]
+
+_log = structlog.get_logger(component="metrics")
+POLL_SECONDS = 10.0
+# RuntimeError: aio-pika's channel() on a connection that is closed or reconnecting.
+_POLL_FAILURES: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError, RuntimeError)
+
+
+async def poll_queue_stats(
+    connection: AbstractRobustConnection,
+    topology: Topology,
+    subscriptions: Sequence[Subscription],
+    metrics: Metrics,
+    *,
+    interval: float = POLL_SECONDS,
+) -> None:
+    """Refresh the queue gauges every `interval` seconds until cancelled."""
+    channel: AbstractRobustChannel | None = None
+    while True:
+        try:
+            if channel is None or channel.is_closed:
+                channel = await connection.channel()
+            for subscription in subscriptions:
+                await _poll_one(channel, topology, subscription, metrics)
+        except _POLL_FAILURES as error:
+            # A queue deleted under us closes the channel (404); the next round opens another.
+            _log.debug("queue stats poll failed", error=str(error))
+            channel = None
+        await asyncio.sleep(interval)
+
+
+async def _poll_one(
+    channel: AbstractRobustChannel,
+    topology: Topology,
+    subscription: Subscription,
+    metrics: Metrics,
+) -> None:
+    name = subscription.name
+    queues = {
+        "main": topology.queue(name),
+        "dlq": topology.dead_letter_queue(name),
+    }
+    retry_total = 0
+    # robust=False: aio-pika's robust channel answers a repeated passive declare from its cache
+    # (with the first call's counts) and would re-declare the queue after a reconnect.
+    async with asyncio.timeout(5.0):
+        main = await channel.declare_queue(queues["main"], passive=True, robust=False)
+        dead = await channel.declare_queue(queues["dlq"], passive=True, robust=False)
+        for delay in subscription.retry.delays:
+            tier = await channel.declare_queue(
+                topology.retry_queue(name, delay_label(delay)), passive=True, robust=False
+            )
+            retry_total += tier.declaration_result.message_count or 0
+    metrics.queue_messages.labels(name, "main").set(main.declaration_result.message_count or 0)
+    metrics.queue_messages.labels(name, "dlq").set(dead.declaration_result.message_count or 0)
+    metrics.queue_messages.labels(name, "retry").set(retry_total)
+    metrics.queue_consumers.labels(name).set(main.declaration_result.consumer_count or 0)

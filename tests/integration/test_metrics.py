@@ -1,0 +1,79 @@
+"""GET /metrics: the counts follow what was sent and what happened to it."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumers import Event, PermanentError, RetryPolicy
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.waiting import eventually
+
+
+async def scrape(conveyor: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await conveyor.client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_what_was_sent_and_what_became_of_it(
+    start_conveyor: StartConveyor,
+) -> None:
+    async def handle(event: Event) -> None:
+        if event.type == "m.refused":
+            raise PermanentError("refused")
+        if event.type == "m.flaky" and event.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+    retry = RetryPolicy(in_process=1, delays=(0.2,))
+    conveyor = await start_conveyor((subscription("m", ("m.*",), handle, retry=retry),))
+    for index, event_type in enumerate(["m.ok", "m.ok", "m.ok", "m.refused", "m.flaky"]):
+        response = await conveyor.post({"type": event_type, "id": f"e-{index}", "source": "/m"})
+        assert response.status == 202
+    bad = await conveyor.client.post(
+        "/v1/events", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert bad.status == 400
+    for index in range(5):
+        await conveyor.status(f"/v1/events/e-{index}", wait="10s")
+
+    async def settled() -> bool:
+        samples = await scrape(conveyor)
+        return value(samples, "conveyor_deliveries_total", subscription="m", outcome="acked") == 4
+
+    await eventually(settled, what="four acked deliveries")
+
+    async def polled() -> bool:
+        samples = await scrape(conveyor)
+        return value(samples, "conveyor_queue_messages", subscription="m", queue="dlq") == 1
+
+    await eventually(polled, what="the DLQ depth to be polled")
+    samples = await scrape(conveyor)
+
+    assert value(samples, "conveyor_events_accepted_total") == 5
+    assert value(samples, "conveyor_events_rejected_total", reason="malformed-json") == 1
+    delivered = {
+        outcome: value(samples, "conveyor_deliveries_total", subscription="m", outcome=outcome)
+        for outcome in ("acked", "retry-scheduled", "dead-lettered", "returned")
+    }
+    assert delivered == {"acked": 4, "retry-scheduled": 1, "dead-lettered": 1, "returned": 0}
+    assert value(samples, "conveyor_retries_total", subscription="m", tier="200ms") == 1
+    assert value(samples, "conveyor_handler_seconds_count", subscription="m") == 6
+    assert value(samples, "conveyor_publish_confirm_seconds_count", outcome="ack") == 5
+    assert value(samples, "conveyor_publishes_in_flight") == 0
+    posts = {"route": "/v1/events", "method": "POST"}
+    assert value(samples, "conveyor_http_requests_total", **posts, status="202") == 5
+    assert value(samples, "conveyor_http_requests_total", **posts, status="400") == 1
+    assert value(samples, "conveyor_queue_messages", subscription="m", queue="main") == 0
+    assert value(samples, "conveyor_queue_consumers", subscription="m") == 1
+    assert value(samples, "conveyor_broker_connected") == 1
