@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,15 +31,29 @@ class CountingStore:
         await self.store.write(writes)
 
 
-@pytest.fixture
-async def book(store_url: str) -> AsyncIterator[tuple[StatusBook, CountingStore]]:
+@contextlib.asynccontextmanager
+async def open_book(
+    store_url: str, *, ttl: float = 60, dedup_window: float = 60
+) -> AsyncIterator[tuple[StatusBook, CountingStore]]:
+    """A status book over a real store, its writer counting the transactions it asks for."""
     store = await open_store(store_url)
     counting = CountingStore(store)
     writer = BatchWriter(counting)  # type: ignore[arg-type]  # only write() is used by the writer
     writer.start()
-    yield StatusBook(store, writer, ttl=60, dedup_window=60, subscriptions=()), counting
-    await writer.close()
-    await store.close()
+    try:
+        yield (
+            StatusBook(store, writer, ttl=ttl, dedup_window=dedup_window, subscriptions=()),
+            (counting),
+        )
+    finally:
+        await writer.close()
+        await store.close()
+
+
+@pytest.fixture
+async def book(store_url: str) -> AsyncIterator[tuple[StatusBook, CountingStore]]:
+    async with open_book(store_url) as opened:
+        yield opened
 
 
 def update(state: DeliveryState, attempts: int, event_id: str = "e-1") -> DeliveryUpdate:
@@ -99,19 +114,12 @@ async def test_notes_and_records_apply_in_order_in_few_transactions(
 
 
 async def test_expired_statuses_are_purged(store_url: str) -> None:
-    store = await open_store(store_url)
-    writer = BatchWriter(store)
-    writer.start()
-    ledger = StatusBook(store, writer, ttl=0.2, dedup_window=60, subscriptions=())
-    try:
+    async with open_book(store_url, ttl=0.2) as (ledger, counting):
         await ledger.record(update(DeliveryState.SUCCEEDED, 1, "old"))
         assert await ledger.lookup("old")
         await asyncio.sleep(0.3)
         assert await ledger.lookup("old") == []  # hidden at once
-        assert await store.purge_expired() >= 2  # and deleted by the purge
-    finally:
-        await writer.close()
-        await store.close()
+        assert await counting.store.purge_expired() >= 2  # and deleted by the purge
 
 
 async def test_an_sqlite_file_from_the_first_schema_is_migrated(tmp_path: Path) -> None:
@@ -160,18 +168,11 @@ async def test_processes_starting_together_on_postgresql_migrate_once(postgres_u
 
 
 async def test_a_success_counts_for_dedup_only_within_the_window(store_url: str) -> None:
-    store = await open_store(store_url)
-    writer = BatchWriter(store)
-    writer.start()
-    ledger = StatusBook(store, writer, ttl=60, dedup_window=0.3, subscriptions=())
-    try:
+    async with open_book(store_url, dedup_window=0.3) as (ledger, _):
         await ledger.record(update(DeliveryState.SUCCEEDED, 1, "w-1"))
         assert await ledger.succeeded_before("sub", "/s", "w-1")
         await asyncio.sleep(0.4)  # past the idempotency TTL the same id may be a new event
         assert not await ledger.succeeded_before("sub", "/s", "w-1")
-    finally:
-        await writer.close()
-        await store.close()
 
 
 async def test_a_replay_from_the_dlq_starts_the_status_over(
