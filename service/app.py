@@ -11,6 +11,7 @@ from aiohttp import web
 
 from consumers import Subscription
 from producers import AmqpPublisher
+from service.admin_api import add_admin_routes
 from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
@@ -23,6 +24,7 @@ from service.keys import (
     PUBLISHER,
     SETTINGS,
     STATUS_BOOK,
+    SUBSCRIPTIONS,
     Lifecycle,
 )
 from service.metrics import Metrics
@@ -59,6 +61,7 @@ def build_app(
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[SUBSCRIPTIONS] = tuple(subscriptions)
     app[LIFECYCLE] = Lifecycle()
     app[LINK] = BrokerLink(
         settings,
@@ -71,6 +74,8 @@ def build_app(
     )
     app.router.add_get("/livez", livez)
     app.router.add_get("/metrics", metrics_endpoint)
+    if settings.admin_tokens:
+        add_admin_routes(app)
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher

@@ -6,11 +6,15 @@ import hmac
 
 from aiohttp import web
 
-__all__ = ["UnauthorizedError", "authorize"]
+__all__ = ["ForbiddenError", "UnauthorizedError", "authorize", "authorize_admin"]
 
 
 class UnauthorizedError(Exception):
-    pass
+    """No credentials, or not in the expected form (401)."""
+
+
+class ForbiddenError(Exception):
+    """Credentials in the right form that grant nothing here (403)."""
 
 
 def authorize(request: web.Request, keys: frozenset[str]) -> None:
@@ -26,3 +30,21 @@ def authorize(request: web.Request, keys: frozenset[str]) -> None:
         raise UnauthorizedError(
             "send 'Authorization: Bearer <key>' with a key from CONVEYOR_API_KEYS"
         )
+
+
+def authorize_admin(request: web.Request, tokens: tuple[tuple[str, str], ...]) -> str:
+    """The name of the admin token presented (for the audit log); 401 without one, 403 if wrong."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise UnauthorizedError(
+            "send 'Authorization: Bearer <token>' with a token from CONVEYOR_ADMIN_TOKEN"
+        )
+    # Compare against every token in constant time so timing does not reveal which matched.
+    who = None
+    for name, token in tokens:
+        if hmac.compare_digest(presented.encode(), token.encode()):
+            who = name
+    if who is None:
+        raise ForbiddenError("this token is not an admin token (CONVEYOR_ADMIN_TOKEN)")
+    return who

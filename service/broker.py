@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import aio_pika
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from consumers import (
@@ -27,6 +27,7 @@ from consumers import (
 )
 from producers import (
     AmqpPublisher,
+    BrokerUnavailableError,
     Topology,
     declare_events_exchange,
     declare_results_exchange,
@@ -93,6 +94,19 @@ class BrokerLink:
         if self._publisher is not None and not self._publisher.usable:
             return LinkStatus(connected=False, problem="publishing channel not restored yet")
         return LinkStatus(connected=True, problem=None)
+
+    @contextlib.asynccontextmanager
+    async def channel(self) -> AsyncIterator[AbstractRobustChannel]:
+        """A short-lived channel for reading queue state (admin API); 503 when not connected."""
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            raise BrokerUnavailableError("the connection to RabbitMQ is down")
+        channel = await connection.channel()
+        try:
+            yield channel
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     def missing_subscriptions(self) -> list[str]:
         if not self._consume:

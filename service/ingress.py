@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
-from service.auth import UnauthorizedError, authorize
+from service.auth import ForbiddenError, UnauthorizedError, authorize
 from service.cloudevents_http import (
     BatchTooLargeError,
     MalformedJsonError,
@@ -77,14 +77,8 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case
             )
         case InvalidIdempotencyKeyError():
             return Problem(400, "invalid-idempotency-key", "Invalid Idempotency-Key", str(error))
-        case UnauthorizedError():
-            return Problem(
-                401,
-                "unauthorized",
-                "Unauthorized",
-                str(error),
-                headers={"WWW-Authenticate": 'Bearer realm="conveyor"'},
-            )
+        case ForbiddenError() | UnauthorizedError():
+            return _access_problem(error)
         case PublishError(reason=reason):
             return Problem(
                 503,
@@ -94,6 +88,18 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
     return None
+
+
+def _access_problem(error: ForbiddenError | UnauthorizedError) -> Problem:
+    if isinstance(error, ForbiddenError):
+        return Problem(403, "forbidden", "Forbidden", str(error))
+    return Problem(
+        401,
+        "unauthorized",
+        "Unauthorized",
+        str(error),
+        headers={"WWW-Authenticate": 'Bearer realm="conveyor"'},
+    )
 
 
 @web.middleware

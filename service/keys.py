@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from consumers import Subscription
 from producers import Publisher
 from service.broker import BrokerLink
 from service.idempotency import Deduplicator
@@ -21,6 +22,7 @@ __all__ = [
     "PUBLISHER",
     "SETTINGS",
     "STATUS_BOOK",
+    "SUBSCRIPTIONS",
     "Lifecycle",
 ]
 
@@ -39,3 +41,4 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
 METRICS = web.AppKey("metrics", Metrics)
+SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
@@ -16,7 +17,7 @@ from consumers import Subscription, delay_label
 from producers import BROKER_FAILURES, Topology
 from service.metrics import Metrics
 
-__all__ = ["poll_queue_stats"]
+__all__ = ["QueueStats", "poll_queue_stats", "read_queue_stats"]
 
 _log = structlog.get_logger(component="metrics")
 POLL_SECONDS = 10.0
@@ -47,29 +48,52 @@ async def poll_queue_stats(
         await asyncio.sleep(interval)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One subscription's queues as RabbitMQ counts them now (messages ready, consumers)."""
+
+    messages: int
+    consumers: int
+    retry_tiers: dict[str, int]  # delay label -> messages waiting in that tier
+    dead_letters: int
+
+
+async def read_queue_stats(
+    channel: AbstractRobustChannel, topology: Topology, subscription: Subscription
+) -> QueueStats:
+    """Passive declares of the subscription's queues; raises if one is missing."""
+    name = subscription.name
+    # robust=False: aio-pika's robust channel answers a repeated passive declare from its cache
+    # (with the first call's counts) and would re-declare the queue after a reconnect.
+    async with asyncio.timeout(5.0):
+        main = await channel.declare_queue(topology.queue(name), passive=True, robust=False)
+        dead = await channel.declare_queue(
+            topology.dead_letter_queue(name), passive=True, robust=False
+        )
+        tiers = {}
+        for delay in subscription.retry.delays:
+            label = delay_label(delay)
+            tier = await channel.declare_queue(
+                topology.retry_queue(name, label), passive=True, robust=False
+            )
+            tiers[label] = tier.declaration_result.message_count or 0
+    return QueueStats(
+        messages=main.declaration_result.message_count or 0,
+        consumers=main.declaration_result.consumer_count or 0,
+        retry_tiers=tiers,
+        dead_letters=dead.declaration_result.message_count or 0,
+    )
+
+
 async def _poll_one(
     channel: AbstractRobustChannel,
     topology: Topology,
     subscription: Subscription,
     metrics: Metrics,
 ) -> None:
+    stats = await read_queue_stats(channel, topology, subscription)
     name = subscription.name
-    queues = {
-        "main": topology.queue(name),
-        "dlq": topology.dead_letter_queue(name),
-    }
-    retry_total = 0
-    # robust=False: aio-pika's robust channel answers a repeated passive declare from its cache
-    # (with the first call's counts) and would re-declare the queue after a reconnect.
-    async with asyncio.timeout(5.0):
-        main = await channel.declare_queue(queues["main"], passive=True, robust=False)
-        dead = await channel.declare_queue(queues["dlq"], passive=True, robust=False)
-        for delay in subscription.retry.delays:
-            tier = await channel.declare_queue(
-                topology.retry_queue(name, delay_label(delay)), passive=True, robust=False
-            )
-            retry_total += tier.declaration_result.message_count or 0
-    metrics.queue_messages.labels(name, "main").set(main.declaration_result.message_count or 0)
-    metrics.queue_messages.labels(name, "dlq").set(dead.declaration_result.message_count or 0)
-    metrics.queue_messages.labels(name, "retry").set(retry_total)
-    metrics.queue_consumers.labels(name).set(main.declaration_result.consumer_count or 0)
+    metrics.queue_messages.labels(name, "main").set(stats.messages)
+    metrics.queue_messages.labels(name, "dlq").set(stats.dead_letters)
+    metrics.queue_messages.labels(name, "retry").set(sum(stats.retry_tiers.values()))
+    metrics.queue_consumers.labels(name).set(stats.consumers)

@@ -26,6 +26,8 @@ NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MIN_ADMIN_TOKEN_LENGTH = 16
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _E = TypeVar("_E", bound=enum.StrEnum)
 
 
@@ -80,6 +82,8 @@ class Settings:
     store_url: str = field(default="sqlite:///./var/conveyor.db", repr=False)
     idempotency_ttl: float = 24 * 3600.0
     status_ttl: float = 7 * 24 * 3600.0
+    # (name it is logged under, token) pairs; none: the admin API is off
+    admin_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -113,6 +117,9 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc("STORE_URL", "sqlite:///./var/conveyor.db", "sqlite:///path or postgresql://..."),
     SettingDoc("IDEMPOTENCY_TTL", "24h", "how long a repeated request or event id is recognised"),
     SettingDoc("STATUS_TTL", "7d", "how long GET /v1/events/{id} knows an event's status"),
+    SettingDoc(
+        "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
+    ),
 )
 
 
@@ -159,6 +166,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         store_url=reader.store_url("STORE_URL", _DEFAULTS.store_url),
         idempotency_ttl=reader.duration("IDEMPOTENCY_TTL", _DEFAULTS.idempotency_ttl),
         status_ttl=reader.duration("STATUS_TTL", _DEFAULTS.status_ttl),
+        admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),
     )
 
 
@@ -252,6 +260,22 @@ class _Reader:
         if raw not in LOG_LEVELS:
             raise SettingError(PREFIX + name, "one of " + ", ".join(LOG_LEVELS), raw)
         return raw
+
+    def admin_tokens(self, name: str) -> tuple[tuple[str, str], ...]:
+        raw = self._raw(name)
+        if raw is None:
+            return ()
+        tokens: list[tuple[str, str]] = []
+        for entry in (part.strip() for part in raw.split(",")):
+            who, _, token = entry.rpartition(":") if ":" in entry else ("admin", "", entry)
+            if not _TOKEN_NAME.fullmatch(who) or len(token) < MIN_ADMIN_TOKEN_LENGTH:
+                raise SettingError(
+                    PREFIX + name,
+                    f"a token of at least {MIN_ADMIN_TOKEN_LENGTH} characters, or "
+                    "comma-separated name:token pairs (names: letters, digits, . _ -)",
+                )
+            tokens.append((who, token))
+        return tuple(tokens)
 
     def keys(self, name: str) -> frozenset[str]:
         raw = self._raw(name)

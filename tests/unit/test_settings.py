@@ -80,6 +80,8 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         ("CONVEYOR_API_KEYS", ", ,"),
         ("CONVEYOR_STATUS_TTL", "a week"),
         ("CONVEYOR_STATUS_TTL", "0"),
+        ("CONVEYOR_ADMIN_TOKEN", "short"),
+        ("CONVEYOR_ADMIN_TOKEN", "bad name:0123456789abcdef"),
     ],
 )
 def test_a_bad_value_raises_naming_the_setting(name: str, value: str) -> None:
@@ -108,3 +110,13 @@ def test_durations(text: str, seconds: float) -> None:
 
 def test_redact_url_without_password_is_unchanged() -> None:
     assert redact_url("amqp://localhost/") == "amqp://localhost/"
+
+
+def test_admin_tokens_are_named_and_hidden() -> None:
+    named = load_settings({"CONVEYOR_ADMIN_TOKEN": "ops:0123456789abcdef, ci:fedcba9876543210"})
+    bare = load_settings({"CONVEYOR_ADMIN_TOKEN": "0123456789abcdef"})
+
+    assert named.admin_tokens == (("ops", "0123456789abcdef"), ("ci", "fedcba9876543210"))
+    assert bare.admin_tokens == (("admin", "0123456789abcdef"),)
+    assert "0123456789abcdef" not in repr(named)
+    assert load_settings({}).admin_tokens == ()

@@ -1,0 +1,96 @@
+"""/v1/admin: what an operator sees and does, behind CONVEYOR_ADMIN_TOKEN (off when unset).
+
+Every request is authenticated by `admin_operation`, which also writes the audit line: which
+token (by its name) did what.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiormq.exceptions
+import orjson
+import structlog
+from aiohttp import web
+
+from consumers import Subscription, delay_label
+from producers import Topology
+from service.auth import authorize_admin
+from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
+from service.queue_stats import read_queue_stats
+
+__all__ = ["add_admin_routes"]
+
+_log = structlog.get_logger(component="admin")
+ADMIN_PREFIX = "/v1/admin"
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get(f"{ADMIN_PREFIX}/subscriptions", list_subscriptions)
+
+
+def admin_operation(request: web.Request, operation: str, **details: Any) -> str:
+    """Authenticate the request (401/403) and log the operation under the token's name."""
+    who = authorize_admin(request, request.app[SETTINGS].admin_tokens)
+    _log.info("admin operation", admin=who, operation=operation, **details)
+    return who
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    admin_operation(request, "subscriptions.list")
+    topology = Topology(request.app[SETTINGS].namespace)
+    link = request.app[LINK]
+    listed = []
+    for subscription in request.app[SUBSCRIPTIONS]:
+        entry = _describe(subscription, topology)
+        # One channel per subscription: a queue missing on the broker closes its channel.
+        try:
+            async with link.channel() as channel:
+                stats = await read_queue_stats(channel, topology, subscription)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            entry["problem"] = "its queues are not declared on the broker (no process started it)"
+        else:
+            entry["queue"] |= {"messages": stats.messages, "consumers": stats.consumers}
+            for tier in entry["retry"]["tiers"]:
+                tier["messages"] = stats.retry_tiers.get(tier["delay"], 0)
+            entry["dead_letter"]["messages"] = stats.dead_letters
+        entry["handled_here"] = _handled_here(request, subscription.name)
+        listed.append(entry)
+    return web.Response(
+        body=orjson.dumps({"subscriptions": listed}), content_type="application/json"
+    )
+
+
+def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
+    name = subscription.name
+    return {
+        "name": name,
+        "events": list(subscription.events),
+        "handler": subscription.handler_path,
+        "prefetch": subscription.prefetch,
+        "concurrency": subscription.concurrency,
+        "timeout_seconds": subscription.timeout,
+        "deduplicate": subscription.deduplicate,
+        "queue": {"name": topology.queue(name)},
+        "retry": {
+            "in_process": subscription.retry.in_process,
+            "tiers": [
+                {
+                    "delay": delay_label(delay),
+                    "queue": topology.retry_queue(name, delay_label(delay)),
+                }
+                for delay in subscription.retry.delays
+            ],
+        },
+        "dead_letter": {"queue": topology.dead_letter_queue(name)},
+    }
+
+
+def _handled_here(request: web.Request, subscription: str) -> dict[str, int]:
+    """Deliveries this process settled for the subscription, by outcome, since it started."""
+    counted: dict[str, int] = {}
+    for family in request.app[METRICS].deliveries.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("subscription") == subscription:
+                counted[sample.labels["outcome"]] = int(sample.value)
+    return counted

@@ -1,0 +1,103 @@
+"""/v1/admin: tokens, and what the subscriptions listing shows."""
+
+from __future__ import annotations
+
+import pytest
+from structlog.testing import capture_logs
+
+from consumers import PermanentError, RetryPolicy
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.recorder import Recorder
+
+TOKEN = "ops-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def admin_get(conveyor: Running, path: str, headers: dict[str, str]) -> tuple[int, object]:
+    response = await conveyor.client.get(f"/v1/admin{path}", headers=headers)
+    return response.status, await response.json(content_type=None)
+
+
+async def test_the_admin_api_is_off_without_a_token(start_conveyor: StartConveyor) -> None:
+    conveyor = await start_conveyor()
+
+    status, _ = await admin_get(conveyor, "/subscriptions", ADMIN)
+
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "kind"),
+    [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Basic b3BzOnNlY3JldA=="}, 401, "unauthorized"),
+        ({"Authorization": "Bearer wrong-token-0123456789"}, 403, "forbidden"),
+    ],
+)
+async def test_admin_needs_its_own_token(
+    start_conveyor: StartConveyor, headers: dict[str, str], status: int, kind: str
+) -> None:
+    conveyor = await start_conveyor(
+        admin_tokens=(("ops", TOKEN),), api_keys=frozenset({"ingest-key"})
+    )
+    ingest_key = {"Authorization": "Bearer ingest-key"}
+
+    answered, body = await admin_get(conveyor, "/subscriptions", headers)
+    with_ingest_key, _ = await admin_get(conveyor, "/subscriptions", ingest_key)
+
+    assert answered == status
+    assert isinstance(body, dict)
+    assert body["type"] == f"urn:conveyor:problem:{kind}"
+    assert with_ingest_key == 403  # an ingest key is not an admin token
+
+
+async def test_subscriptions_show_their_queues_ladder_and_dead_letters(
+    start_conveyor: StartConveyor,
+) -> None:
+    async def refuse(_event: object) -> None:
+        raise PermanentError("no")
+
+    retry = RetryPolicy(in_process=2, delays=(1.0, 60.0))
+    conveyor = await start_conveyor(
+        (
+            subscription("orders", ("order.*",), Recorder(), retry=retry),
+            subscription("refunds", ("refund.#",), refuse),
+        ),
+        admin_tokens=(("ops", TOKEN),),
+    )
+    assert (
+        await conveyor.post({"type": "refund.asked", "id": "r-1", "source": "/s"})
+    ).status == 202
+    await conveyor.status("/v1/events/r-1", wait="10s")
+
+    with capture_logs() as logs:
+        status, body = await admin_get(conveyor, "/subscriptions", ADMIN)
+
+    assert status == 200
+    audit = [line for line in logs if line["event"] == "admin operation"]
+    assert audit == [
+        {
+            "event": "admin operation",
+            "admin": "ops",
+            "operation": "subscriptions.list",
+            "component": "admin",
+            "log_level": "info",
+        }
+    ]
+    assert TOKEN not in str(logs)
+    assert isinstance(body, dict)
+    orders, refunds = body["subscriptions"]
+    prefix = conveyor.settings.namespace
+    assert orders["name"] == "orders"
+    assert orders["events"] == ["order.*"]
+    assert orders["queue"] == {"name": f"{prefix}.orders", "messages": 0, "consumers": 1}
+    assert orders["retry"] == {
+        "in_process": 2,
+        "tiers": [
+            {"delay": "1s", "queue": f"{prefix}.orders.retry.1s", "messages": 0},
+            {"delay": "1m", "queue": f"{prefix}.orders.retry.1m", "messages": 0},
+        ],
+    }
+    assert orders["dead_letter"] == {"queue": f"{prefix}.orders.dlq", "messages": 0}
+    assert refunds["dead_letter"]["messages"] == 1
+    assert refunds["handled_here"] == {"dead-lettered": 1}
