@@ -1,4 +1,5 @@
-"""The `conveyor` command: `conveyor serve` runs the service with settings from the environment."""
+"""The `conveyor` command: `serve` runs the service with settings from the environment; the
+client commands (`status`, `subscriptions`) ask a running one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -15,12 +16,13 @@ from aiohttp import web
 
 from consumers import Subscription
 from service.app import build_app
+from service.cli_client import add_client_commands, run_client
 from service.keys import LIFECYCLE
 from service.logs import configure_logging
 from service.settings import PREFIX, SETTINGS_HELP, SettingError, Settings, load_settings
 from service.subscription_config import load_subscriptions
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 EXIT_BAD_SETTING = 2
 # aiohttp's own limits on the request head, named here so they are a decision, not a default.
@@ -28,7 +30,7 @@ MAX_REQUEST_HEADERS = 100
 MAX_HEADER_FIELD_BYTES = 8190
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     settings = "\n".join(
@@ -42,11 +44,14 @@ def _parser() -> argparse.ArgumentParser:
         + "\n\nA wrong value stops the process with exit code 2 and a line naming the setting.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_client_commands(commands, environ)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _parser().parse_args(argv)
+    arguments = build_parser(os.environ).parse_args(argv)
+    if arguments.command != "serve":
+        return asyncio.run(run_client(arguments))
     # Handler paths such as "examples.handlers:send_welcome" resolve from the working directory.
     working_directory = str(Path.cwd())
     if working_directory not in sys.path:

@@ -1,0 +1,72 @@
+"""`conveyor status` and `conveyor subscriptions` against a live conveyor."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+
+from consumers import PermanentError
+from service.cli import build_parser
+from service.cli_client import EXIT_ANSWERED_ERROR, EXIT_UNREACHABLE, run_client
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.recorder import Recorder
+
+TOKEN = "ops-token-0123456789"
+
+
+async def conveyor_cli(conveyor: Running | None, *argv: str) -> tuple[int, str]:
+    url = str(conveyor.client.make_url("/")) if conveyor else "http://127.0.0.1:9"
+    arguments = build_parser({"CONVEYOR_URL": url}).parse_args(list(argv))
+    out = io.StringIO()
+    code = await run_client(arguments, out)
+    return code, out.getvalue()
+
+
+async def test_status_prints_each_subscription_and_json_on_request(
+    start_conveyor: StartConveyor,
+) -> None:
+    async def refuse(_event: object) -> None:
+        raise PermanentError("card declined")
+
+    conveyor = await start_conveyor(
+        (subscription("audit", ("pay.*",), Recorder()), subscription("charge", ("pay.*",), refuse))
+    )
+    assert (await conveyor.post({"type": "pay.now", "id": "p/1", "source": "/pay"})).status == 202
+
+    code, text = await conveyor_cli(conveyor, "status", "p/1", "--wait", "10s")
+    json_code, json_text = await conveyor_cli(conveyor, "status", "p/1", "--json")
+
+    assert code == json_code == 0
+    lines = text.splitlines()
+    assert lines[0] == "p/1 (source /pay, type pay.now): dead-lettered"
+    assert lines[1].split()[:4] == ["audit", "succeeded", "attempts", "1"]
+    assert lines[2].split()[:4] == ["charge", "dead-lettered", "attempts", "1"]
+    assert lines[3].strip() == "last error: PermanentError: card declined"
+    assert orjson.loads(json_text)["subscriptions"]["charge"]["state"] == "dead-lettered"
+
+
+async def test_errors_and_an_unreachable_service_have_their_own_exit_codes(
+    start_conveyor: StartConveyor,
+) -> None:
+    conveyor = await start_conveyor(admin_tokens=(("ops", TOKEN),))
+
+    unknown, _ = await conveyor_cli(conveyor, "status", "nope")
+    denied, _ = await conveyor_cli(conveyor, "subscriptions", "--token", "wrong-token-012345")
+    unreachable, _ = await conveyor_cli(None, "status", "x")
+
+    assert unknown == denied == EXIT_ANSWERED_ERROR
+    assert unreachable == EXIT_UNREACHABLE
+
+
+async def test_subscriptions_prints_a_table_of_queue_counts(start_conveyor: StartConveyor) -> None:
+    conveyor = await start_conveyor(
+        (subscription("orders", ("order.*",), Recorder()),), admin_tokens=(("ops", TOKEN),)
+    )
+
+    code, text = await conveyor_cli(conveyor, "subscriptions", "--token", TOKEN)
+
+    assert code == 0
+    header, row = text.splitlines()
+    assert header.split() == ["NAME", "EVENTS", "READY", "CONSUMERS", "RETRYING", "DEAD", "HANDLER"]
+    assert row.split() == ["orders", "order.*", "0", "1", "0", "0", "tests:orders"]
