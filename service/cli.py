@@ -10,19 +10,24 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
+import aiormq.exceptions
+import orjson
 import structlog
 from aiohttp import web
 
 from consumers import Subscription
+from producers import Topology
 from service.app import build_app
-from service.cli_client import add_client_commands, run_client
+from service.cli_client import EXIT_UNREACHABLE, add_client_commands, run_client
 from service.keys import LIFECYCLE
 from service.logs import configure_logging
 from service.settings import PREFIX, SETTINGS_HELP, SettingError, Settings, load_settings
 from service.subscription_config import load_subscriptions
+from service.topology_plan import apply_topology, plan_topology, render_topology
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "topology_command"]
 
 EXIT_BAD_SETTING = 2
 # aiohttp's own limits on the request head, named here so they are a decision, not a default.
@@ -44,13 +49,21 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         + "\n\nA wrong value stops the process with exit code 2 and a line naming the setting.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    topology = commands.add_parser(
+        "topology",
+        help="print the exchanges, queues and bindings conveyor declares",
+        description="Print what conveyor declares for CONVEYOR_NAMESPACE and CONVEYOR_CONFIG "
+        "(the same settings as serve); --apply declares it on CONVEYOR_AMQP_URL.",
+    )
+    topology.add_argument("--apply", action="store_true", help="declare it on the broker")
+    topology.add_argument("--json", action="store_true", help="print JSON")
     add_client_commands(commands, environ)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser(os.environ).parse_args(argv)
-    if arguments.command != "serve":
+    if arguments.command not in ("serve", "topology"):
         return asyncio.run(run_client(arguments))
     # Handler paths such as "examples.handlers:send_welcome" resolve from the working directory.
     working_directory = str(Path.cwd())
@@ -62,8 +75,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingError as error:
         print(f"conveyor: {error}", file=sys.stderr)  # noqa: T201 - the one line before logging exists
         return EXIT_BAD_SETTING
+    if arguments.command == "topology":
+        return asyncio.run(topology_command(settings, subscriptions, arguments))
     configure_logging(settings)
     return asyncio.run(serve(settings, subscriptions))
+
+
+async def topology_command(
+    settings: Settings,
+    subscriptions: Sequence[Subscription],
+    arguments: argparse.Namespace,
+    out: TextIO = sys.stdout,
+) -> int:
+    topology = Topology(settings.namespace)
+    entities = await plan_topology(topology, subscriptions)
+    if arguments.json:
+        out.write(orjson.dumps(entities, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        out.write(render_topology(entities))
+    if arguments.apply:
+        try:
+            await apply_topology(settings.amqp_url, topology, subscriptions)
+        except (OSError, aiormq.exceptions.AMQPError) as error:
+            problem = f"conveyor: could not declare on {settings.amqp_url_redacted}: {error}"
+            print(problem, file=sys.stderr)  # noqa: T201 - a CLI reports on stderr
+            return EXIT_UNREACHABLE
+        out.write(f"declared on {settings.amqp_url_redacted}\n")
+    return 0
 
 
 async def serve(settings: Settings, subscriptions: Sequence[Subscription]) -> int:

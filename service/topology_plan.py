@@ -1,0 +1,113 @@
+"""`conveyor topology`: what conveyor declares on RabbitMQ, printed, or declared with --apply.
+
+The printout runs the very functions the service declares with, against a channel that only
+records, so what is printed is what would be declared, argument for argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from consumers import Subscription, declare_subscription_queue
+from producers import Topology, declare_events_exchange, declare_results_exchange
+
+__all__ = ["apply_topology", "plan_topology", "render_topology"]
+
+
+class _Named:
+    def __init__(self, recorder: _RecordingChannel, name: str) -> None:
+        self._recorder = recorder
+        self.name = name
+
+    async def bind(self, exchange: Any, routing_key: str | None = None) -> None:
+        source = exchange if isinstance(exchange, str) else exchange.name
+        self._recorder.record(
+            {"kind": "binding", "exchange": source, "queue": self.name, "routing_key": routing_key}
+        )
+
+
+class _RecordingChannel:
+    """Stands in for a channel: remembers each declaration instead of sending it."""
+
+    def __init__(self) -> None:
+        self.entities: list[dict[str, Any]] = []
+
+    async def declare_exchange(
+        self,
+        name: str,
+        type: aio_pika.ExchangeType,  # noqa: A002 - aio-pika's parameter name
+        *,
+        durable: bool,
+        arguments: dict[str, Any] | None = None,
+    ) -> _Named:
+        self.record(
+            {
+                "kind": "exchange",
+                "name": name,
+                "type": type.value,
+                "durable": durable,
+                "arguments": dict(arguments or {}),
+            }
+        )
+        return _Named(self, name)
+
+    async def declare_queue(
+        self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None
+    ) -> _Named:
+        self.record(
+            {"kind": "queue", "name": name, "durable": durable, "arguments": dict(arguments or {})}
+        )
+        return _Named(self, name)
+
+    def record(self, entity: dict[str, Any]) -> None:
+        # Every subscription declares the shared dead-letter exchange again; list it once.
+        if entity not in self.entities:
+            self.entities.append(entity)
+
+
+async def _declare(
+    channel: AbstractChannel, topology: Topology, subscriptions: Sequence[Subscription]
+) -> None:
+    await declare_events_exchange(channel, topology)
+    await declare_results_exchange(channel, topology)
+    for subscription in subscriptions:
+        await declare_subscription_queue(channel, topology, subscription)
+
+
+async def plan_topology(
+    topology: Topology, subscriptions: Sequence[Subscription]
+) -> list[dict[str, Any]]:
+    """Every exchange, queue and binding conveyor declares, in declaration order."""
+    recorder = _RecordingChannel()
+    # The recorder has the methods the declaration functions call, and no others.
+    await _declare(cast("AbstractChannel", recorder), topology, subscriptions)
+    return recorder.entities
+
+
+async def apply_topology(
+    amqp_url: str, topology: Topology, subscriptions: Sequence[Subscription]
+) -> None:
+    """Declare it all on the broker (idempotent), as a starting conveyor would."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        await _declare(await connection.channel(), topology, subscriptions)
+
+
+def render_topology(entities: Sequence[dict[str, Any]]) -> str:
+    """One line per entity, for people."""
+    lines = []
+    for entity in entities:
+        arguments = " ".join(f"{k}={v}" for k, v in entity.get("arguments", {}).items())
+        match entity["kind"]:
+            case "exchange":
+                line = f"exchange {entity['name']} ({entity['type']}) {arguments}"
+            case "queue":
+                line = f"queue    {entity['name']} {arguments}"
+            case _:
+                key = f" [{entity['routing_key']}]" if entity["routing_key"] is not None else ""
+                line = f"binding  {entity['exchange']} -> {entity['queue']}{key}"
+        lines.append(line.rstrip())
+    return "\n".join(lines) + "\n"
