@@ -1,23 +1,29 @@
-"""`conveyor status` and `conveyor subscriptions`: asking a running conveyor over HTTP.
+"""`conveyor status`, `subscriptions` and `publish`: talking to a running conveyor.
 
 Human output by default, `--json` for scripts. Exit codes: 0 done, 1 the service answered with
-an error (the problem's detail is printed), 2 a usage error, 3 the service could not be reached.
+an error (the problem's detail is printed), 2 a usage error (or an invalid event), 3 the service
+(or the broker, for `publish --amqp`) could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
+from producers import EventClient, PublishError, event_from_json
+
 __all__ = ["EXIT_ANSWERED_ERROR", "EXIT_UNREACHABLE", "add_client_commands", "run_client"]
 
 EXIT_ANSWERED_ERROR = 1
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 DEFAULT_URL = "http://localhost:8080"
 _TIMEOUT_SLACK_SECONDS = 10.0
@@ -46,9 +52,33 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     commands.add_parser(
         "subscriptions", parents=[common], help="subscriptions with their queue counts (admin)"
     )
+    publish = commands.add_parser(
+        "publish",
+        parents=[common],
+        help="send an event over HTTP (default) or straight to RabbitMQ (--amqp)",
+        description="Send an event built from arguments, or the CloudEvent(s) in --file "
+        "(one structured event or a batch array).",
+    )
+    publish.add_argument("type", nargs="?", help="the event type (unless --file)")
+    publish.add_argument("--data", help="the data, as JSON")
+    publish.add_argument("--source", default="/conveyor-cli")
+    publish.add_argument("--id", help="the event id (default: a new UUID)")
+    publish.add_argument("--subject")
+    publish.add_argument("--file", type=Path, help="a structured CloudEvent or a batch, as JSON")
+    publish.add_argument(
+        "--amqp",
+        action="store_true",
+        help="publish to RabbitMQ directly ($CONVEYOR_AMQP_URL, $CONVEYOR_NAMESPACE)",
+    )
+    publish.set_defaults(
+        amqp_url=environ.get("CONVEYOR_AMQP_URL", "amqp://guest:guest@localhost:5672/"),
+        namespace=environ.get("CONVEYOR_NAMESPACE", "conveyor"),
+    )
 
 
 async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if arguments.command == "publish":
+        return await publish_command(arguments, out)
     if arguments.command == "status":
         path = f"/v1/events/{quote(arguments.event_id, safe='')}"
         query = {k: v for k, v in (("source", arguments.source), ("wait", arguments.wait)) if v}
@@ -114,3 +144,70 @@ def _print_subscriptions(document: dict[str, Any], out: TextIO) -> None:
     for row in rows:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
         out.write("\n")
+
+
+async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
+    try:
+        documents, batch = _documents(arguments)
+        events = [event_from_json(document) for document in documents]
+    except (OSError, ValueError) as error:  # InvalidEventError is a ValueError
+        print(f"conveyor: {error}", file=sys.stderr)  # noqa: T201 - a CLI reports on stderr
+        return EXIT_USAGE
+    if arguments.amqp:
+        try:
+            async with EventClient(arguments.amqp_url, namespace=arguments.namespace) as client:
+                for event in events:
+                    await client.publish(event)
+        except (OSError, PublishError) as error:
+            print(f"conveyor: not published: {error}", file=sys.stderr)  # noqa: T201 - a CLI
+            return EXIT_UNREACHABLE
+        out.write("".join(f"{event.id}\n" for event in events))
+        return 0
+    content_type = "application/cloudevents-batch+json" if batch else "application/cloudevents+json"
+    body = orjson.dumps(documents if batch else documents[0])
+    return await _post(arguments, body, content_type, out)
+
+
+def _documents(arguments: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
+    if arguments.file is not None:
+        loaded = orjson.loads(arguments.file.read_bytes())
+        if isinstance(loaded, list):
+            return loaded, True
+        return [loaded], False
+    if not arguments.type:
+        raise ValueError("give an event type, or --file")
+    document: dict[str, Any] = {
+        "specversion": "1.0",
+        "type": arguments.type,
+        "source": arguments.source,
+        "id": arguments.id or str(uuid.uuid4()),
+    }
+    if arguments.subject:
+        document["subject"] = arguments.subject
+    if arguments.data is not None:
+        document["data"] = orjson.loads(arguments.data)
+        document["datacontenttype"] = "application/json"
+    return [document], False
+
+
+async def _post(arguments: argparse.Namespace, body: bytes, content_type: str, out: TextIO) -> int:
+    headers = {"Content-Type": content_type}
+    if arguments.token:
+        headers["Authorization"] = f"Bearer {arguments.token}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+            session.post(
+                arguments.url.rstrip("/") + "/v1/events", data=body, headers=headers
+            ) as reply,
+        ):
+            status, answer = reply.status, orjson.loads(await reply.read() or b"{}")
+    except (aiohttp.ClientError, TimeoutError) as error:
+        print(f"conveyor: cannot reach {arguments.url}: {error}", file=sys.stderr)  # noqa: T201 - a CLI
+        return EXIT_UNREACHABLE
+    if arguments.json or status != 202:  # noqa: PLR2004 - accepted
+        out.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        entries = answer.get("results", [answer])
+        out.write("".join(f"{entry['id']} {entry['location']}\n" for entry in entries))
+    return 0 if status == 202 else EXIT_ANSWERED_ERROR  # noqa: PLR2004 - accepted

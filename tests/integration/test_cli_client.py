@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import orjson
 
 from consumers import PermanentError
 from service.cli import build_parser
-from service.cli_client import EXIT_ANSWERED_ERROR, EXIT_UNREACHABLE, run_client
+from service.cli_client import EXIT_ANSWERED_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, run_client
 from tests.conftest import Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 
@@ -17,7 +18,13 @@ TOKEN = "ops-token-0123456789"
 
 async def conveyor_cli(conveyor: Running | None, *argv: str) -> tuple[int, str]:
     url = str(conveyor.client.make_url("/")) if conveyor else "http://127.0.0.1:9"
-    arguments = build_parser({"CONVEYOR_URL": url}).parse_args(list(argv))
+    environ = {"CONVEYOR_URL": url}
+    if conveyor is not None:
+        environ |= {
+            "CONVEYOR_AMQP_URL": conveyor.settings.amqp_url,
+            "CONVEYOR_NAMESPACE": conveyor.settings.namespace,
+        }
+    arguments = build_parser(environ).parse_args(list(argv))
     out = io.StringIO()
     code = await run_client(arguments, out)
     return code, out.getvalue()
@@ -70,3 +77,54 @@ async def test_subscriptions_prints_a_table_of_queue_counts(start_conveyor: Star
     header, row = text.splitlines()
     assert header.split() == ["NAME", "EVENTS", "READY", "CONSUMERS", "RETRYING", "DEAD", "HANDLER"]
     assert row.split() == ["orders", "order.*", "0", "1", "0", "0", "tests:orders"]
+
+
+async def test_publish_over_http_and_amqp_reaches_the_handler(
+    start_conveyor: StartConveyor, tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    conveyor = await start_conveyor((subscription("inbox", ("cli.*",), recorder),))
+    batch = tmp_path / "batch.json"
+    batch.write_bytes(
+        orjson.dumps(
+            [
+                {"specversion": "1.0", "type": "cli.batch", "id": "b-1", "source": "/f"},
+                {"specversion": "1.0", "type": "cli.batch", "id": "b-2", "source": "/f"},
+            ]
+        )
+    )
+
+    one, one_text = await conveyor_cli(
+        conveyor, "publish", "cli.one", "--id", "h-1", "--data", '{"n": 1}', "--subject", "s-1"
+    )
+    many, many_text = await conveyor_cli(conveyor, "publish", "--file", str(batch))
+    amqp, amqp_text = await conveyor_cli(
+        conveyor,
+        "publish",
+        "cli.direct",
+        "--id",
+        "a-1",
+        "--amqp",
+        *("--data", '"hello"'),
+    )
+
+    assert (one, many, amqp) == (0, 0, 0)
+    assert one_text == "h-1 /v1/events/h-1\n"
+    assert many_text.split() == ["b-1", "/v1/events/b-1", "b-2", "/v1/events/b-2"]
+    assert amqp_text == "a-1\n"
+    events = {event.id: event for event in await recorder.wait_for(4)}
+    assert events["h-1"].data == {"n": 1}
+    assert events["h-1"].subject == "s-1"
+    assert events["h-1"].source == "/conveyor-cli"
+    assert events["a-1"].data == "hello"
+    assert sorted(events) == ["a-1", "b-1", "b-2", "h-1"]
+
+
+async def test_publish_refuses_a_bad_event_before_sending(start_conveyor: StartConveyor) -> None:
+    conveyor = await start_conveyor()
+
+    not_json, _ = await conveyor_cli(conveyor, "publish", "cli.x", "--data", "{oops")
+    no_type, _ = await conveyor_cli(conveyor, "publish")
+    no_file, _ = await conveyor_cli(conveyor, "publish", "--file", "/nonexistent.json")
+
+    assert not_json == no_type == no_file == EXIT_USAGE
