@@ -21,6 +21,7 @@ __all__ = [
     "Headers",
     "failure_headers",
     "read_int",
+    "replay_headers",
     "without_conveyor_headers",
 ]
 
@@ -107,3 +108,34 @@ def failure_headers(
 def without_conveyor_headers(headers: Mapping[str, Any]) -> Headers:
     """The headers minus conveyor's own, for a message that did not come from our ladder."""
     return {k: v for k, v in headers.items() if not k.lower().startswith(CONVEYOR_PREFIX)}
+
+
+# RabbitMQ's own records of where a message died; a replayed message starts a new life.
+_BROKER_DEATH_HEADERS = frozenset(
+    (
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    )
+)
+
+
+def replay_headers(headers: Mapping[str, Any]) -> Headers:
+    """Headers for an event sent back from a dead-letter queue.
+
+    Attempts, retries and the failure go (the handler gets a fresh set of attempts); the replay
+    count goes up, so its status starts over and a late write from before cannot undo it.
+    """
+    replays = read_int(headers, REPLAYS)
+    kept = {
+        name: value
+        for name, value in without_conveyor_headers(headers).items()
+        if name.lower() not in _BROKER_DEATH_HEADERS
+    }
+    kept[REPLAYS] = replays + 1
+    return kept

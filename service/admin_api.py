@@ -19,7 +19,7 @@ from service.auth import authorize_admin
 from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
 from service.queue_stats import read_queue_stats
 
-__all__ = ["add_admin_routes"]
+__all__ = ["ADMIN_PREFIX", "add_admin_routes", "admin_operation"]
 
 _log = structlog.get_logger(component="admin")
 ADMIN_PREFIX = "/v1/admin"
@@ -32,7 +32,7 @@ def add_admin_routes(app: web.Application) -> None:
 def admin_operation(request: web.Request, operation: str, **details: Any) -> str:
     """Authenticate the request (401/403) and log the operation under the token's name."""
     who = authorize_admin(request, request.app[SETTINGS].admin_tokens)
-    _log.info("admin operation", admin=who, operation=operation, **details)
+    _log.info("admin operation", admin=who, operation=operation, path=request.path, **details)
     return who
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from consumers import Subscription
 from producers import AmqpPublisher
 from service.admin_api import add_admin_routes
+from service.admin_dead_letters import add_dead_letter_routes
 from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
@@ -76,6 +77,7 @@ def build_app(
     app.router.add_get("/metrics", metrics_endpoint)
     if settings.admin_tokens:
         add_admin_routes(app)
+        add_dead_letter_routes(app)
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher

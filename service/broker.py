@@ -96,12 +96,14 @@ class BrokerLink:
         return LinkStatus(connected=True, problem=None)
 
     @contextlib.asynccontextmanager
-    async def channel(self) -> AsyncIterator[AbstractRobustChannel]:
-        """A short-lived channel for reading queue state (admin API); 503 when not connected."""
+    async def channel(
+        self, *, publisher_confirms: bool = False
+    ) -> AsyncIterator[AbstractRobustChannel]:
+        """A short-lived channel for the admin API; 503 when not connected."""
         connection = self._connection
         if connection is None or connection.is_closed or not connection.connected.is_set():
             raise BrokerUnavailableError("the connection to RabbitMQ is down")
-        channel = await connection.channel()
+        channel = await connection.channel(publisher_confirms=publisher_confirms)
         try:
             yield channel
         finally:

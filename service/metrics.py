@@ -88,6 +88,18 @@ class Metrics:
             ("subscription",),
             registry=registry,
         )
+        self.dead_letters_replayed = Counter(
+            "conveyor_dead_letters_replayed",
+            "Dead letters sent back for another round, by queue",
+            ("queue",),
+            registry=registry,
+        )
+        self.dead_letters_discarded = Counter(
+            "conveyor_dead_letters_discarded",
+            "Dead letters removed on an operator's explicit request, by queue",
+            ("queue",),
+            registry=registry,
+        )
         self.broker_connected = Gauge(
             "conveyor_broker_connected",
             "1 while the broker connection and channels are up",

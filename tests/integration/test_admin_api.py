@@ -80,6 +80,7 @@ async def test_subscriptions_show_their_queues_ladder_and_dead_letters(
             "event": "admin operation",
             "admin": "ops",
             "operation": "subscriptions.list",
+            "path": "/v1/admin/subscriptions",
             "component": "admin",
             "log_level": "info",
         }

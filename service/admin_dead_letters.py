@@ -1,0 +1,247 @@
+"""/v1/admin/.../dead-letters: list, show, replay and discard a subscription's dead letters.
+
+The same four operations work on `/v1/admin/unrouted` (events no subscription took): a replay
+publishes them to the events exchange again, for subscriptions added since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import decimal
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from consumers import MessageMover
+from producers import Topology, parse_time
+from service.admin_api import ADMIN_PREFIX, admin_operation
+from service.dead_letters import Action, DeadLetter, ReplayTarget, Selection, pass_over
+from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
+from service.problems import Problem, problem_response
+
+__all__ = ["add_dead_letter_routes"]
+
+MAX_PAGE = 500
+MAX_IDS = 1000
+DEFAULT_RATE = 100.0
+MAX_RATE = 1000.0
+_FILTERS = ("type", "error_class", "reason", "since", "until")
+_LOCKS = web.AppKey("dead_letter_locks", dict[str, asyncio.Lock])
+
+
+class _BadRequestError(ValueError):
+    pass
+
+
+def add_dead_letter_routes(app: web.Application) -> None:
+    app[_LOCKS] = {}
+    for base in (f"{ADMIN_PREFIX}/subscriptions/{{name}}/dead-letters", f"{ADMIN_PREFIX}/unrouted"):
+        app.router.add_get(base, list_dead_letters)
+        app.router.add_get(base + "/{entry_id}", show_dead_letter)
+        app.router.add_post(base + "/replay", replay_dead_letters)
+        app.router.add_post(base + "/discard", discard_dead_letters)
+
+
+class _Target:
+    """The queue a request is about, and where its replays go."""
+
+    def __init__(self, request: web.Request) -> None:
+        topology = Topology(request.app[SETTINGS].namespace)
+        name = request.match_info.get("name")
+        if name is None:
+            self.label = "unrouted"
+            self.queue = topology.unrouted
+            # The alternate exchange kept the original routing key: the event type.
+            self.replay = ReplayTarget(topology.events_exchange, lambda m: m.routing_key or "")
+            return
+        if name not in {s.name for s in request.app[SUBSCRIPTIONS]}:
+            raise web.HTTPNotFound(text=f"no subscription named {name!r} in this process")
+        self.label = name
+        self.queue = topology.dead_letter_queue(name)
+        main = topology.queue(name)
+        # The default exchange puts it straight into the subscription's queue, counted afresh.
+        self.replay = ReplayTarget("", lambda _message: main)
+
+
+async def _pass(
+    request: web.Request,
+    target: _Target,
+    decide: Callable[[DeadLetter], Action],
+    rate: float | None = None,
+) -> Any:
+    link = request.app[LINK]
+    timeout = request.app[SETTINGS].publish_timeout
+    # One pass per queue at a time in this process: two would each see part of the queue.
+    lock = request.app[_LOCKS].setdefault(target.queue, asyncio.Lock())
+    async with (
+        lock,
+        link.channel() as channel,
+        link.channel(publisher_confirms=True) as confirming,
+    ):
+        mover = MessageMover(confirming, timeout=timeout)
+        return await pass_over(
+            channel, mover, target.queue, decide, replay_to=target.replay, rate=rate
+        )
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    admin_operation(request, "dead-letters.list")
+    target = _Target(request)
+    try:
+        selection = _selection(dict(request.query))
+        offset = _bounded_int(request.query.get("offset", "0"), "offset", 0, 10**9)
+        limit = _bounded_int(request.query.get("limit", "100"), "limit", 1, MAX_PAGE)
+    except _BadRequestError as error:
+        return _bad_request(str(error))
+    result = await _pass(request, target, lambda _letter: Action.KEEP)
+    matching = [letter for letter in result.seen if selection.matches(letter)]
+    return _json(
+        {
+            "queue": target.queue,
+            "messages": len(result.seen),
+            "truncated": result.truncated,
+            "matching": len(matching),
+            "entries": [letter.summary() for letter in matching[offset : offset + limit]],
+        }
+    )
+
+
+async def show_dead_letter(request: web.Request) -> web.Response:
+    entry_id = request.match_info["entry_id"]
+    admin_operation(request, "dead-letters.show", entry=entry_id)
+    target = _Target(request)
+    result = await _pass(request, target, lambda _letter: Action.KEEP)
+    found = next((letter for letter in result.seen if letter.entry_id == entry_id), None)
+    if found is None:
+        return problem_response(
+            Problem(404, "dead-letter-not-found", "Not found", "no such entry in this queue now")
+        )
+    return _json(_detail(found))
+
+
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    return await _act(request, Action.REPLAY)
+
+
+async def discard_dead_letters(request: web.Request) -> web.Response:
+    return await _act(request, Action.DISCARD)
+
+
+async def _act(request: web.Request, action: Action) -> web.Response:
+    try:
+        document = orjson.loads(await request.read() or b"{}")
+        selection, rate = _operation(document, action)
+    except (orjson.JSONDecodeError, _BadRequestError) as error:
+        admin_operation(request, f"dead-letters.{action.value}", refused=str(error))
+        return _bad_request(str(error))
+    admin_operation(request, f"dead-letters.{action.value}", selection=str(selection))
+    target = _Target(request)
+    result = await _pass(
+        request, target, lambda letter: action if selection.matches(letter) else Action.KEEP, rate
+    )
+    metrics = request.app[METRICS]
+    metrics.dead_letters_replayed.labels(target.label).inc(result.replayed)
+    metrics.dead_letters_discarded.labels(target.label).inc(result.discarded)
+    return _json(
+        {
+            "queue": target.queue,
+            "replayed": result.replayed,
+            "discarded": result.discarded,
+            "kept": len(result.seen),
+            "truncated": result.truncated,
+        }
+    )
+
+
+def _operation(document: Any, action: Action) -> tuple[Selection, float | None]:
+    """The selection of a replay or discard: exactly one of `ids`, `filter` or `all: true`."""
+    if not isinstance(document, dict):
+        raise _BadRequestError("the body must be a JSON object")
+    given = [key for key in ("ids", "filter", "all") if key in document]
+    if len(given) != 1:
+        raise _BadRequestError("say which entries: exactly one of 'ids', 'filter' or 'all': true")
+    rate = None
+    if action is Action.REPLAY:
+        raw_rate = document.get("rate", DEFAULT_RATE)
+        if not isinstance(raw_rate, int | float) or not 0 < raw_rate <= MAX_RATE:
+            raise _BadRequestError(
+                f"rate must be a number of messages per second up to {MAX_RATE:g}"
+            )
+        rate = float(raw_rate)
+    match given[0]:
+        case "ids":
+            ids = document["ids"]
+            if not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS:
+                raise _BadRequestError(f"ids must be a list of 1 to {MAX_IDS} entry ids")
+            return Selection(ids=frozenset(str(entry) for entry in ids)), rate
+        case "filter":
+            if not isinstance(document["filter"], dict) or not document["filter"]:
+                raise _BadRequestError(f"filter must be an object with some of {list(_FILTERS)}")
+            return _selection(document["filter"]), rate
+    if document["all"] is not True:
+        raise _BadRequestError("'all' must be true")
+    return Selection(), rate
+
+
+def _selection(values: dict[str, Any]) -> Selection:
+    unknown = sorted(set(values) - set(_FILTERS) - {"offset", "limit"})
+    if unknown:
+        raise _BadRequestError(f"unknown filters {unknown}; known: {list(_FILTERS)}")
+    try:
+        since = parse_time(values["since"]) if "since" in values else None
+        until = parse_time(values["until"]) if "until" in values else None
+    except ValueError:
+        raise _BadRequestError("since and until are RFC 3339 times") from None
+    return Selection(
+        event_type=values.get("type"),
+        error_class=values.get("error_class"),
+        reason=values.get("reason"),
+        since=since,
+        until=until,
+    )
+
+
+def _bounded_int(text: str, name: str, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise _BadRequestError(f"{name} must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _detail(letter: DeadLetter) -> dict[str, Any]:
+    detail = letter.summary()
+    try:
+        detail["data"] = letter.body.decode()
+        detail["data_base64"] = False
+    except UnicodeDecodeError:
+        detail["data"] = base64.b64encode(letter.body).decode()
+        detail["data_base64"] = True
+    detail["content_type"] = letter.content_type
+    detail["headers"] = _json_safe(letter.headers)
+    return detail
+
+
+def _json_safe(value: Any) -> Any:
+    """Header values as JSON: bytes as text where they decode, times as RFC 3339."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return value
+
+
+def _bad_request(detail: str) -> web.Response:
+    return problem_response(Problem(400, "invalid-admin-request", "Invalid request", detail))
+
+
+def _json(document: dict[str, Any]) -> web.Response:
+    return web.Response(body=orjson.dumps(document), content_type="application/json")
