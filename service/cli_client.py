@@ -1,4 +1,4 @@
-"""`conveyor status`, `subscriptions` and `publish`: talking to a running conveyor.
+"""`conveyor status`, `subscriptions`, `dlq` and `publish`: talking to a running conveyor.
 
 Human output by default, `--json` for scripts. Exit codes: 0 done, 1 the service answered with
 an error (the problem's detail is printed), 2 a usage error (or an invalid event), 3 the service
@@ -26,7 +26,6 @@ EXIT_ANSWERED_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 DEFAULT_URL = "http://localhost:8080"
-_TIMEOUT_SLACK_SECONDS = 10.0
 
 
 def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
@@ -52,6 +51,19 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     commands.add_parser(
         "subscriptions", parents=[common], help="subscriptions with their queue counts (admin)"
     )
+    dlq = commands.add_parser(
+        "dlq", parents=[common], help="dead letters of a subscription, or 'unrouted' (admin)"
+    )
+    dlq.add_argument("action", choices=("ls", "show", "replay", "discard"))
+    dlq.add_argument("queue", help="a subscription name, or 'unrouted'")
+    dlq.add_argument("entry", nargs="*", help="entry ids (show: one; replay/discard: these)")
+    dlq.add_argument("--type", help="only events of this type")
+    dlq.add_argument("--error-class", help="only failures of this class")
+    dlq.add_argument("--reason", help="only this reason (permanent-error, retries-exhausted...)")
+    dlq.add_argument("--since", help="only failures at or after this RFC 3339 time")
+    dlq.add_argument("--until", help="only failures before this RFC 3339 time")
+    dlq.add_argument("--all", action="store_true", help="replay/discard: every entry")
+    dlq.add_argument("--rate", type=float, help="replay: at most this many per second")
     publish = commands.add_parser(
         "publish",
         parents=[common],
@@ -79,33 +91,13 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
 async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if arguments.command == "publish":
         return await publish_command(arguments, out)
+    if arguments.command == "dlq":
+        return await dlq_command(arguments, out)
     if arguments.command == "status":
         path = f"/v1/events/{quote(arguments.event_id, safe='')}"
         query = {k: v for k, v in (("source", arguments.source), ("wait", arguments.wait)) if v}
-        render = _print_status
-    else:
-        path, query, render = "/v1/admin/subscriptions", {}, _print_subscriptions
-    headers = {"Authorization": f"Bearer {arguments.token}"} if arguments.token else {}
-    timeout = aiohttp.ClientTimeout(total=60 + _TIMEOUT_SLACK_SECONDS)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(arguments.url.rstrip("/") + path, params=query, headers=headers) as reply,
-        ):
-            status, body = reply.status, await reply.read()
-    except (aiohttp.ClientError, TimeoutError) as error:
-        print(f"conveyor: cannot reach {arguments.url}: {error}", file=sys.stderr)  # noqa: T201 - a CLI
-        return EXIT_UNREACHABLE
-    document = orjson.loads(body) if body else {}
-    if status >= 400:  # noqa: PLR2004 - an error answer
-        detail = document.get("detail", body.decode(errors="replace"))
-        print(f"conveyor: {status} {document.get('title', '')}: {detail}", file=sys.stderr)  # noqa: T201 - a CLI
-        return EXIT_ANSWERED_ERROR
-    if arguments.json:
-        out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        render(document, out)
-    return 0
+        return await _request(arguments, "GET", path, out, _print_status, query=query)
+    return await _request(arguments, "GET", "/v1/admin/subscriptions", out, _print_subscriptions)
 
 
 def _print_status(document: dict[str, Any], out: TextIO) -> None:
@@ -151,7 +143,7 @@ async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
         documents, batch = _documents(arguments)
         events = [event_from_json(document) for document in documents]
     except (OSError, ValueError) as error:  # InvalidEventError is a ValueError
-        print(f"conveyor: {error}", file=sys.stderr)  # noqa: T201 - a CLI reports on stderr
+        _complain(f"{error}")
         return EXIT_USAGE
     if arguments.amqp:
         try:
@@ -159,7 +151,7 @@ async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
                 for event in events:
                     await client.publish(event)
         except (OSError, PublishError) as error:
-            print(f"conveyor: not published: {error}", file=sys.stderr)  # noqa: T201 - a CLI
+            _complain(f"not published: {error}")
             return EXIT_UNREACHABLE
         out.write("".join(f"{event.id}\n" for event in events))
         return 0
@@ -203,7 +195,7 @@ async def _post(arguments: argparse.Namespace, body: bytes, content_type: str, o
         ):
             status, answer = reply.status, orjson.loads(await reply.read() or b"{}")
     except (aiohttp.ClientError, TimeoutError) as error:
-        print(f"conveyor: cannot reach {arguments.url}: {error}", file=sys.stderr)  # noqa: T201 - a CLI
+        _complain(f"cannot reach {arguments.url}: {error}")
         return EXIT_UNREACHABLE
     if arguments.json or status != 202:  # noqa: PLR2004 - accepted
         out.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -211,3 +203,102 @@ async def _post(arguments: argparse.Namespace, body: bytes, content_type: str, o
         entries = answer.get("results", [answer])
         out.write("".join(f"{entry['id']} {entry['location']}\n" for entry in entries))
     return 0 if status == 202 else EXIT_ANSWERED_ERROR  # noqa: PLR2004 - accepted
+
+
+async def dlq_command(arguments: argparse.Namespace, out: TextIO) -> int:
+    base = (
+        "/v1/admin/unrouted"
+        if arguments.queue == "unrouted"
+        else f"/v1/admin/subscriptions/{quote(arguments.queue, safe='')}/dead-letters"
+    )
+    filters = {
+        key: value
+        for key, value in (
+            ("type", arguments.type),
+            ("error_class", arguments.error_class),
+            ("reason", arguments.reason),
+            ("since", arguments.since),
+            ("until", arguments.until),
+        )
+        if value
+    }
+    match arguments.action:
+        case "ls":
+            return await _request(arguments, "GET", base, out, _print_dead_letters, query=filters)
+        case "show":
+            if len(arguments.entry) != 1:
+                _complain("dlq show takes one entry id")
+                return EXIT_USAGE
+            path = f"{base}/{quote(arguments.entry[0], safe='')}"
+            return await _request(arguments, "GET", path, out, _print_json)
+    chosen = [bool(arguments.entry), bool(filters), arguments.all]
+    if sum(chosen) != 1:
+        _complain("say which entries: ids, filters (--type ...) or --all")
+        return EXIT_USAGE
+    body: dict[str, Any] = (
+        {"ids": arguments.entry}
+        if arguments.entry
+        else {"filter": filters}
+        if filters
+        else {"all": True}
+    )
+    if arguments.action == "replay" and arguments.rate:
+        body["rate"] = arguments.rate
+    return await _request(
+        arguments, "POST", f"{base}/{arguments.action}", out, _print_json, body=body
+    )
+
+
+async def _request(
+    arguments: argparse.Namespace,
+    method: str,
+    path: str,
+    out: TextIO,
+    render: Any,
+    *,
+    query: dict[str, str] | None = None,
+    body: Any = None,
+) -> int:
+    headers = {"Authorization": f"Bearer {arguments.token}"} if arguments.token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session,
+            session.request(
+                method, arguments.url.rstrip("/") + path, params=query, json=body, headers=headers
+            ) as reply,
+        ):
+            status, raw = reply.status, await reply.read()
+    except (aiohttp.ClientError, TimeoutError) as error:
+        _complain(f"cannot reach {arguments.url}: {error}")
+        return EXIT_UNREACHABLE
+    document = orjson.loads(raw) if raw else {}
+    if status >= 400:  # noqa: PLR2004 - an error answer
+        _complain(f"{status} {document.get('title', '')}: {document.get('detail', '')}")
+        return EXIT_ANSWERED_ERROR
+    if arguments.json:
+        _print_json(document, out)
+    else:
+        render(document, out)
+    return 0
+
+
+def _print_json(document: Any, out: TextIO) -> None:
+    out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _print_dead_letters(document: dict[str, Any], out: TextIO) -> None:
+    out.write(
+        f"{document['queue']}: {document['matching']} of {document['messages']} entries"
+        f"{' (more than one pass reads)' if document['truncated'] else ''}\n"
+    )
+    for entry in document["entries"]:
+        error = entry["error"]
+        out.write(
+            f"{entry['id']}  {entry['event']['id']}  {entry['event']['type']}  "
+            f"{entry['reason'] or '-'}  {error['class'] or '-'}: {error['message'] or ''}  "
+            f"{entry['last_failure'] or ''}\n"
+        )
+
+
+def _complain(text: str) -> None:
+    print(f"conveyor: {text}", file=sys.stderr)  # noqa: T201 - a CLI reports on stderr

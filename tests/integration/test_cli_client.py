@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from consumers import PermanentError
+from consumers import Event, PermanentError
 from service.cli import build_parser
 from service.cli_client import EXIT_ANSWERED_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, run_client
 from tests.conftest import Running, StartConveyor, subscription
@@ -128,3 +128,42 @@ async def test_publish_refuses_a_bad_event_before_sending(start_conveyor: StartC
     no_file, _ = await conveyor_cli(conveyor, "publish", "--file", "/nonexistent.json")
 
     assert not_json == no_type == no_file == EXIT_USAGE
+
+
+async def test_dlq_commands_list_show_replay_and_discard(
+    start_conveyor: StartConveyor,
+) -> None:
+    opened = {"now": False}
+
+    async def gate(event: Event) -> None:
+        if not opened["now"]:
+            raise PermanentError("closed")
+
+    conveyor = await start_conveyor(
+        (subscription("orders", ("order.*",), gate),), admin_tokens=(("ops", TOKEN),)
+    )
+    for event_id, event_type in (("q-1", "order.placed"), ("q-2", "order.paid")):
+        await conveyor.post({"type": event_type, "id": event_id, "source": "/q"})
+        await conveyor.status(f"/v1/events/{event_id}", wait="10s")
+    admin = ("--token", TOKEN)
+
+    listed_code, listed = await conveyor_cli(conveyor, "dlq", "ls", "orders", *admin)
+    entry_id = listed.splitlines()[1].split()[0]
+    show_code, shown = await conveyor_cli(conveyor, "dlq", "show", "orders", entry_id, *admin)
+    vague, _ = await conveyor_cli(conveyor, "dlq", "replay", "orders", *admin)
+    opened["now"] = True
+    replay_code, replayed = await conveyor_cli(
+        conveyor, "dlq", "replay", "orders", "--type", "order.paid", *admin
+    )
+    discard_code, discarded = await conveyor_cli(
+        conveyor, "dlq", "discard", "orders", "--all", *admin
+    )
+
+    assert (listed_code, show_code, replay_code, discard_code) == (0, 0, 0, 0)
+    assert listed.splitlines()[0].endswith(": 2 of 2 entries")
+    assert orjson.loads(shown)["event"]["id"] == "q-1"
+    assert vague == EXIT_USAGE  # replay must say which entries
+    assert orjson.loads(replayed)["replayed"] == 1
+    assert orjson.loads(discarded)["discarded"] == 1
+    _, after = await conveyor.status("/v1/events/q-2", wait="10s")
+    assert after["subscriptions"]["orders"]["state"] == "succeeded"
