@@ -16,7 +16,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "conveyor needs Python >= 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,uvloop]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,uvloop,otel]'
 	touch $(STAMP)
 
 install: $(STAMP)

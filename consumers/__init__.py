@@ -5,7 +5,12 @@ from consumers.decoding import MalformedEventError, decode_event
 from consumers.errors import PermanentError, RetryableError
 from consumers.event import Event, Handler
 from consumers.moves import MessageMover
-from consumers.observe import NO_DELIVERY_OBSERVER, DeliveryObserver
+from consumers.observe import (
+    NO_DELIVERY_OBSERVER,
+    NO_HANDLER_TRACER,
+    DeliveryObserver,
+    HandlerTracer,
+)
 from consumers.retry import RetryPolicy, delay_label
 from consumers.runtime import Outcome, SubscriptionConsumer
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
@@ -17,11 +22,13 @@ __all__ = [
     "COMPLETION_TYPES",
     "DELIVERY_LIMIT",
     "NO_DELIVERY_OBSERVER",
+    "NO_HANDLER_TRACER",
     "DeliveryObserver",
     "DeliveryState",
     "DeliveryUpdate",
     "Event",
     "Handler",
+    "HandlerTracer",
     "MalformedEventError",
     "MessageMover",
     "Outcome",

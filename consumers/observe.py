@@ -1,10 +1,11 @@
-"""What the consumer runtime reports about each delivery, for whoever measures it."""
+"""What the consumer runtime reports about each delivery, for whoever measures or traces it."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
-__all__ = ["NO_DELIVERY_OBSERVER", "DeliveryObserver"]
+__all__ = ["NO_DELIVERY_OBSERVER", "NO_HANDLER_TRACER", "DeliveryObserver", "HandlerTracer"]
 
 
 class DeliveryObserver(Protocol):
@@ -19,6 +20,14 @@ class DeliveryObserver(Protocol):
     def retry_scheduled(self, subscription: str, tier: str) -> None: ...
 
 
+class HandlerTracer(Protocol):
+    def handling(
+        self, subscription: str, event_id: str, event_type: str, traceparent: str | None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Wraps one delivery's handler attempts: a span joined to the publisher's `traceparent`."""
+        ...
+
+
 class _NoDeliveryObserver:
     def handler_ran(self, subscription: str, seconds: float) -> None:  # noqa: ARG002 - a null observer ignores what it is told
         return None
@@ -30,4 +39,16 @@ class _NoDeliveryObserver:
         return None
 
 
+class _NoHandlerTracer:
+    def handling(
+        self,
+        subscription: str,  # noqa: ARG002 - tracing is off: nothing to record
+        event_id: str,  # noqa: ARG002 - tracing is off: nothing to record
+        event_type: str,  # noqa: ARG002 - tracing is off: nothing to record
+        traceparent: str | None,  # noqa: ARG002 - tracing is off: nothing to record
+    ) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
 NO_DELIVERY_OBSERVER: DeliveryObserver = _NoDeliveryObserver()
+NO_HANDLER_TRACER: HandlerTracer = _NoHandlerTracer()

@@ -33,12 +33,17 @@ from consumers.dead_letter import (
 )
 from consumers.decoding import MalformedEventError, decode_event
 from consumers.moves import MessageMover, MoveFailedError
-from consumers.observe import NO_DELIVERY_OBSERVER, DeliveryObserver
+from consumers.observe import (
+    NO_DELIVERY_OBSERVER,
+    NO_HANDLER_TRACER,
+    DeliveryObserver,
+    HandlerTracer,
+)
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
-from producers import BROKER_FAILURES, Topology
+from producers import BROKER_FAILURES, TRACEPARENT_HEADER, Topology
 
 __all__ = ["Outcome", "SubscriptionConsumer"]
 
@@ -88,6 +93,7 @@ class SubscriptionConsumer:
         mover: MessageMover,
         ledger: StatusLedger,
         observer: DeliveryObserver = NO_DELIVERY_OBSERVER,
+        tracer: HandlerTracer = NO_HANDLER_TRACER,
     ) -> None:
         self.subscription = subscription
         self._topology = topology
@@ -95,6 +101,7 @@ class SubscriptionConsumer:
         self._queue = queue
         self._mover = mover
         self._observer = observer
+        self._tracer = tracer
         self._reporter = StatusReporter(subscription, ledger=ledger, mover=mover, topology=topology)
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._draining = False
@@ -200,13 +207,20 @@ class SubscriptionConsumer:
             )
         self._reporter.note(status(DeliveryState.PROCESSING, attempts_before + 1))
         started = time.perf_counter()
-        result = await run_attempts(
-            self.subscription.handler,
-            event,
-            policy=self.subscription.retry,
-            timeout=self.subscription.timeout,
-            keep_trying=lambda: not self._draining,
-        )
+        traceparent = headers.get(TRACEPARENT_HEADER)
+        with self._tracer.handling(
+            self.subscription.name,
+            event.id,
+            event.type,
+            traceparent if isinstance(traceparent, str) else None,
+        ):
+            result = await run_attempts(
+                self.subscription.handler,
+                event,
+                policy=self.subscription.retry,
+                timeout=self.subscription.timeout,
+                keep_trying=lambda: not self._draining,
+            )
         self._observer.handler_ran(self.subscription.name, time.perf_counter() - started)
         attempts = attempts_before + result.attempts
         if result.failure is None:

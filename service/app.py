@@ -26,6 +26,7 @@ from service.keys import (
     SETTINGS,
     STATUS_BOOK,
     SUBSCRIPTIONS,
+    TRACING,
     Lifecycle,
 )
 from service.metrics import Metrics
@@ -35,6 +36,7 @@ from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
 from service.store import BatchWriter, IdempotencyStore, open_store
+from service.tracing import NoTracing, Tracing
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
@@ -48,6 +50,7 @@ def build_app(
     *,
     max_backoff: float = 15.0,
     queue_poll_interval: float = QUEUE_POLL_SECONDS,
+    tracing: Tracing | None = None,
 ) -> web.Application:
     """The whole process as an aiohttp app; nothing connects until the app starts."""
     app = web.Application(
@@ -63,6 +66,7 @@ def build_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[SUBSCRIPTIONS] = tuple(subscriptions)
+    app[TRACING] = tracing = tracing or NoTracing()
     app[LIFECYCLE] = Lifecycle()
     app[LINK] = BrokerLink(
         settings,
@@ -70,6 +74,7 @@ def build_app(
         subscriptions=subscriptions,
         consume=settings.role.runs_workers,
         metrics=metrics,
+        tracer=tracing,
         max_backoff=max_backoff,
         queue_poll_interval=queue_poll_interval,
     )
@@ -154,3 +159,4 @@ async def _broker_link(app: web.Application) -> AsyncIterator[None]:
     # By now the listener is closed and in-flight requests have finished (aiohttp's runner
     # waits for them before cleanup), so only the consumers are left to drain.
     await link.close()
+    app[TRACING].shutdown()

@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from consumers import (
+    HandlerTracer,
     MessageMover,
     StatusLedger,
     Subscription,
@@ -62,6 +63,7 @@ class BrokerLink:
         subscriptions: Sequence[Subscription],
         consume: bool,
         metrics: Metrics,
+        tracer: HandlerTracer,
         max_backoff: float = 15.0,
         queue_poll_interval: float = 10.0,
     ) -> None:
@@ -72,6 +74,7 @@ class BrokerLink:
         self._consume = consume
         self._max_backoff = max_backoff
         self._metrics = metrics
+        self._tracer = tracer
         self._queue_poll_interval = queue_poll_interval
         self._poller: asyncio.Task[None] | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -204,6 +207,7 @@ class BrokerLink:
                 mover=mover,
                 ledger=self._ledger,
                 observer=self._metrics,
+                tracer=self._tracer,
             )
             await consumer.start()
             consumers.append(consumer)

@@ -26,6 +26,7 @@ from service.logs import configure_logging
 from service.settings import PREFIX, SETTINGS_HELP, SettingError, Settings, load_settings
 from service.subscription_config import load_subscriptions
 from service.topology_plan import apply_topology, plan_topology, render_topology
+from service.tracing import Tracing, build_tracing
 
 __all__ = ["build_parser", "main", "topology_command"]
 
@@ -72,13 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(os.environ)
         subscriptions = load_subscriptions(settings.config_path) if settings.config_path else ()
+        tracing = build_tracing(settings) if arguments.command == "serve" else None
     except SettingError as error:
         print(f"conveyor: {error}", file=sys.stderr)  # noqa: T201 - the one line before logging exists
         return EXIT_BAD_SETTING
     if arguments.command == "topology":
         return asyncio.run(topology_command(settings, subscriptions, arguments))
     configure_logging(settings)
-    return asyncio.run(serve(settings, subscriptions))
+    return asyncio.run(serve(settings, subscriptions, tracing))
 
 
 async def topology_command(
@@ -104,9 +106,11 @@ async def topology_command(
     return 0
 
 
-async def serve(settings: Settings, subscriptions: Sequence[Subscription]) -> int:
+async def serve(
+    settings: Settings, subscriptions: Sequence[Subscription], tracing: Tracing | None = None
+) -> int:
     log = structlog.get_logger(component="service")
-    app = build_app(settings, subscriptions)
+    app = build_app(settings, subscriptions, tracing=tracing)
     runner = web.AppRunner(
         app,
         handle_signals=False,

@@ -38,10 +38,11 @@ from service.idempotency import (
     event_identity,
     request_fingerprint,
 )
-from service.keys import DEDUPLICATOR, METRICS, PUBLISHER, SETTINGS, STATUS_BOOK
+from service.keys import DEDUPLICATOR, METRICS, PUBLISHER, SETTINGS, STATUS_BOOK, TRACING
 from service.metrics import Metrics
 from service.problems import Problem, problem_response
 from service.status import StatusBook
+from service.tracing import Tracing
 
 __all__ = ["INGEST_PATH", "ingest", "problems_middleware"]
 
@@ -146,6 +147,11 @@ def _correlation_id(request: web.Request) -> str:
 
 
 async def ingest(request: web.Request) -> web.Response:
+    with request.app[TRACING].ingest(request):
+        return await _ingest(request)
+
+
+async def _ingest(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     authorize(request, settings.api_keys)
     body = await _read_body(request, settings.max_body_bytes)
@@ -159,6 +165,7 @@ async def ingest(request: web.Request) -> web.Response:
         deduplicator=deduplicator,
         book=request.app[STATUS_BOOK],
         metrics=request.app[METRICS],
+        tracing=request.app[TRACING],
         correlation_id=correlation_id,
         traceparent=traceparent or None,
     )
@@ -248,6 +255,7 @@ class _Publication:
         deduplicator: Deduplicator,
         book: StatusBook,
         metrics: Metrics,
+        tracing: Tracing,
         correlation_id: str,
         traceparent: str | None,
     ) -> None:
@@ -255,6 +263,7 @@ class _Publication:
         self._deduplicator = deduplicator
         self._book = book
         self.metrics = metrics
+        self._tracing = tracing
         self._correlation_id = correlation_id
         valid = traceparent is not None and _TRACEPARENT.fullmatch(traceparent) is not None
         self._traceparent = traceparent if valid else None
@@ -278,9 +287,10 @@ class _Publication:
             event_id=event.id, event_type=event.type, correlation_id=self._correlation_id
         ):
             try:
-                await self._publisher.publish(
-                    event, correlation_id=self._correlation_id, traceparent=self._traceparent
-                )
+                with self._tracing.publish(event, self._traceparent) as traceparent:
+                    await self._publisher.publish(
+                        event, correlation_id=self._correlation_id, traceparent=traceparent
+                    )
             except PublishError as error:
                 _log.warning("event not accepted", reason=error.reason, error=str(error))
                 raise

@@ -13,6 +13,7 @@ from service.idempotency import Deduplicator
 from service.metrics import Metrics
 from service.settings import Settings
 from service.status import StatusBook
+from service.tracing import Tracing
 
 __all__ = [
     "DEDUPLICATOR",
@@ -23,6 +24,7 @@ __all__ = [
     "SETTINGS",
     "STATUS_BOOK",
     "SUBSCRIPTIONS",
+    "TRACING",
     "Lifecycle",
 ]
 
@@ -42,3 +44,4 @@ DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
 METRICS = web.AppKey("metrics", Metrics)
 SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])
+TRACING = web.AppKey("tracing", Tracing)

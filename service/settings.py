@@ -27,6 +27,12 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MIN_ADMIN_TOKEN_LENGTH = 16
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True} | {
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _E = TypeVar("_E", bound=enum.StrEnum)
 
@@ -84,6 +90,7 @@ class Settings:
     status_ttl: float = 7 * 24 * 3600.0
     # (name it is logged under, token) pairs; none: the admin API is off
     admin_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    otel: bool = False  # OpenTelemetry spans, exported over OTLP (the `otel` extra)
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -117,6 +124,9 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc("STORE_URL", "sqlite:///./var/conveyor.db", "sqlite:///path or postgresql://..."),
     SettingDoc("IDEMPOTENCY_TTL", "24h", "how long a repeated request or event id is recognised"),
     SettingDoc("STATUS_TTL", "7d", "how long GET /v1/events/{id} knows an event's status"),
+    SettingDoc(
+        "OTEL", "0", "1: OpenTelemetry spans over OTLP (OTEL_* variables configure the export)"
+    ),
     SettingDoc(
         "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
     ),
@@ -167,6 +177,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         idempotency_ttl=reader.duration("IDEMPOTENCY_TTL", _DEFAULTS.idempotency_ttl),
         status_ttl=reader.duration("STATUS_TTL", _DEFAULTS.status_ttl),
         admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),
+        otel=reader.flag("OTEL", default=_DEFAULTS.otel),
     )
 
 
@@ -260,6 +271,15 @@ class _Reader:
         if raw not in LOG_LEVELS:
             raise SettingError(PREFIX + name, "one of " + ", ".join(LOG_LEVELS), raw)
         return raw
+
+    def flag(self, name: str, *, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value not in _FLAGS:
+            raise SettingError(PREFIX + name, "1 or 0 (true/false, yes/no, on/off)", raw)
+        return _FLAGS[value]
 
     def admin_tokens(self, name: str) -> tuple[tuple[str, str], ...]:
         raw = self._raw(name)

@@ -23,6 +23,7 @@ from yarl import URL
 from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
+from service.tracing import Tracing
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 
@@ -219,6 +220,7 @@ async def start_conveyor(
         *,
         wait_ready: bool = True,
         amqp_url_override: str | None = None,
+        tracing: Tracing | None = None,
         **overrides: Any,
     ) -> Running:
         defaults: dict[str, Any] = {
@@ -235,7 +237,9 @@ async def start_conveyor(
         )
         for declared in subscriptions:
             namespace.register(declared)
-        app = build_app(settings, subscriptions, max_backoff=0.3, queue_poll_interval=0.2)
+        app = build_app(
+            settings, subscriptions, max_backoff=0.3, queue_poll_interval=0.2, tracing=tracing
+        )
         client = TestClient(TestServer(app))
         await client.start_server()
         started = Running(client, settings)

@@ -81,6 +81,7 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
         ("CONVEYOR_STATUS_TTL", "a week"),
         ("CONVEYOR_STATUS_TTL", "0"),
         ("CONVEYOR_ADMIN_TOKEN", "short"),
+        ("CONVEYOR_OTEL", "maybe"),
         ("CONVEYOR_ADMIN_TOKEN", "bad name:0123456789abcdef"),
     ],
 )
@@ -120,3 +121,9 @@ def test_admin_tokens_are_named_and_hidden() -> None:
     assert bare.admin_tokens == (("admin", "0123456789abcdef"),)
     assert "0123456789abcdef" not in repr(named)
     assert load_settings({}).admin_tokens == ()
+
+
+def test_otel_is_a_flag() -> None:
+    assert load_settings({}).otel is False
+    assert load_settings({"CONVEYOR_OTEL": "1"}).otel is True
+    assert load_settings({"CONVEYOR_OTEL": "Off"}).otel is False
