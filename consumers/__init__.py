@@ -9,6 +9,7 @@ from consumers.observe import (
     NO_DELIVERY_OBSERVER,
     NO_HANDLER_TRACER,
     DeliveryObserver,
+    FailureReport,
     HandlerTracer,
 )
 from consumers.retry import RetryPolicy, delay_label
@@ -27,6 +28,7 @@ __all__ = [
     "DeliveryState",
     "DeliveryUpdate",
     "Event",
+    "FailureReport",
     "Handler",
     "HandlerTracer",
     "MalformedEventError",

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["NO_DELIVERY_OBSERVER", "NO_HANDLER_TRACER", "DeliveryObserver", "HandlerTracer"]
+__all__ = [
+    "NO_DELIVERY_OBSERVER",
+    "NO_HANDLER_TRACER",
+    "DeliveryObserver",
+    "FailureReport",
+    "HandlerTracer",
+]
 
 
 class DeliveryObserver(Protocol):
@@ -18,6 +25,20 @@ class DeliveryObserver(Protocol):
         ...
 
     def retry_scheduled(self, subscription: str, tier: str) -> None: ...
+
+    def failure_seen(self, subscription: str, failure: FailureReport) -> None:
+        """A delivery failed and was moved to a retry tier or the dead-letter queue."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReport:
+    event_id: str
+    event_type: str
+    error_class: str
+    error_message: str
+    outcome: str  # retry-scheduled or dead-lettered
+    at: float  # Unix seconds
 
 
 class HandlerTracer(Protocol):
@@ -36,6 +57,9 @@ class _NoDeliveryObserver:
         return None
 
     def retry_scheduled(self, subscription: str, tier: str) -> None:  # noqa: ARG002 - a null observer ignores what it is told
+        return None
+
+    def failure_seen(self, subscription: str, failure: FailureReport) -> None:  # noqa: ARG002 - a null observer ignores what it is told
         return None
 
 

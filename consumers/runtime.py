@@ -37,6 +37,7 @@ from consumers.observe import (
     NO_DELIVERY_OBSERVER,
     NO_HANDLER_TRACER,
     DeliveryObserver,
+    FailureReport,
     HandlerTracer,
 )
 from consumers.reporting import StatusOf, StatusReporter
@@ -295,6 +296,17 @@ class SubscriptionConsumer:
     async def _settle(self, message: AbstractIncomingMessage, verdict: _Verdict) -> None:
         outcome = await self._carry_out(message, verdict)
         self._observer.delivery_settled(self.subscription.name, outcome.value)
+        status = verdict.status
+        if outcome is verdict.outcome and status is not None and status.failure is not None:
+            report = FailureReport(
+                event_id=status.event_id,
+                event_type=status.attributes.get("type", ""),
+                error_class=status.failure.error_class,
+                error_message=status.failure.message,
+                outcome=outcome.value,
+                at=status.at,
+            )
+            self._observer.failure_seen(self.subscription.name, report)
         if outcome is Outcome.RETRY_SCHEDULED and verdict.move and verdict.move.tier:
             self._observer.retry_scheduled(self.subscription.name, verdict.move.tier)
 

@@ -6,6 +6,8 @@ token (by its name) did what.
 
 from __future__ import annotations
 
+import time
+from importlib import resources
 from typing import Any
 
 import aiormq.exceptions
@@ -27,6 +29,8 @@ ADMIN_PREFIX = "/v1/admin"
 
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(f"{ADMIN_PREFIX}/subscriptions", list_subscriptions)
+    app.router.add_get(f"{ADMIN_PREFIX}/dashboard", dashboard_data)
+    app.router.add_get("/", dashboard_page)
 
 
 def admin_operation(request: web.Request, operation: str, **details: Any) -> str:
@@ -38,6 +42,53 @@ def admin_operation(request: web.Request, operation: str, **details: Any) -> str
 
 async def list_subscriptions(request: web.Request) -> web.Response:
     admin_operation(request, "subscriptions.list")
+    listed = await _subscription_entries(request)
+    return web.Response(
+        body=orjson.dumps({"subscriptions": listed}), content_type="application/json"
+    )
+
+
+async def dashboard_data(request: web.Request) -> web.Response:
+    """What the dashboard polls: the subscriptions listing plus this process's running totals."""
+    authorize_admin(request, request.app[SETTINGS].admin_tokens)  # polled: not audit-logged
+    metrics = request.app[METRICS]
+    entries = await _subscription_entries(request)
+    for entry in entries:
+        name = entry["name"]
+        entry["handler_seconds"] = _histogram_totals(request, name)
+        entry["recent_failures"] = [
+            {
+                "event_id": failure.event_id,
+                "type": failure.event_type,
+                "error": f"{failure.error_class}: {failure.error_message}",
+                "outcome": failure.outcome,
+                "at": failure.at,
+            }
+            for failure in metrics.recent_failures.get(name, ())
+        ]
+    document = {
+        "subscriptions": entries,
+        "broker_connected": request.app[LINK].status().connected,
+        "time": time.time(),
+    }
+    return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+
+async def dashboard_page(_request: web.Request) -> web.Response:
+    # The page holds no data: it asks for the admin token and fetches everything with it.
+    page = resources.files("service").joinpath("dashboard.html").read_bytes()
+    return web.Response(
+        body=page,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+            "script-src 'unsafe-inline'; connect-src 'self'",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def _subscription_entries(request: web.Request) -> list[dict[str, Any]]:
     topology = Topology(request.app[SETTINGS].namespace)
     link = request.app[LINK]
     listed = []
@@ -56,9 +107,7 @@ async def list_subscriptions(request: web.Request) -> web.Response:
             entry["dead_letter"]["messages"] = stats.dead_letters
         entry["handled_here"] = _handled_here(request, subscription.name)
         listed.append(entry)
-    return web.Response(
-        body=orjson.dumps({"subscriptions": listed}), content_type="application/json"
-    )
+    return listed
 
 
 def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
@@ -84,6 +133,18 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
         },
         "dead_letter": {"queue": topology.dead_letter_queue(name)},
     }
+
+
+def _histogram_totals(request: web.Request, subscription: str) -> dict[str, float]:
+    totals = {"sum": 0.0, "count": 0.0}
+    for family in request.app[METRICS].handler_seconds.collect():
+        for sample in family.samples:
+            if sample.labels.get("subscription") != subscription:
+                continue
+            for key in totals:
+                if sample.name.endswith("_" + key):
+                    totals[key] = sample.value
+    return totals
 
 
 def _handled_here(request: web.Request, subscription: str) -> dict[str, int]:

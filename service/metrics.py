@@ -7,11 +7,16 @@ not from the management plugin, which a deployment may not have.
 
 from __future__ import annotations
 
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from consumers import FailureReport
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
+RECENT_FAILURES = 10
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _HANDLER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -20,6 +25,7 @@ class Metrics:
     """Every metric conveyor exposes on GET /metrics, in a registry of its own."""
 
     def __init__(self) -> None:
+        self.recent_failures: dict[str, deque[FailureReport]] = {}
         self.registry = CollectorRegistry()
         registry = self.registry
         self.http_requests = Counter(
@@ -123,6 +129,11 @@ class Metrics:
 
     def retry_scheduled(self, subscription: str, tier: str) -> None:
         self.retries.labels(subscription, tier).inc()
+
+    def failure_seen(self, subscription: str, failure: FailureReport) -> None:
+        # The dashboard's "recent failures": the last few this process saw, per subscription.
+        recent = self.recent_failures.setdefault(subscription, deque(maxlen=RECENT_FAILURES))
+        recent.appendleft(failure)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
