@@ -4,26 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumers import Event, PermanentError
 from tests.conftest import Namespace, Running, StartConveyor, subscription
-from tests.support.recorder import Recorder
+from tests.support.recorder import Gate
 
 TOKEN = "ops-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 BASE = "/v1/admin/subscriptions/orders/dead-letters"
-
-
-class Gate:
-    """Refuses events until opened; then records what it handles."""
-
-    def __init__(self) -> None:
-        self.open = False
-        self.handled = Recorder()
-
-    async def __call__(self, event: Event) -> None:
-        if not self.open:
-            raise PermanentError(f"{event.type} refused")
-        await self.handled(event)
 
 
 async def call(
@@ -64,7 +50,10 @@ async def test_listing_filters_and_pages_without_taking_anything_away(
     first = everything["entries"][0]
     assert first["event"] == {"id": "a", "source": "/shop", "type": "order.placed"}
     assert first["reason"] == "permanent-error"
-    assert first["error"] == {"class": "PermanentError", "message": "order.placed refused"}
+    assert first["error"] == {
+        "class": "PermanentError",
+        "message": "order.placed refused: gate closed",
+    }
     assert first["attempts"] == 1
     assert [e["event"]["id"] for e in placed["entries"]] == ["a", "c"]
     assert [e["event"]["id"] for e in page["entries"]] == ["b"]

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Dialog, async_playwright, expect
 
-from consumers import Event, PermanentError
 from tests.conftest import Running, StartConveyor, subscription
-from tests.support.recorder import Recorder
+from tests.support.recorder import Gate
 
 TOKEN = "ops-token-0123456789"
 CHROMIUM = Path(os.environ.get("CONVEYOR_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -27,17 +26,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.open = False
-        self.handled = Recorder()
-
-    async def __call__(self, event: Event) -> None:
-        if not self.open:
-            raise PermanentError("gate closed")
-        await self.handled(event)
 
 
 async def dead_letter(conveyor: Running, *event_ids: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from consumers import Event
+from consumers import Event, PermanentError
 
 
 class Recorder:
@@ -35,3 +35,17 @@ class Recorder:
 
     def ids(self) -> list[str]:
         return [event.id for event in self.events]
+
+
+class Gate:
+    """Refuses every event (permanently, so it is dead-lettered at once) until opened; then
+    records what it handles."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.handled = Recorder()
+
+    async def __call__(self, event: Event) -> None:
+        if not self.open:
+            raise PermanentError(f"{event.type} refused: gate closed")
+        await self.handled(event)
