@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 AMQP_URL ?= amqp://guest:guest@localhost:5672/
 
-.PHONY: help install run test test-unit test-integration lint format bench clean
+.PHONY: help install run test test-unit test-integration lint format bench chaos clean
 
 help:
 	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
 	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  - benchmarks on the local broker and PostgreSQL (a few minutes)"
+	@echo "make chaos  - fault injection on the local broker (alarms); needs rabbitmqctl"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "conveyor needs Python >= 3.11")'
@@ -44,6 +45,10 @@ test-integration: install
 
 test: lint
 	$(BIN)/pytest -q -ra
+
+# Fault injection on the local broker itself (alarms); slower, and never run beside other tests.
+chaos: install
+	$(BIN)/pytest tests/chaos -q -ra
 
 bench: install
 	$(BIN)/python bench/store_claims.py

@@ -113,6 +113,17 @@ class BrokerLink:
             with contextlib.suppress(Exception):
                 await channel.close()
 
+    def blocked(self) -> bool:
+        """True while RabbitMQ blocks this connection (a memory or disk alarm): publishes wait."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            return False
+        underlay = getattr(connection.transport, "connection", None)
+        # aiormq 7 keeps connection.blocked/unblocked only in this private event (no public API);
+        # reading it is all we do, and a missing attribute just reads as "not blocked".
+        unblocked = getattr(underlay, "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+
     def missing_subscriptions(self) -> list[str]:
         if not self._consume:
             return []

@@ -106,6 +106,11 @@ class Metrics:
             ("queue",),
             registry=registry,
         )
+        self.broker_blocked = Gauge(
+            "conveyor_broker_blocked",
+            "1 while RabbitMQ blocks publishing (memory or disk alarm)",
+            registry=registry,
+        )
         self.broker_connected = Gauge(
             "conveyor_broker_connected",
             "1 while the broker connection and channels are up",

@@ -14,7 +14,9 @@ __all__ = ["metrics_endpoint", "metrics_middleware"]
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
-    metrics.broker_connected.set(1 if request.app[LINK].status().connected else 0)
+    link = request.app[LINK]
+    metrics.broker_connected.set(1 if link.status().connected else 0)
+    metrics.broker_blocked.set(1 if link.blocked() else 0)
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
