@@ -106,6 +106,16 @@ async def _subscription_entries(request: web.Request) -> list[dict[str, Any]]:
                 tier["messages"] = stats.retry_tiers.get(tier["delay"], 0)
             entry["dead_letter"]["messages"] = stats.dead_letters
         entry["handled_here"] = _handled_here(request, subscription.name)
+        rates = request.app[METRICS].rates.get(subscription.name)
+        entry["rates"] = (
+            None
+            if rates is None
+            else {
+                "in_per_second": round(rates.in_per_second, 3),
+                "out_per_second": round(rates.out_per_second, 3),
+                "over_seconds": round(rates.over_seconds, 3),
+            }
+        )
         listed.append(entry)
     return listed
 

@@ -8,15 +8,25 @@ not from the management plugin, which a deployment may not have.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from consumers import FailureReport
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "QueueRates"]
 
 RECENT_FAILURES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRates:
+    in_per_second: float
+    out_per_second: float
+    over_seconds: float
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _HANDLER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -26,6 +36,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.recent_failures: dict[str, deque[FailureReport]] = {}
+        # subscription -> (monotonic time, messages ready, deliveries settled here) at the last poll
+        self._samples: dict[str, tuple[float, int, float]] = {}
+        self.rates: dict[str, QueueRates] = {}
         self.registry = CollectorRegistry()
         registry = self.registry
         self.http_requests = Counter(
@@ -139,6 +152,29 @@ class Metrics:
         # The dashboard's "recent failures": the last few this process saw, per subscription.
         recent = self.recent_failures.setdefault(subscription, deque(maxlen=RECENT_FAILURES))
         recent.appendleft(failure)
+
+    def note_queue_sample(self, subscription: str, now: float, ready: int) -> None:
+        """Rates over the last poll interval from two samples of the queue and our counters.
+
+        Out: deliveries this process settled (not returned) per second. In: that plus the growth
+        of the ready count, an estimate that is exact when this process is the only consumer.
+        """
+        settled = sum(
+            sample.value
+            for family in self.deliveries.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+            and sample.labels.get("subscription") == subscription
+            and sample.labels.get("outcome") != "returned"
+        )
+        previous = self._samples.get(subscription)
+        self._samples[subscription] = (now, ready, settled)
+        if previous is None or now <= previous[0]:
+            return
+        seconds = now - previous[0]
+        out_rate = (settled - previous[2]) / seconds
+        in_rate = max(0.0, out_rate + (ready - previous[1]) / seconds)
+        self.rates[subscription] = QueueRates(in_rate, out_rate, seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

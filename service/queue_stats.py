@@ -7,6 +7,7 @@ plain AMQP and answers the two numbers that matter: messages ready and consumers
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,6 +94,7 @@ async def _poll_one(
 ) -> None:
     stats = await read_queue_stats(channel, topology, subscription)
     name = subscription.name
+    metrics.note_queue_sample(name, time.monotonic(), stats.messages)
     metrics.queue_messages.labels(name, "main").set(stats.messages)
     metrics.queue_messages.labels(name, "dlq").set(stats.dead_letters)
     metrics.queue_messages.labels(name, "retry").set(sum(stats.retry_tiers.values()))

@@ -8,6 +8,7 @@ from structlog.testing import capture_logs
 from consumers import PermanentError, RetryPolicy
 from tests.conftest import Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
+from tests.support.waiting import eventually
 
 TOKEN = "ops-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -102,3 +103,12 @@ async def test_subscriptions_show_their_queues_ladder_and_dead_letters(
     assert orders["dead_letter"] == {"queue": f"{prefix}.orders.dlq", "messages": 0}
     assert refunds["dead_letter"]["messages"] == 1
     assert refunds["handled_here"] == {"dead-lettered": 1}
+
+    async def rated() -> bool:
+        _, again = await admin_get(conveyor, "/subscriptions", ADMIN)
+        assert isinstance(again, dict)
+        rates = again["subscriptions"][0]["rates"]
+        return rates is not None and rates["over_seconds"] > 0
+
+    # Two polls of the queue (every 0.2 s in tests) give the first rates.
+    await eventually(rated, what="rates from two queue polls")
