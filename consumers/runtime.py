@@ -109,6 +109,7 @@ class SubscriptionConsumer:
         self._running: set[asyncio.Task[object]] = set()
         self._consumer_tag = f"conveyor.{subscription.name}.{uuid.uuid4().hex[:12]}"
         self._consuming = False
+        self._holding = 0  # deliveries received and not yet settled
 
     async def start(self) -> None:
         await self._channel.set_qos(prefetch_count=self.subscription.prefetch)
@@ -153,9 +154,21 @@ class SubscriptionConsumer:
             # channel returns its delivery anyway.
             await asyncio.wait(unfinished, timeout=_CANCEL_GRACE_SECONDS)
 
+    @property
+    def unacked(self) -> int:
+        """Deliveries this consumer holds: waiting for a handler slot or being handled."""
+        return self._holding
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # aiormq runs each delivery in its own task; prefetch bounds how many exist, and the
         # semaphore bounds how many run a handler.
+        self._holding += 1
+        try:
+            await self._handle_delivery(message)
+        finally:
+            self._holding -= 1
+
+    async def _handle_delivery(self, message: AbstractIncomingMessage) -> None:
         async with self._slots:
             if self._draining:
                 await self._settle(message, _Verdict(Outcome.RETURNED))

@@ -106,6 +106,11 @@ async def _subscription_entries(request: web.Request) -> list[dict[str, Any]]:
                 tier["messages"] = stats.retry_tiers.get(tier["delay"], 0)
             entry["dead_letter"]["messages"] = stats.dead_letters
         entry["handled_here"] = _handled_here(request, subscription.name)
+        entry["unacked_here"] = sum(
+            consumer.unacked
+            for consumer in link.consumers
+            if consumer.subscription.name == subscription.name
+        )
         rates = request.app[METRICS].rates.get(subscription.name)
         entry["rates"] = (
             None

@@ -112,3 +112,30 @@ async def test_subscriptions_show_their_queues_ladder_and_dead_letters(
 
     # Two polls of the queue (every 0.2 s in tests) give the first rates.
     await eventually(rated, what="rates from two queue polls")
+
+
+async def test_unacked_counts_what_this_process_holds(start_conveyor: StartConveyor) -> None:
+    stuck = Recorder()
+    stuck.release.clear()  # every handler waits
+    conveyor = await start_conveyor(
+        (subscription("slow", ("slow.*",), stuck, prefetch=8, concurrency=4),),
+        admin_tokens=(("ops", TOKEN),),
+    )
+    for index in range(6):
+        assert (await conveyor.post({"type": "slow.job", "id": f"s-{index}"})).status == 202
+
+    async def holding_six() -> bool:
+        _, body = await admin_get(conveyor, "/subscriptions", ADMIN)
+        assert isinstance(body, dict)
+        return bool(body["subscriptions"][0]["unacked_here"] == 6)
+
+    await eventually(holding_six, what="six deliveries held: four running, two waiting")
+    assert stuck.started == 4  # the concurrency bound: the other two wait for a slot
+    stuck.release.set()
+
+    async def none_held() -> bool:
+        _, body = await admin_get(conveyor, "/subscriptions", ADMIN)
+        assert isinstance(body, dict)
+        return bool(body["subscriptions"][0]["unacked_here"] == 0)
+
+    await eventually(none_held, what="every delivery settled")
