@@ -4,7 +4,7 @@ from consumers.completions import COMPLETION_SOURCE, COMPLETION_TYPES
 from consumers.decoding import MalformedEventError, decode_event
 from consumers.errors import PermanentError, RetryableError
 from consumers.event import Event, Handler
-from consumers.moves import MessageMover
+from consumers.moves import MessageMover, MoveFailedError
 from consumers.observe import (
     NO_DELIVERY_OBSERVER,
     NO_HANDLER_TRACER,
@@ -33,6 +33,7 @@ __all__ = [
     "HandlerTracer",
     "MalformedEventError",
     "MessageMover",
+    "MoveFailedError",
     "Outcome",
     "PermanentError",
     "RetryPolicy",

@@ -16,6 +16,7 @@ from typing import Any
 from producers import format_time
 
 __all__ = [
+    "ORIGINAL_ROUTING_KEY",
     "DeadLetterReason",
     "Failure",
     "Headers",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,6 +13,7 @@ __all__ = [
     "DeliveryObserver",
     "FailureReport",
     "HandlerTracer",
+    "MarkFailed",
 ]
 
 
@@ -41,10 +43,14 @@ class FailureReport:
     at: float  # Unix seconds
 
 
+# Called with the error class and message when the delivery's attempts ended in failure.
+MarkFailed = Callable[[str, str], None]
+
+
 class HandlerTracer(Protocol):
     def handling(
         self, subscription: str, event_id: str, event_type: str, traceparent: str | None
-    ) -> contextlib.AbstractContextManager[None]:
+    ) -> contextlib.AbstractContextManager[MarkFailed]:
         """Wraps one delivery's handler attempts: a span joined to the publisher's `traceparent`."""
         ...
 
@@ -70,8 +76,12 @@ class _NoHandlerTracer:
         event_id: str,  # noqa: ARG002 - tracing is off: nothing to record
         event_type: str,  # noqa: ARG002 - tracing is off: nothing to record
         traceparent: str | None,  # noqa: ARG002 - tracing is off: nothing to record
-    ) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    ) -> contextlib.AbstractContextManager[MarkFailed]:
+        return contextlib.nullcontext(_ignore_failure)
+
+
+def _ignore_failure(error_class: str, message: str) -> None:  # noqa: ARG001 - tracing is off
+    return None
 
 
 NO_DELIVERY_OBSERVER: DeliveryObserver = _NoDeliveryObserver()

@@ -227,7 +227,7 @@ class SubscriptionConsumer:
             event.id,
             event.type,
             traceparent if isinstance(traceparent, str) else None,
-        ):
+        ) as mark_failed:
             result = await run_attempts(
                 self.subscription.handler,
                 event,
@@ -235,6 +235,8 @@ class SubscriptionConsumer:
                 timeout=self.subscription.timeout,
                 keep_trying=lambda: not self._draining,
             )
+            if result.failure is not None:
+                mark_failed(result.failure.error_class, result.failure.message)
         self._observer.handler_ran(self.subscription.name, time.perf_counter() - started)
         attempts = attempts_before + result.attempts
         if result.failure is None:

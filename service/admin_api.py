@@ -82,7 +82,10 @@ async def dashboard_page(_request: web.Request) -> web.Response:
         content_type="text/html",
         headers={
             "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-            "script-src 'unsafe-inline'; connect-src 'self'",
+            "script-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; "
+            "base-uri 'none'; form-action 'none'",
+            # Its buttons act (replay): no other site may frame it and trick a click.
+            "X-Frame-Options": "DENY",
             "Cache-Control": "no-store",
         },
     )

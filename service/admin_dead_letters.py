@@ -13,13 +13,22 @@ import decimal
 from collections.abc import Callable
 from typing import Any
 
+import aiormq.exceptions
 import orjson
+import structlog
 from aiohttp import web
 
 from consumers import MessageMover
 from producers import Topology, parse_time
 from service.admin_api import ADMIN_PREFIX, admin_operation
-from service.dead_letters import Action, DeadLetter, ReplayTarget, Selection, pass_over
+from service.dead_letters import (
+    Action,
+    DeadLetter,
+    PassResult,
+    ReplayTarget,
+    Selection,
+    pass_over,
+)
 from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
 from service.problems import Problem, problem_response
 
@@ -31,6 +40,7 @@ DEFAULT_RATE = 100.0
 MAX_RATE = 1000.0
 _FILTERS = ("type", "error_class", "reason", "since", "until")
 _LOCKS = web.AppKey("dead_letter_locks", dict[str, asyncio.Lock])
+_log = structlog.get_logger(component="admin")
 
 
 class _BadRequestError(ValueError):
@@ -55,16 +65,19 @@ class _Target:
         if name is None:
             self.label = "unrouted"
             self.queue = topology.unrouted
-            # The alternate exchange kept the original routing key: the event type.
-            self.replay = ReplayTarget(topology.events_exchange, lambda m: m.routing_key or "")
+            # Published again with its type, for subscriptions added since.
+            self.replay = ReplayTarget(topology.events_exchange, None)
             return
         if name not in {s.name for s in request.app[SUBSCRIPTIONS]}:
             raise web.HTTPNotFound(text=f"no subscription named {name!r} in this process")
         self.label = name
         self.queue = topology.dead_letter_queue(name)
-        main = topology.queue(name)
         # The default exchange puts it straight into the subscription's queue, counted afresh.
-        self.replay = ReplayTarget("", lambda _message: main)
+        self.replay = ReplayTarget("", topology.queue(name))
+
+
+class _TargetMissingError(Exception):
+    pass
 
 
 async def _pass(
@@ -72,40 +85,69 @@ async def _pass(
     target: _Target,
     decide: Callable[[DeadLetter], Action],
     rate: float | None = None,
-) -> Any:
+) -> PassResult:
     link = request.app[LINK]
     timeout = request.app[SETTINGS].publish_timeout
     # One pass per queue at a time in this process: two would each see part of the queue.
     lock = request.app[_LOCKS].setdefault(target.queue, asyncio.Lock())
-    async with (
-        lock,
-        link.channel() as channel,
-        link.channel(publisher_confirms=True) as confirming,
-    ):
-        mover = MessageMover(confirming, timeout=timeout)
-        return await pass_over(
-            channel, mover, target.queue, decide, replay_to=target.replay, rate=rate
-        )
+    async with lock:
+        await _check_exists(request, target)
+        async with (
+            link.channel() as channel,
+            link.channel(publisher_confirms=True) as confirming,
+        ):
+            mover = MessageMover(confirming, timeout=timeout)
+            return await pass_over(
+                channel, mover, target.queue, decide, replay_to=target.replay, rate=rate
+            )
+
+
+async def _check_exists(request: web.Request, target: _Target) -> None:
+    """The queue and its replay target exist, checked before any message is taken."""
+    try:
+        async with request.app[LINK].channel() as channel:
+            await channel.declare_queue(target.queue, passive=True, robust=False)
+            if target.replay.queue is not None:
+                await channel.declare_queue(target.replay.queue, passive=True, robust=False)
+            else:
+                await channel.get_exchange(target.replay.exchange, ensure=True)
+    except aiormq.exceptions.ChannelNotFoundEntity as error:
+        raise _TargetMissingError(str(error)) from None
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
     admin_operation(request, "dead-letters.list")
     target = _Target(request)
     try:
-        selection = _selection(dict(request.query))
+        selection = _selection(
+            {k: v for k, v in request.query.items() if k not in ("offset", "limit")}
+        )
         offset = _bounded_int(request.query.get("offset", "0"), "offset", 0, 10**9)
         limit = _bounded_int(request.query.get("limit", "100"), "limit", 1, MAX_PAGE)
     except _BadRequestError as error:
         return _bad_request(str(error))
-    result = await _pass(request, target, lambda _letter: Action.KEEP)
-    matching = [letter for letter in result.seen if selection.matches(letter)]
+    matching: list[dict[str, Any]] = []
+    seen = 0
+
+    def collect(letter: DeadLetter) -> Action:
+        nonlocal seen
+        seen += 1
+        if selection.matches(letter):
+            matching.append(letter.summary())
+        return Action.KEEP
+
+    result = await _guarded_pass(request, target, collect)
+    if isinstance(result, web.Response):
+        return result
+    if result.stopped is not None:
+        return _stopped(result)
     return _json(
         {
             "queue": target.queue,
-            "messages": len(result.seen),
+            "messages": seen,
             "truncated": result.truncated,
             "matching": len(matching),
-            "entries": [letter.summary() for letter in matching[offset : offset + limit]],
+            "entries": matching[offset : offset + limit],
         }
     )
 
@@ -114,13 +156,23 @@ async def show_dead_letter(request: web.Request) -> web.Response:
     entry_id = request.match_info["entry_id"]
     admin_operation(request, "dead-letters.show", entry=entry_id)
     target = _Target(request)
-    result = await _pass(request, target, lambda _letter: Action.KEEP)
-    found = next((letter for letter in result.seen if letter.entry_id == entry_id), None)
-    if found is None:
+    found: list[dict[str, Any]] = []
+
+    def find(letter: DeadLetter) -> Action:
+        if letter.entry_id == entry_id and not found:
+            found.append(_detail(letter))
+        return Action.KEEP
+
+    result = await _guarded_pass(request, target, find)
+    if isinstance(result, web.Response):
+        return result
+    if result.stopped is not None and not found:
+        return _stopped(result)
+    if not found:
         return problem_response(
             Problem(404, "dead-letter-not-found", "Not found", "no such entry in this queue now")
         )
-    return _json(_detail(found))
+    return _json(found[0])
 
 
 async def replay_dead_letters(request: web.Request) -> web.Response:
@@ -132,28 +184,86 @@ async def discard_dead_letters(request: web.Request) -> web.Response:
 
 
 async def _act(request: web.Request, action: Action) -> web.Response:
+    operation = f"dead-letters.{action.value}"
     try:
         document = orjson.loads(await request.read() or b"{}")
         selection, rate = _operation(document, action)
     except (orjson.JSONDecodeError, _BadRequestError) as error:
-        admin_operation(request, f"dead-letters.{action.value}", refused=str(error))
+        admin_operation(request, operation, refused=str(error))
         return _bad_request(str(error))
-    admin_operation(request, f"dead-letters.{action.value}", selection=str(selection))
+    admin_operation(request, operation, selection=str(selection))
     target = _Target(request)
-    result = await _pass(
-        request, target, lambda letter: action if selection.matches(letter) else Action.KEEP, rate
+    result = await _guarded_pass(
+        request,
+        target,
+        lambda letter: action if selection.matches(letter) else Action.KEEP,
+        rate,
     )
+    if isinstance(result, web.Response):
+        return result
     metrics = request.app[METRICS]
     metrics.dead_letters_replayed.labels(target.label).inc(result.replayed)
     metrics.dead_letters_discarded.labels(target.label).inc(result.discarded)
-    return _json(
-        {
-            "queue": target.queue,
-            "replayed": result.replayed,
-            "discarded": result.discarded,
-            "kept": len(result.seen),
-            "truncated": result.truncated,
-        }
+    _log.info(
+        "admin operation done",
+        operation=operation,
+        replayed=result.replayed,
+        discarded=result.discarded,
+        kept=result.kept,
+        stopped=result.stopped,
+    )
+    counts = {
+        "queue": target.queue,
+        "replayed": result.replayed,
+        "discarded": result.discarded,
+        "kept": result.kept,
+        "truncated": result.truncated,
+    }
+    if result.stopped is not None:
+        # Part of the work is done (the counts say how much); nothing was lost.
+        return problem_response(
+            Problem(
+                503,
+                "dead-letter-pass-stopped",
+                "Stopped part way",
+                f"{result.stopped}; the rest is untouched, retry later",
+                counts,
+                headers={"Retry-After": "5"},
+            )
+        )
+    return _json(counts)
+
+
+async def _guarded_pass(
+    request: web.Request,
+    target: _Target,
+    decide: Callable[[DeadLetter], Action],
+    rate: float | None = None,
+) -> PassResult | web.Response:
+    try:
+        result = await _pass(request, target, decide, rate)
+    except _TargetMissingError as error:
+        return problem_response(
+            Problem(
+                404,
+                "queue-not-declared",
+                "Queue not declared",
+                f"{error}: start a conveyor with this subscription (or run conveyor topology "
+                "--apply) first",
+            )
+        )
+    return result
+
+
+def _stopped(result: PassResult) -> web.Response:
+    return problem_response(
+        Problem(
+            503,
+            "dead-letter-pass-stopped",
+            "Stopped part way",
+            f"{result.stopped}; nothing was lost, retry later",
+            headers={"Retry-After": "5"},
+        )
     )
 
 
@@ -181,6 +291,7 @@ def _operation(document: Any, action: Action) -> tuple[Selection, float | None]:
         case "filter":
             if not isinstance(document["filter"], dict) or not document["filter"]:
                 raise _BadRequestError(f"filter must be an object with some of {list(_FILTERS)}")
+            # An empty-looking filter must never widen into "everything": say `all` for that.
             return _selection(document["filter"]), rate
     if document["all"] is not True:
         raise _BadRequestError("'all' must be true")
@@ -188,9 +299,12 @@ def _operation(document: Any, action: Action) -> tuple[Selection, float | None]:
 
 
 def _selection(values: dict[str, Any]) -> Selection:
-    unknown = sorted(set(values) - set(_FILTERS) - {"offset", "limit"})
+    """Filters as given: only known names, each a non-empty string (no value means no filter)."""
+    unknown = sorted(set(values) - set(_FILTERS))
     if unknown:
         raise _BadRequestError(f"unknown filters {unknown}; known: {list(_FILTERS)}")
+    if not all(isinstance(value, str) and value for value in values.values()):
+        raise _BadRequestError("each filter value must be a non-empty string")
     try:
         since = parse_time(values["since"]) if "since" in values else None
         until = parse_time(values["until"]) if "until" in values else None

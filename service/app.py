@@ -158,5 +158,8 @@ async def _broker_link(app: web.Application) -> AsyncIterator[None]:
     yield
     # By now the listener is closed and in-flight requests have finished (aiohttp's runner
     # waits for them before cleanup), so only the consumers are left to drain.
-    await link.close()
-    app[TRACING].shutdown()
+    try:
+        await link.close()
+    finally:
+        # A last export may wait on a collector that is away: not on the event loop.
+        await asyncio.to_thread(app[TRACING].shutdown)

@@ -20,7 +20,12 @@ from aiohttp import web
 from consumers import Subscription
 from producers import Topology
 from service.app import build_app
-from service.cli_client import EXIT_UNREACHABLE, add_client_commands, run_client
+from service.cli_client import (
+    EXIT_ANSWERED_ERROR,
+    EXIT_UNREACHABLE,
+    add_client_commands,
+    run_client,
+)
 from service.keys import LIFECYCLE
 from service.logs import configure_logging
 from service.settings import PREFIX, SETTINGS_HELP, SettingError, Settings, load_settings
@@ -98,11 +103,17 @@ async def topology_command(
     if arguments.apply:
         try:
             await apply_topology(settings.amqp_url, topology, subscriptions)
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            # The broker answered: something with this name exists with other arguments.
+            problem = f"conveyor: RabbitMQ refused a declaration: {error}"
+            print(problem, file=sys.stderr)  # noqa: T201 - a CLI reports on stderr
+            return EXIT_ANSWERED_ERROR
         except (OSError, aiormq.exceptions.AMQPError) as error:
             problem = f"conveyor: could not declare on {settings.amqp_url_redacted}: {error}"
             print(problem, file=sys.stderr)  # noqa: T201 - a CLI reports on stderr
             return EXIT_UNREACHABLE
-        out.write(f"declared on {settings.amqp_url_redacted}\n")
+        # On stderr: stdout stays the plan alone (JSON with --json).
+        print(f"declared on {settings.amqp_url_redacted}", file=sys.stderr)  # noqa: T201 - a CLI
     return 0
 
 

@@ -26,6 +26,7 @@ EXIT_ANSWERED_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 DEFAULT_URL = "http://localhost:8080"
+_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 
 
 def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
@@ -63,7 +64,9 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     dlq.add_argument("--since", help="only failures at or after this RFC 3339 time")
     dlq.add_argument("--until", help="only failures before this RFC 3339 time")
     dlq.add_argument("--all", action="store_true", help="replay/discard: every entry")
-    dlq.add_argument("--rate", type=float, help="replay: at most this many per second")
+    dlq.add_argument("--rate", type=_positive, help="replay: at most this many per second")
+    dlq.add_argument("--offset", type=int, default=0, help="ls: skip this many matching entries")
+    dlq.add_argument("--limit", type=int, default=100, help="ls: show at most this many (500)")
     publish = commands.add_parser(
         "publish",
         parents=[common],
@@ -183,26 +186,13 @@ def _documents(arguments: argparse.Namespace) -> tuple[list[dict[str, Any]], boo
 
 
 async def _post(arguments: argparse.Namespace, body: bytes, content_type: str, out: TextIO) -> int:
-    headers = {"Content-Type": content_type}
-    if arguments.token:
-        headers["Authorization"] = f"Bearer {arguments.token}"
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-            session.post(
-                arguments.url.rstrip("/") + "/v1/events", data=body, headers=headers
-            ) as reply,
-        ):
-            status, answer = reply.status, orjson.loads(await reply.read() or b"{}")
-    except (aiohttp.ClientError, TimeoutError) as error:
-        _complain(f"cannot reach {arguments.url}: {error}")
-        return EXIT_UNREACHABLE
-    if arguments.json or status != 202:  # noqa: PLR2004 - accepted
-        out.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
+    def render(answer: dict[str, Any], out: TextIO) -> None:
         entries = answer.get("results", [answer])
         out.write("".join(f"{entry['id']} {entry['location']}\n" for entry in entries))
-    return 0 if status == 202 else EXIT_ANSWERED_ERROR  # noqa: PLR2004 - accepted
+
+    return await _request(
+        arguments, "POST", "/v1/events", out, render, raw_body=body, content_type=content_type
+    )
 
 
 async def dlq_command(arguments: argparse.Namespace, out: TextIO) -> int:
@@ -224,7 +214,10 @@ async def dlq_command(arguments: argparse.Namespace, out: TextIO) -> int:
     }
     match arguments.action:
         case "ls":
-            return await _request(arguments, "GET", base, out, _print_dead_letters, query=filters)
+            page = {"offset": str(arguments.offset), "limit": str(arguments.limit)}
+            return await _request(
+                arguments, "GET", base, out, _print_dead_letters, query=filters | page
+            )
         case "show":
             if len(arguments.entry) != 1:
                 _complain("dlq show takes one entry id")
@@ -258,20 +251,33 @@ async def _request(
     *,
     query: dict[str, str] | None = None,
     body: Any = None,
+    raw_body: bytes | None = None,
+    content_type: str | None = None,
 ) -> int:
     headers = {"Authorization": f"Bearer {arguments.token}"} if arguments.token else {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session,
+            # No overall limit: a replay of many dead letters at a low rate takes its time.
+            aiohttp.ClientSession(timeout=_TIMEOUT) as session,
             session.request(
-                method, arguments.url.rstrip("/") + path, params=query, json=body, headers=headers
+                method,
+                arguments.url.rstrip("/") + path,
+                params=query,
+                json=body,
+                data=raw_body,
+                headers=headers,
             ) as reply,
         ):
             status, raw = reply.status, await reply.read()
-    except (aiohttp.ClientError, TimeoutError) as error:
-        _complain(f"cannot reach {arguments.url}: {error}")
+    except aiohttp.ClientError as error:
+        _complain(f"cannot reach {arguments.url}: {type(error).__name__}: {error}")
         return EXIT_UNREACHABLE
-    document = orjson.loads(raw) if raw else {}
+    except TimeoutError:
+        _complain(f"no answer from {arguments.url}; what was asked may still be under way")
+        return EXIT_ANSWERED_ERROR
+    document = _parse(raw)
     if status >= 400:  # noqa: PLR2004 - an error answer
         _complain(f"{status} {document.get('title', '')}: {document.get('detail', '')}")
         return EXIT_ANSWERED_ERROR
@@ -280,6 +286,15 @@ async def _request(
     else:
         render(document, out)
     return 0
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    """The answer as JSON; a proxy's HTML error page becomes a detail line."""
+    try:
+        document = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {"detail": raw[:200].decode(errors="replace")}
+    return document if isinstance(document, dict) else {"results": document}
 
 
 def _print_json(document: Any, out: TextIO) -> None:
@@ -298,6 +313,13 @@ def _print_dead_letters(document: dict[str, Any], out: TextIO) -> None:
             f"{entry['reason'] or '-'}  {error['class'] or '-'}: {error['message'] or ''}  "
             f"{entry['last_failure'] or ''}\n"
         )
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
 
 
 def _complain(text: str) -> None:

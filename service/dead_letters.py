@@ -21,8 +21,8 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
-from consumers import MessageMover
-from consumers.dead_letter import replay_headers
+from consumers import MessageMover, MoveFailedError
+from consumers.dead_letter import ORIGINAL_ROUTING_KEY, replay_headers
 from producers import parse_time
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 MAX_PASS_MESSAGES = 10_000  # one pass looks at most at this many messages from the head
+ENTRY_ID = "x-conveyor-entry-id"
 
 
 class Action(enum.StrEnum):
@@ -48,7 +49,7 @@ class Action(enum.StrEnum):
 class DeadLetter:
     """One message in a dead-letter (or the unrouted) queue, as conveyor's headers describe it."""
 
-    entry_id: str  # stable across passes: the event id, the last failure time and the body
+    entry_id: str  # stable across passes (stamped on the first pass that keeps the message)
     event_id: str | None
     source: str | None
     type: str | None
@@ -59,6 +60,7 @@ class DeadLetter:
     replays: int
     first_failure: str | None
     last_failure: str | None
+    original_routing_key: str | None  # where it was published: the event type
     headers: dict[str, Any] = field(repr=False)
     body: bytes = field(repr=False)
     content_type: str | None = None
@@ -75,6 +77,15 @@ class DeadLetter:
             "last_failure": self.last_failure,
         }
 
+    def kept_headers(self) -> dict[str, Any]:
+        """Headers for the copy that goes back to the tail: the same, plus what keeps this
+        entry recognisable (its id, and where it was first published) on every later pass."""
+        headers = dict(self.headers)
+        headers[ENTRY_ID] = self.entry_id
+        if self.original_routing_key is not None:
+            headers.setdefault(ORIGINAL_ROUTING_KEY, self.original_routing_key)
+        return headers
+
 
 def read_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
     headers = dict(message.headers or {})
@@ -89,23 +100,31 @@ def read_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
         value = headers.get(name)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    last_failure = text("x-conveyor-last-failure")
-    digest = hashlib.sha256()
-    for part in (message.message_id or "", last_failure or ""):
-        digest.update(part.encode() + b"\0")
-    digest.update(message.body)
+    # A message straight from the events exchange (through its alternate exchange, or from an
+    # earlier conveyor) still has its routing key; once a pass kept it, a header has it.
+    original_routing_key = text(ORIGINAL_ROUTING_KEY) or (
+        message.routing_key if message.exchange else None
+    )
+    entry_id = text(ENTRY_ID)
+    if entry_id is None:
+        digest = hashlib.sha256()
+        for part in (text("ce-source"), message.message_id, text("x-conveyor-last-failure")):
+            digest.update((part or "").encode() + b"\0")
+        digest.update(message.body)
+        entry_id = digest.hexdigest()[:20]
     return DeadLetter(
-        entry_id=digest.hexdigest()[:20],
+        entry_id=entry_id,
         event_id=text("ce-id") or message.message_id,
         source=text("ce-source"),
-        type=text("ce-type") or message.routing_key,
+        type=text("ce-type") or original_routing_key,
         reason=text("x-conveyor-reason"),
         error_class=text("x-conveyor-error-class"),
         error_message=text("x-conveyor-error-message"),
         attempts=number("x-conveyor-attempts"),
         replays=number("x-conveyor-replays") or 0,
         first_failure=text("x-conveyor-first-failure"),
-        last_failure=last_failure,
+        last_failure=text("x-conveyor-last-failure"),
+        original_routing_key=original_routing_key,
         headers=headers,
         body=message.body,
         content_type=message.content_type,
@@ -154,16 +173,20 @@ def _moment(text: str | None) -> datetime | None:
 
 @dataclass(slots=True)
 class PassResult:
-    seen: list[DeadLetter] = field(default_factory=list)
+    kept: int = 0
     replayed: int = 0
     discarded: int = 0
     truncated: bool = False  # the queue held more than one pass looks at
+    stopped: str | None = None  # why the pass ended early (a copy RabbitMQ did not confirm)
 
 
 @dataclass(frozen=True, slots=True)
 class ReplayTarget:
-    exchange: str
-    routing_key: Callable[[AbstractIncomingMessage], str]
+    exchange: str  # "" (the default exchange) or the events exchange
+    queue: str | None  # for the default exchange: the subscription's queue
+
+    def routing_key(self, letter: DeadLetter) -> str:
+        return self.queue if self.queue is not None else letter.original_routing_key or ""
 
 
 async def pass_over(
@@ -172,10 +195,16 @@ async def pass_over(
     queue_name: str,
     decide: Callable[[DeadLetter], Action],
     *,
-    replay_to: ReplayTarget | None = None,
+    replay_to: ReplayTarget,
     rate: float | None = None,
 ) -> PassResult:
-    """Take each message now in the queue once and keep, replay or discard it as `decide` says."""
+    """Take each message now in the queue once and keep, replay or discard it as `decide` says.
+
+    `decide` sees every message (a listing collects what it wants from it there, so a pass
+    never holds ten thousand bodies). A copy RabbitMQ does not confirm ends the pass: a failed
+    replay is kept instead, and a failed keep leaves that one message unacked, handed back
+    with a nack, the only way left.
+    """
     queue = await channel.declare_queue(queue_name, passive=True, robust=False)
     count = queue.declaration_result.message_count or 0
     result = PassResult(truncated=count > MAX_PASS_MESSAGES)
@@ -186,21 +215,56 @@ async def pass_over(
             break
         letter = read_dead_letter(message)
         action = decide(letter)
-        if action is Action.REPLAY and replay_to is not None:
-            await mover.copy(
-                message,
-                exchange=replay_to.exchange,
-                routing_key=replay_to.routing_key(message),
-                headers=replay_headers(letter.headers),
-            )
-            result.replayed += 1
-            if pause:
-                await asyncio.sleep(pause)
-        elif action is Action.DISCARD:
-            result.discarded += 1
-        else:
-            # Back to the tail, unchanged: the head moves on and the queue keeps its order.
-            await mover.copy(message, exchange="", routing_key=queue_name, headers=letter.headers)
-            result.seen.append(letter)
-        await message.ack()
+        # Shielded: once a copy is confirmed, the ack must follow even if the request is
+        # cancelled meanwhile (shutdown), or the entry would be both replayed and still here.
+        step = _move(
+            message, letter, action, mover=mover, queue_name=queue_name, replay_to=replay_to
+        )
+        done = await asyncio.shield(step)
+        match done:
+            case Action.REPLAY:
+                result.replayed += 1
+            case Action.DISCARD:
+                result.discarded += 1
+            case Action.KEEP:
+                result.kept += 1
+            case str(reason):
+                result.stopped = reason
+                break
+        if done is Action.REPLAY and pause:
+            await asyncio.sleep(pause)  # after the ack: a cancelled pause loses nothing
     return result
+
+
+async def _move(
+    message: AbstractIncomingMessage,
+    letter: DeadLetter,
+    action: Action,
+    *,
+    mover: MessageMover,
+    queue_name: str,
+    replay_to: ReplayTarget,
+) -> Action | str:
+    """Copy (unless discarding), then ack; the action done, or why the pass must stop."""
+    stop = None
+    try:
+        if action is Action.REPLAY:
+            try:
+                await mover.copy(
+                    message,
+                    exchange=replay_to.exchange,
+                    routing_key=replay_to.routing_key(letter),
+                    headers=replay_headers(letter.headers),
+                )
+            except MoveFailedError as error:
+                stop, action = f"replay not confirmed: {error}", Action.KEEP
+        if action is Action.KEEP:
+            # Back to the tail: the head moves on and the queue keeps its order.
+            await mover.copy(
+                message, exchange="", routing_key=queue_name, headers=letter.kept_headers()
+            )
+    except MoveFailedError as error:
+        await message.nack(requeue=True)
+        return f"could not put an entry back in its place: {error}"
+    await message.ack()
+    return stop or action

@@ -11,6 +11,9 @@ from service.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["metrics_endpoint", "metrics_middleware"]
 
+# Any other method token becomes "other": a label value per invented method would grow forever.
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
@@ -29,5 +32,6 @@ async def metrics_middleware(
     response = await handler(request)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].http_requests.labels(route, request.method, str(response.status)).inc()
+    method = request.method if request.method in _METHODS else "other"
+    request.app[METRICS].http_requests.labels(route, method, str(response.status)).inc()
     return response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from opentelemetry.context import Context
@@ -11,7 +11,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from producers import OutgoingEvent
@@ -60,7 +60,7 @@ class OtelTracing:
     @contextlib.contextmanager
     def handling(
         self, subscription: str, event_id: str, event_type: str, traceparent: str | None
-    ) -> Iterator[None]:
+    ) -> Iterator[Callable[[str, str], None]]:
         attributes = self._messaging(event_id, event_type)
         attributes["messaging.consumer.group.name"] = subscription
         with self._tracer.start_as_current_span(
@@ -68,8 +68,14 @@ class OtelTracing:
             context=_parent(traceparent),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
-        ):
-            yield
+        ) as span:
+
+            def mark_failed(error_class: str, message: str) -> None:
+                # The handler's exceptions end in a retry or a dead letter, not in the span.
+                span.set_attribute("error.type", error_class)
+                span.set_status(Status(StatusCode.ERROR, f"{error_class}: {message}"))
+
+            yield mark_failed
 
     def _messaging(self, event_id: str, event_type: str) -> dict[str, str]:
         return {
@@ -80,7 +86,7 @@ class OtelTracing:
         }
 
     def shutdown(self) -> None:
-        self._provider.shutdown()
+        self._provider.shutdown()  # blocking (a final export): the app runs it in a thread
 
 
 def otlp_tracing(settings: Settings) -> OtelTracing:

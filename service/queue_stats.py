@@ -37,15 +37,21 @@ async def poll_queue_stats(
     """Refresh the queue gauges every `interval` seconds until cancelled."""
     channel: AbstractRobustChannel | None = None
     while True:
-        try:
-            if channel is None or channel.is_closed:
-                channel = await connection.channel()
-            for subscription in subscriptions:
+        for subscription in subscriptions:
+            # One subscription at a time: a queue missing for one must not blind the rest.
+            try:
+                if channel is None or channel.is_closed:
+                    channel = await connection.channel()
                 await _poll_one(channel, topology, subscription, metrics)
-        except _POLL_FAILURES as error:
-            # A queue deleted under us closes the channel (404); the next round opens another.
-            _log.debug("queue stats poll failed", error=str(error))
-            channel = None
+            except _POLL_FAILURES as error:
+                # A missing queue closes the channel (404); the next one opens another.
+                _log.warning(
+                    "queue stats poll failed", subscription=subscription.name, error=str(error)
+                )
+                channel = None
+            except Exception:  # noqa: BLE001 - the poller must outlive any surprise
+                _log.exception("queue stats poll failed", subscription=subscription.name)
+                channel = None
         await asyncio.sleep(interval)
 
 

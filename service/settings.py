@@ -287,7 +287,8 @@ class _Reader:
             return ()
         tokens: list[tuple[str, str]] = []
         for entry in (part.strip() for part in raw.split(",")):
-            who, _, token = entry.rpartition(":") if ":" in entry else ("admin", "", entry)
+            # Names hold no ':', tokens may: a token with a ':' is given as name:token.
+            who, _, token = entry.partition(":") if ":" in entry else ("admin", "", entry)
             if not _TOKEN_NAME.fullmatch(who) or len(token) < MIN_ADMIN_TOKEN_LENGTH:
                 raise SettingError(
                     PREFIX + name,

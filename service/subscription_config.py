@@ -20,6 +20,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 # AMQP topic pattern: dot-separated words, each '*', '#' or characters other than '.'.
 _PATTERN_WORD = re.compile(r"^(\*|#|[^.*#\s]+)$")
 MAX_PATTERN_LENGTH = 255
+RESERVED_NAMES = frozenset(("unrouted", "results", "events", "dlx"))
 _KEYS = frozenset(
     (
         "name",
@@ -68,6 +69,9 @@ def _subscription(index: int, entry: Any) -> Subscription:
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name))
+    if name in RESERVED_NAMES:
+        # {ns}.unrouted and {ns}.results are conveyor's own queue and exchange.
+        raise SettingError(SETTING, f"{where}.name other than {sorted(RESERVED_NAMES)}", name)
     where = f"subscriptions[{index}] ({name})"
     events = entry.get("events")
     if (

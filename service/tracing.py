@@ -15,6 +15,7 @@ from typing import Protocol
 from aiohttp import web
 
 from consumers import NO_HANDLER_TRACER
+from consumers.observe import MarkFailed
 from producers import OutgoingEvent
 from service.settings import SettingError, Settings
 
@@ -32,7 +33,7 @@ class Tracing(Protocol):
 
     def handling(
         self, subscription: str, event_id: str, event_type: str, traceparent: str | None
-    ) -> contextlib.AbstractContextManager[None]: ...
+    ) -> contextlib.AbstractContextManager[MarkFailed]: ...
 
     def shutdown(self) -> None:
         """Flush what is not exported yet."""
@@ -49,7 +50,7 @@ class NoTracing:
 
     def handling(
         self, subscription: str, event_id: str, event_type: str, traceparent: str | None
-    ) -> contextlib.AbstractContextManager[None]:
+    ) -> contextlib.AbstractContextManager[MarkFailed]:
         return NO_HANDLER_TRACER.handling(subscription, event_id, event_type, traceparent)
 
     def shutdown(self) -> None:

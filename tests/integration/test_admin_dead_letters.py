@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import aio_pika
+import orjson
+
 from tests.conftest import Namespace, Running, StartConveyor, subscription
-from tests.support.recorder import Gate
+from tests.support.recorder import Gate, Recorder
 
 TOKEN = "ops-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -163,3 +166,62 @@ async def test_dead_letter_routes_need_the_admin_token(start_conveyor: StartConv
     unknown, _ = await call(conveyor, "GET", "/v1/admin/subscriptions/ghost/dead-letters")
 
     assert (without, wrong, unknown) == (401, 403, 404)
+
+
+async def test_a_filter_never_widens_into_everything(start_conveyor: StartConveyor) -> None:
+    conveyor = await start(start_conveyor, Gate())
+    await dead_lettered(conveyor, ("w-1", "order.placed"))
+
+    bodies: list[dict[str, Any]] = [
+        {"filter": {"limit": 10}},
+        {"filter": {"type": None}},
+        {"filter": {"since": 123}},
+        {"filter": {}},
+    ]
+    answers = [await call(conveyor, "POST", f"{BASE}/discard", body) for body in bodies]
+
+    assert [status for status, _ in answers] == [400, 400, 400, 400]
+    _, listed = await call(conveyor, "GET", BASE)
+    assert listed["messages"] == 1  # nothing was discarded
+
+
+async def test_a_replay_to_a_missing_queue_moves_nothing(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    conveyor = await start(start_conveyor, Gate())
+    await dead_lettered(conveyor, ("m-1", "order.placed"), ("m-2", "order.placed"))
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        await channel.queue_delete(namespace.topology.queue("orders"))
+
+    status, problem = await call(conveyor, "POST", f"{BASE}/replay", {"all": True})
+
+    assert status == 404
+    assert problem["type"] == "urn:conveyor:problem:queue-not-declared"
+    left = await namespace.take_all(namespace.topology.dead_letter_queue("orders"))
+    assert sorted(m.message_id or "" for m in left) == ["m-1", "m-2"]
+
+
+async def test_unrouted_events_listed_before_reach_a_subscription_added_since(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    conveyor = await start(start_conveyor, Gate())
+    # A structured-mode message with no message_id from another publisher, and one via HTTP.
+    await namespace.publish_raw(
+        orjson.dumps({"specversion": "1.0", "id": "raw-1", "source": "/raw", "type": "invoice.x"}),
+        routing_key="invoice.x",
+        content_type="application/cloudevents+json",
+    )
+    assert (await conveyor.post({"type": "invoice.y", "id": "u-2", "source": "/b"})).status == 202
+    _, first = await call(conveyor, "GET", "/v1/admin/unrouted")
+    _, second = await call(conveyor, "GET", "/v1/admin/unrouted")
+    assert {e["id"] for e in first["entries"]} == {e["id"] for e in second["entries"]}
+    assert {e["event"]["type"] for e in second["entries"]} == {"invoice.x", "invoice.y"}
+
+    invoices = Recorder()
+    await start_conveyor((subscription("invoices", ("invoice.*",), invoices),))
+    status, replayed = await call(conveyor, "POST", "/v1/admin/unrouted/replay", {"all": True})
+
+    assert (status, replayed["replayed"]) == (200, 2)
+    handled = await invoices.wait_for(2)
+    assert sorted(event.id for event in handled) == ["raw-1", "u-2"]

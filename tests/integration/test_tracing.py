@@ -5,27 +5,35 @@ from __future__ import annotations
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
+from consumers import PermanentError
 from service.otel import OtelTracing
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def recording(namespace: Namespace) -> tuple[OtelTracing, InMemorySpanExporter]:
+    """Tracing that keeps its finished spans in memory for the test to read."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return OtelTracing(provider, namespace=namespace.name), exporter
+
+
 CLIENT_SPAN = "00f067aa0ba902b7"
 
 
 async def test_a_client_trace_continues_through_ingest_publish_and_the_handler(
     start_conveyor: StartConveyor, namespace: Namespace
 ) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing, exporter = recording(namespace)
     recorder = Recorder()
     conveyor = await start_conveyor(
-        (subscription("traced", ("trace.*",), recorder),),
-        tracing=OtelTracing(provider, namespace=namespace.name),
+        (subscription("traced", ("trace.*",), recorder),), tracing=tracing
     )
 
     response = await conveyor.client.post(
@@ -63,3 +71,27 @@ async def test_a_client_trace_continues_through_ingest_publish_and_the_handler(
     assert process.attributes is not None
     assert process.attributes["messaging.consumer.group.name"] == "traced"
     assert process.attributes["messaging.message.id"] == "t-1"
+
+
+async def test_a_failed_delivery_marks_its_span_as_an_error(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    tracing, exporter = recording(namespace)
+
+    async def refuse(_event: object) -> None:
+        raise PermanentError("no such account")
+
+    conveyor = await start_conveyor(
+        (subscription("strict", ("trace.*",), refuse),), tracing=tracing
+    )
+    assert (await conveyor.post({"type": "trace.bad", "id": "f-1", "source": "/t"})).status == 202
+
+    async def consumer_span() -> bool:
+        return any(span.kind is SpanKind.CONSUMER for span in exporter.get_finished_spans())
+
+    await eventually(consumer_span, what="the process span")
+    [process] = [span for span in exporter.get_finished_spans() if span.kind is SpanKind.CONSUMER]
+    assert process.status.status_code is StatusCode.ERROR
+    assert process.status.description == "PermanentError: no such account"
+    assert process.attributes is not None
+    assert process.attributes["error.type"] == "PermanentError"

@@ -76,6 +76,7 @@ def test_a_subscription_can_opt_out_of_deduplication(tmp_path: Path) -> None:
         (HEAD + "prefetch = 0", "(a).prefetch"),
         (HEAD + "prefetch = 2\nconcurrency = 4", "no larger than prefetch"),
         (HEAD + "retries = 3", "unknown: ['retries']"),
+        (HEAD.replace("name = 'a'", "name = 'unrouted'"), "name other than"),
         (HEAD + 'deduplicate = "no"', "(a).deduplicate as true or false"),
         (GOOD + GOOD, "repeated: audit, defaults"),
         ("[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = '.x:y'", "importable"),
