@@ -12,7 +12,7 @@ help:
 	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  - benchmarks on the local broker and PostgreSQL (a few minutes)"
-	@echo "make chaos  - fault injection on the local broker (alarms); needs rabbitmqctl"
+	@echo "make chaos  - loss-accounting scenarios and fault injection (alarms); needs rabbitmqctl"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "conveyor needs Python >= 3.11")'
@@ -48,7 +48,7 @@ test: lint
 
 # Fault injection on the local broker itself (alarms); slower, and never run beside other tests.
 chaos: install
-	$(BIN)/pytest tests/chaos -q -ra
+	$(BIN)/pytest tests/integration/test_loss_accounting.py tests/chaos -q -ra
 
 bench: install
 	$(BIN)/python bench/store_claims.py

@@ -24,6 +24,7 @@ from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
 from service.tracing import Tracing
+from tests.support.ledger import ACCOUNTS, HEADER, Account
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 
@@ -297,3 +298,18 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def url_with_port(url: str, port: int) -> str:
     return str(URL(url).with_host("127.0.0.1").with_port(port))
+
+
+@pytest.fixture
+def accounts(request: pytest.FixtureRequest) -> list[Account]:
+    """Where loss-accounting scenarios put their account; the session prints the table."""
+    return request.config.stash.setdefault(ACCOUNTS, [])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    settled = config.stash.get(ACCOUNTS, [])
+    if settled:
+        terminalreporter.write_sep("=", "loss accounting")
+        terminalreporter.write_line(HEADER)
+        for account in settled:
+            terminalreporter.write_line(account.row())
