@@ -25,6 +25,7 @@ from producers import Topology
 from service import Settings, build_app
 from service.tracing import Tracing
 from tests.support.ledger import ACCOUNTS, HEADER, Account
+from tests.support.processes import launch  # noqa: F401 - a fixture, shared by the process tests
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 

@@ -6,10 +6,15 @@ Pass criterion for each: lost = 0 and unexpected = 0, plus what the scenario add
 from __future__ import annotations
 
 import asyncio
+import shutil
+
+import pytest
 
 from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
 from tests.support.proxy import FaultProxy
+
+RABBITMQCTL = shutil.which("rabbitmqctl")
 
 
 async def test_baseline_10000_events_from_32_clients(
@@ -68,3 +73,44 @@ async def test_connections_cut_again_and_again_under_load(
     assert account.recovered <= sum(account.rejected.values())
     # Redeliveries after a cut are bounded by what was in flight (prefetch) per cut.
     assert account.duplicated <= 3 * 32
+
+
+async def test_broker_restart_mid_stream(
+    start_conveyor: StartConveyor, namespace: Namespace, accounts: list[Account]
+) -> None:
+    ledger = Ledger("broker restart mid-stream (2,000 events, then 500)")
+    conveyor = await start_conveyor(
+        (subscription("restart", ("chaos.*",), ledger.handler(), prefetch=32, concurrency=16),),
+        publish_timeout=2.0,
+    )
+
+    async def restart_broker() -> None:
+        await asyncio.sleep(1.0)
+        await rabbitmqctl("stop_app")
+        await asyncio.sleep(3.0)
+        await rabbitmqctl("start_app")
+
+    await asyncio.gather(ledger.send(conveyor, 2_000, concurrency=32), restart_broker())
+    await conveyor.ready(timeout=60)
+    refused_during_outage = len(ledger.answers) - len(ledger.accepted)
+    await ledger.send(conveyor, 500, concurrency=32)  # after: everything is accepted again
+    await ledger.settled(timeout=90)
+    await ledger.take_dead_letters(namespace, ["restart"])
+    account = ledger.account()
+    accounts.append(account)
+
+    assert refused_during_outage > 0  # the outage was seen
+    assert sum(account.rejected.values()) == refused_during_outage  # none after it
+    assert set(account.rejected) <= {503, 0}  # refused honestly, or the request itself failed
+    assert (account.lost, account.unexpected) == (0, 0)
+    assert account.duplicated <= 32  # at most what was in flight (prefetch) when it stopped
+
+
+async def rabbitmqctl(*arguments: str) -> None:
+    if RABBITMQCTL is None:
+        pytest.fail("the chaos suite needs rabbitmqctl for the local broker", pytrace=False)
+    process = await asyncio.create_subprocess_exec(
+        RABBITMQCTL, *arguments, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, errors = await process.communicate()
+    assert process.returncode == 0, errors.decode()
