@@ -8,9 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aio_pika
+import aiormq.exceptions
+
 from consumers import Event, PermanentError, RetryableError, RetryPolicy
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.ledger import Account, Ledger
+from tests.support.waiting import eventually
 
 
 async def queues_empty(namespace: Namespace, name: str) -> None:
@@ -93,3 +97,34 @@ async def test_a_downstream_failing_for_a_while_loses_nothing_and_dead_letters_n
     assert (account.handled, account.dead_lettered) == (200, 0)
     assert (account.lost, account.unexpected, account.duplicated) == (0, 0, 0)
     assert sum(ledger.calls.values()) > 200  # the failures did happen and were retried
+
+
+async def test_a_queue_deleted_from_outside_comes_back_with_its_consumer(
+    start_conveyor: StartConveyor, namespace: Namespace, accounts: list[Account]
+) -> None:
+    ledger = Ledger("subscription queue deleted from outside")
+    conveyor = await start_conveyor((subscription("fragile", ("chaos.*",), ledger.handler()),))
+    queue_name = namespace.topology.queue("fragile")
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        await channel.queue_delete(queue_name)
+
+        async def consumed_again() -> bool:
+            probe = await connection.channel()
+            try:
+                declared = await probe.declare_queue(queue_name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+            return declared.declaration_result.consumer_count == 1
+
+        # aio-pika's robust channel re-declares the queue (with its bindings) and consumes again.
+        await eventually(consumed_again, timeout=20, what="the queue and its consumer back")
+
+    await conveyor.ready()
+    await ledger.send(conveyor, 100, concurrency=16)
+    await ledger.settled()
+    account = ledger.account()
+    accounts.append(account)
+
+    assert (account.accepted, account.handled) == (100, 100)
+    assert (account.lost, account.unexpected, account.duplicated) == (0, 0, 0)
