@@ -11,7 +11,6 @@ from importlib import resources
 from typing import Any
 
 import aiormq.exceptions
-import orjson
 import structlog
 from aiohttp import web
 
@@ -19,6 +18,7 @@ from consumers import Subscription, delay_label
 from producers import Topology
 from service.auth import authorize_admin
 from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
+from service.problems import json_response
 from service.queue_stats import read_queue_stats
 
 __all__ = ["ADMIN_PREFIX", "add_admin_routes", "admin_operation"]
@@ -43,9 +43,7 @@ def admin_operation(request: web.Request, operation: str, **details: Any) -> str
 async def list_subscriptions(request: web.Request) -> web.Response:
     admin_operation(request, "subscriptions.list")
     listed = await _subscription_entries(request)
-    return web.Response(
-        body=orjson.dumps({"subscriptions": listed}), content_type="application/json"
-    )
+    return json_response({"subscriptions": listed})
 
 
 async def dashboard_data(request: web.Request) -> web.Response:
@@ -55,7 +53,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
     entries = await _subscription_entries(request)
     for entry in entries:
         name = entry["name"]
-        entry["handler_seconds"] = _histogram_totals(request, name)
+        entry["handler_seconds"] = metrics.handler_totals(name)
         entry["recent_failures"] = [
             {
                 "event_id": failure.event_id,
@@ -71,7 +69,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
         "broker_connected": request.app[LINK].status().connected,
         "time": time.time(),
     }
-    return web.Response(body=orjson.dumps(document), content_type="application/json")
+    return json_response(document)
 
 
 async def dashboard_page(_request: web.Request) -> web.Response:
@@ -108,7 +106,7 @@ async def _subscription_entries(request: web.Request) -> list[dict[str, Any]]:
             for tier in entry["retry"]["tiers"]:
                 tier["messages"] = stats.retry_tiers.get(tier["delay"], 0)
             entry["dead_letter"]["messages"] = stats.dead_letters
-        entry["handled_here"] = _handled_here(request, subscription.name)
+        entry["handled_here"] = request.app[METRICS].settled_here(subscription.name)
         entry["unacked_here"] = sum(
             consumer.unacked
             for consumer in link.consumers
@@ -151,25 +149,3 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
         },
         "dead_letter": {"queue": topology.dead_letter_queue(name)},
     }
-
-
-def _histogram_totals(request: web.Request, subscription: str) -> dict[str, float]:
-    totals = {"sum": 0.0, "count": 0.0}
-    for family in request.app[METRICS].handler_seconds.collect():
-        for sample in family.samples:
-            if sample.labels.get("subscription") != subscription:
-                continue
-            for key in totals:
-                if sample.name.endswith("_" + key):
-                    totals[key] = sample.value
-    return totals
-
-
-def _handled_here(request: web.Request, subscription: str) -> dict[str, int]:
-    """Deliveries this process settled for the subscription, by outcome, since it started."""
-    counted: dict[str, int] = {}
-    for family in request.app[METRICS].deliveries.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("subscription") == subscription:
-                counted[sample.labels["outcome"]] = int(sample.value)
-    return counted

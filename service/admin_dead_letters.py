@@ -30,7 +30,7 @@ from service.dead_letters import (
     pass_over,
 )
 from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
-from service.problems import Problem, problem_response
+from service.problems import Problem, json_response, problem_response
 
 __all__ = ["add_dead_letter_routes"]
 
@@ -141,7 +141,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
         return result
     if result.stopped is not None:
         return _stopped(result)
-    return _json(
+    return json_response(
         {
             "queue": target.queue,
             "messages": seen,
@@ -172,7 +172,7 @@ async def show_dead_letter(request: web.Request) -> web.Response:
         return problem_response(
             Problem(404, "dead-letter-not-found", "Not found", "no such entry in this queue now")
         )
-    return _json(found[0])
+    return json_response(found[0])
 
 
 async def replay_dead_letters(request: web.Request) -> web.Response:
@@ -231,7 +231,7 @@ async def _act(request: web.Request, action: Action) -> web.Response:
                 headers={"Retry-After": "5"},
             )
         )
-    return _json(counts)
+    return json_response(counts)
 
 
 async def _guarded_pass(
@@ -355,7 +355,3 @@ def _json_safe(value: Any) -> Any:
 
 def _bad_request(detail: str) -> web.Response:
     return problem_response(Problem(400, "invalid-admin-request", "Invalid request", detail))
-
-
-def _json(document: dict[str, Any]) -> web.Response:
-    return web.Response(body=orjson.dumps(document), content_type="application/json")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from service.keys import LIFECYCLE, LINK
+from service.problems import json_response
 
 __all__ = ["livez", "readyz"]
 
@@ -30,6 +30,4 @@ async def readyz(request: web.Request) -> web.Response:
             checks[f"subscription:{name}"] = "consumer not started"
     missing = [name for name, state in checks.items() if state not in ("connected", "consuming")]
     document = {"status": "not ready" if missing else "ready", "checks": checks, "missing": missing}
-    return web.Response(
-        status=503 if missing else 200, body=orjson.dumps(document), content_type="application/json"
-    )
+    return json_response(document, 503 if missing else 200)

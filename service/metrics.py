@@ -160,12 +160,9 @@ class Metrics:
         of the ready count, an estimate that is exact when this process is the only consumer.
         """
         settled = sum(
-            sample.value
-            for family in self.deliveries.collect()
-            for sample in family.samples
-            if sample.name.endswith("_total")
-            and sample.labels.get("subscription") == subscription
-            and sample.labels.get("outcome") != "returned"
+            count
+            for outcome, count in self.settled_here(subscription).items()
+            if outcome != "returned"
         )
         previous = self._samples.get(subscription)
         self._samples[subscription] = (now, ready, settled)
@@ -175,6 +172,27 @@ class Metrics:
         out_rate = (settled - previous[2]) / seconds
         in_rate = max(0.0, out_rate + (ready - previous[1]) / seconds)
         self.rates[subscription] = QueueRates(in_rate, out_rate, seconds)
+
+    def settled_here(self, subscription: str) -> dict[str, int]:
+        """Deliveries this process settled for the subscription, by outcome, since it started."""
+        return {
+            sample.labels["outcome"]: int(sample.value)
+            for family in self.deliveries.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels.get("subscription") == subscription
+        }
+
+    def handler_totals(self, subscription: str) -> dict[str, float]:
+        """The handler-duration histogram's running sum and count for the subscription."""
+        totals = {"sum": 0.0, "count": 0.0}
+        for family in self.handler_seconds.collect():
+            for sample in family.samples:
+                if sample.labels.get("subscription") != subscription:
+                    continue
+                for key in totals:
+                    if sample.name.endswith("_" + key):
+                        totals[key] = sample.value
+        return totals
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

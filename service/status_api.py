@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from service.auth import authorize
 from service.keys import SETTINGS, STATUS_BOOK
-from service.problems import Problem, problem_response
+from service.problems import Problem, json_response, problem_response
 from service.settings import parse_duration
 
 __all__ = ["MAX_WAIT_SECONDS", "event_status"]
@@ -60,4 +59,4 @@ async def event_status(request: web.Request) -> web.Response:
                 {"sources": sources},
             )
         )
-    return web.Response(body=orjson.dumps(found[0].to_json()), content_type="application/json")
+    return json_response(found[0].to_json())
