@@ -22,7 +22,18 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from consumers import MessageMover, MoveFailedError
-from consumers.dead_letter import ORIGINAL_ROUTING_KEY, replay_headers
+from consumers.dead_letter import (
+    ATTEMPTS,
+    ERROR_CLASS,
+    ERROR_MESSAGE,
+    FIRST_FAILURE,
+    LAST_FAILURE,
+    ORIGINAL_ROUTING_KEY,
+    REASON,
+    REPLAYS,
+    read_int,
+    replay_headers,
+)
 from producers import parse_time
 
 __all__ = [
@@ -108,7 +119,7 @@ def read_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
     entry_id = text(ENTRY_ID)
     if entry_id is None:
         digest = hashlib.sha256()
-        for part in (text("ce-source"), message.message_id, text("x-conveyor-last-failure")):
+        for part in (text("ce-source"), message.message_id, text(LAST_FAILURE)):
             digest.update((part or "").encode() + b"\0")
         digest.update(message.body)
         entry_id = digest.hexdigest()[:20]
@@ -117,13 +128,13 @@ def read_dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
         event_id=text("ce-id") or message.message_id,
         source=text("ce-source"),
         type=text("ce-type") or original_routing_key,
-        reason=text("x-conveyor-reason"),
-        error_class=text("x-conveyor-error-class"),
-        error_message=text("x-conveyor-error-message"),
-        attempts=number("x-conveyor-attempts"),
-        replays=number("x-conveyor-replays") or 0,
-        first_failure=text("x-conveyor-first-failure"),
-        last_failure=text("x-conveyor-last-failure"),
+        reason=text(REASON),
+        error_class=text(ERROR_CLASS),
+        error_message=text(ERROR_MESSAGE),
+        attempts=number(ATTEMPTS),
+        replays=read_int(headers, REPLAYS),
+        first_failure=text(FIRST_FAILURE),
+        last_failure=text(LAST_FAILURE),
         original_routing_key=original_routing_key,
         headers=headers,
         body=message.body,
