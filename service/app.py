@@ -13,11 +13,13 @@ from consumers import Subscription
 from producers import AmqpPublisher
 from service.admin_api import add_admin_routes
 from service.admin_dead_letters import add_dead_letter_routes
+from service.admission import Admission
 from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
 from service.ingress import INGEST_PATH, ingest, problems_middleware
 from service.keys import (
+    ADMISSION,
     DEDUPLICATOR,
     LIFECYCLE,
     LINK,
@@ -48,7 +50,7 @@ def build_app(
     settings: Settings,
     subscriptions: Sequence[Subscription] = (),
     *,
-    max_backoff: float = 15.0,
+    max_backoff: float = 5.0,
     queue_poll_interval: float = QUEUE_POLL_SECONDS,
     tracing: Tracing | None = None,
 ) -> web.Application:
@@ -86,6 +88,7 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher
+        app[ADMISSION] = Admission(settings.max_concurrent_requests)
         app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from producers import (
     declare_events_exchange,
     declare_results_exchange,
 )
+from service.link_watchdog import watch_for_silence
 from service.metrics import Metrics
 from service.queue_stats import poll_queue_stats
 from service.settings import Settings
@@ -44,7 +46,6 @@ _log = structlog.get_logger(component="broker")
 # may fix a conflicting queue while we wait; /readyz shows the reason meanwhile).
 # RuntimeError: aio-pika raises it from channel() when the connection drops mid-setup.
 _RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError)
-HEARTBEAT_SECONDS = 15
 RECONNECT_INTERVAL_SECONDS = 2.0
 
 
@@ -64,7 +65,7 @@ class BrokerLink:
         consume: bool,
         metrics: Metrics,
         tracer: HandlerTracer,
-        max_backoff: float = 15.0,
+        max_backoff: float = 5.0,
         queue_poll_interval: float = 10.0,
     ) -> None:
         self._settings = settings
@@ -77,6 +78,7 @@ class BrokerLink:
         self._tracer = tracer
         self._queue_poll_interval = queue_poll_interval
         self._poller: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._connection: AbstractRobustConnection | None = None
         self._problem: str | None = "connecting"
         self._task: asyncio.Task[None] | None = None
@@ -149,6 +151,10 @@ class BrokerLink:
         self._problem = None
         _log.info("broker link up", url=self._settings.amqp_url_redacted)
         if self._connection is not None:
+            self._watchdog = asyncio.create_task(
+                watch_for_silence(self._connection, self._heartbeat),
+                name="conveyor-link-watchdog",
+            )
             self._poller = asyncio.create_task(
                 poll_queue_stats(
                     self._connection,
@@ -159,6 +165,11 @@ class BrokerLink:
                 ),
                 name="conveyor-queue-stats",
             )
+
+    @property
+    def _heartbeat(self) -> int:
+        # AMQP negotiates the heartbeat in whole seconds.
+        return max(1, math.ceil(self._settings.amqp_heartbeat))
 
     def _note_failure(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -174,7 +185,7 @@ class BrokerLink:
         connection = await aio_pika.connect_robust(
             self._settings.amqp_url,
             timeout=10,
-            heartbeat=HEARTBEAT_SECONDS,
+            heartbeat=self._heartbeat,
             # aio-pika's own reconnect loop after a lost connection: a fixed interval.
             reconnect_interval=min(RECONNECT_INTERVAL_SECONDS, self._max_backoff),
             client_properties={"connection_name": f"conveyor {self._settings.role.value}"},
@@ -245,10 +256,11 @@ class BrokerLink:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._poller
+        for task in (self._poller, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await asyncio.gather(
             *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers)
         )

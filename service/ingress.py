@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
+from service.admission import OverloadedError
 from service.auth import ForbiddenError, UnauthorizedError, authorize
 from service.cloudevents_http import (
     BatchTooLargeError,
@@ -38,9 +39,10 @@ from service.idempotency import (
     event_identity,
     request_fingerprint,
 )
-from service.keys import DEDUPLICATOR, METRICS, PUBLISHER, SETTINGS, STATUS_BOOK, TRACING
+from service.keys import ADMISSION, DEDUPLICATOR, METRICS, PUBLISHER, SETTINGS, STATUS_BOOK, TRACING
 from service.metrics import Metrics
 from service.problems import Problem, problem_response
+from service.settings import Settings
 from service.status import StatusBook
 from service.tracing import Tracing
 
@@ -54,7 +56,7 @@ RETRY_AFTER_SECONDS = "2"
 INGEST_PATH = "/v1/events"
 
 
-def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case per error kind
+def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - one case per error kind
     """The one mapping from a domain error to the answer the client gets."""
     match error:
         case InvalidEventError(attribute=attribute):
@@ -80,6 +82,15 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: PLR0911 - one case
             return Problem(400, "invalid-idempotency-key", "Invalid Idempotency-Key", str(error))
         case ForbiddenError() | UnauthorizedError():
             return _access_problem(error)
+        case OverloadedError():
+            return Problem(
+                503,
+                "overloaded",
+                "Overloaded",
+                str(error),
+                {"limit": error.limit},
+                headers={"Retry-After": "1"},
+            )
         case PublishError(reason=reason):
             return Problem(
                 503,
@@ -154,6 +165,11 @@ async def ingest(request: web.Request) -> web.Response:
 async def _ingest(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     authorize(request, settings.api_keys)
+    with request.app[ADMISSION].admit():
+        return await _admitted(request, settings)
+
+
+async def _admitted(request: web.Request, settings: Settings) -> web.Response:
     body = await _read_body(request, settings.max_body_bytes)
     headers = {name.lower(): value for name, value in request.headers.items()}
     content_type = request.headers.get("Content-Type")

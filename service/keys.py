@@ -8,6 +8,7 @@ from aiohttp import web
 
 from consumers import Subscription
 from producers import Publisher
+from service.admission import Admission
 from service.broker import BrokerLink
 from service.idempotency import Deduplicator
 from service.metrics import Metrics
@@ -16,6 +17,7 @@ from service.status import StatusBook
 from service.tracing import Tracing
 
 __all__ = [
+    "ADMISSION",
     "DEDUPLICATOR",
     "LIFECYCLE",
     "LINK",
@@ -37,6 +39,7 @@ class Lifecycle:
 
 
 SETTINGS = web.AppKey("settings", Settings)
+ADMISSION = web.AppKey("admission", Admission)
 PUBLISHER = web.AppKey("publisher", Publisher)
 LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

@@ -91,6 +91,10 @@ class Settings:
     # (name it is logged under, token) pairs; none: the admin API is off
     admin_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     otel: bool = False  # OpenTelemetry spans, exported over OTLP (the `otel` extra)
+    # RabbitMQ's heartbeat timeout: a link silent for this long (two missed heartbeats) is dead.
+    amqp_heartbeat: float = 15.0
+    # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
+    max_concurrent_requests: int = 256
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -129,6 +133,10 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     ),
     SettingDoc(
         "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
+    ),
+    SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
+    SettingDoc(
+        "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
     ),
 )
 
@@ -178,6 +186,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         status_ttl=reader.duration("STATUS_TTL", _DEFAULTS.status_ttl),
         admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),
         otel=reader.flag("OTEL", default=_DEFAULTS.otel),
+        amqp_heartbeat=reader.duration("AMQP_HEARTBEAT", _DEFAULTS.amqp_heartbeat),
+        max_concurrent_requests=reader.integer(
+            "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
+        ),
     )
 
 

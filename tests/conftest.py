@@ -178,6 +178,10 @@ class Running:
             "/v1/events", json=document, headers={"Content-Type": content_type}
         )
 
+    async def post_status(self, document: dict[str, Any]) -> int:
+        status: int = (await self.post(document)).status
+        return status
+
     async def status(self, location: str, **query: str) -> tuple[int, Any]:
         """GET a status URL: (HTTP status, JSON or problem body)."""
         response = await self.client.get(location, params=query)

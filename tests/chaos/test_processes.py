@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from service import Role
 from tests.conftest import Namespace, StartConveyor
 from tests.support.ledger import Account, Ledger
-from tests.support.processes import Process, handler_log
+from tests.support.processes import Process, done_ids
 from tests.support.waiting import eventually
-
-
-def done_ids(log: Path) -> Counter[str]:
-    return Counter(line.split()[1] for line in handler_log(log) if line.startswith("done "))
 
 
 async def test_a_worker_killed_mid_batch_and_a_new_one_drains_the_rest(

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 import aiormq.exceptions
 
 from consumers import Event, PermanentError, RetryableError, RetryPolicy
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
+from tests.support.processes import Process, done_ids
+from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 
 
@@ -127,4 +130,97 @@ async def test_a_queue_deleted_from_outside_comes_back_with_its_consumer(
     accounts.append(account)
 
     assert (account.accepted, account.handled) == (100, 100)
+    assert (account.lost, account.unexpected, account.duplicated) == (0, 0, 0)
+
+
+async def test_a_stalled_link_is_cut_within_two_heartbeats_and_nothing_is_lost(
+    start_conveyor: StartConveyor,
+    namespace: Namespace,
+    amqp_url: str,
+    proxy: FaultProxy,
+    accounts: list[Account],
+) -> None:
+    ledger = Ledger("stalled link for 4 s under load (heartbeat 2 s, 1,500 events)")
+    heartbeat, publish_timeout = 2.0, 1.0
+    conveyor = await start_conveyor(
+        (subscription("stall", ("chaos.*",), ledger.handler(), prefetch=32, concurrency=16),),
+        amqp_url_override=url_with_port(amqp_url, proxy.port),
+        publish_timeout=publish_timeout,
+        amqp_heartbeat=heartbeat,
+    )
+    clock = asyncio.get_running_loop().time
+    detected_after: list[float] = []
+
+    async def not_ready() -> bool:
+        return (await conveyor.client.get("/readyz")).status == 503
+
+    async def stall_for_a_while() -> None:
+        await asyncio.sleep(0.5)
+        proxy.stalled = True  # sockets stay open, nothing is forwarded: a silent network
+        stalled_at = clock()
+        await eventually(not_ready, timeout=4 * heartbeat, what="the stall to be noticed")
+        detected_after.append(clock() - stalled_at)
+        await asyncio.sleep(4.0 - detected_after[0])
+        proxy.stalled = False
+
+    await asyncio.gather(ledger.send(conveyor, 1_500, concurrency=32), stall_for_a_while())
+    await conveyor.ready(timeout=30)
+    await ledger.settled(timeout=60)
+    await ledger.take_dead_letters(namespace, ["stall"])
+    account = ledger.account()
+    accounts.append(account)
+
+    # RabbitMQ counts a peer unreachable after two missed heartbeats; so does conveyor.
+    assert detected_after[0] <= 2 * heartbeat
+    assert sum(account.rejected.values()) > 0  # the stall was felt by clients
+    assert set(account.rejected) <= {503}  # refused honestly, never a false 202
+    # No request waited much past the publish timeout, stall or not.
+    assert max(ledger.latencies) < publish_timeout + 1.0
+    assert (account.lost, account.unexpected) == (0, 0)
+    assert account.recovered <= sum(account.rejected.values())
+    assert account.duplicated <= 32  # at most what was in flight (prefetch)
+
+
+async def test_broker_down_at_start_refuses_then_accepts_within_seconds_of_it_coming_up(
+    launch: Callable[..., Awaitable[Process]],
+    namespace: Namespace,
+    amqp_url: str,
+    proxy: FaultProxy,
+    accounts: list[Account],
+) -> None:
+    ledger = Ledger("broker down when conveyor starts (200 events down, 300 up)")
+    proxy.accepting = False  # every connection attempt fails, as with a broker not yet up
+    # A real `conveyor serve` with its default reconnect backoff.
+    process = await launch(wait_ready=False, CONVEYOR_AMQP_URL=url_with_port(amqp_url, proxy.port))
+    log = process.output.parent / "handled.log"
+    work = {"sleep": 0, "log": str(log)}
+    await asyncio.sleep(6.0)  # long enough for the backoff to reach its cap
+    assert await process.get("/readyz") == 503
+    assert await process.get("/livez") == 200
+    await ledger.send(process, 200, concurrency=16, event_type="slow.job", data=work)
+    assert set(ledger.answers.values()) == {503}
+
+    proxy.accepting = True
+    clock = asyncio.get_running_loop().time
+    up_at = clock()
+
+    async def ready() -> bool:
+        return await process.get("/readyz") == 200
+
+    await eventually(ready, timeout=30, what="conveyor to become ready")
+    ready_after = clock() - up_at
+    await ledger.send(process, 300, concurrency=16, event_type="slow.job", data=work)
+
+    async def all_handled() -> bool:
+        return ledger.accepted <= set(done_ids(log))
+
+    await eventually(all_handled, timeout=30, what="every accepted event to be handled")
+    ledger.succeeded.update(done_ids(log))
+    await ledger.take_dead_letters(namespace, ["slow"])
+    account = ledger.account()
+    accounts.append(account)
+
+    # The reconnect backoff is capped at 5 s: ready within one step of it, plus the set-up.
+    assert ready_after < 5.0 + 3.0, ready_after
+    assert (account.accepted, account.rejected) == (300, {503: 200})
     assert (account.lost, account.unexpected, account.duplicated) == (0, 0, 0)

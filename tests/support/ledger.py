@@ -15,7 +15,7 @@ import collections
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 from aiohttp import ClientError
@@ -23,7 +23,13 @@ from aiohttp import ClientError
 from consumers import Event
 
 if TYPE_CHECKING:  # conftest imports this module for its summary table: no import cycle
-    from tests.conftest import Namespace, Running
+    from tests.conftest import Namespace
+
+
+class Ingress(Protocol):
+    """What the ledger sends to: conveyor in this process, or a real `conveyor serve`."""
+
+    async def post_status(self, document: dict[str, Any]) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,7 @@ class Ledger:
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
     succeeded: collections.Counter[str] = field(default_factory=collections.Counter)
     dead: set[str] = field(default_factory=set)
+    latencies: list[float] = field(default_factory=list)  # seconds per answered request
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def handler(self, fail: Callable[[Event], Awaitable[None]] | None = None) -> Any:
@@ -86,21 +93,32 @@ class Ledger:
         return {event_id for event_id, status in self.answers.items() if status == 202}
 
     async def send(
-        self, conveyor: Running, count: int, *, concurrency: int, event_type: str = "chaos.event"
+        self,
+        conveyor: Ingress,
+        count: int,
+        *,
+        concurrency: int,
+        event_type: str = "chaos.event",
+        data: dict[str, Any] | None = None,
     ) -> None:
         """POST `count` events, `concurrency` at a time; a dropped connection counts as 0."""
         slots = asyncio.Semaphore(concurrency)
         run = uuid.uuid4().hex[:8]
+        clock = asyncio.get_running_loop().time
 
         async def one(index: int) -> None:
             event_id = f"{run}-{index}"
-            document = {"type": event_type, "id": event_id, "source": "/chaos"}
+            document: dict[str, Any] = {"type": event_type, "id": event_id, "source": "/chaos"}
+            if data is not None:
+                document["data"] = data
             async with slots:
+                started = clock()
                 try:
-                    response = await conveyor.post(document)
-                    self.answers[event_id] = response.status
+                    self.answers[event_id] = await conveyor.post_status(document)
                 except (ClientError, TimeoutError):
                     self.answers[event_id] = 0  # no answer: not a yes
+                    return
+                self.latencies.append(clock() - started)
 
         await asyncio.gather(*(one(index) for index in range(count)))
 

@@ -7,10 +7,11 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -49,6 +50,14 @@ class Process:
         ):
             return r.status
 
+    async def answers(self) -> bool:
+        """The HTTP listener is up (whatever /livez says)."""
+        try:
+            await self.get("/livez")
+        except aiohttp.ClientError:
+            return False
+        return True
+
     async def post(self, document: object, token: str | None = None) -> int:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with (
@@ -56,6 +65,16 @@ class Process:
             session.post(self.base / "v1/events", json=document, headers=headers) as response,
         ):
             return response.status
+
+    async def post_status(self, document: dict[str, Any]) -> int:
+        return await self.post(document)
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident memory so far (VmHWM), from /proc."""
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc: not Linux?")
 
     async def exited(self, timeout: float) -> int:
         async with asyncio.timeout(timeout):
@@ -85,7 +104,7 @@ async def launch(
     # The slow subscription keeps the default retry ladder.
     namespace.subscriptions["slow"] = RetryPolicy().delays
 
-    async def start(**env: str) -> Process:
+    async def start(*, wait_ready: bool = True, **env: str) -> Process:
         port = free_port()
         output = tmp_path / f"conveyor-{len(started)}.log"
         settings = {
@@ -115,7 +134,10 @@ async def launch(
             except aiohttp.ClientError:
                 return False
 
-        await eventually(ready, timeout=20, what="conveyor serve to become ready")
+        if wait_ready:
+            await eventually(ready, timeout=20, what="conveyor serve to become ready")
+        else:
+            await eventually(process.answers, timeout=20, what="conveyor serve to listen")
         return process
 
     yield start
@@ -127,3 +149,8 @@ async def launch(
 
 def handler_log(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def done_ids(log: Path) -> Counter[str]:
+    """How often each event id finished in the slow handler's log."""
+    return Counter(line.split()[1] for line in handler_log(log) if line.startswith("done "))
