@@ -12,18 +12,34 @@ from consumers.observe import (
     FailureReport,
     HandlerTracer,
 )
+from consumers.ordering import (
+    MAX_HOLD_SECONDS,
+    MAX_PARTITIONS,
+    ORDER_ATTRIBUTES,
+    Ordering,
+    PartitioningUnavailableError,
+    explain_missing_exchange_type,
+    longest_hold,
+)
 from consumers.retry import RetryPolicy, delay_label
 from consumers.runtime import Outcome, SubscriptionConsumer
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
-from consumers.topology import DELIVERY_LIMIT, declare_subscription_queue
+from consumers.topology import (
+    DELIVERY_LIMIT,
+    declare_subscription_queues,
+    subscription_queue_names,
+)
 
 __all__ = [
     "COMPLETION_SOURCE",
     "COMPLETION_TYPES",
     "DELIVERY_LIMIT",
+    "MAX_HOLD_SECONDS",
+    "MAX_PARTITIONS",
     "NO_DELIVERY_OBSERVER",
     "NO_HANDLER_TRACER",
+    "ORDER_ATTRIBUTES",
     "DeliveryObserver",
     "DeliveryState",
     "DeliveryUpdate",
@@ -34,14 +50,19 @@ __all__ = [
     "MalformedEventError",
     "MessageMover",
     "MoveFailedError",
+    "Ordering",
     "Outcome",
+    "PartitioningUnavailableError",
     "PermanentError",
     "RetryPolicy",
     "RetryableError",
     "StatusLedger",
     "Subscription",
     "SubscriptionConsumer",
-    "declare_subscription_queue",
+    "declare_subscription_queues",
     "decode_event",
     "delay_label",
+    "explain_missing_exchange_type",
+    "longest_hold",
+    "subscription_queue_names",
 ]

@@ -4,6 +4,13 @@ One place maps a delivery's outcome to what happens on the broker (`_settle`). N
 before its handler returned or a confirmed copy sits in the retry tier or the dead-letter queue;
 whatever is unsettled when the channel closes goes back to the queue, so a crash or shutdown
 yields a redelivery, never a loss.
+
+An ordered subscription (consumers.ordering) consumes its partition queues and runs one key's
+events one at a time. It never gives a delivery back with a nack: measured on RabbitMQ 3.10.8, a
+quorum queue redelivers nacked messages in nack order, ahead of the rest, while later events of
+that key may already be held here; and a basic.cancel hands a single-active-consumer queue to
+the next consumer while this one still holds deliveries. Unsettled deliveries instead go back
+when the channel closes, which a quorum queue does in their original order, at the head.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from typing import Any, cast
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import ChannelInvalidStateError
 
-from consumers.attempts import run_attempts
+from consumers.attempts import AttemptsResult, run_attempts
 from consumers.dead_letter import (
     ATTEMPTS,
     REPLAYS,
@@ -32,6 +40,7 @@ from consumers.dead_letter import (
     without_conveyor_headers,
 )
 from consumers.decoding import MalformedEventError, decode_event
+from consumers.event import Event
 from consumers.moves import MessageMover, MoveFailedError
 from consumers.observe import (
     NO_DELIVERY_OBSERVER,
@@ -40,6 +49,7 @@ from consumers.observe import (
     FailureReport,
     HandlerTracer,
 )
+from consumers.ordering import KeyLanes, run_holding_key
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
@@ -90,7 +100,7 @@ class SubscriptionConsumer:
         *,
         topology: Topology,
         channel: AbstractChannel,
-        queue: AbstractQueue,
+        queues: tuple[AbstractQueue, ...],
         mover: MessageMover,
         ledger: StatusLedger,
         observer: DeliveryObserver = NO_DELIVERY_OBSERVER,
@@ -99,21 +109,29 @@ class SubscriptionConsumer:
         self.subscription = subscription
         self._topology = topology
         self._channel = channel
-        self._queue = queue
+        self._queues = queues
         self._mover = mover
         self._observer = observer
         self._tracer = tracer
         self._reporter = StatusReporter(subscription, ledger=ledger, mover=mover, topology=topology)
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._draining = False
+        self._stop = asyncio.Event()  # set with _draining: wakes retry waits of ordered events
+        self._lanes = KeyLanes()
         self._running: set[asyncio.Task[object]] = set()
-        self._consumer_tag = f"conveyor.{subscription.name}.{uuid.uuid4().hex[:12]}"
+        tag = f"conveyor.{subscription.name}.{uuid.uuid4().hex[:12]}"
+        # One consumer per queue (an ordered subscription has one per partition).
+        self._consumer_tags = (
+            [tag] if len(queues) == 1 else [f"{tag}.p{i}" for i in range(len(queues))]
+        )
         self._consuming = False
         self._holding = 0  # deliveries received and not yet settled
 
     async def start(self) -> None:
+        # Per consumer, so an ordered subscription holds up to `prefetch` per partition.
         await self._channel.set_qos(prefetch_count=self.subscription.prefetch)
-        await self._queue.consume(self._on_message, consumer_tag=self._consumer_tag)
+        for queue, tag in zip(self._queues, self._consumer_tags, strict=True):
+            await queue.consume(self._on_message, consumer_tag=tag)
         self._consuming = True
 
     async def attached(self) -> bool:
@@ -125,7 +143,7 @@ class SubscriptionConsumer:
                 underlay = cast("aiormq.Channel", await self._channel.get_underlay_channel())
         except _UNREACHABLE:
             return False
-        return self._consumer_tag in underlay.consumers
+        return all(tag in underlay.consumers for tag in self._consumer_tags)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking deliveries, give running handlers `timeout` seconds, then cancel them.
@@ -133,11 +151,13 @@ class SubscriptionConsumer:
         Deliveries not yet started are requeued; cancelled ones go back when the channel closes.
         """
         self._draining = True
-        if self._consuming:
+        self._stop.set()
+        if self._consuming and self.subscription.ordering is None:
             with contextlib.suppress(TimeoutError, *BROKER_FAILURES):
                 async with asyncio.timeout(min(timeout, 5.0)):
-                    await self._queue.cancel(self._consumer_tag)
-            self._consuming = False
+                    for queue, tag in zip(self._queues, self._consumer_tags, strict=True):
+                        await queue.cancel(tag)
+        self._consuming = False
         running = set(self._running)
         if not running:
             return
@@ -164,9 +184,25 @@ class SubscriptionConsumer:
         # semaphore bounds how many run a handler.
         self._holding += 1
         try:
-            await self._handle_delivery(message)
+            ordering = self.subscription.ordering
+            if ordering is None:
+                await self._handle_delivery(message)
+                return
+            # Joined before the first await: the lane's order is the delivery order.
+            async with self._lanes.join(ordering.key_of(message.headers)):
+                if self._stale(message):
+                    return  # its channel closed: the broker gives it back, in order
+                await self._handle_delivery(message)
         finally:
             self._holding -= 1
+
+    @staticmethod
+    def _stale(message: AbstractIncomingMessage) -> bool:
+        try:
+            _ = message.channel
+        except ChannelInvalidStateError:
+            return True
+        return False
 
     async def _handle_delivery(self, message: AbstractIncomingMessage) -> None:
         async with self._slots:
@@ -228,20 +264,22 @@ class SubscriptionConsumer:
             event.type,
             traceparent if isinstance(traceparent, str) else None,
         ) as mark_failed:
-            result = await run_attempts(
-                self.subscription.handler,
-                event,
-                policy=self.subscription.retry,
-                timeout=self.subscription.timeout,
-                keep_trying=lambda: not self._draining,
-            )
+            result, held_passes = await self._attempts(event, status, attempts_before)
             if result.failure is not None:
                 mark_failed(result.failure.error_class, result.failure.message)
         self._observer.handler_ran(self.subscription.name, time.perf_counter() - started)
         attempts = attempts_before + result.attempts
         if result.failure is None:
             return _Verdict(Outcome.ACKED, status=status(DeliveryState.SUCCEEDED, attempts))
-        if result.permanent or (delay := self.subscription.retry.next_delay(retries)) is None:
+        if held_passes is None:
+            # Ordered, and a shutdown came during its retries: it goes back unsettled, in order.
+            return _Verdict(Outcome.RETURNED)
+        retries += held_passes
+        if (
+            result.permanent
+            or self.subscription.ordering is not None
+            or (delay := self.subscription.retry.next_delay(retries)) is None
+        ):
             reason = (
                 DeadLetterReason.PERMANENT
                 if result.permanent
@@ -276,9 +314,47 @@ class SubscriptionConsumer:
         retrying = status(DeliveryState.RETRYING, attempts, result.failure, next_attempt_in=delay)
         return _Verdict(Outcome.RETRY_SCHEDULED, _Move("", tier, copy_headers, label), retrying)
 
+    async def _attempts(
+        self, event: Event, status: StatusOf, attempts_before: int
+    ) -> tuple[AttemptsResult, int | None]:
+        """Run the handler as the retry policy says: the result, and the retry waits made in
+        process (None: interrupted by a shutdown; the delivery must go back)."""
+        if self.subscription.ordering is None:
+            result = await run_attempts(
+                self.subscription.handler,
+                event,
+                policy=self.subscription.retry,
+                timeout=self.subscription.timeout,
+                keep_trying=lambda: not self._draining,
+            )
+            return result, 0
+
+        async def waiting(attempts: int, failure: Failure, delay: float) -> None:
+            _log.warning(
+                "handler failed; retry in process, later events of this key wait",
+                attempt=attempts_before + attempts,
+                retry_in=delay,
+                error_class=failure.error_class,
+                error=failure.message,
+            )
+            retrying = status(
+                DeliveryState.RETRYING, attempts_before + attempts, failure, next_attempt_in=delay
+            )
+            await self._reporter.report(retrying, correlation_id=event.correlation_id, record=True)
+
+        held = await run_holding_key(
+            self.subscription.handler,
+            event,
+            policy=self.subscription.retry,
+            timeout=self.subscription.timeout,
+            stop=self._stop,
+            on_wait=waiting,
+        )
+        return held.result, None if held.interrupted else held.passes
+
     def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.
-        return message.exchange == "" and message.routing_key == self._queue.name
+        return message.exchange == "" and message.routing_key in {q.name for q in self._queues}
 
     def _dead_letter(
         self,
@@ -310,6 +386,17 @@ class SubscriptionConsumer:
 
     async def _settle(self, message: AbstractIncomingMessage, verdict: _Verdict) -> None:
         outcome = await self._carry_out(message, verdict)
+        while (
+            outcome is Outcome.RETURNED
+            and verdict.outcome is not Outcome.RETURNED
+            and self.subscription.ordering is not None
+            and not self._draining
+            and not self._stale(message)
+        ):
+            # Ordered: the key waits here until its event is settled (a nack would let later
+            # events of the key overtake it).
+            await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
+            outcome = await self._carry_out(message, verdict)
         self._observer.delivery_settled(self.subscription.name, outcome.value)
         status = verdict.status
         if outcome is verdict.outcome and status is not None and status.failure is not None:
@@ -353,7 +440,7 @@ class SubscriptionConsumer:
                     outcome = Outcome.RETURNED
                     await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
             if outcome is Outcome.RETURNED:
-                await message.nack(requeue=True)
+                await self._give_back(message)
             else:
                 await message.ack()
         except BROKER_FAILURES as error:
@@ -367,8 +454,13 @@ class SubscriptionConsumer:
         except Exception:  # noqa: BLE001 - a delivery must never stay unsettled on a live channel
             _log.exception("settling failed unexpectedly; returning the event to its queue")
             with contextlib.suppress(*BROKER_FAILURES):
-                await message.nack(requeue=True)
+                await self._give_back(message)
             return Outcome.RETURNED
         if outcome is Outcome.ACKED:
             _log.debug("event handled")
         return outcome
+
+    async def _give_back(self, message: AbstractIncomingMessage) -> None:
+        if self.subscription.ordering is None:
+            await message.nack(requeue=True)
+        # Ordered: left unsettled; it goes back, in order, when the channel closes.

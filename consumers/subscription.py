@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consumers.event import Handler
+from consumers.ordering import Ordering
 from consumers.retry import RetryPolicy
 
 __all__ = ["Subscription"]
@@ -22,3 +23,11 @@ class Subscription:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Ack a delivery of an event that already succeeded here without running the handler again.
     deduplicate: bool = True
+    # Events of one key handled one at a time, in publish order (see consumers.ordering).
+    ordering: Ordering | None = None
+
+    @property
+    def tier_delays(self) -> tuple[float, ...]:
+        """Delays that wait in broker-side tier queues; an ordered subscription has none: it
+        waits them out in process, holding the event's key."""
+        return () if self.ordering is not None else self.retry.delays

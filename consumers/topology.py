@@ -1,4 +1,9 @@
-"""The per-subscription topology: its quorum queue, retry tiers and dead-letter queue."""
+"""The per-subscription topology: its quorum queue, retry tiers and dead-letter queue.
+
+An ordered subscription has, instead of the queue and the tiers, a consistent-hash exchange
+bound to `{ns}.events` with the subscription's patterns, spreading keys over N partition queues
+(quorum, single-active-consumer) that dead-letter like the subscription queue would.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from pamqp.common import FieldTable
 
+from consumers.ordering import CONSISTENT_HASH, PARTITION_WEIGHT, Ordering
 from consumers.retry import delay_label
 from consumers.subscription import Subscription
 from producers import Topology
 from producers.topology import QUORUM
 
-__all__ = ["DELIVERY_LIMIT", "declare_subscription_queue"]
+__all__ = ["DELIVERY_LIMIT", "declare_subscription_queues", "subscription_queue_names"]
 
 # Backstop against a message that kills its worker again and again: after this many deliveries
 # the quorum queue dead-letters it (reason `delivery_limit` in x-death) instead of looping.
@@ -46,10 +52,27 @@ def retry_queue_arguments(topology: Topology, name: str, delay: float) -> FieldT
     }
 
 
-async def declare_subscription_queue(
+def partition_queue_arguments(topology: Topology, name: str) -> FieldTable:
+    # Single active consumer: one consumer at a time takes a partition, in order; another
+    # process's consumer waits and takes over (the unacked tail first) when that one goes.
+    return {**subscription_queue_arguments(topology, name), "x-single-active-consumer": True}
+
+
+def subscription_queue_names(topology: Topology, subscription: Subscription) -> tuple[str, ...]:
+    """The queues the subscription's events wait in: `{ns}.{name}`, or each partition."""
+    if subscription.ordering is None:
+        return (topology.queue(subscription.name),)
+    return tuple(
+        topology.partition_queue(subscription.name, index)
+        for index in range(subscription.ordering.partitions)
+    )
+
+
+async def declare_subscription_queues(
     channel: AbstractChannel, topology: Topology, subscription: Subscription
-) -> AbstractQueue:
-    """Declare `{ns}.{name}`, its retry tiers and `{ns}.{name}.dlq` behind `{ns}.dlx`.
+) -> tuple[AbstractQueue, ...]:
+    """Declare `{ns}.{name}`, its retry tiers and `{ns}.{name}.dlq` behind `{ns}.dlx`; or, for
+    an ordered subscription, its partition exchange and queues. The queues to consume.
 
     Idempotent: each start declares the same entities with the same arguments.
     """
@@ -60,6 +83,8 @@ async def declare_subscription_queue(
         topology.dead_letter_queue(subscription.name), durable=True, arguments=QUORUM
     )
     await dead_letter_queue.bind(dead_letters, routing_key=subscription.name)
+    if subscription.ordering is not None:
+        return await _declare_partitions(channel, topology, subscription, subscription.ordering)
     queue = await channel.declare_queue(
         topology.queue(subscription.name),
         durable=True,
@@ -73,4 +98,28 @@ async def declare_subscription_queue(
         )
     for pattern in subscription.events:
         await queue.bind(topology.events_exchange, routing_key=pattern)
-    return queue
+    return (queue,)
+
+
+async def _declare_partitions(
+    channel: AbstractChannel, topology: Topology, subscription: Subscription, ordering: Ordering
+) -> tuple[AbstractQueue, ...]:
+    # conveyor publishes with routing key = event type, so the key travels in a header; the
+    # topic patterns select the events on the way in (an exchange-to-exchange binding).
+    # A message without the header hashes like one more key: all such events share a partition.
+    partitions = await channel.declare_exchange(
+        topology.partition_exchange(subscription.name),
+        CONSISTENT_HASH,
+        durable=True,
+        arguments={"hash-header": ordering.header},
+    )
+    for pattern in subscription.events:
+        await partitions.bind(topology.events_exchange, routing_key=pattern)
+    queues = []
+    for name in subscription_queue_names(topology, subscription):
+        queue = await channel.declare_queue(
+            name, durable=True, arguments=partition_queue_arguments(topology, subscription.name)
+        )
+        await queue.bind(partitions, routing_key=PARTITION_WEIGHT)
+        queues.append(queue)
+    return tuple(queues)

@@ -47,6 +47,13 @@ class Topology:
     def retry_queue(self, subscription: str, delay_label: str) -> str:
         return f"{self.namespace}.{subscription}.retry.{delay_label}"
 
+    def partition_exchange(self, subscription: str) -> str:
+        """An ordered subscription's consistent-hash exchange, in front of its partitions."""
+        return f"{self.namespace}.{subscription}.partitions"
+
+    def partition_queue(self, subscription: str, index: int) -> str:
+        return f"{self.namespace}.{subscription}.p{index}"
+
 
 async def declare_events_exchange(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
     """Declare `{ns}.events` with its alternate exchange, so an event no one binds is kept."""

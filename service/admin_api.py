@@ -14,7 +14,7 @@ import aiormq.exceptions
 import structlog
 from aiohttp import web
 
-from consumers import Subscription, delay_label
+from consumers import Subscription, delay_label, subscription_queue_names
 from producers import Topology
 from service.auth import authorize_admin
 from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
@@ -136,7 +136,18 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
         "concurrency": subscription.concurrency,
         "timeout_seconds": subscription.timeout,
         "deduplicate": subscription.deduplicate,
-        "queue": {"name": topology.queue(name)},
+        "queue": {
+            "name": topology.queue(name)
+            if subscription.ordering is None
+            else topology.partition_exchange(name)
+        },
+        "ordering": None
+        if subscription.ordering is None
+        else {
+            "by": subscription.ordering.by,
+            "partitions": subscription.ordering.partitions,
+            "queues": list(subscription_queue_names(topology, subscription)),
+        },
         "retry": {
             "in_process": subscription.retry.in_process,
             "tiers": [
@@ -144,7 +155,7 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
                     "delay": delay_label(delay),
                     "queue": topology.retry_queue(name, delay_label(delay)),
                 }
-                for delay in subscription.retry.delays
+                for delay in subscription.tier_delays
             ],
         },
         "dead_letter": {"queue": topology.dead_letter_queue(name)},

@@ -72,8 +72,14 @@ class _Target:
             raise web.HTTPNotFound(text=f"no subscription named {name!r} in this process")
         self.label = name
         self.queue = topology.dead_letter_queue(name)
-        # The default exchange puts it straight into the subscription's queue, counted afresh.
-        self.replay = ReplayTarget("", topology.queue(name))
+        # The default exchange puts it straight into the subscription's queue, counted afresh;
+        # an ordered subscription's replay goes through its hash exchange to its key's partition,
+        # behind whatever that key has queued now.
+        self.replay = (
+            ReplayTarget("", topology.queue(name))
+            if subscription.ordering is None
+            else ReplayTarget(topology.partition_exchange(name), None)
+        )
 
 
 class _TargetMissingError(Exception):

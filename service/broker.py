@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aio_pika
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from consumers import (
@@ -25,7 +25,8 @@ from consumers import (
     StatusLedger,
     Subscription,
     SubscriptionConsumer,
-    declare_subscription_queue,
+    declare_subscription_queues,
+    explain_missing_exchange_type,
 )
 from producers import (
     AmqpPublisher,
@@ -218,14 +219,14 @@ class BrokerLink:
             # Every role declares the subscription queues, so events an ingress accepts before
             # any worker runs wait in their queue instead of counting as unrouted.
             channel = await connection.channel()
-            queue = await declare_subscription_queue(channel, self._topology, subscription)
+            queues = await self._declare(channel, subscription)
             if not self._consume or self._ledger is None:
                 continue
             consumer = SubscriptionConsumer(
                 subscription,
                 topology=self._topology,
                 channel=channel,
-                queue=queue,
+                queues=queues,
                 mover=mover,
                 ledger=self._ledger,
                 observer=self._metrics,
@@ -236,11 +237,24 @@ class BrokerLink:
             _log.info(
                 "consuming",
                 subscription=subscription.name,
-                queue=queue.name,
+                queues=[queue.name for queue in queues],
                 prefetch=subscription.prefetch,
                 concurrency=subscription.concurrency,
             )
         self.consumers = consumers
+
+    async def _declare(
+        self, channel: AbstractRobustChannel, subscription: Subscription
+    ) -> tuple[AbstractQueue, ...]:
+        try:
+            return await declare_subscription_queues(channel, self._topology, subscription)
+        except aiormq.exceptions.AMQPError as error:
+            explained = explain_missing_exchange_type(error)
+            if explained is None:
+                raise
+            # Loud, and retried: the plugin can be enabled while conveyor waits.
+            _log.error(str(explained), subscription=subscription.name)
+            raise explained from error
 
     async def _abandon(self, connection: AbstractRobustConnection) -> None:
         if self._publisher is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from consumers import Subscription, delay_label
+from consumers import Subscription, delay_label, subscription_queue_names
 from producers import BROKER_FAILURES, Topology
 from service.metrics import Metrics
 
@@ -72,21 +72,26 @@ async def read_queue_stats(
     name = subscription.name
     # robust=False: aio-pika's robust channel answers a repeated passive declare from its cache
     # (with the first call's counts) and would re-declare the queue after a reconnect.
+    messages = consumers = 0
     async with asyncio.timeout(5.0):
-        main = await channel.declare_queue(topology.queue(name), passive=True, robust=False)
+        # An ordered subscription's events wait in its partitions: counted together.
+        for queue_name in subscription_queue_names(topology, subscription):
+            main = await channel.declare_queue(queue_name, passive=True, robust=False)
+            messages += main.declaration_result.message_count or 0
+            consumers += main.declaration_result.consumer_count or 0
         dead = await channel.declare_queue(
             topology.dead_letter_queue(name), passive=True, robust=False
         )
         tiers = {}
-        for delay in subscription.retry.delays:
+        for delay in subscription.tier_delays:
             label = delay_label(delay)
             tier = await channel.declare_queue(
                 topology.retry_queue(name, label), passive=True, robust=False
             )
             tiers[label] = tier.declaration_result.message_count or 0
     return QueueStats(
-        messages=main.declaration_result.message_count or 0,
-        consumers=main.declaration_result.consumer_count or 0,
+        messages=messages,
+        consumers=consumers,
         retry_tiers=tiers,
         dead_letters=dead.declaration_result.message_count or 0,
     )

@@ -9,7 +9,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, cast
 
-from consumers import Handler, RetryPolicy, Subscription
+from consumers import (
+    MAX_HOLD_SECONDS,
+    MAX_PARTITIONS,
+    ORDER_ATTRIBUTES,
+    Handler,
+    Ordering,
+    RetryPolicy,
+    Subscription,
+    longest_hold,
+)
 from consumers.builtin import HandlerFactory
 from service.settings import SettingError, parse_duration
 
@@ -32,6 +41,8 @@ _KEYS = frozenset(
         "retry",
         "options",
         "deduplicate",
+        "ordered_by",
+        "partitions",
     )
 )
 _RETRY_KEYS = frozenset(("in_process", "delays"))
@@ -90,6 +101,8 @@ def _subscription(index: int, entry: Any) -> Subscription:
     concurrency = _positive(entry, "concurrency", 16, where)
     if concurrency > prefetch:
         raise SettingError(SETTING, f"{where}.concurrency no larger than prefetch ({prefetch})")
+    timeout = _duration(entry.get("timeout", "30s"), f"{where}.timeout", low=MIN_DELAY_SECONDS)
+    retry = _retry(entry.get("retry", {}), where)
     return Subscription(
         name=name,
         events=tuple(events),
@@ -97,10 +110,52 @@ def _subscription(index: int, entry: Any) -> Subscription:
         handler_path=handler_path,
         prefetch=prefetch,
         concurrency=concurrency,
-        timeout=_duration(entry.get("timeout", "30s"), f"{where}.timeout", low=MIN_DELAY_SECONDS),
-        retry=_retry(entry.get("retry", {}), where),
+        timeout=timeout,
+        retry=retry,
         deduplicate=_flag(entry, "deduplicate", default=True, where=where),
+        ordering=_ordering(entry, where, retry, timeout),
     )
+
+
+def _ordering(
+    entry: dict[str, Any], where: str, retry: RetryPolicy, timeout: float
+) -> Ordering | None:
+    by = entry.get("ordered_by")
+    if by is None:
+        if "partitions" in entry:
+            raise SettingError(SETTING, f"{where}.partitions only with ordered_by")
+        return None
+    if isinstance(by, str) and by.startswith("data."):
+        # RabbitMQ can hash a header, not a field inside the body.
+        raise SettingError(
+            SETTING,
+            f"{where}.ordered_by among {list(ORDER_ATTRIBUTES)} (a data field cannot be hashed "
+            "by RabbitMQ: publish the key as the partitionkey extension, ce-partitionkey)",
+            repr(by),
+        )
+    if by not in ORDER_ATTRIBUTES:
+        raise SettingError(SETTING, f"{where}.ordered_by among {list(ORDER_ATTRIBUTES)}", repr(by))
+    partitions = entry.get("partitions", 1)
+    if (
+        isinstance(partitions, bool)
+        or not isinstance(partitions, int)
+        or not 1 <= partitions <= MAX_PARTITIONS
+    ):
+        raise SettingError(
+            SETTING,
+            f"{where}.partitions as an integer from 1 to {MAX_PARTITIONS}",
+            repr(partitions),
+        )
+    hold = longest_hold(retry, timeout)
+    if hold > MAX_HOLD_SECONDS:
+        # An ordered event waits out its retries holding its delivery, which RabbitMQ's
+        # consumer_timeout (30 minutes by default) would take away.
+        raise SettingError(
+            SETTING,
+            f"{where}.retry.delays and timeout that hold an ordered event at most "
+            f"{MAX_HOLD_SECONDS // 60} minutes (attempts x timeout + delays: {hold:.0f}s)",
+        )
+    return Ordering(by=by, partitions=partitions)
 
 
 def _flag(entry: dict[str, Any], key: str, *, default: bool, where: str) -> bool:

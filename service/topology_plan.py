@@ -12,19 +12,30 @@ from typing import Any, cast
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from consumers import Subscription, declare_subscription_queue
+from consumers import Subscription, declare_subscription_queues
 from producers import Topology, declare_events_exchange, declare_results_exchange
 
 __all__ = ["apply_topology", "plan_topology", "render_topology"]
 
 
 class _Named:
-    def __init__(self, recorder: _RecordingChannel, name: str) -> None:
+    def __init__(self, recorder: _RecordingChannel, name: str, *, exchange: bool = False) -> None:
         self._recorder = recorder
         self.name = name
+        self._exchange = exchange
 
     async def bind(self, exchange: Any, routing_key: str | None = None) -> None:
         source = exchange if isinstance(exchange, str) else exchange.name
+        if self._exchange:  # an exchange-to-exchange binding (an ordered subscription's)
+            self._recorder.record(
+                {
+                    "kind": "exchange-binding",
+                    "exchange": source,
+                    "destination": self.name,
+                    "routing_key": routing_key,
+                }
+            )
+            return
         self._recorder.record(
             {"kind": "binding", "exchange": source, "queue": self.name, "routing_key": routing_key}
         )
@@ -39,7 +50,7 @@ class _RecordingChannel:
     async def declare_exchange(
         self,
         name: str,
-        type: aio_pika.ExchangeType,  # noqa: A002 - aio-pika's parameter name
+        type: aio_pika.ExchangeType | str,  # noqa: A002 - aio-pika's parameter name
         *,
         durable: bool,
         arguments: dict[str, Any] | None = None,
@@ -48,12 +59,12 @@ class _RecordingChannel:
             {
                 "kind": "exchange",
                 "name": name,
-                "type": type.value,
+                "type": type.value if isinstance(type, aio_pika.ExchangeType) else type,
                 "durable": durable,
                 "arguments": dict(arguments or {}),
             }
         )
-        return _Named(self, name)
+        return _Named(self, name, exchange=True)
 
     async def declare_queue(
         self, name: str, *, durable: bool, arguments: dict[str, Any] | None = None
@@ -75,7 +86,7 @@ async def _declare(
     await declare_events_exchange(channel, topology)
     await declare_results_exchange(channel, topology)
     for subscription in subscriptions:
-        await declare_subscription_queue(channel, topology, subscription)
+        await declare_subscription_queues(channel, topology, subscription)
 
 
 async def plan_topology(
@@ -106,6 +117,9 @@ def render_topology(entities: Sequence[dict[str, Any]]) -> str:
                 line = f"exchange {entity['name']} ({entity['type']}) {arguments}"
             case "queue":
                 line = f"queue    {entity['name']} {arguments}"
+            case "exchange-binding":
+                key = f" [{entity['routing_key']}]" if entity["routing_key"] is not None else ""
+                line = f"binding  {entity['exchange']} -> exchange {entity['destination']}{key}"
             case _:
                 key = f" [{entity['routing_key']}]" if entity["routing_key"] is not None else ""
                 line = f"binding  {entity['exchange']} -> {entity['queue']}{key}"

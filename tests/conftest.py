@@ -88,9 +88,13 @@ class Namespace:
     amqp_url: str
     # subscription name -> its retry delays: every queue it declares, tiers included
     subscriptions: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # ordered subscription name -> its partition count: its partition queues and hash exchange
+    partitioned: dict[str, int] = field(default_factory=dict)
 
     def register(self, subscription: Subscription) -> None:
-        self.subscriptions[subscription.name] = subscription.retry.delays
+        self.subscriptions[subscription.name] = subscription.tier_delays
+        if subscription.ordering is not None:
+            self.partitioned[subscription.name] = subscription.ordering.partitions
 
     @property
     def topology(self) -> Topology:
@@ -143,6 +147,9 @@ class Namespace:
             topology.dead_letter_exchange,
             topology.results_exchange,
         ]
+        for name, partitions in self.partitioned.items():
+            queues += [topology.partition_queue(name, index) for index in range(partitions)]
+            exchanges.append(topology.partition_exchange(name))
         async with await aio_pika.connect(self.amqp_url) as connection:
             for name in queues:
                 channel = await connection.channel()
