@@ -68,7 +68,8 @@ class _Target:
             # Published again with its type, for subscriptions added since.
             self.replay = ReplayTarget(topology.events_exchange, None)
             return
-        if name not in {s.name for s in request.app[SUBSCRIPTIONS]}:
+        subscription = {s.name: s for s in request.app[SUBSCRIPTIONS]}.get(name)
+        if subscription is None:
             raise web.HTTPNotFound(text=f"no subscription named {name!r} in this process")
         self.label = name
         self.queue = topology.dead_letter_queue(name)
