@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 from consumers import Event
@@ -17,3 +18,13 @@ async def slow(event: Event) -> None:
     await asyncio.sleep(float(event.data["sleep"]))
     with log.open("a") as file:
         file.write(f"done {event.id}\n")
+
+
+async def ordered(event: Event) -> None:
+    """Note `<partitionkey> <data.index>` in the file `data.log` as it starts, then sleep a
+    random time up to `data.max_sleep` seconds (for the ordered-subscription scenarios)."""
+    assert isinstance(event.data, dict)
+    with Path(event.data["log"]).open("a") as file:
+        file.write(f"{event.extensions.get('partitionkey')} {event.data['index']}\n")
+    # Random handler delays, as the ordering scenario asks; not cryptography.
+    await asyncio.sleep(random.uniform(0, float(event.data["max_sleep"])))  # noqa: S311
