@@ -43,8 +43,9 @@ async def watch_for_silence(connection: AbstractRobustConnection, heartbeat: flo
         if silence <= heartbeat:
             continue
         underlay = getattr(connection.transport, "connection", None)
+        # aiormq wraps the reader in its own TaskWrapper: cancel() and done() like a Task.
         reader = getattr(underlay, "_reader_task", None)
-        if isinstance(reader, asyncio.Task) and not reader.done():
+        if reader is not None and not reader.done():
             _log.warning(
                 "broker link silent past two heartbeats; reconnecting",
                 silent_seconds=round(silence, 1),

@@ -167,6 +167,10 @@ async def test_a_stalled_link_is_cut_within_two_heartbeats_and_nothing_is_lost(
     await conveyor.ready(timeout=30)
     await ledger.settled(timeout=60)
     await ledger.take_dead_letters(namespace, ["stall"])
+    ledger.notes += [
+        f"stall noticed after {detected_after[0]:.1f} s",
+        f"slowest answer {max(ledger.latencies):.2f} s",
+    ]
     account = ledger.account()
     accounts.append(account)
 
@@ -217,6 +221,7 @@ async def test_broker_down_at_start_refuses_then_accepts_within_seconds_of_it_co
     await eventually(all_handled, timeout=30, what="every accepted event to be handled")
     ledger.succeeded.update(done_ids(log))
     await ledger.take_dead_letters(namespace, ["slow"])
+    ledger.notes.append(f"ready {ready_after:.1f} s after the broker came up")
     account = ledger.account()
     accounts.append(account)
 

@@ -44,20 +44,21 @@ class Account:
     recovered: int
     duplicated: int
     unexpected: int
+    notes: str  # what the scenario measured besides the counts (detection time, peak memory)
 
     def row(self) -> str:
         rejected = ", ".join(f"{count}x{status}" for status, count in sorted(self.rejected.items()))
         return (
             f"| {self.scenario} | {self.sent} | {self.accepted} | {rejected or '0'} | "
             f"{self.handled} | {self.dead_lettered} | {self.lost} | {self.recovered} | "
-            f"{self.duplicated} | {self.unexpected} |"
+            f"{self.duplicated} | {self.unexpected} | {self.notes} |"
         )
 
 
 ACCOUNTS = pytest.StashKey[list[Account]]()  # every scenario's account, for the summary table
 HEADER = (
     "| scenario | sent | accepted | rejected | handled | dead-lettered | lost | recovered | "
-    "duplicated | unexpected |\n|---|---|---|---|---|---|---|---|---|---|"
+    "duplicated | unexpected | measured |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -71,6 +72,7 @@ class Ledger:
     succeeded: collections.Counter[str] = field(default_factory=collections.Counter)
     dead: set[str] = field(default_factory=set)
     latencies: list[float] = field(default_factory=list)  # seconds per answered request
+    notes: list[str] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def handler(self, fail: Callable[[Event], Awaitable[None]] | None = None) -> Any:
@@ -154,4 +156,5 @@ class Ledger:
             recovered=len((handled | self.dead) & refused),
             duplicated=sum(1 for count in self.succeeded.values() if count > 1),
             unexpected=len(handled - set(self.answers)),
+            notes="; ".join(self.notes),
         )
