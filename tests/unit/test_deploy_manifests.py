@@ -239,13 +239,14 @@ def test_both_roles_read_the_subscriptions_the_config_map_holds(base: list[Manif
 def test_workers_scale_with_keda_on_the_queues_of_their_subscriptions(
     overlay: list[Manifest],
 ) -> None:
-    scaled = one(overlay, "ScaledObject", "conveyor-worker")["spec"]
+    scaled_object = one(overlay, "ScaledObject", "conveyor-worker")
+    scaled = scaled_object["spec"]
     target = scaled["scaleTargetRef"]
     assert (target.get("kind", "Deployment"), target["name"]) == ("Deployment", "conveyor-worker")
     worker = deployments(overlay)["conveyor-worker"]
     assert "replicas" not in worker["spec"]  # KEDA's HPA owns the count
-    namespace = plain_env(conveyor_container(worker))["CONVEYOR_NAMESPACE"]
-    topology = Topology(namespace)
+    conveyor_namespace = plain_env(conveyor_container(worker))["CONVEYOR_NAMESPACE"]
+    topology = Topology(conveyor_namespace)
     expected = {topology.queue(s.name) for s in load_subscriptions(BASE / "subscriptions.toml")}
     rabbitmq = one(overlay, "RabbitmqCluster")["metadata"]["name"]
     authentications = {m["metadata"]["name"]: m for m in find(overlay, "TriggerAuthentication")}
@@ -257,7 +258,8 @@ def test_workers_scale_with_keda_on_the_queues_of_their_subscriptions(
         assert (metadata["protocol"], metadata["mode"]) == ("amqp", "QueueLength")
         assert float(metadata["value"]) > 0
         # KEDA resolves the host from its own namespace: the Service's full name, no password.
-        assert metadata["host"] == f"amqp://{rabbitmq}.{NAMESPACE}.svc:5672/"
+        kubernetes_namespace = scaled_object["metadata"]["namespace"]
+        assert metadata["host"] == f"amqp://{rabbitmq}.{kubernetes_namespace}.svc:5672/"
         authentication = authentications[trigger["authenticationRef"]["name"]]["spec"]
         references = {r["parameter"]: r for r in authentication["secretTargetRef"]}
         assert set(references) == {"username", "password"}
