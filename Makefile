@@ -53,6 +53,7 @@ chaos: install
 bench: install
 	$(BIN)/python bench/store_claims.py
 	$(BIN)/python bench/ingest_store_cost.py
+	$(BIN)/python bench/ordered_partitions.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
