@@ -172,8 +172,22 @@ def event_from_json(document: Any) -> OutgoingEvent:
     else:
         # In the JSON format, data with no datacontenttype is JSON (spec: "application/json").
         datacontenttype = datacontenttype or "application/json"
-        body = orjson.dumps(data)
+        body = _json_data(data)
     return OutgoingEvent(attributes=attributes, datacontenttype=datacontenttype, data=body)
+
+
+MAX_DATA_DEPTH = 254  # the deepest JSON data orjson writes
+
+
+def _json_data(data: Any) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels of nesting but writes only 254: deeper data parsed fine and
+        # cannot be written back, so it is refused here rather than failing later.
+        raise InvalidEventError(
+            f"data is nested deeper than {MAX_DATA_DEPTH} levels", "data"
+        ) from None
 
 
 def _decode_base64(value: Any) -> bytes:
