@@ -146,11 +146,18 @@ async def problems_middleware(
     return problem_response(problem)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, read_timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     # client_max_size (set to the same limit) stops a chunked body that grows past it.
-    return await request.read()
+    try:
+        async with asyncio.timeout(read_timeout):
+            return await request.read()
+    except TimeoutError:
+        # A client trickling its body (slow loris) holds an admission slot: bound it.
+        raise web.HTTPRequestTimeout(
+            text=f"the body did not arrive within {read_timeout:g} s (CONVEYOR_HTTP_READ_TIMEOUT)"
+        ) from None
 
 
 def _correlation_id(request: web.Request) -> str:
@@ -171,7 +178,7 @@ async def _ingest(request: web.Request) -> web.Response:
 
 
 async def _admitted(request: web.Request, settings: Settings) -> web.Response:
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await _read_body(request, settings.max_body_bytes, settings.http_read_timeout)
     headers = {name.lower(): value for name, value in request.headers.items()}
     content_type = request.headers.get("Content-Type")
     check_header_text(content_type, headers)  # before the fingerprint encodes them
