@@ -6,7 +6,7 @@ Each round starts `conveyor serve` (ingress role, one subscription taking every 
 store in turn, so the three run side by side under the same broker and load; the load generator
 (bench/load.py) is a process of its own. "No store" replaces the store with one that remembers
 nothing (no dedup, no status): the baseline that shows what deduplication and status records
-cost. The load is single-event POSTs on 64 connections, then batches of 100 on 16. Everything
+cost. The load is single-event POSTs on 64 connections, then batches of 100 on 8. Everything
 runs on loopback and is deleted afterwards.
 """
 
@@ -28,7 +28,7 @@ from bench.harness import POSTGRES_URL
 
 MODES = ("none", "sqlite", "postgresql")
 SINGLE_CONNECTIONS = 64
-BATCH_CONNECTIONS = 16
+BATCH_CONNECTIONS = 8
 BATCH = 100
 
 

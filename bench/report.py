@@ -50,6 +50,30 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
     return f"{numerator / denominator:.2f}"
 
 
+def paired_ratios(samples: Samples, item: str, first: str, second: str) -> list[float]:
+    """first / second within each round: the two ran minutes apart, not a whole run apart, so
+    a neighbour's load that comes and goes cancels out better than in a ratio of medians."""
+    runs = samples.get(item, {})
+    # Results before rounds were recorded are in round order.
+    by_round = {
+        r.get("round", index + 1): r["events_per_second"]
+        for index, r in enumerate(runs.get(second, []))
+    }
+    return [
+        r["events_per_second"] / by_round[r.get("round", index + 1)]
+        for index, r in enumerate(runs.get(first, []))
+        if by_round.get(r.get("round", index + 1))
+    ]
+
+
+def _paired(samples: Samples, item: str, first: str, second: str) -> tuple[str, float | None]:
+    """The median of the per-round ratios, with their spread, and the median alone."""
+    ratios = paired_ratios(samples, item, first, second)
+    if not ratios:
+        return "-", None
+    return _cell(ratios, lambda v: f"{v:.2f}"), statistics.median(ratios)
+
+
 def _verdict(value: float | None, target: float, *, at_least: bool) -> str:
     if value is None:
         return "not measured"
@@ -66,12 +90,11 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
     def med(item: str, name: str, key: str = "events_per_second") -> float | None:
         return median_of(samples, item, name, key)
 
+    single_vs_fs, single_vs_fs_median = _paired(samples, "single", "conveyor", "faststream")
+    consume_vs_fs, consume_vs_fs_median = _paired(samples, "consume", "conveyor", "faststream")
     fills = _fills(samples)
     publish_ceiling = statistics.median(fills) if fills else None
-    consume_ceiling = med("consume", "ceiling")
-    single, single_fs = med("single", "conveyor"), med("single", "faststream")
-    batch, consume = med("batch", "conveyor"), med("consume", "conveyor")
-    consume_fs = med("consume", "faststream")
+    single, batch = med("single", "conveyor"), med("batch", "conveyor")
     columns = (
         "#", "figure", "conveyor (defaults: SQLite store)", "conveyor, no store", "FastStream",
         "naive aiohttp + aio-pika", "raw aio-pika ceiling", "conveyor / FastStream",
@@ -86,9 +109,10 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
         _row((
             "2", "single-event ingest, events/s", cell("single", "conveyor"),
             cell("single", "conveyor-no-store"), cell("single", "faststream"),
-            cell("single", "naive"), _cell(fills), _ratio(single, single_fs),
-            _ratio(single, publish_ceiling), _ratio(single, med("single", "conveyor-no-store")),
-            f">= 1.5 x FastStream: {_verdict(_quotient(single, single_fs), 1.5, at_least=True)}",
+            cell("single", "naive"), _cell(fills), single_vs_fs,
+            _ratio(single, publish_ceiling),
+            _paired(samples, "single", "conveyor", "conveyor-no-store")[0],
+            f">= 1.5 x FastStream: {_verdict(single_vs_fs_median, 1.5, at_least=True)}",
         )),
     ]  # fmt: skip
     rows += [
@@ -100,15 +124,17 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
         _row((
             "3", "batch ingest (100 a request), events/s", cell("batch", "conveyor"),
             cell("batch", "conveyor-no-store"), "", "", _cell(fills), "",
-            _ratio(batch, publish_ceiling), _ratio(batch, med("batch", "conveyor-no-store")),
+            _ratio(batch, publish_ceiling),
+            _paired(samples, "batch", "conveyor", "conveyor-no-store")[0],
             f">= 2 x ceiling: {_verdict(_quotient(batch, publish_ceiling), 2, at_least=True)}",
         )),
         _row((
             "4", "consume (no-op handler), events/s", cell("consume", "conveyor"),
             cell("consume", "conveyor-no-store"), cell("consume", "faststream"), "",
-            cell("consume", "ceiling"), _ratio(consume, consume_fs),
-            _ratio(consume, consume_ceiling), _ratio(consume, med("consume", "conveyor-no-store")),
-            f">= 1.5 x FastStream: {_verdict(_quotient(consume, consume_fs), 1.5, at_least=True)}",
+            cell("consume", "ceiling"), consume_vs_fs,
+            _paired(samples, "consume", "conveyor", "ceiling")[0],
+            _paired(samples, "consume", "conveyor", "conveyor-no-store")[0],
+            f">= 1.5 x FastStream: {_verdict(consume_vs_fs_median, 1.5, at_least=True)}",
         )),
     ]  # fmt: skip
     for first in samples.get("latency", {}).get("conveyor", [])[:1]:
@@ -136,6 +162,7 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
         ),
         (
             f"Medians over {settings['rounds']} interleaved rounds, (min-max) beside them; "
+            "ratios between contenders of one comparison are medians of per-round ratios; "
             f"{settings['seconds']:g} s of load per ingest run after 1 s of warm-up, "
             f"{settings['connections']} keep-alive connections for single events, "
             f"{settings['batch_connections']} for batches; {settings['event_bytes']} B events; "
@@ -177,3 +204,13 @@ def _errors(samples: Samples) -> list[str]:
                 if other:
                     notes.append(f"{item} / {name}: answers other than 202: {other}")
     return notes
+
+
+if __name__ == "__main__":
+    import sys
+
+    import orjson
+
+    # Re-render a run's table: python -m bench.report bench/results/<timestamp>.json
+    document = orjson.loads(open(sys.argv[1], "rb").read())  # noqa: SIM115, PTH123 - a one-off read
+    print(render_table(document["samples"], document["settings"], document["machine"]))

@@ -60,6 +60,7 @@ class Run:
                     print(f"  {item} / {name}: FAILED {error!r}"[:300], flush=True)
                     continue
                 result["wall_seconds"] = time.monotonic() - started
+                result["round"] = number + 1
                 self.samples.setdefault(item, {}).setdefault(name, []).append(result)
                 print(f"  {item} / {name} round {number + 1}: {_brief(result)}", flush=True)
 
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="load per ingest run")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--batch-connections", type=int, default=16)
+    parser.add_argument("--batch-connections", type=int, default=8)
     parser.add_argument("--consume-events", type=int, default=50_000)
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--workers", default="1", help="e.g. 1,2: also run serve --workers N")
