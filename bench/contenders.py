@@ -33,8 +33,10 @@ __all__ = [
     "conveyor_ingest",
     "conveyor_latency",
     "faststream_consume",
+    "fill",
     "ingress_memory",
     "peer_ingest",
+    "start_conveyor",
     "worker_memory",
     "workers_supported",
 ]
@@ -43,7 +45,7 @@ LOAD_SLACK_SECONDS = 60.0
 DRAIN_TIMEOUT_SECONDS = 300.0
 
 
-async def _start_conveyor(
+async def start_conveyor(
     folder: Path,
     namespace: str,
     role: str,
@@ -103,7 +105,7 @@ async def conveyor_ingest(
 ) -> dict[str, Any]:
     namespace = new_namespace()
     try:
-        child, base = await _start_conveyor(
+        child, base = await start_conveyor(
             folder,
             namespace,
             "ingress",
@@ -143,7 +145,7 @@ async def peer_ingest(
         await delete_namespace(namespace)
 
 
-async def _fill(namespace: str, count: int) -> dict[str, Any]:
+async def fill(namespace: str, count: int) -> dict[str, Any]:
     """Publish `count` events to the namespace, raw aio-pika: a sample of the publish ceiling."""
     return await run_to_json(
         ["-m", "bench.peers", "ceiling-publish", namespace, str(count)],
@@ -159,9 +161,9 @@ async def _consume(
     namespace = new_namespace()
     try:
         await declare_namespace(namespace)
-        fill = await _fill(namespace, count)
+        filled = await fill(namespace, count)
         if start is None:
-            child, _ = await _start_conveyor(folder, namespace, "worker", null_store=null_store)
+            child, _ = await start_conveyor(folder, namespace, "worker", null_store=null_store)
         else:
             log = folder / f"{namespace}-{start[0]}.log"
             child = await start_child(["-m", "bench.peers", *start, namespace], log)
@@ -172,7 +174,7 @@ async def _consume(
                 "events": count,
                 "events_per_second": rate,
                 "peak_rss_bytes": child.peak_rss_bytes(),
-                "fill_messages_per_second": fill["messages_per_second"],
+                "fill_messages_per_second": filled["messages_per_second"],
             }
         finally:
             await child.stop()
@@ -201,7 +203,7 @@ async def ingress_memory(folder: Path, *, connections: int, seconds: float) -> d
     """Peak RSS of conveyor's ingress under `connections` concurrent keep-alive clients."""
     namespace = new_namespace()
     try:
-        child, base = await _start_conveyor(folder, namespace, "ingress")
+        child, base = await start_conveyor(folder, namespace, "ingress")
         try:
             await wait_ready(child, f"{base}/readyz")
             options = _load_options(connections, seconds)
@@ -218,7 +220,7 @@ async def conveyor_latency(folder: Path, *, rate: float, seconds: float) -> dict
     namespace = new_namespace()
     latencies = folder / f"{namespace}-latencies.txt"
     try:
-        child, base = await _start_conveyor(
+        child, base = await start_conveyor(
             folder,
             namespace,
             "all",

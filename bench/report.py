@@ -79,6 +79,8 @@ def _verdict(value: float | None, target: float, *, at_least: bool) -> str:
         return "not measured"
     if (value >= target) if at_least else (value <= target):
         return "met"
+    if not at_least and value > 2 * target:
+        return f"missed: {value / target:,.0f} x the target"
     missed = (1 - value / target) if at_least else (value / target - 1)
     return f"missed by {missed:.0%}"
 

@@ -5,8 +5,10 @@
 
 Every figure is a median over rounds, and the contenders of each comparison run interleaved
 (round 1: A B C, round 2: B C A, ...), so a noisy neighbour hits them alike; the table shows
-the spread (min-max) beside each median. Each run has a namespace of its own, deleted
-afterwards. Prints a Markdown table and writes everything to bench/results/<timestamp>.json.
+the spread (min-max) beside each median. A round runs every item once (latency and memory
+only in the first), so the time cap drops whole rounds, never an item. Each run has a namespace
+of its own, deleted afterwards. Prints a Markdown table and writes everything to
+bench/results/<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -42,27 +44,26 @@ class Run:
         self.samples: Samples = {}
         self.skipped: list[str] = []
         self.deadline = time.monotonic() + arguments.max_minutes * 60
+        self.workers_supported = False
 
-    async def compare(self, item: str, measures: dict[str, Measure], rounds: int) -> None:
-        """Each contender once a round, the order rotated each round."""
+    async def compare(self, item: str, measures: dict[str, Measure], number: int) -> None:
+        """Each contender once in round `number`, the order rotated from round to round."""
         names = list(measures)
-        for number in range(rounds):
-            order = names[number % len(names) :] + names[: number % len(names)]
-            for name in order:
-                if time.monotonic() > self.deadline:
-                    self.skipped.append(f"{item} / {name} round {number + 1}: over the time cap")
-                    continue
-                started = time.monotonic()
-                try:
-                    result = await measures[name](self.folder)
-                except Exception as error:  # noqa: BLE001 - one failed run is reported, not fatal
-                    self.skipped.append(f"{item} / {name} round {number + 1}: {error!r}"[:500])
-                    print(f"  {item} / {name}: FAILED {error!r}"[:300], flush=True)
-                    continue
-                result["wall_seconds"] = time.monotonic() - started
-                result["round"] = number + 1
-                self.samples.setdefault(item, {}).setdefault(name, []).append(result)
-                print(f"  {item} / {name} round {number + 1}: {_brief(result)}", flush=True)
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            if time.monotonic() > self.deadline:
+                self.skipped.append(f"{item} / {name} round {number + 1}: over the time cap")
+                continue
+            started = time.monotonic()
+            try:
+                result = await measures[name](self.folder)
+            except Exception as error:  # noqa: BLE001 - one failed run is reported, not fatal
+                self.skipped.append(f"{item} / {name} round {number + 1}: {error!r}"[:500])
+                print(f"  {item} / {name}: FAILED {error!r}"[:300], flush=True)
+                continue
+            result["wall_seconds"] = time.monotonic() - started
+            result["round"] = number + 1
+            self.samples.setdefault(item, {}).setdefault(name, []).append(result)
+            print(f"  {item} / {name} round {number + 1}: {_brief(result)}", flush=True)
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -75,8 +76,18 @@ def _brief(result: dict[str, Any]) -> str:
 
 
 async def bench(folder: Path, arguments: argparse.Namespace) -> Run:
+    """Round after round of every item, so the time cap drops whole rounds, never an item."""
     run = Run(folder, arguments)
-    seconds, connections, rounds = arguments.seconds, arguments.connections, arguments.rounds
+    run.workers_supported = await contenders.workers_supported()
+    for number in range(arguments.rounds):
+        print(f"round {number + 1}", flush=True)
+        await one_round(run, number)
+    return run
+
+
+async def one_round(run: Run, number: int) -> None:
+    arguments = run.arguments
+    seconds, connections = arguments.seconds, arguments.connections
     print("2. single-event ingest", flush=True)
     await run.compare(
         "single",
@@ -94,10 +105,10 @@ async def bench(folder: Path, arguments: argparse.Namespace) -> Run:
                 f, "naive", connections=connections, seconds=seconds
             ),
         },
-        rounds,
+        number,
     )
     workers = [int(n) for n in arguments.workers.split(",") if n.strip() and int(n) != 1]
-    if workers and await contenders.workers_supported():
+    if workers and run.workers_supported:
         print("2b. single-event ingest, conveyor serve --workers N", flush=True)
         await run.compare(
             "single-workers",
@@ -107,9 +118,9 @@ async def bench(folder: Path, arguments: argparse.Namespace) -> Run:
                 )
                 for n in [1, *workers]
             },
-            rounds,
+            number,
         )
-    elif workers:
+    elif workers and not number:
         run.skipped.append("--workers: `conveyor serve --workers N` does not exist yet")
     print("3. batch ingest (100 events a request)", flush=True)
     batch_connections = arguments.batch_connections
@@ -123,7 +134,7 @@ async def bench(folder: Path, arguments: argparse.Namespace) -> Run:
                 f, connections=batch_connections, seconds=seconds, batch=100, null_store=True
             ),
         },
-        rounds,
+        number,
     )
     events = arguments.consume_events
     print(f"1+4. publish ceiling (each fill) and consume ({events} events)", flush=True)
@@ -135,15 +146,17 @@ async def bench(folder: Path, arguments: argparse.Namespace) -> Run:
             "conveyor-no-store": lambda f: contenders.conveyor_consume(f, events, null_store=True),
             "faststream": lambda f: contenders.faststream_consume(f, events),
         },
-        rounds,
+        number,
     )
     single = median_of(run.samples, "single", "conveyor", "events_per_second")
+    if number:
+        return  # latency and memory: once, in the first round
     if single:
         print(f"5. latency at {single / 2:.0f} events/s (half of conveyor's single ingest)")
         await run.compare(
             "latency",
             {"conveyor": lambda f: contenders.conveyor_latency(f, rate=single / 2, seconds=10)},
-            1,
+            0,
         )
     print("6. memory", flush=True)
     await run.compare(
@@ -154,9 +167,8 @@ async def bench(folder: Path, arguments: argparse.Namespace) -> Run:
                 f, connections=1000, seconds=seconds
             ),
         },
-        1,
+        0,
     )
-    return run
 
 
 def machine() -> dict[str, Any]:
