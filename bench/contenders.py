@@ -55,6 +55,7 @@ async def start_conveyor(
     workers: int = 1,
     env: dict[str, str] | None = None,
     store_url: str | None = None,
+    uvloop: bool = False,
 ) -> tuple[Child, str]:
     """conveyor with its defaults but for where it listens, its namespace and a SQLite file of
     its own (or `store_url`); the base URL it answers on."""
@@ -69,7 +70,13 @@ async def start_conveyor(
         "CONVEYOR_STORE_URL": store_url or f"sqlite:///{folder}/{namespace}.db",
         **(env or {}),
     }
-    arguments = ["-m", "bench.serve", *(["--null-store"] if null_store else []), "serve"]
+    arguments = [
+        "-m",
+        "bench.serve",
+        *(["--null-store"] if null_store else []),
+        *(["--uvloop"] if uvloop else []),
+        "serve",
+    ]
     if workers != 1:
         arguments += ["--workers", str(workers)]
     child = await start_child(arguments, folder / f"{namespace}-{role}.log", settings)
@@ -102,6 +109,7 @@ async def conveyor_ingest(
     null_store: bool = False,
     workers: int = 1,
     store_url: str | None = None,
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     namespace = new_namespace()
     try:
@@ -112,6 +120,7 @@ async def conveyor_ingest(
             null_store=null_store,
             workers=workers,
             store_url=store_url,
+            uvloop=uvloop,
         )
         try:
             await wait_ready(child, f"{base}/readyz")
@@ -154,7 +163,12 @@ async def fill(namespace: str, count: int) -> dict[str, Any]:
 
 
 async def _consume(
-    folder: Path, count: int, start: list[str] | None, *, null_store: bool = False
+    folder: Path,
+    count: int,
+    start: list[str] | None,
+    *,
+    null_store: bool = False,
+    uvloop: bool = False,
 ) -> dict[str, Any]:
     """Fill a fresh namespace's `sink` with `count` events, then time the consumer draining it.
     `start` is the peer's command (bench.peers), None for conveyor in the worker role."""
@@ -163,7 +177,9 @@ async def _consume(
         await declare_namespace(namespace)
         filled = await fill(namespace, count)
         if start is None:
-            child, _ = await start_conveyor(folder, namespace, "worker", null_store=null_store)
+            child, _ = await start_conveyor(
+                folder, namespace, "worker", null_store=null_store, uvloop=uvloop
+            )
         else:
             log = folder / f"{namespace}-{start[0]}.log"
             child = await start_child(["-m", "bench.peers", *start, namespace], log)
@@ -190,8 +206,10 @@ async def faststream_consume(folder: Path, count: int) -> dict[str, Any]:
     return await _consume(folder, count, ["faststream-consume"])
 
 
-async def conveyor_consume(folder: Path, count: int, *, null_store: bool = False) -> dict[str, Any]:
-    return await _consume(folder, count, None, null_store=null_store)
+async def conveyor_consume(
+    folder: Path, count: int, *, null_store: bool = False, uvloop: bool = False
+) -> dict[str, Any]:
+    return await _consume(folder, count, None, null_store=null_store, uvloop=uvloop)
 
 
 async def worker_memory(folder: Path, backlog: int) -> dict[str, Any]:

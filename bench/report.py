@@ -178,6 +178,13 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
             "nothing."
         ),
     ]
+    for item in ("single", "batch", "consume"):
+        ratio, _ = _paired(samples, item, "conveyor-uvloop", "conveyor")
+        if ratio != "-":
+            rates = _cell(_values(samples, item, "conveyor-uvloop", "events_per_second"))
+            notes.append(
+                f"{item}: conveyor on uvloop {rates} events/s, {ratio} x conveyor on asyncio's loop"
+            )
     notes += _errors(samples)
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 

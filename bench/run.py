@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.run [--rounds 3] [--seconds 5] [--consume-events 50000]
                                   [--backlog 100000] [--workers 1,2] [--max-minutes 10]
+                                  [--uvloop] [--items single,batch,consume,latency,memory]
 
 Every figure is a median over rounds, and the contenders of each comparison run interleaved
 (round 1: A B C, round 2: B C A, ...), so a noisy neighbour hits them alike; the table shows
@@ -48,6 +49,8 @@ class Run:
 
     async def compare(self, item: str, measures: dict[str, Measure], number: int) -> None:
         """Each contender once in round `number`, the order rotated from round to round."""
+        if self.arguments.items and item not in self.arguments.items.split(","):
+            return
         names = list(measures)
         for name in names[number % len(names) :] + names[: number % len(names)]:
             if time.monotonic() > self.deadline:
@@ -64,6 +67,11 @@ class Run:
             result["round"] = number + 1
             self.samples.setdefault(item, {}).setdefault(name, []).append(result)
             print(f"  {item} / {name} round {number + 1}: {_brief(result)}", flush=True)
+
+
+def _on_uvloop(arguments: argparse.Namespace, measure: Measure) -> dict[str, Measure]:
+    """conveyor on uvloop as one more contender, with --uvloop."""
+    return {"conveyor-uvloop": measure} if arguments.uvloop else {}
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -104,7 +112,13 @@ async def one_round(run: Run, number: int) -> None:
             "naive": lambda f: contenders.peer_ingest(
                 f, "naive", connections=connections, seconds=seconds
             ),
-        },
+        }
+        | _on_uvloop(
+            arguments,
+            lambda f: contenders.conveyor_ingest(
+                f, connections=connections, seconds=seconds, uvloop=True
+            ),
+        ),
         number,
     )
     workers = [int(n) for n in arguments.workers.split(",") if n.strip() and int(n) != 1]
@@ -133,7 +147,13 @@ async def one_round(run: Run, number: int) -> None:
             "conveyor-no-store": lambda f: contenders.conveyor_ingest(
                 f, connections=batch_connections, seconds=seconds, batch=100, null_store=True
             ),
-        },
+        }
+        | _on_uvloop(
+            arguments,
+            lambda f: contenders.conveyor_ingest(
+                f, connections=batch_connections, seconds=seconds, batch=100, uvloop=True
+            ),
+        ),
         number,
     )
     events = arguments.consume_events
@@ -145,7 +165,8 @@ async def one_round(run: Run, number: int) -> None:
             "conveyor": lambda f: contenders.conveyor_consume(f, events),
             "conveyor-no-store": lambda f: contenders.conveyor_consume(f, events, null_store=True),
             "faststream": lambda f: contenders.faststream_consume(f, events),
-        },
+        }
+        | _on_uvloop(arguments, lambda f: contenders.conveyor_consume(f, events, uvloop=True)),
         number,
     )
     single = median_of(run.samples, "single", "conveyor", "events_per_second")
@@ -200,6 +221,10 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--workers", default="1", help="e.g. 1,2: also run serve --workers N")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="global cap")
+    parser.add_argument("--uvloop", action="store_true", help="also conveyor on uvloop")
+    parser.add_argument(
+        "--items", default="", help="only these, e.g. single,consume (also batch, latency, memory)"
+    )
     arguments = parser.parse_args()
     started = datetime.now(UTC)
     host = machine()
