@@ -56,11 +56,12 @@ test: lint
 chaos: install
 	$(BIN)/pytest tests/integration/test_loss_accounting.py tests/chaos -q -ra
 
-# Issue 7's table (bench/run.py, about 10 minutes, capped), then what the store's claims cost.
-# BENCH_ARGS passes options, e.g. BENCH_ARGS='--rounds 1 --workers 1,2'.
+# Issue 7's table (bench/run.py, about 10 minutes, capped), then what the store's claims cost
+# and what ordered partitions cost. BENCH_ARGS passes options, e.g. BENCH_ARGS='--rounds 1'.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.store_claims
+	$(BIN)/python bench/ordered_partitions.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

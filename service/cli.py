@@ -129,6 +129,9 @@ async def serve(
         access_log=None,
         max_headers=MAX_REQUEST_HEADERS,
         max_field_size=MAX_HEADER_FIELD_BYTES,
+        # aiohttp's only timer on an unfinished head: from the connection (or the last answer)
+        # until a complete head, and on an idle keep-alive connection. The body has its own.
+        keepalive_timeout=settings.http_read_timeout,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)

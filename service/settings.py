@@ -95,6 +95,10 @@ class Settings:
     amqp_heartbeat: float = 15.0
     # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
     max_concurrent_requests: int = 256
+    # Longest a request head or body may take to arrive, and how long an idle keep-alive
+    # connection stays open (aiohttp closes both on one timer). Above the 60 s idle timeout of
+    # common load balancers, so they never reuse a connection conveyor just closed.
+    http_read_timeout: float = 75.0
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -137,6 +141,12 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
     SettingDoc(
         "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
+    ),
+    SettingDoc(
+        "HTTP_READ_TIMEOUT",
+        "75s",
+        "longest wait for a request head (then the connection closes) or body (then 408);"
+        " also the idle keep-alive time",
     ),
 )
 
@@ -190,6 +200,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_concurrent_requests=reader.integer(
             "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
         ),
+        http_read_timeout=reader.duration("HTTP_READ_TIMEOUT", _DEFAULTS.http_read_timeout),
     )
 
 
