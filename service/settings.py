@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import TypeVar
 from yarl import URL
 
 __all__ = [
+    "EventLoop",
     "LogFormat",
     "Role",
     "SettingError",
@@ -27,6 +29,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MIN_ADMIN_TOKEN_LENGTH = 16
+MAX_WORKERS = 64
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True} | {
     "0": False,
     "false": False,
@@ -63,6 +66,18 @@ class Role(enum.StrEnum):
         return self in (Role.ALL, Role.WORKER)
 
 
+class EventLoop(enum.StrEnum):
+    """Which event loop runs the process.
+
+    uvloop is opt-in: with aio-pika 10.2 / aiormq 7.2 on uvloop 0.23, a broker that reset the
+    connection during the AMQP handshake at start-up left the link wedged (reported up, never
+    ready, even after the broker came back); on asyncio's loop the same scenario passes.
+    """
+
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
 class LogFormat(enum.StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -95,6 +110,9 @@ class Settings:
     amqp_heartbeat: float = 15.0
     # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
     max_concurrent_requests: int = 256
+    # Processes serving one port (SO_REUSEPORT) under a supervisor: ingest across more cores.
+    workers: int = 1
+    event_loop: EventLoop = EventLoop.ASYNCIO
     # Longest a request head or body may take to arrive, and how long an idle keep-alive
     # connection stays open (aiohttp closes both on one timer). Above the 60 s idle timeout of
     # common load balancers, so they never reuse a connection conveyor just closed.
@@ -138,6 +156,8 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc(
         "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
     ),
+    SettingDoc("WORKERS", "1", "processes sharing the HTTP port (SO_REUSEPORT); --workers N"),
+    SettingDoc("EVENT_LOOP", "asyncio", "asyncio | uvloop (the uvloop extra; see the README)"),
     SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
     SettingDoc(
         "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
@@ -176,7 +196,7 @@ _DEFAULTS = Settings()
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build Settings from CONVEYOR_* variables; raise SettingError naming the first bad one."""
     reader = _Reader(environ)
-    return Settings(
+    settings = Settings(
         amqp_url=reader.amqp_url("AMQP_URL", _DEFAULTS.amqp_url),
         http_host=reader.text("HTTP_HOST", _DEFAULTS.http_host),
         http_port=reader.integer("HTTP_PORT", _DEFAULTS.http_port, low=0, high=65535),
@@ -197,11 +217,23 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),
         otel=reader.flag("OTEL", default=_DEFAULTS.otel),
         amqp_heartbeat=reader.duration("AMQP_HEARTBEAT", _DEFAULTS.amqp_heartbeat),
+        workers=reader.integer("WORKERS", _DEFAULTS.workers, low=1, high=MAX_WORKERS),
+        event_loop=reader.choice("EVENT_LOOP", EventLoop, _DEFAULTS.event_loop),
         max_concurrent_requests=reader.integer(
             "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
         ),
         http_read_timeout=reader.duration("HTTP_READ_TIMEOUT", _DEFAULTS.http_read_timeout),
     )
+    if settings.workers > 1 and settings.http_port == 0:
+        # Each process would listen on a random port of its own instead of sharing one.
+        raise SettingError(
+            PREFIX + "WORKERS", "1 when CONVEYOR_HTTP_PORT is 0", str(settings.workers)
+        )
+    if settings.event_loop is EventLoop.UVLOOP and importlib.util.find_spec("uvloop") is None:
+        raise SettingError(
+            PREFIX + "EVENT_LOOP", "asyncio: uvloop is not installed (the uvloop extra)"
+        )
+    return settings
 
 
 class _Reader:
