@@ -142,6 +142,7 @@ def _store(
         purge.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await purge
+        await book.close()
         await writer.close()
         await store.close()
 

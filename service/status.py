@@ -22,7 +22,7 @@ import orjson
 from consumers import DeliveryState, DeliveryUpdate, Subscription
 from producers import OutgoingEvent, format_time
 from service.routing import routed_subscriptions
-from service.store import BatchWriter, Statements, Store, Write
+from service.store import BatchWriter, Coalescer, Statements, Store, Write
 
 __all__ = ["EventStatus", "StatusBook"]
 
@@ -30,6 +30,13 @@ _POLL_SECONDS = 0.5  # how often a waiter looks again for changes made by other 
 # Long-polls held at once; past this a request with ?wait= is answered at once (each waiter
 # costs a few store reads per poll, and the store also serves ingest).
 MAX_WAITERS = 500
+# Dedup lookups asked at once in one query. Each key takes three parameters: 256 keys stay
+# under 999, SQLite's limit before 3.32 (32,766 since), and far under PostgreSQL's 32,767.
+MAX_LOOKUPS_PER_QUERY = 256
+# As long as a consumer waits for the answer (consumers.reporting): a query that hangs longer
+# fails its lookups, which then run the handler, and the next batch goes out.
+LOOKUP_TIMEOUT_SECONDS = 5.0
+_SucceededKey = tuple[str, str, str]  # event id, source, subscription
 _EVENT_ROW_STATEMENTS = frozenset(
     (Statements.accept_event, Statements.see_event, Statements.put_delivery)
 )
@@ -86,6 +93,7 @@ class StatusBook:
         ttl: float,
         dedup_window: float,
         subscriptions: Sequence[Subscription],
+        lookup_timeout: float = LOOKUP_TIMEOUT_SECONDS,
     ) -> None:
         self._store = store
         self._writer = writer
@@ -96,6 +104,18 @@ class StatusBook:
         self._subscriptions = tuple(subscriptions)
         self._changed: dict[str, asyncio.Event] = {}  # event id -> set when a write touched it
         self._waiters = 0
+        # Concurrent deliveries each ask whether their event already succeeded: one query
+        # answers all the questions asked while the previous one ran (issue 7, performance).
+        self._succeeded: Coalescer[_SucceededKey, bool] = Coalescer(
+            self._succeeded_among,
+            default=False,
+            max_batch=MAX_LOOKUPS_PER_QUERY,
+            timeout=lookup_timeout,
+            name="conveyor-dedup-lookups",
+        )
+
+    async def close(self) -> None:
+        await self._succeeded.close()
 
     def wake_waiters(self, writes: Sequence[Write]) -> None:
         """Called after each committed batch: waiters on the events it touched look again."""
@@ -139,11 +159,18 @@ class StatusBook:
         await self._writer.store(*writes)
 
     async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
+        return await self._succeeded.get((event_id, source, subscription))
+
+    async def _succeeded_among(self, keys: Sequence[_SucceededKey]) -> dict[_SucceededKey, bool]:
+        # Padded to a power of two with repeats of the last key: a handful of statement shapes
+        # stay in the drivers' statement caches instead of one per batch size.
+        padded = [*keys, *[keys[-1]] * ((1 << (len(keys) - 1).bit_length()) - len(keys))]
         since = time.time() - self._dedup_window
+        parameters = [value for key in padded for value in key]
         rows = await self._store.query(
-            Statements.select_succeeded, event_id, source, subscription, since
+            Statements.select_succeeded_among(len(padded)), *parameters, since
         )
-        return bool(rows)
+        return {(str(row[0]), str(row[1]), str(row[2])): True for row in rows}
 
     def note(self, update: DeliveryUpdate) -> None:
         self._writer.submit(*self._update_writes(update))

@@ -8,6 +8,7 @@ from yarl import URL
 
 from service.store.base import Claim, ClaimOutcome, IdempotencyStore, Store, Write
 from service.store.batching import WRITE_TIMEOUT_SECONDS, BatchWriter, WriterClosedError
+from service.store.coalescing import Coalescer
 from service.store.postgres import PostgresStore
 from service.store.sql import Statements
 from service.store.sqlite import SqliteStore
@@ -17,6 +18,7 @@ __all__ = [
     "BatchWriter",
     "Claim",
     "ClaimOutcome",
+    "Coalescer",
     "IdempotencyStore",
     "Statements",
     "Store",

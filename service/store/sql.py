@@ -146,10 +146,21 @@ class Statements:
         "updated_at, finished_at FROM conveyor_deliveries "
         "WHERE event_id = ? AND source = ? AND expires_at > ? ORDER BY subscription"
     )
-    select_succeeded = (
-        "SELECT 1 FROM conveyor_deliveries WHERE event_id = ? AND source = ? "
-        "AND subscription = ? AND state = 'succeeded' AND finished_at > ?"
-    )
+
+    @staticmethod
+    def select_succeeded_among(count: int) -> str:
+        """Which of `count` (event id, source, subscription) keys succeeded since the last `?`.
+
+        A join on the listed keys (not a row-value IN), so that SQLite and PostgreSQL both look
+        each key up through the primary key instead of scanning the table.
+        """
+        keys = ", ".join(["(?, ?, ?)"] * count)
+        return (
+            f"WITH wanted (event_id, source, subscription) AS (VALUES {keys}) "  # noqa: S608 - only placeholders are interpolated
+            "SELECT d.event_id, d.source, d.subscription FROM wanted "
+            "JOIN conveyor_deliveries d USING (event_id, source, subscription) "
+            "WHERE d.state = 'succeeded' AND d.finished_at > ?"
+        )
 
     purge = (
         "DELETE FROM conveyor_idempotency WHERE expires_at < ?",

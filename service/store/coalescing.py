@@ -1,0 +1,100 @@
+"""Coalesced reads: lookups from many coroutines go to the store as one query per batch.
+
+The read-side sibling of `BatchWriter`'s group commit. A lookup that finds no query running
+starts one on the next turn of the event loop, so lookups made in the same turn share it; those
+that arrive while a query runs wait for the next one, which asks for all of them at once. Under
+load batches grow by themselves; when idle a lookup goes out alone at once. Each caller gets the
+answer for its own key; a query that fails or runs out of time fails every lookup in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["Coalescer"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Coalescer(Generic[K, V]):
+    """Batches `get(key)` calls into `fetch_many(keys)`; keys it does not return get `default`."""
+
+    def __init__(
+        self,
+        fetch_many: Callable[[Sequence[K]], Awaitable[Mapping[K, V]]],
+        *,
+        default: V,
+        max_batch: int,
+        timeout: float,
+        name: str = "conveyor-store-lookups",
+    ) -> None:
+        self._fetch_many = fetch_many
+        self._default = default
+        self._max_batch = max_batch
+        self._timeout = timeout
+        self._name = name
+        # Keys not yet asked for; two callers of one key share its answer.
+        self._pending: dict[K, asyncio.Future[V]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def get(self, key: K) -> V:
+        if self._closed:
+            raise RuntimeError("the store is closing")
+        answer = self._pending.get(key)
+        if answer is None:
+            answer = asyncio.get_running_loop().create_future()
+            self._pending[key] = answer
+            if self._task is None:
+                self._task = asyncio.create_task(self._run(), name=self._name)
+        # Shielded: a caller that gives up (its own timeout) must not cancel the answer that
+        # other callers of the same key wait for.
+        return await asyncio.shield(answer)
+
+    async def close(self) -> None:
+        """Stop: lookups still waiting fail (their callers fall back as on any store error)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail(list(self._pending.items()), RuntimeError("the store is closing"))
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch = list(self._pending.items())[: self._max_batch]
+                for key, _ in batch:
+                    del self._pending[key]
+                try:
+                    await self._answer(batch)
+                except BaseException:
+                    self._fail(batch, RuntimeError("the lookup was cancelled"))
+                    raise
+        finally:
+            self._task = None
+
+    async def _answer(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                found = await self._fetch_many([key for key, _ in batch])
+        except Exception as error:  # noqa: BLE001 - handed to each waiter; lookups go on
+            self._fail(batch, error)
+            return
+        for key, answer in batch:
+            if not answer.done():
+                answer.set_result(found.get(key, self._default))
+
+    @staticmethod
+    def _fail(batch: list[tuple[K, asyncio.Future[V]]], error: BaseException) -> None:
+        for _, answer in batch:
+            if not answer.done():
+                answer.set_exception(error)
+                # Retrieved here: a waiter that already gave up must not leave asyncio logging
+                # "exception was never retrieved".
+                answer.exception()
