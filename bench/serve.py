@@ -14,7 +14,7 @@ from typing import Any
 from unittest import mock
 
 from service.cli import main as conveyor
-from service.store import Claim, ClaimOutcome
+from service.store import Claim, ClaimOutcome, ClaimRequest
 
 NULL_STORE = "--null-store"
 
@@ -32,6 +32,9 @@ class NullStore:
         lease: float,
     ) -> Claim:
         return Claim(ClaimOutcome.OWNER)
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        return [Claim(ClaimOutcome.OWNER) for _ in requests]
 
     async def release(self, scope: str, key: str, owner: str) -> None:
         return None

@@ -38,7 +38,7 @@ from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
-from service.store import BatchWriter, IdempotencyStore, open_store
+from service.store import BatchWriter, ClaimBatcher, IdempotencyStore, open_store
 from service.tracing import NoTracing, Tracing
 
 _log = structlog.get_logger(component="store")
@@ -134,14 +134,17 @@ def _store(
         writer.start()
         app[STATUS_BOOK] = book
         # A duplicate waits for the first request's answer about as long as that one may take.
+        # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
+        claims = ClaimBatcher(store)
         app[DEDUPLICATOR] = Deduplicator(
-            store, writer, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
+            claims, writer, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
         )
         purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
         yield
         purge.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await purge
+        await claims.close()
         await book.close()
         await writer.close()
         await store.close()

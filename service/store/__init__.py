@@ -6,8 +6,9 @@ from pathlib import Path
 
 from yarl import URL
 
-from service.store.base import Claim, ClaimOutcome, IdempotencyStore, Store, Write
+from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencyStore, Store, Write
 from service.store.batching import WRITE_TIMEOUT_SECONDS, BatchWriter, WriterClosedError
+from service.store.claims import ClaimBatcher
 from service.store.coalescing import Coalescer
 from service.store.postgres import PostgresStore
 from service.store.sql import Statements
@@ -17,7 +18,9 @@ __all__ = [
     "WRITE_TIMEOUT_SECONDS",
     "BatchWriter",
     "Claim",
+    "ClaimBatcher",
     "ClaimOutcome",
+    "ClaimRequest",
     "Coalescer",
     "IdempotencyStore",
     "Statements",

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Claim", "ClaimOutcome", "IdempotencyStore", "Store", "Write"]
+__all__ = [
+    "Claim",
+    "ClaimOutcome",
+    "ClaimRequest",
+    "IdempotencyStore",
+    "Store",
+    "Write",
+    "stored_claim",
+]
 
 # One statement of service.store.sql.Statements with its parameters.
 Write = tuple[str, tuple[Any, ...]]
@@ -27,6 +35,29 @@ class Claim:
     body: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """The arguments of one `IdempotencyStore.claim`, for `claim_many`."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    owner: str
+    lease: float
+
+
+def stored_claim(fingerprint: str, row: tuple[Any, Any, Any] | None) -> Claim | None:
+    """What a claimer who did not win learns from the key's row; None: the row is gone."""
+    if row is None:  # released between our insert and select: the caller tries again
+        return None
+    stored_fingerprint, status, body = row
+    if stored_fingerprint != fingerprint:
+        return Claim(ClaimOutcome.CONFLICT)
+    if status is None:
+        return Claim(ClaimOutcome.IN_PROGRESS)
+    return Claim(ClaimOutcome.REPLAY, int(status), bytes(body))
+
+
 class IdempotencyStore(Protocol):
     async def claim(
         self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
@@ -36,6 +67,14 @@ class IdempotencyStore(Protocol):
         The owner (a token unique to the caller) holds the key for `lease` seconds; it stores
         its answer (Statements.complete, through a batch) or releases the key. A lease that ran
         out can be claimed by someone else, and then the old owner's answer or release is void.
+        """
+        ...
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        """`claim` for each request (keys distinct), in few statements; answers in order.
+
+        Each request gets what `claim` alone would have answered at that moment. Two requests
+        for one key must go to separate calls: the second then sees the first's claim.
         """
         ...
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from service.store.base import Claim, ClaimOutcome, Write
-from service.store.sql import MIGRATIONS, Statements, by_statement, numbered
+from service.store.base import Claim, ClaimOutcome, ClaimRequest, Write, stored_claim
+from service.store.sql import MIGRATIONS, Statements, by_statement, in_chunks, numbered
 
 __all__ = ["PostgresStore"]
 
@@ -21,6 +21,7 @@ _PURGE = tuple(numbered(statement) for statement in Statements.purge)
 _MIGRATION_LOCK = 7311023
 _numbered = functools.lru_cache(maxsize=64)(numbered)
 _DEADLOCK_RETRIES = 3
+_CLAIMS_PER_STATEMENT = 128  # five parameters each, far under PostgreSQL's 32,767
 # Without these a half-open connection holds a claim or a delivery until TCP gives up.
 _COMMAND_TIMEOUT_SECONDS = 10.0
 
@@ -64,6 +65,52 @@ class PostgresStore:
         if row["status"] is None:
             return Claim(ClaimOutcome.IN_PROGRESS)
         return Claim(ClaimOutcome.REPLAY, int(row["status"]), bytes(row["body"]))
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        now = time.time()
+        won: set[tuple[str, str]] = set()
+        stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        async with self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection:
+            for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
+                parameters: list[Any] = []
+                for request in chunk:
+                    parameters += (
+                        request.scope,
+                        request.key,
+                        request.fingerprint,
+                        request.owner,
+                        now + request.lease,
+                    )
+                statement = _numbered(Statements.insert_claims(len(chunk)))
+                rows = await connection.fetch(statement, *parameters, now)
+                won.update((row["scope"], row["key"]) for row in rows)
+            lost = [request for request in requests if (request.scope, request.key) not in won]
+            for chunk in in_chunks(lost, _CLAIMS_PER_STATEMENT):
+                keys = [value for request in chunk for value in (request.scope, request.key)]
+                for row in await connection.fetch(
+                    _numbered(Statements.select_claims(len(chunk))), *keys
+                ):
+                    stored[row["scope"], row["key"]] = (
+                        row["fingerprint"],
+                        row["status"],
+                        row["body"],
+                    )
+        claims = []
+        for request in requests:
+            if (request.scope, request.key) in won:
+                claims.append(Claim(ClaimOutcome.OWNER))
+                continue
+            claim = stored_claim(request.fingerprint, stored.get((request.scope, request.key)))
+            if claim is None:
+                claim = await self.claim(
+                    request.scope,
+                    request.key,
+                    request.fingerprint,
+                    owner=request.owner,
+                    lease=request.lease,
+                )
+            claims.append(claim)
+        return claims
 
     async def release(self, scope: str, key: str, owner: str) -> None:
         await self._pool.execute(_RELEASE, scope, key, owner)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["MIGRATIONS", "Statements", "by_statement", "numbered"]
+__all__ = ["MIGRATIONS", "Statements", "by_statement", "in_chunks", "numbered"]
+
+_T = TypeVar("_T")
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: idempotency keys of requests and of events' CloudEvents identity
@@ -99,6 +101,28 @@ class Statements:
         "UPDATE conveyor_idempotency SET status = ?, body = ?, expires_at = ? "
         "WHERE scope = ? AND key = ? AND owner = ?"
     )
+
+    @staticmethod
+    def insert_claims(count: int) -> str:
+        """`insert_claim` for `count` distinct keys; returns the keys claimed (new or taken over).
+
+        The keys must be distinct: PostgreSQL refuses to touch one row twice in one statement.
+        RETURNING needs SQLite 3.35 or later.
+        """
+        rows = ", ".join(["(?, ?, ?, ?, NULL, NULL, ?)"] * count)
+        single = "VALUES (?, ?, ?, ?, NULL, NULL, ?)"
+        return Statements.insert_claim.replace(single, f"VALUES {rows}") + " RETURNING scope, key"
+
+    @staticmethod
+    def select_claims(count: int) -> str:
+        """`select_claim` for `count` keys at once, each row led by its scope and key."""
+        keys = ", ".join(["(?, ?)"] * count)
+        return (
+            f"WITH wanted (scope, key) AS (VALUES {keys}) "  # noqa: S608 - only placeholders are interpolated
+            "SELECT c.scope, c.key, c.fingerprint, c.status, c.body FROM wanted "
+            "JOIN conveyor_idempotency c USING (scope, key)"
+        )
+
     release = (
         "DELETE FROM conveyor_idempotency "
         "WHERE scope = ? AND key = ? AND owner = ? AND status IS NULL"
@@ -182,6 +206,21 @@ def by_statement(
     for statement, params in writes:
         groups.setdefault(statement, []).append(params)
     return list(groups.items())
+
+
+def in_chunks(items: Sequence[_T], largest: int) -> list[Sequence[_T]]:
+    """`items` cut into chunks whose sizes are powers of two (at most `largest`, itself one).
+
+    Statements whose length follows the chunk's come in a handful of shapes, so they stay in the
+    drivers' statement caches instead of one shape per batch size.
+    """
+    chunks: list[Sequence[_T]] = []
+    start = 0
+    while start < len(items):
+        size = min(largest, 1 << ((len(items) - start).bit_length() - 1))
+        chunks.append(items[start : start + size])
+        start += size
+    return chunks
 
 
 def numbered(statement: str) -> str:

@@ -9,6 +9,7 @@ busy handler, which sleeps, and cost far more than waiting for the lock.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,12 +17,15 @@ from typing import Any
 
 import aiosqlite
 
-from service.store.base import Claim, ClaimOutcome, Write
-from service.store.sql import MIGRATIONS, Statements, by_statement
+from service.store.base import Claim, ClaimOutcome, ClaimRequest, Write, stored_claim
+from service.store.sql import MIGRATIONS, Statements, by_statement, in_chunks
 
 __all__ = ["SqliteStore"]
 
 _BUSY_TIMEOUT_MS = 10_000  # another process on the same file (a second conveyor, a migration)
+# Claims per statement: five parameters each stays under 999, SQLite's limit before 3.32.
+_CLAIMS_PER_STATEMENT = 128
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # INSERT ... RETURNING, for claim_many
 
 
 class SqliteStore:
@@ -61,6 +65,53 @@ class SqliteStore:
         if status is None:
             return Claim(ClaimOutcome.IN_PROGRESS)
         return Claim(ClaimOutcome.REPLAY, int(status), bytes(body))
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        if not _RETURNING:  # an older SQLite: one claim at a time
+            return [await self._claim(request) for request in requests]
+        now = time.time()
+        won: set[tuple[str, str]] = set()
+        stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        async with self._lock:
+            for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
+                parameters = [
+                    value
+                    for request in chunk
+                    for value in (
+                        request.scope,
+                        request.key,
+                        request.fingerprint,
+                        request.owner,
+                        now + request.lease,
+                    )
+                ]
+                parameters.append(now)
+                statement = Statements.insert_claims(len(chunk))
+                async with self._db.execute(statement, parameters) as rows:
+                    won.update((scope, key) for scope, key in await rows.fetchall())
+            lost = [request for request in requests if (request.scope, request.key) not in won]
+            for chunk in in_chunks(lost, _CLAIMS_PER_STATEMENT):
+                keys = [value for request in chunk for value in (request.scope, request.key)]
+                async with self._db.execute(Statements.select_claims(len(chunk)), keys) as rows:
+                    for scope, key, *row in await rows.fetchall():
+                        stored[scope, key] = (row[0], row[1], row[2])
+        claims = []
+        for request in requests:
+            if (request.scope, request.key) in won:
+                claims.append(Claim(ClaimOutcome.OWNER))
+            else:
+                claim = stored_claim(request.fingerprint, stored.get((request.scope, request.key)))
+                claims.append(claim if claim is not None else await self._claim(request))
+        return claims
+
+    async def _claim(self, request: ClaimRequest) -> Claim:
+        return await self.claim(
+            request.scope,
+            request.key,
+            request.fingerprint,
+            owner=request.owner,
+            lease=request.lease,
+        )
 
     async def release(self, scope: str, key: str, owner: str) -> None:
         async with self._lock:

@@ -1,0 +1,124 @@
+"""Idempotency claims from many coroutines, taken in few statements (issue 7, performance).
+
+Each request of a batch POST, and each concurrent request, claims its key before publishing; one
+statement per claim cost a hand-off to the store's thread (SQLite) or a round trip (PostgreSQL)
+each. `ClaimBatcher` is the store as the `Deduplicator` sees it: a claim that finds no batch
+running goes out on the next turn of the event loop with whatever else was asked in that turn;
+claims made while a batch runs go out together in the next. A batch holds each key once: a second
+claim of a key waits for the next batch, so it sees the first claim, exactly as if it came alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+
+from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencyStore
+
+__all__ = ["ClaimBatcher"]
+
+_log = structlog.get_logger(component="store")
+MAX_CLAIMS_PER_BATCH = 500
+
+_Entry = tuple[ClaimRequest, asyncio.Future[Claim]]
+
+
+class ClaimBatcher:
+    """An `IdempotencyStore` whose `claim` calls are batched into the store's `claim_many`."""
+
+    def __init__(self, store: IdempotencyStore, *, max_batch: int = MAX_CLAIMS_PER_BATCH) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: list[_Entry] = []  # in arrival order
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def claim(
+        self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
+    ) -> Claim:
+        if self._closed:
+            raise RuntimeError("the store is closing")
+        answer: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
+        self._queue.append((ClaimRequest(scope, key, fingerprint, owner, lease), answer))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="conveyor-store-claims")
+        return await answer
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        return await self._store.claim_many(requests)
+
+    async def release(self, scope: str, key: str, owner: str) -> None:
+        await self._store.release(scope, key, owner)
+
+    async def purge_expired(self) -> int:
+        return await self._store.purge_expired()
+
+    async def close(self) -> None:
+        """Stop batching (claims still queued fail); the store itself is closed by its owner."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail(self._queue, RuntimeError("the store is closing"))
+        self._queue.clear()
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch = self._next_batch()
+                try:
+                    await self._answer(batch)
+                except BaseException:
+                    self._fail(batch, RuntimeError("the claim was cancelled"))
+                    raise
+        finally:
+            self._task = None
+
+    def _next_batch(self) -> list[_Entry]:
+        """The oldest claims, one per key; a repeated key stays queued, in order, for later."""
+        batch: list[_Entry] = []
+        keys: set[tuple[str, str]] = set()
+        later: list[_Entry] = []
+        for entry in self._queue:
+            request, answer = entry
+            if answer.done():  # its claimer gave up before it went out
+                continue
+            key = (request.scope, request.key)
+            if key in keys or len(batch) == self._max_batch:
+                later.append(entry)
+            else:
+                keys.add(key)
+                batch.append(entry)
+        self._queue = later
+        return batch
+
+    async def _answer(self, batch: list[_Entry]) -> None:
+        try:
+            claims = await self._store.claim_many([request for request, _ in batch])
+        except Exception as error:  # noqa: BLE001 - handed to each claimer; claims go on
+            self._fail(batch, error)
+            return
+        for (request, answer), claim in zip(batch, claims, strict=True):
+            if not answer.done():
+                answer.set_result(claim)
+            elif claim.outcome is ClaimOutcome.OWNER:
+                # Its claimer gave up while the claim was being taken: free the key at once
+                # rather than when the lease runs out.
+                await self._release(request)
+
+    async def _release(self, request: ClaimRequest) -> None:
+        try:
+            await self._store.release(request.scope, request.key, request.owner)
+        except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
+            _log.warning("could not release an abandoned claim", error=str(error))
+
+    @staticmethod
+    def _fail(batch: list[_Entry], error: BaseException) -> None:
+        for _, answer in batch:
+            if not answer.done():
+                answer.set_exception(error)
+                answer.exception()  # retrieved: a claimer that gave up must not log it
