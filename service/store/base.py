@@ -14,6 +14,7 @@ __all__ = [
     "IdempotencyStore",
     "Store",
     "Write",
+    "check_distinct",
     "stored_claim",
 ]
 
@@ -44,6 +45,12 @@ class ClaimRequest:
     fingerprint: str
     owner: str
     lease: float
+
+
+def check_distinct(requests: Sequence[ClaimRequest]) -> None:
+    """`claim_many`'s precondition: one key twice in one statement would make both owners."""
+    if len({(request.scope, request.key) for request in requests}) != len(requests):
+        raise ValueError("claim_many takes each key once; claim a repeated key in a later call")
 
 
 def stored_claim(fingerprint: str, row: tuple[Any, Any, Any] | None) -> Claim | None:

@@ -9,7 +9,14 @@ from typing import Any
 
 import asyncpg
 
-from service.store.base import Claim, ClaimOutcome, ClaimRequest, Write, stored_claim
+from service.store.base import (
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    Write,
+    check_distinct,
+    stored_claim,
+)
 from service.store.sql import MIGRATIONS, Statements, by_statement, in_chunks, numbered
 
 __all__ = ["PostgresStore"]
@@ -67,6 +74,7 @@ class PostgresStore:
         return Claim(ClaimOutcome.REPLAY, int(row["status"]), bytes(row["body"]))
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        check_distinct(requests)
         now = time.time()
         won: set[tuple[str, str]] = set()
         stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}

@@ -17,7 +17,14 @@ from typing import Any
 
 import aiosqlite
 
-from service.store.base import Claim, ClaimOutcome, ClaimRequest, Write, stored_claim
+from service.store.base import (
+    Claim,
+    ClaimOutcome,
+    ClaimRequest,
+    Write,
+    check_distinct,
+    stored_claim,
+)
 from service.store.sql import MIGRATIONS, Statements, by_statement, in_chunks
 
 __all__ = ["SqliteStore"]
@@ -67,6 +74,7 @@ class SqliteStore:
         return Claim(ClaimOutcome.REPLAY, int(status), bytes(body))
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
+        check_distinct(requests)
         if not _RETURNING:  # an older SQLite: one claim at a time
             return [await self._claim(request) for request in requests]
         now = time.time()
