@@ -28,7 +28,7 @@ from service.cli_client import (
 )
 from service.keys import LIFECYCLE
 from service.logs import configure_logging
-from service.settings import PREFIX, SETTINGS_HELP, SettingError, Settings, load_settings
+from service.settings import PREFIX, SETTINGS_HELP, Role, SettingError, Settings, load_settings
 from service.subscription_config import load_subscriptions
 from service.topology_plan import apply_topology, plan_topology, render_topology
 from service.tracing import Tracing, build_tracing
@@ -47,13 +47,20 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     settings = "\n".join(
         f"  {PREFIX}{doc.name:<18} {doc.help} (default: {doc.default})" for doc in SETTINGS_HELP
     )
-    commands.add_parser(
+    serve = commands.add_parser(
         "serve",
         help="run the HTTP ingress and the consumers",
         description="Run conveyor. Every setting comes from the environment:",
         epilog=settings
         + "\n\nA wrong value stops the process with exit code 2 and a line naming the setting.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        help="which halves to run: ingress (HTTP -> RabbitMQ), worker (consumers and handlers) "
+        f"or all; overrides {PREFIX}ROLE. Any number of replicas of each may run against one "
+        "broker (cluster) and a shared PostgreSQL store.",
     )
     topology = commands.add_parser(
         "topology",
@@ -76,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if working_directory not in sys.path:
         sys.path.insert(0, working_directory)
     try:
-        settings = load_settings(os.environ)
+        settings = load_settings(_with_flags(os.environ, arguments))
         subscriptions = load_subscriptions(settings.config_path) if settings.config_path else ()
         tracing = build_tracing(settings) if arguments.command == "serve" else None
     except SettingError as error:
@@ -86,6 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(topology_command(settings, subscriptions, arguments))
     configure_logging(settings)
     return asyncio.run(serve(settings, subscriptions, tracing))
+
+
+def _with_flags(environ: Mapping[str, str], arguments: argparse.Namespace) -> dict[str, str]:
+    """The environment with command-line flags applied over their settings."""
+    merged = dict(environ)
+    role = getattr(arguments, "role", None)
+    if role is not None:
+        merged[PREFIX + "ROLE"] = role
+    return merged
 
 
 async def topology_command(
@@ -102,7 +118,12 @@ async def topology_command(
         out.write(render_topology(entities))
     if arguments.apply:
         try:
-            await apply_topology(settings.amqp_url, topology, subscriptions)
+            await apply_topology(
+                settings.amqp_addresses,
+                topology,
+                subscriptions,
+                ssl_context=settings.amqp_tls_context(),
+            )
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             # The broker answered: something with this name exists with other arguments.
             problem = f"conveyor: RabbitMQ refused a declaration: {error}"
