@@ -52,7 +52,8 @@ async def broker_problem(conveyor: Running) -> str:
 
     async def tried() -> bool:
         body = await (await conveyor.client.get("/readyz")).json()
-        return body["checks"]["broker"] != "not connected: connecting"
+        state: str = body["checks"]["broker"]
+        return state != "not connected: connecting"
 
     await eventually(tried, timeout=15, what="a connection attempt")
     response = await conveyor.client.get("/readyz")

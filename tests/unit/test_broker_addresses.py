@@ -43,7 +43,7 @@ def test_a_host_list_without_credentials_or_path() -> None:
     ],
 )
 def test_a_bad_address_is_refused(raw: str) -> None:
-    with pytest.raises(ValueError, match="address|URL|port"):
+    with pytest.raises(ValueError, match=r"address|URL|port"):
         split_broker_urls(raw)
 
 
@@ -104,7 +104,9 @@ def test_a_ca_file_that_is_not_pem_is_named(tmp_path: Path) -> None:
     garbage = tmp_path / "ca.pem"
     garbage.write_text("not a certificate\n")
     with pytest.raises(SettingError) as raised:
-        load_settings({"CONVEYOR_AMQP_URL": "amqps://u:p@h/", "CONVEYOR_AMQP_CA_FILE": str(garbage)})
+        load_settings(
+            {"CONVEYOR_AMQP_URL": "amqps://u:p@h/", "CONVEYOR_AMQP_CA_FILE": str(garbage)}
+        )
     assert raised.value.name == "CONVEYOR_AMQP_CA_FILE"
 
 
