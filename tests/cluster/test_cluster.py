@@ -107,10 +107,10 @@ async def stop_and_restart_part_way(
     async def part_way() -> bool:
         return len(ledger.answers) >= STOP_AFTER
 
-    await eventually(part_way, timeout=300, what=f"{STOP_AFTER} answers")
+    await eventually(part_way, timeout=600, what=f"{STOP_AFTER} answers")
     began = clock()
     await asyncio.to_thread(cluster.stop_app, node)
-    measured = {"stop_app": clock() - began}
+    measured = {"part way": began, "stop_app": clock() - began}
 
     async def ingress_moved() -> bool:
         return await ingress.get("/readyz") == 200 and connected_node(cluster, ingress) != node
@@ -124,7 +124,7 @@ async def stop_and_restart_part_way(
     return measured
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # measured 9 min on a busy 2-core machine
 async def test_a_node_stopped_mid_stream_loses_nothing(
     rabbit_cluster: RabbitCluster,
     processes: Processes,
@@ -161,9 +161,14 @@ async def test_a_node_stopped_mid_stream_loses_nothing(
     await eventually(members_online, timeout=120, what="every member online again")
     queues = await asyncio.to_thread(rabbit_cluster.queues, namespace.name)
     accepted = len(ledger.accepted)
+    latencies = sorted(ledger.latencies)
+    p50, p99 = latencies[len(latencies) // 2], latencies[len(latencies) * 99 // 100]
+    booted = rabbit_cluster.timings["boot"]
     ledger.notes += [
-        f"cluster up in {rabbit_cluster.started_in:.0f} s",
-        f"{accepted / sending:.0f} events/s accepted",
+        f"cluster up in {rabbit_cluster.started_in:.0f} s (nodes booted in {booted:.0f} s)",
+        f"{STOP_AFTER / (measured['part way'] - sending_began):.0f} answers/s before the stop",
+        f"{accepted / sending:.0f} events/s accepted overall",
+        f"answer p50 {p50:.2f} s, p99 {p99:.2f} s",
         f"{full_name(stopped)} stopped (stop_app {measured['stop_app']:.1f} s)",
         f"ingress ready on another node {measured['moved']:.1f} s after the stop began",
         f"node back after start_app {measured['start_app']:.1f} s",
