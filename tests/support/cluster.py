@@ -65,6 +65,8 @@ class RabbitCluster:
             "HOME": str(self.base / "home"),  # the cookie of this cluster
             "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            # The Erlang VM of a failing CLI call writes a crash dump: not into the repository.
+            "ERL_CRASH_DUMP": str(self.base / "erl_crash.dump"),
         }
         if node is not None:
             directory = self.base / node
@@ -85,6 +87,7 @@ class RabbitCluster:
         result = subprocess.run(  # noqa: S603 - RabbitMQ's own tool, our arguments
             [str(SCRIPTS / "rabbitmqctl"), "-n", full_name(node), *arguments],
             env=self._environment(),
+            cwd=self.base,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -113,6 +116,7 @@ class RabbitCluster:
             subprocess.run(  # noqa: S603 - RabbitMQ's own script, our arguments
                 [str(SCRIPTS / "rabbitmq-server"), "-detached"],
                 env=self._environment(node),
+                cwd=self.base,
                 check=True,
                 capture_output=True,
                 timeout=60,
@@ -152,6 +156,7 @@ class RabbitCluster:
             answer = subprocess.run(  # noqa: S603 - RabbitMQ's own tool
                 [str(SCRIPTS / "rabbitmqctl"), "-n", full_name(node), "await_startup", "-t", "10"],
                 env=self._environment(),
+                cwd=self.base,
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -205,7 +210,7 @@ class RabbitCluster:
 
     def destroy(self) -> None:
         """Stop every node of ours, kill what does not stop, remove the files. Never fails."""
-        for node in NODES:
+        for node in NODES if (self.base / "home" / ".erlang.cookie").exists() else ():
             with contextlib.suppress(subprocess.SubprocessError, AssertionError, OSError):
                 self.ctl(node, "stop", timeout=30, check=False)
         for pid in _our_processes(self.base):

@@ -104,9 +104,7 @@ async def launch(
     # The slow subscription keeps the default retry ladder.
     namespace.subscriptions["slow"] = RetryPolicy().delays
 
-    async def start(
-        *, wait_ready: bool = True, flags: tuple[str, ...] = (), **env: str
-    ) -> Process:
+    async def start(*, wait_ready: bool = True, flags: tuple[str, ...] = (), **env: str) -> Process:
         port = free_port()
         output = tmp_path / f"conveyor-{len(started)}.log"
         settings = {
