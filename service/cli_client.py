@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from producers import EventClient, PublishError, event_from_json
+from service.broker_addresses import split_broker_urls
 
 __all__ = ["EXIT_ANSWERED_ERROR", "EXIT_UNREACHABLE", "add_client_commands", "run_client"]
 
@@ -150,14 +151,27 @@ async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
         return EXIT_USAGE
     if arguments.amqp:
         try:
-            async with EventClient(arguments.amqp_url, namespace=arguments.namespace) as client:
-                for event in events:
-                    await client.publish(event)
-        except (OSError, PublishError) as error:
-            _complain(f"not published: {error}")
-            return EXIT_UNREACHABLE
-        out.write("".join(f"{event.id}\n" for event in events))
-        return 0
+            addresses = split_broker_urls(arguments.amqp_url)
+        except ValueError as error:
+            _complain(f"CONVEYOR_AMQP_URL: {error}")
+            return EXIT_USAGE
+        problem: Exception | None = None
+        # Several nodes: the first that takes the connection (nothing is published before).
+        for address in addresses:
+            try:
+                async with EventClient(address, namespace=arguments.namespace) as client:
+                    for event in events:
+                        await client.publish(event)
+            except OSError as error:
+                problem = error
+                continue
+            except PublishError as error:
+                problem = error
+                break
+            out.write("".join(f"{event.id}\n" for event in events))
+            return 0
+        _complain(f"not published: {problem}")
+        return EXIT_UNREACHABLE
     content_type = "application/cloudevents-batch+json" if batch else "application/cloudevents+json"
     body = orjson.dumps(documents if batch else documents[0])
     return await _post(arguments, body, content_type, out)

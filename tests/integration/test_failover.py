@@ -7,6 +7,7 @@ in use (refusing new connections and cutting the open one) is, to conveyor, a no
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import pytest
 from yarl import URL
 
 from consumers import Event
+from service.cli import build_parser
+from service.cli_client import run_client
 from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
 from tests.support.proxy import FaultProxy
@@ -192,3 +195,22 @@ async def test_no_node_answering_names_every_address_in_readiness(
     other_node.accepting = True
     await conveyor.ready(timeout=15)
     assert other_node.open_links == 1
+
+
+async def test_cli_publish_over_amqp_uses_the_first_node_that_answers(
+    nodes: TwoNodes, start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    ledger = Ledger("cli publish")
+    await start_conveyor((subscription("cli", ("chaos.*",), ledger.handler()),))
+    take_down(nodes.first)
+    environ = {"CONVEYOR_AMQP_URL": nodes.amqp_url, "CONVEYOR_NAMESPACE": namespace.name}
+    arguments = build_parser(environ).parse_args(
+        ["publish", "chaos.cli", "--id", "via-second", "--amqp"]
+    )
+    out = io.StringIO()
+
+    assert await run_client(arguments, out) == 0
+    assert out.getvalue() == "via-second\n"
+    ledger.answers["via-second"] = 202
+    await ledger.settled(timeout=10)
+    assert set(ledger.succeeded) == {"via-second"}
