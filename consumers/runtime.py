@@ -219,10 +219,21 @@ class SubscriptionConsumer:
                     event_type=message.routing_key,
                     correlation_id=message.correlation_id,
                 ):
-                    await self._settle(message, await self._judge(message))
+                    await self._settle(message, await self._judge_safely(message))
             finally:
                 if task is not None:
                     self._running.discard(task)
+
+    async def _judge_safely(self, message: AbstractIncomingMessage) -> _Verdict:
+        try:
+            return await self._judge(message)
+        except Exception:  # noqa: BLE001 - an exception here would leave the delivery unsettled
+            # Unsettled, it would hold a prefetch slot until the channel closes: a few such
+            # messages wedge the consumer. Returned, it comes back until the queue's delivery
+            # limit dead-letters it.
+            _log.exception("judging a delivery failed unexpectedly; returning it to its queue")
+            await asyncio.sleep(_MOVE_RETRY_PAUSE_SECONDS)
+            return _Verdict(Outcome.RETURNED)
 
     async def _judge(self, message: AbstractIncomingMessage) -> _Verdict:
         """Run the handler and decide the delivery's fate; no broker I/O here."""
@@ -242,9 +253,15 @@ class SubscriptionConsumer:
                 redelivered=bool(message.redelivered),
                 attempt=attempts_before + 1,
             )
-        except MalformedEventError as error:
-            # No trustworthy identity, so no status record: the DLQ entry says why.
-            failure = Failure("MalformedEventError", str(error), "")
+        except Exception as error:  # noqa: BLE001 - decoding is pure: a failure is the message's
+            # No trustworthy identity, so no status record: the DLQ entry says why. An error
+            # other than MalformedEventError is a decoding bug the message found; retrying
+            # cannot help, and its class in the DLQ entry shows it.
+            failure = (
+                Failure("MalformedEventError", str(error), "")
+                if isinstance(error, MalformedEventError)
+                else Failure.from_exception(error)
+            )
             return self._dead_letter(
                 message, headers, failure, attempts_before, reason=DeadLetterReason.MALFORMED
             )

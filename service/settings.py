@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import importlib.util
 import os
 import re
 import ssl
@@ -14,6 +15,7 @@ from typing import TypeVar
 from service.broker_addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
 
 __all__ = [
+    "EventLoop",
     "LogFormat",
     "Role",
     "SettingError",
@@ -29,6 +31,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MIN_ADMIN_TOKEN_LENGTH = 16
+MAX_WORKERS = 64
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True} | {
     "0": False,
     "false": False,
@@ -65,6 +68,18 @@ class Role(enum.StrEnum):
         return self in (Role.ALL, Role.WORKER)
 
 
+class EventLoop(enum.StrEnum):
+    """Which event loop runs the process.
+
+    uvloop is opt-in: with aio-pika 10.2 / aiormq 7.2 on uvloop 0.23, a broker that reset the
+    connection during the AMQP handshake at start-up left the link wedged (reported up, never
+    ready, even after the broker came back); on asyncio's loop the same scenario passes.
+    """
+
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
 class LogFormat(enum.StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -97,6 +112,13 @@ class Settings:
     amqp_heartbeat: float = 15.0
     # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
     max_concurrent_requests: int = 256
+    # Processes serving one port (SO_REUSEPORT) under a supervisor: ingest across more cores.
+    workers: int = 1
+    event_loop: EventLoop = EventLoop.ASYNCIO
+    # Longest a request head or body may take to arrive, and how long an idle keep-alive
+    # connection stays open (aiohttp closes both on one timer). Above the 60 s idle timeout of
+    # common load balancers, so they never reuse a connection conveyor just closed.
+    http_read_timeout: float = 75.0
     # With several broker addresses: a link down this long on one node moves to the next.
     amqp_failover_after: float = 3.0
     # TLS for amqps:// addresses (none set: aiormq's defaults and the URL's own query options).
@@ -162,9 +184,17 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc(
         "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
     ),
+    SettingDoc("WORKERS", "1", "processes sharing the HTTP port (SO_REUSEPORT); --workers N"),
+    SettingDoc("EVENT_LOOP", "asyncio", "asyncio | uvloop (the uvloop extra; see the README)"),
     SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
     SettingDoc(
         "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
+    ),
+    SettingDoc(
+        "HTTP_READ_TIMEOUT",
+        "75s",
+        "longest wait for a request head (then the connection closes) or body (then 408);"
+        " also the idle keep-alive time",
     ),
     SettingDoc(
         "AMQP_FAILOVER_AFTER", "3s", "several nodes: a link down this long moves to the next"
@@ -211,9 +241,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),
         otel=reader.flag("OTEL", default=_DEFAULTS.otel),
         amqp_heartbeat=reader.duration("AMQP_HEARTBEAT", _DEFAULTS.amqp_heartbeat),
+        workers=reader.integer("WORKERS", _DEFAULTS.workers, low=1, high=MAX_WORKERS),
+        event_loop=reader.choice("EVENT_LOOP", EventLoop, _DEFAULTS.event_loop),
         max_concurrent_requests=reader.integer(
             "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
         ),
+        http_read_timeout=reader.duration("HTTP_READ_TIMEOUT", _DEFAULTS.http_read_timeout),
         amqp_failover_after=reader.duration("AMQP_FAILOVER_AFTER", _DEFAULTS.amqp_failover_after),
         amqp_ca_file=reader.readable_file("AMQP_CA_FILE"),
         amqp_cert_file=reader.readable_file("AMQP_CERT_FILE"),
@@ -222,6 +255,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "AMQP_VERIFY_HOSTNAME", default=_DEFAULTS.amqp_verify_hostname
         ),
     )
+    if settings.workers > 1 and settings.http_port == 0:
+        # Each process would listen on a random port of its own instead of sharing one.
+        raise SettingError(
+            PREFIX + "WORKERS", "1 when CONVEYOR_HTTP_PORT is 0", str(settings.workers)
+        )
+    if settings.event_loop is EventLoop.UVLOOP and importlib.util.find_spec("uvloop") is None:
+        raise SettingError(
+            PREFIX + "EVENT_LOOP", "asyncio: uvloop is not installed (the uvloop extra)"
+        )
     _check_tls(settings)
     return settings
 

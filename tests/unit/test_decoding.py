@@ -74,3 +74,20 @@ def test_contract_breaches_are_malformed(
 ) -> None:
     with pytest.raises(MalformedEventError):
         decode_event(headers, content_type, body)
+
+
+@pytest.mark.parametrize("depth", [255, 300, 1023])
+def test_structured_data_nested_deeper_than_json_can_be_written_is_malformed(depth: int) -> None:
+    # orjson reads 1024 levels but writes 254; the TypeError used to escape and leave the
+    # delivery unsettled.
+    body = b'{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data": '
+    body += b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(MalformedEventError, match="nested deeper than 254 levels"):
+        decode_event({}, "application/cloudevents+json", body)
+
+
+def test_structured_data_254_levels_deep_is_an_event() -> None:
+    body = b'{"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "data": '
+    body += b"[" * 254 + b"]" * 254 + b"}"
+    event = decode_event({}, "application/cloudevents+json", body)
+    assert event.raw_data.count(b"[") == 254
