@@ -1,0 +1,128 @@
+"""Ordered subscriptions across a lost connection: a handler that outlives its channel keeps its
+key, so the redelivery of its event and of the later ones of its key wait behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections import defaultdict
+
+import pytest
+
+from consumers import Event, RetryPolicy
+from service import Role
+from tests.conftest import Namespace, StartConveyor, url_with_port
+from tests.support.ordering import ordered, publish_keys
+from tests.support.proxy import FaultProxy
+from tests.support.waiting import eventually
+
+
+@dataclasses.dataclass
+class Call:
+    index: int
+    started: float
+    finished: float | None = None
+
+
+class Invocations:
+    """Every handler invocation per key, from its start to the moment its work really ended.
+
+    The first invocation of `slow` works in a thread, as a handler around a blocking client
+    does: cancelling the coroutine that awaits it leaves the thread running on.
+    """
+
+    def __init__(self, slow: tuple[str, int], slow_seconds: float) -> None:
+        self.calls: dict[str, list[Call]] = defaultdict(list)
+        self.redelivered: set[tuple[str, int]] = set()
+        self.slow = slow
+        self.slow_seconds = slow_seconds
+        self.slow_started = asyncio.Event()
+
+    async def __call__(self, event: Event) -> None:
+        key = event.extensions["partitionkey"]
+        index = int(event.data["index"])
+        call = Call(index, time.monotonic())
+        self.calls[key].append(call)
+        if event.redelivered:
+            self.redelivered.add((key, index))
+        if (key, index) == self.slow and not self.slow_started.is_set():
+            self.slow_started.set()
+            await asyncio.to_thread(self._work, call)
+            return
+        try:
+            await asyncio.sleep(0.005)
+        finally:
+            call.finished = time.monotonic()
+
+    def _work(self, call: Call) -> None:
+        time.sleep(self.slow_seconds)
+        call.finished = time.monotonic()
+
+    def overlaps(self) -> list[str]:
+        found = []
+        for key, calls in self.calls.items():
+            ordered_calls = sorted(calls, key=lambda call: call.started)
+            for before, after in itertools.pairwise(ordered_calls):
+                assert before.finished is not None
+                if after.started < before.finished:
+                    found.append(f"{key}: {after.index} started while {before.index} ran")
+        return found
+
+    def first_starts(self, key: str) -> list[int]:
+        """Each event's first start, in the order they started."""
+        by_start = sorted(self.calls[key], key=lambda call: call.started)
+        return list(dict.fromkeys(call.index for call in by_start))
+
+
+@pytest.mark.parametrize("deduplicate", [False, True], ids=["rerun", "deduplicated"])
+async def test_a_handler_outliving_its_connection_keeps_its_key(
+    start_conveyor: StartConveyor,
+    namespace: Namespace,
+    proxy: FaultProxy,
+    amqp_url: str,
+    *,
+    deduplicate: bool,
+) -> None:
+    keys, per_key = 3, 5
+    calls = Invocations(slow=("k0", 1), slow_seconds=3.0)
+    sub = dataclasses.replace(
+        ordered("ordered", calls, retry=RetryPolicy(1, ()), partitions=2),
+        deduplicate=deduplicate,
+    )
+    # A backlog first (not through the proxy), so the whole tail of k0 sits in the worker's
+    # prefetch window, behind the slow event, when the connection goes.
+    ingress = await start_conveyor((sub,), role=Role.INGRESS)
+    await publish_keys(ingress, keys=keys, per_key=per_key)
+    await start_conveyor(
+        (sub,), role=Role.WORKER, amqp_url_override=url_with_port(amqp_url, proxy.port)
+    )
+
+    async with asyncio.timeout(15):
+        await calls.slow_started.wait()
+    proxy.cut_all()  # the broker hands the unacked tail back; conveyor reconnects at once
+
+    async def all_done() -> bool:
+        finished = all(c.finished is not None for key in calls.calls.values() for c in key)
+        every_event = all(
+            set(calls.first_starts(f"k{number}")) == set(range(per_key)) for number in range(keys)
+        )
+        return finished and every_event
+
+    await eventually(all_done, timeout=30, what="every event handled after the reconnect")
+    assert calls.overlaps() == []
+    for number in range(keys):
+        assert calls.first_starts(f"k{number}") == list(range(per_key))
+    # The tail of k0 did come back on the new connection, while the slow handler still ran.
+    assert any(index > 1 for key, index in calls.redelivered if key == "k0")
+    k0_slow = [call for call in calls.calls["k0"] if call.index == 1]
+    if deduplicate:
+        # Its ack was lost with the connection, but its success was recorded: the
+        # redelivery is acked without running the handler again.
+        assert len(k0_slow) == 1
+    else:
+        # Its ack was lost with the connection: the redelivery runs it again, after it.
+        assert len(k0_slow) == 2
+    for index in range(2):
+        assert await namespace.depth(namespace.topology.partition_queue("ordered", index)) == 0
