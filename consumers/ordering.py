@@ -15,11 +15,15 @@ and the key moves on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from consumers.attempts import AttemptsResult, run_attempts
 from consumers.dead_letter import Failure
@@ -32,13 +36,16 @@ __all__ = [
     "MAX_HOLD_SECONDS",
     "MAX_PARTITIONS",
     "ORDER_ATTRIBUTES",
+    "HandlerSlot",
     "HeldAttempts",
+    "HeldDelivery",
     "KeyLanes",
     "Ordering",
     "PartitioningUnavailableError",
     "explain_missing_exchange_type",
     "longest_hold",
     "run_holding_key",
+    "wait_holding_key",
     "worst_pass",
 ]
 
@@ -128,6 +135,60 @@ class _Turn:
     def _done(self) -> None:
         if not self._mine.done():
             self._mine.set_result(None)
+
+
+class HandlerSlot:
+    """One of a subscription's handler slots, held by one delivery."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        self._held = True
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+    @contextlib.asynccontextmanager
+    async def lent(self) -> AsyncIterator[None]:
+        """Let other deliveries use the slot meanwhile (an ordered event waiting out a delay)."""
+        self._held = False
+        self._slots.release()
+        try:
+            yield
+        finally:
+            await self._slots.acquire()  # cancelled here, the slot is not held: nothing to free
+            self._held = True
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDelivery:
+    """An ordered delivery being handled: what its retry waits need."""
+
+    message: AbstractIncomingMessage
+    slot: HandlerSlot
+    received: float  # event-loop time of its delivery: its unacked time counts from here
+
+
+async def wait_holding_key(held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
+    """Wait `delay` seconds with the key but without a handler slot (other keys run); False
+    when a shutdown (`stop`) or the loss of the delivery's channel cut the wait short."""
+    try:
+        closing = held.message.channel.closing
+    except ChannelInvalidStateError:
+        return False
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        async with held.slot.lent():
+            done, _ = await asyncio.wait({closing, stopping}, timeout=delay)
+    finally:
+        stopping.cancel()
+        closing.cancel()  # an observer of the channel's closing: cancelling it stops only it
+    return not done
 
 
 class KeyLanes:

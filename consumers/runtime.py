@@ -19,14 +19,11 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from aio_pika.exceptions import ChannelInvalidStateError
 
 from consumers.attempts import AttemptsResult, run_attempts
 from consumers.dead_letter import (
@@ -35,7 +32,6 @@ from consumers.dead_letter import (
     RETRIES,
     DeadLetterReason,
     Failure,
-    failure_headers,
     read_int,
     without_conveyor_headers,
 )
@@ -48,12 +44,17 @@ from consumers.observe import (
     DeliveryObserver,
     HandlerTracer,
 )
-from consumers.ordering import MAX_HOLD_SECONDS, KeyLanes, run_holding_key
+from consumers.ordering import (
+    MAX_HOLD_SECONDS,
+    HandlerSlot,
+    HeldDelivery,
+    KeyLanes,
+    run_holding_key,
+    wait_holding_key,
+)
 from consumers.reporting import StatusOf, StatusReporter
-from consumers.retry import delay_label
 from consumers.settling import (
     SETTLE_RETRY_PAUSE_SECONDS,
-    Move,
     Outcome,
     Settler,
     Verdict,
@@ -71,43 +72,6 @@ _CANCEL_GRACE_SECONDS = 5.0
 # waits: a store that went away comes back), this many times in all, then dead-lettered.
 _ORDERED_JUDGE_TRIES = 3
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
-
-
-class _Slot:
-    """One of the subscription's handler slots, held by one delivery."""
-
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self._slots = slots
-        self._held = False
-
-    async def __aenter__(self) -> None:
-        await self._slots.acquire()
-        self._held = True
-
-    async def __aexit__(self, *_: object) -> None:
-        if self._held:
-            self._held = False
-            self._slots.release()
-
-    @contextlib.asynccontextmanager
-    async def lent(self) -> AsyncIterator[None]:
-        """Let other deliveries use the slot meanwhile (an ordered event waiting out a delay)."""
-        self._held = False
-        self._slots.release()
-        try:
-            yield
-        finally:
-            await self._slots.acquire()  # cancelled here, the slot is not held: nothing to free
-            self._held = True
-
-
-@dataclass(frozen=True, slots=True)
-class _Holding:
-    """An ordered delivery being handled: what its retry waits need."""
-
-    message: AbstractIncomingMessage
-    slot: _Slot
-    received: float  # event-loop time of its delivery: its unacked time counts from here
 
 
 class SubscriptionConsumer:
@@ -147,7 +111,7 @@ class SubscriptionConsumer:
         self._lanes = KeyLanes()
         self._in_lanes: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Task[Any]] = set()
-        self._holds: dict[asyncio.Task[Any], _Holding] = {}  # by the task handling it
+        self._holds: dict[asyncio.Task[Any], HeldDelivery] = {}  # by the task handling it
         tag = f"conveyor.{subscription.name}.{uuid.uuid4().hex[:12]}"
         # One consumer per queue (an ordered subscription has one per partition).
         self._consumer_tags = (
@@ -251,7 +215,7 @@ class SubscriptionConsumer:
     async def _handle_delivery(
         self, message: AbstractIncomingMessage, received: float | None = None
     ) -> None:
-        slot = _Slot(self._slots)
+        slot = HandlerSlot(self._slots)
         async with slot:
             if self._draining:
                 await self._settler.settle(message, Verdict(Outcome.RETURNED))
@@ -261,7 +225,7 @@ class SubscriptionConsumer:
             task = cast("asyncio.Task[Any]", asyncio.current_task())
             self._running.add(task)
             if received is not None:
-                self._holds[task] = _Holding(message, slot, received)
+                self._holds[task] = HeldDelivery(message, slot, received)
             try:
                 with structlog.contextvars.bound_contextvars(
                     subscription=self.subscription.name,
@@ -376,26 +340,9 @@ class SubscriptionConsumer:
                 reason=reason,
                 status=status(DeliveryState.DEAD_LETTERED, attempts, result.failure, reason=reason),
             )
-        _log.warning(
-            "handler failed; retry scheduled",
-            attempt=attempts,
-            retry_in=delay,
-            error_class=result.failure.error_class,
-            error=result.failure.message,
+        return self._settler.retry_later(
+            message, headers, result.failure, attempts, retries=retries, delay=delay, status=status
         )
-        copy_headers = failure_headers(
-            headers,
-            failure=result.failure,
-            attempts=attempts,
-            exchange=message.exchange or "",
-            routing_key=message.routing_key or "",
-            retries=retries + 1,
-        )
-        # The default exchange routes straight to the tier queue named as the routing key.
-        label = delay_label(delay)
-        tier = self._topology.retry_queue(self.subscription.name, label)
-        retrying = status(DeliveryState.RETRYING, attempts, result.failure, next_attempt_in=delay)
-        return Verdict(Outcome.RETRY_SCHEDULED, Move("", tier, copy_headers, label), retrying)
 
     async def _attempts(
         self, event: Event, status: StatusOf, attempts_before: int
@@ -429,7 +376,7 @@ class SubscriptionConsumer:
                 DeliveryState.RETRYING, attempts_before + attempts, failure, next_attempt_in=delay
             )
             await self._reporter.report(retrying, correlation_id=event.correlation_id, record=True)
-            return await self._wait_holding_key(holding, delay)
+            return await wait_holding_key(holding, delay, self._stop)
 
         held = await run_holding_key(
             self.subscription.handler,
@@ -441,22 +388,6 @@ class SubscriptionConsumer:
             wait=wait,
         )
         return held.result, None if held.interrupted else held.passes
-
-    async def _wait_holding_key(self, holding: _Holding, delay: float) -> bool:
-        """Wait `delay` seconds with the key but without a handler slot (other keys run);
-        False when a shutdown or the loss of the delivery's channel cut the wait short."""
-        try:
-            closing = holding.message.channel.closing
-        except ChannelInvalidStateError:
-            return False
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            async with holding.slot.lent():
-                done, _ = await asyncio.wait({closing, stopping}, timeout=delay)
-        finally:
-            stopping.cancel()
-            closing.cancel()  # an observer of the channel's closing: cancelling it stops only it
-        return not done
 
     def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.

@@ -27,8 +27,9 @@ from aio_pika.exceptions import ChannelInvalidStateError
 from consumers.dead_letter import DeadLetterReason, Failure, failure_headers
 from consumers.moves import MessageMover, MoveFailedError
 from consumers.observe import DeliveryObserver, FailureReport
-from consumers.reporting import StatusReporter
-from consumers.status import DeliveryUpdate
+from consumers.reporting import StatusOf, StatusReporter
+from consumers.retry import delay_label
+from consumers.status import DeliveryState, DeliveryUpdate
 from consumers.subscription import Subscription
 from producers import BROKER_FAILURES, Topology
 
@@ -121,6 +122,39 @@ class Settler:
         )
         move = Move(self._topology.dead_letter_exchange, self._subscription.name, copy_headers)
         return Verdict(Outcome.DEAD_LETTERED, move, status)
+
+    def retry_later(
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        failure: Failure,
+        attempts: int,
+        *,
+        retries: int,
+        delay: float,
+        status: StatusOf,
+    ) -> Verdict:
+        """A copy into the ladder's tier for `delay`, counted as ladder pass `retries + 1`."""
+        _log.warning(
+            "handler failed; retry scheduled",
+            attempt=attempts,
+            retry_in=delay,
+            error_class=failure.error_class,
+            error=failure.message,
+        )
+        copy_headers = failure_headers(
+            headers,
+            failure=failure,
+            attempts=attempts,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            retries=retries + 1,
+        )
+        # The default exchange routes straight to the tier queue named as the routing key.
+        label = delay_label(delay)
+        tier = self._topology.retry_queue(self._subscription.name, label)
+        retrying = status(DeliveryState.RETRYING, attempts, failure, next_attempt_in=delay)
+        return Verdict(Outcome.RETRY_SCHEDULED, Move("", tier, copy_headers, label), retrying)
 
     async def settle(self, message: AbstractIncomingMessage, verdict: Verdict) -> None:
         outcome = await self._carry_out(message, verdict)

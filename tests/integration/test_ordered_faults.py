@@ -8,13 +8,15 @@ import dataclasses
 import itertools
 import time
 from collections import defaultdict
+from typing import Any
 
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 
-from consumers import Event, RetryPolicy
+from consumers import Event, RetryPolicy, SubscriptionConsumer
 from service import Role
 from tests.conftest import Namespace, StartConveyor, url_with_port
-from tests.support.ordering import ordered, publish_keys
+from tests.support.ordering import KeyedRecorder, ordered, publish_keys
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 
@@ -124,5 +126,42 @@ async def test_a_handler_outliving_its_connection_keeps_its_key(
     else:
         # Its ack was lost with the connection: the redelivery runs it again, after it.
         assert len(k0_slow) == 2
+    for index in range(2):
+        assert await namespace.depth(namespace.topology.partition_queue("ordered", index)) == 0
+
+
+async def test_an_unexpected_judging_error_holds_its_key_then_dead_letters(
+    start_conveyor: StartConveyor, namespace: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Returned unsettled on a live channel, as an unordered delivery is, the event would hold
+    # its prefetch slot until the channel closed while the later events of its key ran first.
+    real_judge = SubscriptionConsumer._judge
+    failures: dict[str, int] = defaultdict(int)
+
+    async def judge(self: SubscriptionConsumer, message: AbstractIncomingMessage) -> Any:
+        event_id = message.message_id or ""
+        if (event_id == "k1-2" and failures[event_id] < 2) or event_id == "k2-1":
+            failures[event_id] += 1
+            raise RuntimeError("store went away mid-judgement")
+        return await real_judge(self, message)
+
+    monkeypatch.setattr(SubscriptionConsumer, "_judge", judge)
+    recorder = KeyedRecorder(max_sleep=0.002)
+    sub = ordered("ordered", recorder, retry=RetryPolicy(1, ()), partitions=2)
+    running = await start_conveyor((sub,))
+    await publish_keys(running, keys=3, per_key=5)
+
+    async def all_handled() -> bool:
+        return sum(len(seen) for seen in recorder.handled.values()) == 14
+
+    await eventually(all_handled, timeout=30, what="14 events handled")
+    # Judged again in place, holding its key: k1-2 came through in its place.
+    assert recorder.handled["k1"] == [0, 1, 2, 3, 4]
+    # k2-1 failed every time: dead-lettered with its error, and its key went on.
+    assert recorder.handled["k2"] == [0, 2, 3, 4]
+    assert failures == {"k1-2": 2, "k2-1": 3}
+    (dead,) = await namespace.take_at_least(namespace.topology.dead_letter_queue("ordered"), 1)
+    assert dead.message_id == "k2-1"
+    assert (dead.headers or {})["x-conveyor-error-class"] == "RuntimeError"
     for index in range(2):
         assert await namespace.depth(namespace.topology.partition_queue("ordered", index)) == 0

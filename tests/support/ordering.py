@@ -1,4 +1,4 @@
-"""Ordered subscriptions in tests: a keyed recorder, a keyed backlog, and what the promise allows."""
+"""Ordered subscriptions in tests: a keyed recorder, a keyed backlog, what the promise allows."""
 
 from __future__ import annotations
 
@@ -89,11 +89,13 @@ def ordered(
     return dataclasses.replace(plain, ordering=Ordering("partitionkey", partitions))
 
 
-async def publish_keys(running: Running, keys: int, per_key: int, prefix: str = "k") -> None:
-    """Per key one after another (publish order), keys side by side."""
+async def publish_keys(
+    running: Running, keys: int, per_key: int, prefix: str = "k", first: int = 0
+) -> None:
+    """Per key one after another (publish order), keys side by side; numbered from `first`."""
 
     async def one_key(key: str) -> None:
-        for index in range(per_key):
+        for index in range(first, first + per_key):
             document = {
                 "specversion": "1.0",
                 "id": f"{key}-{index}",
