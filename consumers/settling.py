@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from consumers.dead_letter import DeadLetterReason, Failure, failure_headers
-from consumers.moves import MessageMover, MoveFailedError
+from consumers.moves import MessageMover, MoveFailedError, UncopyableMessageError
 from consumers.observe import DeliveryObserver, FailureReport
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
@@ -188,6 +188,7 @@ class Settler:
     async def _carry_out(self, message: AbstractIncomingMessage, verdict: Verdict) -> Outcome:
         """Settle the delivery as `verdict` says; return what actually happened to it."""
         outcome = verdict.outcome
+        rejected = False  # settled already, by the queue's own dead-lettering
         try:
             if verdict.move is not None and channel_gone(message):
                 # Handled past the loss of its channel (an ordered handler runs on): the broker
@@ -195,31 +196,19 @@ class Settler:
                 # a second one in the tier or DLQ.
                 return Outcome.RETURNED
             if verdict.move is not None:
-                try:
-                    await self._mover.copy(
-                        message,
-                        exchange=verdict.move.exchange,
-                        routing_key=verdict.move.routing_key,
-                        headers=verdict.move.headers,
-                    )
-                except MoveFailedError as error:
-                    # The copy is not safe yet: leave the original in the queue to come back,
-                    # after a pause so a broker in trouble is not hammered with redeliveries.
-                    _log.warning("could not move event; it stays queued", error=str(error))
-                    outcome = Outcome.RETURNED
-                    await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
+                outcome, rejected = await self._move(message, verdict.move, outcome)
             if outcome is not Outcome.RETURNED and verdict.status is not None:
                 announced = await self._reporter.report(
                     verdict.status,
                     correlation_id=message.correlation_id,
                     record=outcome is not Outcome.SKIPPED,
                 )
-                if not announced:
+                if not announced and not rejected:
                     outcome = Outcome.RETURNED
                     await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
             if outcome is Outcome.RETURNED:
                 await self._give_back(message)
-            else:
+            elif not rejected:
                 await message.ack()
         except BROKER_FAILURES as error:
             # The channel is gone: the broker requeues the unsettled delivery by itself.
@@ -237,6 +226,31 @@ class Settler:
         if outcome is Outcome.ACKED:
             _log.debug("event handled")
         return outcome
+
+    async def _move(
+        self, message: AbstractIncomingMessage, move: Move, outcome: Outcome
+    ) -> tuple[Outcome, bool]:
+        """Copy the delivery where `move` says: the outcome, and whether the delivery is
+        settled already (rejected into the queue's own dead-lettering)."""
+        try:
+            await self._mover.copy(
+                message, exchange=move.exchange, routing_key=move.routing_key, headers=move.headers
+            )
+        except MoveFailedError as error:
+            if self._subscription.ordering is not None and isinstance(
+                error, UncopyableMessageError
+            ):
+                # Ordered, trying again would block its key for good: the queue's own
+                # dead-lettering takes it instead (x-death, without our headers).
+                _log.error("could not copy event; rejected to the DLQ", error=str(error))
+                await message.reject(requeue=False)
+                return outcome, True
+            # The copy is not safe yet: leave the original in the queue to come back, after a
+            # pause so a broker in trouble is not hammered with redeliveries.
+            _log.warning("could not move event; it stays queued", error=str(error))
+            await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
+            return Outcome.RETURNED, False
+        return outcome, False
 
     async def _give_back(self, message: AbstractIncomingMessage) -> None:
         if self._subscription.ordering is None:

@@ -165,3 +165,40 @@ async def test_an_unexpected_judging_error_holds_its_key_then_dead_letters(
     assert (dead.headers or {})["x-conveyor-error-class"] == "RuntimeError"
     for index in range(2):
         assert await namespace.depth(namespace.topology.partition_queue("ordered", index)) == 0
+
+
+async def test_an_event_too_large_to_copy_is_rejected_to_the_dlq_and_its_key_goes_on(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    # Its own headers leave no room for ours in one AMQP frame: no copy can ever be made. An
+    # unordered delivery is returned until the delivery limit; an ordered one would hold its
+    # key while the copy was tried again and again.
+    recorder = KeyedRecorder(max_sleep=0.002)
+    recorder.fail_always.add(("k0", 0))
+    sub = ordered("ordered", recorder, retry=RetryPolicy(1, ()), partitions=2)
+    running = await start_conveyor((sub,))
+    await namespace.publish_raw(
+        b'{"index": 0}',
+        routing_key="order.step",
+        content_type="application/json",
+        message_id="k0-0",
+        headers={
+            "ce-id": "k0-0",
+            "ce-source": "/ordered",
+            "ce-type": "order.step",
+            "ce-specversion": "1.0",
+            "ce-partitionkey": "k0",
+            "x-padding": "p" * 121_000,
+        },
+    )
+    await publish_keys(running, keys=1, per_key=3, first=1)
+
+    async def later_ones_handled() -> bool:
+        return recorder.handled["k0"] == [1, 2, 3]
+
+    await eventually(later_ones_handled, timeout=20, what="the later events of k0")
+    (dead,) = await namespace.take_at_least(namespace.topology.dead_letter_queue("ordered"), 1)
+    assert dead.message_id == "k0-0"
+    assert (dead.headers or {})["x-death"][0]["reason"] == "rejected"
+    for index in range(2):
+        assert await namespace.depth(namespace.topology.partition_queue("ordered", index)) == 0
