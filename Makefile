@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.installed-bench-stamp
 AMQP_URL ?= amqp://guest:guest@localhost:5672/
 
 .PHONY: help install run test test-unit test-integration lint format bench chaos clean
@@ -11,7 +12,7 @@ help:
 	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
 	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
-	@echo "make bench  - benchmarks on the local broker and PostgreSQL (a few minutes)"
+	@echo "make bench  - conveyor against raw aio-pika and FastStream on the local broker (~10 min)"
 	@echo "make chaos  - loss-accounting scenarios and fault injection (alarms); needs rabbitmqctl"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The benchmark's peers (FastStream) only for `make bench`, so `make test` installs no more.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,uvloop,otel,bench]'
+	touch $(BENCH_STAMP)
 
 run: install
 	@$(BIN)/python -c 'import socket, sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); socket.create_connection((p.hostname, p.port or 5672), 2)' '$(AMQP_URL)' 2>/dev/null \
@@ -50,9 +56,11 @@ test: lint
 chaos: install
 	$(BIN)/pytest tests/integration/test_loss_accounting.py tests/chaos -q -ra
 
-bench: install
-	$(BIN)/python bench/store_claims.py
-	$(BIN)/python bench/ingest_store_cost.py
+# Issue 7's table (bench/run.py, about 10 minutes, capped), then what the store's claims cost
+# and what ordered partitions cost. BENCH_ARGS passes options, e.g. BENCH_ARGS='--rounds 1'.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.store_claims
 	$(BIN)/python bench/ordered_partitions.py
 
 clean:

@@ -37,6 +37,9 @@ MAX_ATTRIBUTES_BYTES = 32 * 1024
 # id, type and datacontenttype become message_id, the routing key and content_type: AMQP
 # short strings of at most 255 bytes.
 MAX_SHORT_STRING_BYTES = 255
+# The spec's own attributes are String, URI, URI-reference or Timestamp: JSON strings in the
+# JSON format; only extension attributes may also be Boolean or Integer.
+_STRING_ATTRIBUTES = frozenset((*REQUIRED, "datacontenttype", "dataschema", "subject", "time"))
 _INT32 = (-(2**31), 2**31 - 1)
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 # The spec: names are lower-case ASCII letters or digits; 20 characters is a SHOULD we enforce
@@ -83,6 +86,8 @@ def validate_content_type(content_type: str | None) -> None:
 
 def attribute_string(name: str, value: Any) -> str:
     """The canonical string of an attribute value (String, Boolean, Integer in the type system)."""
+    if name in _STRING_ATTRIBUTES and not isinstance(value, str):
+        raise InvalidEventError(f"attribute {name!r} must be a string", name)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

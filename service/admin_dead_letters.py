@@ -284,7 +284,9 @@ def _operation(document: Any, action: Action) -> tuple[Selection, float | None]:
     rate = None
     if action is Action.REPLAY:
         raw_rate = document.get("rate", DEFAULT_RATE)
-        if not isinstance(raw_rate, int | float) or not 0 < raw_rate <= MAX_RATE:
+        # JSON true is a Python int; a rate of `true` is a mistake, not 1 message per second.
+        valid = isinstance(raw_rate, int | float) and not isinstance(raw_rate, bool)
+        if not valid or not 0 < raw_rate <= MAX_RATE:
             raise _BadRequestError(
                 f"rate must be a number of messages per second up to {MAX_RATE:g}"
             )
@@ -292,9 +294,13 @@ def _operation(document: Any, action: Action) -> tuple[Selection, float | None]:
     match given[0]:
         case "ids":
             ids = document["ids"]
-            if not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS:
-                raise _BadRequestError(f"ids must be a list of 1 to {MAX_IDS} entry ids")
-            return Selection(ids=frozenset(str(entry) for entry in ids)), rate
+            if (
+                not isinstance(ids, list)
+                or not 0 < len(ids) <= MAX_IDS
+                or not all(isinstance(entry, str) for entry in ids)
+            ):
+                raise _BadRequestError(f"ids must be a list of 1 to {MAX_IDS} entry ids (strings)")
+            return Selection(ids=frozenset(ids)), rate
         case "filter":
             if not isinstance(document["filter"], dict) or not document["filter"]:
                 raise _BadRequestError(f"filter must be an object with some of {list(_FILTERS)}")
@@ -327,7 +333,8 @@ def _selection(values: dict[str, Any]) -> Selection:
 
 
 def _bounded_int(text: str, name: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    # str.isdigit() also takes digits int() refuses, such as '²': ASCII only.
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise _BadRequestError(f"{name} must be an integer from {low} to {high}")
     return int(text)
 

@@ -33,6 +33,7 @@ from service.keys import (
 )
 from service.metrics import Metrics
 from service.metrics_api import metrics_endpoint, metrics_middleware
+from service.openapi_api import add_openapi_route
 from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.settings import Settings
 from service.status import StatusBook
@@ -92,6 +93,7 @@ def build_app(
         app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
+    add_openapi_route(app)  # last: the document it serves lists the routes above
     # The store closes last: consumers record their final states while the link drains.
     app.cleanup_ctx.append(_store(subscriptions))
     # Handlers close after the link is down (cleanup runs in reverse order).

@@ -24,8 +24,10 @@ def authorize(request: web.Request, keys: frozenset[str]) -> None:
     presented = presented.strip()
     # Compare against every key in constant time so timing does not reveal a partial match.
     matched = False
+    # Header bytes that are not UTF-8 arrive as lone surrogates: compare the bytes as sent.
+    sent = presented.encode(errors="surrogateescape")
     for key in keys:
-        matched |= hmac.compare_digest(presented.encode(), key.encode())
+        matched |= hmac.compare_digest(sent, key.encode())
     if scheme.lower() != "bearer" or not presented or not matched:
         raise UnauthorizedError(
             "send 'Authorization: Bearer <key>' with a key from CONVEYOR_API_KEYS"
@@ -42,8 +44,9 @@ def authorize_admin(request: web.Request, tokens: tuple[tuple[str, str], ...]) -
         )
     # Compare against every token in constant time so timing does not reveal which matched.
     who = None
+    sent = presented.encode(errors="surrogateescape")  # as in `authorize`
     for name, token in tokens:
-        if hmac.compare_digest(presented.encode(), token.encode()):
+        if hmac.compare_digest(sent, token.encode()):
             who = name
     if who is None:
         raise ForbiddenError("this token is not an admin token (CONVEYOR_ADMIN_TOKEN)")

@@ -8,9 +8,9 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiormq.exceptions
 import orjson
@@ -28,12 +28,20 @@ from service.cli_client import (
 )
 from service.keys import LIFECYCLE
 from service.logs import configure_logging
-from service.settings import PREFIX, SETTINGS_HELP, SettingError, Settings, load_settings
+from service.settings import (
+    PREFIX,
+    SETTINGS_HELP,
+    EventLoop,
+    SettingError,
+    Settings,
+    load_settings,
+)
 from service.subscription_config import load_subscriptions
+from service.supervisor import REUSE_PORT_FLAG, supervise
 from service.topology_plan import apply_topology, plan_topology, render_topology
 from service.tracing import Tracing, build_tracing
 
-__all__ = ["build_parser", "main", "topology_command"]
+__all__ = ["build_parser", "main", "run_on_loop", "topology_command"]
 
 EXIT_BAD_SETTING = 2
 # aiohttp's own limits on the request head, named here so they are a decision, not a default.
@@ -47,7 +55,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     settings = "\n".join(
         f"  {PREFIX}{doc.name:<18} {doc.help} (default: {doc.default})" for doc in SETTINGS_HELP
     )
-    commands.add_parser(
+    serve_parser = commands.add_parser(
         "serve",
         help="run the HTTP ingress and the consumers",
         description="Run conveyor. Every setting comes from the environment:",
@@ -55,6 +63,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         + "\n\nA wrong value stops the process with exit code 2 and a line naming the setting.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    serve_parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=f"N processes sharing the HTTP port (overrides {PREFIX}WORKERS)",
+    )
+    # Set by the supervisor on the processes it starts: bind the port with SO_REUSEPORT.
+    serve_parser.add_argument(REUSE_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
     topology = commands.add_parser(
         "topology",
         help="print the exchanges, queues and bindings conveyor declares",
@@ -75,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     working_directory = str(Path.cwd())
     if working_directory not in sys.path:
         sys.path.insert(0, working_directory)
+    environ = dict(os.environ)
+    if arguments.command == "serve" and arguments.workers is not None:
+        environ[f"{PREFIX}WORKERS"] = str(arguments.workers)
     try:
-        settings = load_settings(os.environ)
+        settings = load_settings(environ)
         subscriptions = load_subscriptions(settings.config_path) if settings.config_path else ()
         tracing = build_tracing(settings) if arguments.command == "serve" else None
     except SettingError as error:
@@ -85,7 +104,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "topology":
         return asyncio.run(topology_command(settings, subscriptions, arguments))
     configure_logging(settings)
-    return asyncio.run(serve(settings, subscriptions, tracing))
+    if settings.workers > 1 and not arguments.reuse_port:
+        return run_on_loop(supervise(settings, environ), settings.event_loop)
+    return run_on_loop(
+        serve(settings, subscriptions, tracing, reuse_port=arguments.reuse_port),
+        settings.event_loop,
+    )
+
+
+def run_on_loop(main: Coroutine[Any, Any, int], event_loop: EventLoop) -> int:
+    """Run `main` on uvloop when asked for or (auto) installed, else on asyncio's own loop."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if event_loop is not EventLoop.ASYNCIO:
+        try:
+            import uvloop  # noqa: PLC0415 - optional: the uvloop extra
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            if event_loop is EventLoop.UVLOOP:  # load_settings checked; the import still failed
+                raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 async def topology_command(
@@ -118,7 +157,11 @@ async def topology_command(
 
 
 async def serve(
-    settings: Settings, subscriptions: Sequence[Subscription], tracing: Tracing | None = None
+    settings: Settings,
+    subscriptions: Sequence[Subscription],
+    tracing: Tracing | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> int:
     log = structlog.get_logger(component="service")
     app = build_app(settings, subscriptions, tracing=tracing)
@@ -129,9 +172,12 @@ async def serve(
         access_log=None,
         max_headers=MAX_REQUEST_HEADERS,
         max_field_size=MAX_HEADER_FIELD_BYTES,
+        # aiohttp's only timer on an unfinished head: from the connection (or the last answer)
+        # until a complete head, and on an idle keep-alive connection. The body has its own.
+        keepalive_timeout=settings.http_read_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,6 +190,7 @@ async def serve(
         listening=[str(name) for name in runner.addresses],
         subscriptions=[subscription.name for subscription in subscriptions],
         amqp_url=settings.amqp_url_redacted,
+        event_loop=type(loop).__module__.split(".")[0],
     )
     await stop.wait()
     log.info("shutting down", drain_delay=settings.drain_delay)

@@ -32,6 +32,7 @@ __all__ = [
     "ParsedBatch",
     "ParsedSingle",
     "UnsupportedMediaTypeError",
+    "check_header_text",
     "parse_request",
 ]
 
@@ -95,6 +96,31 @@ def parse_request(
     )
 
 
+def check_header_text(content_type: str | None, headers: Mapping[str, str]) -> None:
+    """Content-Type and ce-* headers are text; raise InvalidEventError for bytes that are not.
+
+    aiohttp keeps header bytes that are not UTF-8 as lone surrogates, which no encoder takes:
+    refuse them before anything hashes, validates or stores the values.
+    """
+    named = [("content-type", "datacontenttype", content_type or "")]
+    named += [
+        (name, name[len(_CE_HEADER) :], value)
+        for name, value in headers.items()
+        if name.startswith(_CE_HEADER)
+    ]
+    for name, attribute, value in named:
+        if not _is_utf8(value):
+            raise InvalidEventError(f"header {name} is not UTF-8 text", attribute)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _load(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -119,12 +145,18 @@ def _parse_batch(document: Any, limit: int) -> ParsedBatch:
 def _parse_binary(
     content_type: str | None, headers: Mapping[str, str], body: bytes
 ) -> OutgoingEvent:
-    # The HTTP binding percent-encodes attribute values in headers; decode them back.
-    attributes = {
-        name[len(_CE_HEADER) :]: unquote(value)
-        for name, value in headers.items()
-        if name.startswith(_CE_HEADER)
-    }
+    # The HTTP binding percent-encodes attribute values in headers (UTF-8); decode them back.
+    attributes = {}
+    for name, value in headers.items():
+        if name.startswith(_CE_HEADER):
+            attribute = name[len(_CE_HEADER) :]
+            try:
+                attributes[attribute] = unquote(value, errors="strict")
+            except UnicodeDecodeError:
+                # The default would turn the bytes into U+FFFD: a different id than was sent.
+                raise InvalidEventError(
+                    f"header {name} is not percent-encoded UTF-8", attribute
+                ) from None
     attributes.pop("datacontenttype", None)  # Content-Type is the authority in binary mode
     validate_attributes(attributes)
     validate_content_type(content_type)

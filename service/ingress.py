@@ -25,6 +25,7 @@ from service.cloudevents_http import (
     ParsedBatch,
     ParsedSingle,
     UnsupportedMediaTypeError,
+    check_header_text,
     parse_request,
 )
 from service.idempotency import (
@@ -41,7 +42,7 @@ from service.idempotency import (
 )
 from service.keys import ADMISSION, DEDUPLICATOR, METRICS, PUBLISHER, SETTINGS, STATUS_BOOK, TRACING
 from service.metrics import Metrics
-from service.problems import Problem, problem_response
+from service.problems import PROBLEM_CONTENT_TYPE, Problem, problem_response
 from service.settings import Settings
 from service.status import StatusBook
 from service.tracing import Tracing
@@ -145,11 +146,18 @@ async def problems_middleware(
     return problem_response(problem)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, read_timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     # client_max_size (set to the same limit) stops a chunked body that grows past it.
-    return await request.read()
+    try:
+        async with asyncio.timeout(read_timeout):
+            return await request.read()
+    except TimeoutError:
+        # A client trickling its body (slow loris) holds an admission slot: bound it.
+        raise web.HTTPRequestTimeout(
+            text=f"the body did not arrive within {read_timeout:g} s (CONVEYOR_HTTP_READ_TIMEOUT)"
+        ) from None
 
 
 def _correlation_id(request: web.Request) -> str:
@@ -170,9 +178,10 @@ async def _ingest(request: web.Request) -> web.Response:
 
 
 async def _admitted(request: web.Request, settings: Settings) -> web.Response:
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await _read_body(request, settings.max_body_bytes, settings.http_read_timeout)
     headers = {name.lower(): value for name, value in request.headers.items()}
     content_type = request.headers.get("Content-Type")
+    check_header_text(content_type, headers)  # before the fingerprint encodes them
     correlation_id = _correlation_id(request)
     traceparent = request.headers.get("traceparent", "").strip().lower()
     deduplicator = request.app[DEDUPLICATOR]
@@ -207,10 +216,12 @@ async def _admitted(request: web.Request, settings: Settings) -> web.Response:
         # A single event (first answer or replay, even one stored before answers had a
         # location): where its status is.
         response_headers["Location"] = _status_location(orjson.loads(answer.body)["id"])
+    # An error answer (a batch in which every entry failed alike) is a problem too.
+    failed = answer.status >= 400  # noqa: PLR2004 - the error statuses
     return web.Response(
         status=answer.status,
         body=answer.body,
-        content_type="application/json",
+        content_type=PROBLEM_CONTENT_TYPE if failed else "application/json",
         headers=response_headers,
     )
 
@@ -234,7 +245,17 @@ async def _accept(parsed: ParsedSingle | ParsedBatch, publish: _Publication) -> 
     failures = [outcome for outcome in outcomes if isinstance(outcome, Problem)]
     for failure in failures:
         publish.metrics.events_rejected.labels(failure.slug).inc()
-    return Answer(_batch_status(len(outcomes), failures), orjson.dumps({"results": results}))
+    status = _batch_status(len(outcomes), failures)
+    if status < 400:  # noqa: PLR2004 - some or all accepted
+        return Answer(status, orjson.dumps({"results": results}))
+    rejected = Problem(
+        status,
+        "batch-rejected",
+        "Batch rejected",
+        f"none of the {len(outcomes)} events was accepted; results holds each entry's problem",
+        {"results": results},
+    )
+    return Answer(status, orjson.dumps(rejected.body()))
 
 
 def _status_location(event_id: str) -> str:

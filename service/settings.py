@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import TypeVar
 from yarl import URL
 
 __all__ = [
+    "EventLoop",
     "LogFormat",
     "Role",
     "SettingError",
@@ -27,6 +29,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MIN_ADMIN_TOKEN_LENGTH = 16
+MAX_WORKERS = 64
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True} | {
     "0": False,
     "false": False,
@@ -63,6 +66,14 @@ class Role(enum.StrEnum):
         return self in (Role.ALL, Role.WORKER)
 
 
+class EventLoop(enum.StrEnum):
+    """Which asyncio event loop runs the process; auto takes uvloop when it is installed."""
+
+    AUTO = "auto"
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
 class LogFormat(enum.StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -95,6 +106,13 @@ class Settings:
     amqp_heartbeat: float = 15.0
     # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
     max_concurrent_requests: int = 256
+    # Processes serving one port (SO_REUSEPORT) under a supervisor: ingest across more cores.
+    workers: int = 1
+    event_loop: EventLoop = EventLoop.AUTO
+    # Longest a request head or body may take to arrive, and how long an idle keep-alive
+    # connection stays open (aiohttp closes both on one timer). Above the 60 s idle timeout of
+    # common load balancers, so they never reuse a connection conveyor just closed.
+    http_read_timeout: float = 75.0
 
     @property
     def amqp_url_redacted(self) -> str:
@@ -134,9 +152,17 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc(
         "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
     ),
+    SettingDoc("WORKERS", "1", "processes sharing the HTTP port (SO_REUSEPORT); --workers N"),
+    SettingDoc("EVENT_LOOP", "auto", "auto | asyncio | uvloop (auto: uvloop when installed)"),
     SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
     SettingDoc(
         "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
+    ),
+    SettingDoc(
+        "HTTP_READ_TIMEOUT",
+        "75s",
+        "longest wait for a request head (then the connection closes) or body (then 408);"
+        " also the idle keep-alive time",
     ),
 )
 
@@ -166,7 +192,7 @@ _DEFAULTS = Settings()
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build Settings from CONVEYOR_* variables; raise SettingError naming the first bad one."""
     reader = _Reader(environ)
-    return Settings(
+    settings = Settings(
         amqp_url=reader.amqp_url("AMQP_URL", _DEFAULTS.amqp_url),
         http_host=reader.text("HTTP_HOST", _DEFAULTS.http_host),
         http_port=reader.integer("HTTP_PORT", _DEFAULTS.http_port, low=0, high=65535),
@@ -187,10 +213,23 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),
         otel=reader.flag("OTEL", default=_DEFAULTS.otel),
         amqp_heartbeat=reader.duration("AMQP_HEARTBEAT", _DEFAULTS.amqp_heartbeat),
+        workers=reader.integer("WORKERS", _DEFAULTS.workers, low=1, high=MAX_WORKERS),
+        event_loop=reader.choice("EVENT_LOOP", EventLoop, _DEFAULTS.event_loop),
         max_concurrent_requests=reader.integer(
             "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
         ),
+        http_read_timeout=reader.duration("HTTP_READ_TIMEOUT", _DEFAULTS.http_read_timeout),
     )
+    if settings.workers > 1 and settings.http_port == 0:
+        # Each process would listen on a random port of its own instead of sharing one.
+        raise SettingError(
+            PREFIX + "WORKERS", "1 when CONVEYOR_HTTP_PORT is 0", str(settings.workers)
+        )
+    if settings.event_loop is EventLoop.UVLOOP and importlib.util.find_spec("uvloop") is None:
+        raise SettingError(
+            PREFIX + "EVENT_LOOP", "auto or asyncio: uvloop is not installed (the uvloop extra)"
+        )
+    return settings
 
 
 class _Reader:

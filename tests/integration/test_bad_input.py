@@ -132,7 +132,7 @@ async def test_a_batch_over_the_limit_is_413_and_publishes_none(
 async def test_a_batch_of_only_bad_entries_is_400(conveyor: Running, namespace: Namespace) -> None:
     response = await conveyor.post([{"id": "1"}, {"id": "2"}], "application/cloudevents-batch+json")
     assert response.status == 400
-    results = (await response.json())["results"]
+    results = (await response.json(content_type=PROBLEM))["results"]
     assert [r["error"]["attribute"] for r in results] == ["source", "source"]
     await assert_nothing_published(namespace)
 

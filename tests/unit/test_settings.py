@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import (
+    EventLoop,
     LogFormat,
     Role,
     SettingError,
@@ -127,3 +128,36 @@ def test_otel_is_a_flag() -> None:
     assert load_settings({}).otel is False
     assert load_settings({"CONVEYOR_OTEL": "1"}).otel is True
     assert load_settings({"CONVEYOR_OTEL": "Off"}).otel is False
+
+
+def test_reliability_and_scaling_settings_are_read() -> None:
+    settings = load_settings(
+        {
+            "CONVEYOR_AMQP_HEARTBEAT": "5s",
+            "CONVEYOR_MAX_CONCURRENT_REQUESTS": "64",
+            "CONVEYOR_WORKERS": "4",
+            "CONVEYOR_EVENT_LOOP": "asyncio",
+        }
+    )
+    assert (settings.amqp_heartbeat, settings.max_concurrent_requests) == (5.0, 64)
+    assert (settings.workers, settings.event_loop) == (4, EventLoop.ASYNCIO)
+    defaults = load_settings({})
+    assert (defaults.amqp_heartbeat, defaults.max_concurrent_requests) == (15.0, 256)
+    assert (defaults.workers, defaults.event_loop) == (1, EventLoop.AUTO)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"CONVEYOR_WORKERS": "0"}, "CONVEYOR_WORKERS"),
+        ({"CONVEYOR_WORKERS": "65"}, "CONVEYOR_WORKERS"),
+        ({"CONVEYOR_WORKERS": "2", "CONVEYOR_HTTP_PORT": "0"}, "CONVEYOR_WORKERS"),
+        ({"CONVEYOR_EVENT_LOOP": "trio"}, "CONVEYOR_EVENT_LOOP"),
+        ({"CONVEYOR_MAX_CONCURRENT_REQUESTS": "0"}, "CONVEYOR_MAX_CONCURRENT_REQUESTS"),
+        ({"CONVEYOR_AMQP_HEARTBEAT": "0s"}, "CONVEYOR_AMQP_HEARTBEAT"),
+    ],
+)
+def test_scaling_settings_refuse_what_cannot_work(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingError) as raised:
+        load_settings(environ)
+    assert raised.value.name == named

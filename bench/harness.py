@@ -1,0 +1,243 @@
+"""What every benchmark here shares: child processes, the namespace they work in, the events.
+
+Each contender (conveyor, a peer, the raw aio-pika loop) runs in its own process, and the load
+generator (bench/load.py) in another, so no two of them share an event loop. Each run gets a
+namespace of its own (`bench-<hex>`) holding conveyor's topology for one subscription, `sink`;
+`delete_namespace` removes every exchange and queue of it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import aiormq.exceptions
+import orjson
+
+from consumers import RetryPolicy, Subscription, builtin
+from consumers.topology import subscription_queue_arguments
+from producers import Topology
+from service.topology_plan import apply_topology, plan_topology
+
+__all__ = [
+    "AMQP_URL",
+    "EVENT_BYTES",
+    "POSTGRES_URL",
+    "PREFETCH",
+    "ROOT",
+    "SINK",
+    "Child",
+    "conveyor_config",
+    "declare_namespace",
+    "delete_namespace",
+    "drain",
+    "event_document",
+    "free_port",
+    "new_namespace",
+    "run_to_json",
+    "sink_queue_arguments",
+    "start_child",
+    "wait_ready",
+]
+
+AMQP_URL = os.environ.get("CONVEYOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES_URL = os.environ.get(
+    "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+ROOT = Path(__file__).resolve().parents[1]
+SINK = "sink"
+# conveyor's default prefetch for a subscription; every consumer here holds as many unacked.
+PREFETCH = Subscription("x", ("#",), builtin.discard, "consumers.builtin:discard").prefetch
+EVENT_BYTES = 1024
+_DOCUMENT_OVERHEAD = len(
+    orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": "00000000-000000",
+            "source": "/bench",
+            "type": "bench.event",
+            "datacontenttype": "application/json",
+            "data": {"payload": ""},
+        }
+    )
+)
+_PADDING = "x" * (EVENT_BYTES - _DOCUMENT_OVERHEAD)
+
+
+def new_namespace() -> str:
+    return f"bench-{uuid.uuid4().hex[:8]}"
+
+
+def event_document(event_id: str, **extensions: str) -> dict[str, Any]:
+    """A structured-mode CloudEvent of about 1 KB (`EVENT_BYTES`) of JSON."""
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "/bench",
+        "type": "bench.event",
+        "datacontenttype": "application/json",
+        **extensions,
+        "data": {"payload": _PADDING},
+    }
+
+
+def sink_subscription(handler_path: str = "consumers.builtin:discard") -> Subscription:
+    """The one subscription of a bench namespace, with conveyor's defaults (prefetch, retries)."""
+    return Subscription(SINK, ("#",), builtin.discard, handler_path, retry=RetryPolicy())
+
+
+def conveyor_config(folder: Path, handler_path: str = "consumers.builtin:discard") -> Path:
+    """A subscriptions file with `sink` taking every event, everything else left at defaults."""
+    path = folder / f"subscriptions-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(
+        f'[[subscriptions]]\nname = "{SINK}"\nevents = ["#"]\nhandler = "{handler_path}"\n'
+    )
+    return path
+
+
+def sink_queue_arguments(namespace: str) -> dict[str, Any]:
+    """The arguments conveyor declares the `sink` queue with, for peers declaring it too."""
+    return dict(subscription_queue_arguments(Topology(namespace), SINK))
+
+
+async def declare_namespace(namespace: str) -> None:
+    """conveyor's topology for `sink`, declared as a starting conveyor would (for the peers)."""
+    await apply_topology(AMQP_URL, Topology(namespace), (sink_subscription(),))
+
+
+async def delete_namespace(namespace: str) -> None:
+    """Delete every queue and exchange conveyor declares for `sink` in the namespace."""
+    entities = await plan_topology(Topology(namespace), (sink_subscription(),))
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        for kind in ("queue", "exchange"):
+            for entity in entities:
+                if entity["kind"] != kind:
+                    continue
+                # A failed delete closes its channel, so each gets a channel of its own.
+                channel = await connection.channel()
+                with contextlib.suppress(aiormq.exceptions.ChannelClosed):
+                    if kind == "queue":
+                        await channel.queue_delete(entity["name"])
+                    else:
+                        await channel.exchange_delete(entity["name"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Child:
+    """A contender's process; its output goes to a log file for when something goes wrong."""
+
+    process: asyncio.subprocess.Process
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def peak_rss_bytes(self) -> int:
+        """Peak resident memory so far (VmHWM), from /proc."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc: not Linux?")
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_child(
+    arguments: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> Child:
+    """`python <arguments>` from the repository root, output to `log`."""
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *arguments,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=sink,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    return Child(process, log)
+
+
+async def wait_ready(child: Child, url: str, timeout: float = 30.0) -> None:
+    """Until `url` answers 200; fails with the child's last lines if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if child.process.returncode is not None:
+                raise RuntimeError(f"{url}: the process exited:\n{child.tail()}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as answer:
+                    if answer.status == 200:  # noqa: PLR2004 - ready
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} not ready within {timeout:g}s:\n{child.tail()}")
+
+
+async def run_to_json(arguments: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run `python <arguments>` to its end; its last line of output is a JSON object."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *arguments, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(arguments)} exited {process.returncode}")
+    result: dict[str, Any] = orjson.loads(output.splitlines()[-1])
+    return result
+
+
+async def drain(queue: str, expected: int, child: Child, timeout: float) -> float:
+    """Messages per second the consumer took out of `queue` (filled with `expected`), polled
+    from outside so every consumer is measured the same way: from the first message taken to
+    the queue holding no ready message."""
+    started: float | None = None
+    remaining_at_start = expected
+    deadline = time.monotonic() + timeout
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        channel = await connection.channel()
+        while time.monotonic() < deadline:
+            if child.process.returncode is not None:
+                raise RuntimeError(f"the consumer exited:\n{child.tail()}")
+            declared = await channel.declare_queue(queue, passive=True)
+            ready = declared.declaration_result.message_count or 0
+            now = time.perf_counter()
+            if started is None and ready < expected:
+                started, remaining_at_start = now, ready
+            if started is not None and ready == 0:
+                return remaining_at_start / (now - started) if now > started else 0.0
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{queue} not drained within {timeout:g}s:\n{child.tail()}")

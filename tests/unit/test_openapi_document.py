@@ -1,0 +1,39 @@
+"""service/openapi.json lists exactly the routes build_app registers, so the two cannot drift."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+from service import Role, Settings, build_app
+from service.openapi_api import load_document, served_routes
+
+
+def documented(document: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method, path) for path, item in document["paths"].items() for method in item}
+
+
+def test_the_document_lists_exactly_the_routes_of_a_full_process() -> None:
+    # role `all` with an admin token registers every route conveyor has.
+    app = build_app(Settings(role=Role.ALL, admin_tokens=(("ops", "x" * 16),)))
+
+    assert served_routes(app.router) == documented(load_document())
+
+
+def test_the_document_is_openapi_3_1_of_this_version() -> None:
+    document = load_document()
+
+    assert document["openapi"] == "3.1.0"
+    assert document["info"]["version"] == version("conveyor")
+
+
+def test_every_error_answer_is_documented_as_problem_json() -> None:
+    document = load_document()
+    shared = document["components"]["responses"]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, given in operation["responses"].items():
+                if int(status) < 400 or path == "/readyz":  # readyz: a health document
+                    continue
+                answer = shared[given["$ref"].rsplit("/", 1)[1]] if "$ref" in given else given
+                assert list(answer["content"]) == ["application/problem+json"], (method, path)
