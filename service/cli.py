@@ -113,16 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_on_loop(main: Coroutine[Any, Any, int], event_loop: EventLoop) -> int:
-    """Run `main` on uvloop when asked for or (auto) installed, else on asyncio's own loop."""
+    """Run `main` on asyncio's own loop, or on uvloop when CONVEYOR_EVENT_LOOP asks for it."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if event_loop is not EventLoop.ASYNCIO:
-        try:
-            import uvloop  # noqa: PLC0415 - optional: the uvloop extra
+    if event_loop is EventLoop.UVLOOP:
+        import uvloop  # noqa: PLC0415 - optional (the uvloop extra); load_settings checked it
 
-            factory = uvloop.new_event_loop
-        except ImportError:
-            if event_loop is EventLoop.UVLOOP:  # load_settings checked; the import still failed
-                raise
+        factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
 

@@ -67,9 +67,13 @@ class Role(enum.StrEnum):
 
 
 class EventLoop(enum.StrEnum):
-    """Which asyncio event loop runs the process; auto takes uvloop when it is installed."""
+    """Which event loop runs the process.
 
-    AUTO = "auto"
+    uvloop is opt-in: with aio-pika 10.2 / aiormq 7.2 on uvloop 0.23, a broker that reset the
+    connection during the AMQP handshake at start-up left the link wedged (reported up, never
+    ready, even after the broker came back); on asyncio's loop the same scenario passes.
+    """
+
     ASYNCIO = "asyncio"
     UVLOOP = "uvloop"
 
@@ -108,7 +112,7 @@ class Settings:
     max_concurrent_requests: int = 256
     # Processes serving one port (SO_REUSEPORT) under a supervisor: ingest across more cores.
     workers: int = 1
-    event_loop: EventLoop = EventLoop.AUTO
+    event_loop: EventLoop = EventLoop.ASYNCIO
     # Longest a request head or body may take to arrive, and how long an idle keep-alive
     # connection stays open (aiohttp closes both on one timer). Above the 60 s idle timeout of
     # common load balancers, so they never reuse a connection conveyor just closed.
@@ -153,7 +157,7 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
         "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
     ),
     SettingDoc("WORKERS", "1", "processes sharing the HTTP port (SO_REUSEPORT); --workers N"),
-    SettingDoc("EVENT_LOOP", "auto", "auto | asyncio | uvloop (auto: uvloop when installed)"),
+    SettingDoc("EVENT_LOOP", "asyncio", "asyncio | uvloop (the uvloop extra; see the README)"),
     SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
     SettingDoc(
         "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
@@ -227,7 +231,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         )
     if settings.event_loop is EventLoop.UVLOOP and importlib.util.find_spec("uvloop") is None:
         raise SettingError(
-            PREFIX + "EVENT_LOOP", "auto or asyncio: uvloop is not installed (the uvloop extra)"
+            PREFIX + "EVENT_LOOP", "asyncio: uvloop is not installed (the uvloop extra)"
         )
     return settings
 

@@ -136,14 +136,14 @@ def test_reliability_and_scaling_settings_are_read() -> None:
             "CONVEYOR_AMQP_HEARTBEAT": "5s",
             "CONVEYOR_MAX_CONCURRENT_REQUESTS": "64",
             "CONVEYOR_WORKERS": "4",
-            "CONVEYOR_EVENT_LOOP": "asyncio",
+            "CONVEYOR_EVENT_LOOP": "uvloop",
         }
     )
     assert (settings.amqp_heartbeat, settings.max_concurrent_requests) == (5.0, 64)
-    assert (settings.workers, settings.event_loop) == (4, EventLoop.ASYNCIO)
+    assert (settings.workers, settings.event_loop) == (4, EventLoop.UVLOOP)
     defaults = load_settings({})
     assert (defaults.amqp_heartbeat, defaults.max_concurrent_requests) == (15.0, 256)
-    assert (defaults.workers, defaults.event_loop) == (1, EventLoop.AUTO)
+    assert (defaults.workers, defaults.event_loop) == (1, EventLoop.ASYNCIO)
 
 
 @pytest.mark.parametrize(
