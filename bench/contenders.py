@@ -70,13 +70,9 @@ async def start_conveyor(
         "CONVEYOR_STORE_URL": store_url or f"sqlite:///{folder}/{namespace}.db",
         **(env or {}),
     }
-    arguments = [
-        "-m",
-        "bench.serve",
-        *(["--null-store"] if null_store else []),
-        *(["--uvloop"] if uvloop else []),
-        "serve",
-    ]
+    if uvloop:
+        settings["CONVEYOR_EVENT_LOOP"] = "uvloop"
+    arguments = ["-m", "bench.serve", *(["--null-store"] if null_store else []), "serve"]
     if workers != 1:
         arguments += ["--workers", str(workers)]
     child = await start_child(arguments, folder / f"{namespace}-{role}.log", settings)

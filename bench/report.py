@@ -117,11 +117,13 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
             f">= 1.5 x FastStream: {_verdict(single_vs_fs_median, 1.5, at_least=True)}",
         )),
     ]  # fmt: skip
-    rows += [
-        _row(("2", f"single-event ingest, `serve --workers {name.rsplit('-', 1)[1]}`",
-              cell("single-workers", name), "", "", "", "", "", "", "", "scales with N"))
-        for name in sorted(samples.get("single-workers", {}))
-    ]  # fmt: skip
+    for name in sorted(samples.get("single-workers", {})):
+        scaling = _paired(samples, "single-workers", name, "conveyor-workers-1")[0]
+        rows.append(_row((
+            "2", f"single-event ingest, `serve --workers {name.rsplit('-', 1)[1]}`",
+            cell("single-workers", name), "", "", "", "", "", "", "",
+            f"scales with N: {scaling} x N = 1",
+        )))  # fmt: skip
     rows += [
         _row((
             "3", "batch ingest (100 a request), events/s", cell("batch", "conveyor"),

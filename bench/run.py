@@ -70,7 +70,7 @@ class Run:
 
 
 def _on_uvloop(arguments: argparse.Namespace, measure: Measure) -> dict[str, Measure]:
-    """conveyor on uvloop as one more contender, with --uvloop."""
+    """conveyor on uvloop (CONVEYOR_EVENT_LOOP=uvloop) as one more contender, with --uvloop."""
     return {"conveyor-uvloop": measure} if arguments.uvloop else {}
 
 

@@ -1,10 +1,9 @@
 """`conveyor` as the benchmark runs it: the real CLI, optionally with a store that remembers
 nothing, to show what the store costs.
 
-    python -m bench.serve [--null-store] [--uvloop] serve [--workers N]
+    python -m bench.serve [--null-store] serve [--workers N]
 
-Settings come from the environment (CONVEYOR_*), as for `conveyor serve`. `--uvloop` runs it on
-uvloop's event loop (the `uvloop` extra), to measure what that would bring.
+Settings come from the environment (CONVEYOR_*), as for `conveyor serve`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from service.cli import main as conveyor
 from service.store import Claim, ClaimOutcome
 
 NULL_STORE = "--null-store"
-UVLOOP = "--uvloop"
 
 
 class NullStore:
@@ -59,12 +57,6 @@ def main(arguments: list[str]) -> int:
     if NULL_STORE in arguments:
         arguments.remove(NULL_STORE)
         mock.patch("service.app.open_store", open_null_store).start()
-    if UVLOOP in arguments:
-        arguments.remove(UVLOOP)
-        import uvloop  # noqa: PLC0415 - only when asked for
-
-        # asyncio.run (conveyor's main) takes its loop from the policy on Python 3.11.
-        uvloop.install()
     return conveyor(arguments)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -136,6 +136,27 @@ def _print_subscriptions(document: dict[str, Any], out: TextIO) -> None:
                 entry["handler"],
             )
         )
+    _print_table(rows, out)
+    # An ordered subscription's READY and CONSUMERS add up its partitions: each one here.
+    partitions = [("SUBSCRIPTION", "KEY", "PARTITION", "READY", "CONSUMERS")]
+    for entry in document["subscriptions"]:
+        ordering = entry.get("ordering") or {"queues": ()}
+        partitions.extend(
+            (
+                entry["name"],
+                ordering["by"],
+                queue["name"],
+                str(queue.get("messages", "?")),
+                str(queue.get("consumers", "?")),
+            )
+            for queue in ordering["queues"]
+        )
+    if len(partitions) > 1:
+        out.write("\n")
+        _print_table(partitions, out)
+
+
+def _print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

@@ -5,6 +5,7 @@ Changes the local broker's memory watermark for a few seconds, so it runs only i
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
 RABBITMQCTL = shutil.which("rabbitmqctl")
+HEARTBEAT = 2.0
 
 
 def rabbitmqctl(*arguments: str) -> str:
@@ -48,7 +50,10 @@ async def test_an_alarm_blocks_publishing_with_503s_and_nothing_accepted_is_lost
     start_conveyor: StartConveyor, namespace: Namespace, memory_alarm: None
 ) -> None:
     conveyor = await start_conveyor(
-        (subscription("alarm", ("alarm.*",), Recorder()),), publish_timeout=1.0, role=Role.INGRESS
+        (subscription("alarm", ("alarm.*",), Recorder()),),
+        publish_timeout=1.0,
+        role=Role.INGRESS,
+        amqp_heartbeat=HEARTBEAT,
     )
     # RabbitMQ raises the alarm on its next memory check and blocks a connection when it
     # publishes: post until the answers turn into 503s.
@@ -61,6 +66,10 @@ async def test_an_alarm_blocks_publishing_with_503s_and_nothing_accepted_is_lost
             break
     assert set(answers.values()) <= {202, 503}
     assert list(answers.values())[-1] == 503  # never a 202 RabbitMQ did not confirm
+    assert await blocked(conveyor) == 1
+    # A blocked link is not a silent one: RabbitMQ keeps sending heartbeats, so the link
+    # watchdog leaves it alone (a new connection would read as not blocked).
+    await asyncio.sleep(3 * HEARTBEAT)
     assert await blocked(conveyor) == 1
     rabbitmqctl("set_vm_memory_high_watermark", "0.4")
 
