@@ -23,7 +23,7 @@ from yarl import URL
 from tests.conftest import Namespace
 from tests.support.cluster import NODES, RabbitCluster, full_name
 from tests.support.ledger import Account, Ledger
-from tests.support.processes import Process, done_ids
+from tests.support.processes import Process
 from tests.support.waiting import eventually
 
 EVENTS = 20_000
@@ -146,12 +146,8 @@ async def test_a_node_stopped_mid_stream_loses_nothing(
     )
     sending = clock() - sending_began
 
-    async def all_handled() -> bool:
-        return ledger.accepted <= set(done_ids(log))
-
-    await eventually(all_handled, timeout=300, what="every accepted event to be handled")
+    await ledger.handled_by_log(log, timeout=300)
     all_handled_after = clock() - sending_began
-    ledger.succeeded.update(done_ids(log))
     await ledger.take_dead_letters(namespace, ["slow"])
 
     async def members_online() -> bool:
