@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 AMQP_URL ?= amqp://guest:guest@localhost:5672/
 
-.PHONY: help install run test test-unit test-integration lint format bench chaos clean
+.PHONY: help install run test test-unit test-integration test-cluster lint format bench chaos clean
 
 help:
 	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  - conveyor against raw aio-pika and FastStream on the local broker (~10 min)"
 	@echo "make chaos  - loss-accounting scenarios and fault injection (alarms); needs rabbitmqctl"
+	@echo "make test-cluster - a 3-node RabbitMQ cluster on this machine loses a node mid-stream"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "conveyor needs Python >= 3.11")'
@@ -55,6 +56,11 @@ test: lint
 # Fault injection on the local broker itself (alarms); slower, and never run beside other tests.
 chaos: install
 	$(BIN)/pytest tests/integration/test_loss_accounting.py tests/chaos -q -ra
+
+# Starts its own 3-node cluster (cv1..cv3@localhost, ports 5681-5683) beside the local broker,
+# and removes it afterwards, failed or not; needs RabbitMQ installed and PostgreSQL.
+test-cluster: install
+	$(BIN)/pytest tests/cluster -q -ra
 
 # Issue 7's table (bench/run.py, about 10 minutes, capped), then what the store's claims cost
 # and what ordered partitions cost. BENCH_ARGS passes options, e.g. BENCH_ARGS='--rounds 1'.

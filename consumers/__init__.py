@@ -22,7 +22,8 @@ from consumers.ordering import (
     longest_hold,
 )
 from consumers.retry import RetryPolicy, delay_label
-from consumers.runtime import Outcome, SubscriptionConsumer
+from consumers.runtime import SubscriptionConsumer
+from consumers.settling import Outcome
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
 from consumers.topology import (

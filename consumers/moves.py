@@ -21,7 +21,7 @@ from pamqp.commands import Basic
 from consumers.dead_letter import ERROR_MESSAGE, ERROR_TRACEBACK
 from producers import BROKER_FAILURES, SameIdGate
 
-__all__ = ["MessageMover", "MoveFailedError"]
+__all__ = ["MessageMover", "MoveFailedError", "UncopyableMessageError"]
 
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 # RabbitMQ's default frame_max is 131072 bytes and the whole header table must fit one frame
@@ -33,6 +33,11 @@ _FLOAT32_MAX = 3.4e38
 
 class MoveFailedError(Exception):
     """The copy was not confirmed; the original must stay where it is."""
+
+
+class UncopyableMessageError(MoveFailedError):
+    """The message itself cannot be copied (headers too large, or not writable again): trying
+    again cannot help."""
 
 
 def _encodable(value: Any) -> Any:
@@ -58,7 +63,7 @@ def fit_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
             return fitted
         fitted.pop(trimmable, None)
     if len(encode.field_table(fitted)) > MAX_HEADER_TABLE_BYTES:
-        raise MoveFailedError("the message's own headers leave no room in one AMQP frame")
+        raise UncopyableMessageError("the message's own headers leave no room in one AMQP frame")
     return fitted
 
 
@@ -97,7 +102,7 @@ class MessageMover:
                 delivery_mode=DeliveryMode.PERSISTENT,
             )
         except (TypeError, ValueError, OverflowError) as error:
-            raise MoveFailedError(f"cannot re-encode the message: {error}") from None
+            raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
         await self.publish(copy, exchange=exchange, routing_key=routing_key, mandatory=True)
 
     async def publish(
@@ -120,6 +125,6 @@ class MessageMover:
             raise MoveFailedError(f"{type(error).__name__} moving to {routing_key!r}") from None
         except (TypeError, ValueError, OverflowError) as error:
             # Headers another publisher sent that cannot be written back as they are.
-            raise MoveFailedError(f"cannot re-encode the message: {error}") from None
+            raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
         if not isinstance(confirmation, Basic.Ack):
             raise MoveFailedError(f"RabbitMQ returned the copy: no queue for {routing_key!r}")

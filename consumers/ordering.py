@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from consumers.attempts import AttemptsResult, run_attempts
 from consumers.dead_letter import Failure
@@ -33,13 +36,17 @@ __all__ = [
     "MAX_HOLD_SECONDS",
     "MAX_PARTITIONS",
     "ORDER_ATTRIBUTES",
+    "HandlerSlot",
     "HeldAttempts",
+    "HeldDelivery",
     "KeyLanes",
     "Ordering",
     "PartitioningUnavailableError",
     "explain_missing_exchange_type",
     "longest_hold",
     "run_holding_key",
+    "wait_holding_key",
+    "worst_pass",
 ]
 
 CONSISTENT_HASH = "x-consistent-hash"
@@ -77,8 +84,7 @@ class Ordering:
 
 def longest_hold(policy: RetryPolicy, timeout: float) -> float:
     """Seconds an always-failing ordered event may hold its delivery before it is dead-lettered."""
-    backoffs = (policy.in_process - 1) * IN_PROCESS_MAX_WAIT_SECONDS * (len(policy.delays) + 1)
-    return policy.max_attempts * timeout + sum(policy.delays) + backoffs
+    return worst_pass(policy, timeout) * (len(policy.delays) + 1) + sum(policy.delays)
 
 
 class PartitioningUnavailableError(RuntimeError):
@@ -131,6 +137,60 @@ class _Turn:
             self._mine.set_result(None)
 
 
+class HandlerSlot:
+    """One of a subscription's handler slots, held by one delivery."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        self._held = True
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+    @contextlib.asynccontextmanager
+    async def lent(self) -> AsyncIterator[None]:
+        """Let other deliveries use the slot meanwhile (an ordered event waiting out a delay)."""
+        self._held = False
+        self._slots.release()
+        try:
+            yield
+        finally:
+            await self._slots.acquire()  # cancelled here, the slot is not held: nothing to free
+            self._held = True
+
+
+@dataclass(frozen=True, slots=True)
+class HeldDelivery:
+    """An ordered delivery being handled: what its retry waits need."""
+
+    message: AbstractIncomingMessage
+    slot: HandlerSlot
+    received: float  # event-loop time of its delivery: its unacked time counts from here
+
+
+async def wait_holding_key(held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
+    """Wait `delay` seconds with the key but without a handler slot (other keys run); False
+    when a shutdown (`stop`) or the loss of the delivery's channel cut the wait short."""
+    try:
+        closing = held.message.channel.closing
+    except ChannelInvalidStateError:
+        return False
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        async with held.slot.lent():
+            done, _ = await asyncio.wait({closing, stopping}, timeout=delay)
+    finally:
+        stopping.cancel()
+        closing.cancel()  # an observer of the channel's closing: cancelling it stops only it
+    return not done
+
+
 class KeyLanes:
     """Deliveries of one key run one at a time, in the order they joined."""
 
@@ -159,7 +219,12 @@ class KeyLanes:
 class HeldAttempts:
     result: AttemptsResult  # attempts across every pass
     passes: int  # waits between passes (the in-process stand-in for ladder tiers)
-    interrupted: bool = False  # a shutdown stopped the retries: leave the delivery unsettled
+    interrupted: bool = False  # a shutdown or a lost channel stopped the retries: settle nothing
+
+
+def worst_pass(policy: RetryPolicy, timeout: float) -> float:
+    """Seconds one pass of in-process attempts may take when every attempt fails."""
+    return policy.in_process * timeout + (policy.in_process - 1) * IN_PROCESS_MAX_WAIT_SECONDS
 
 
 async def run_holding_key(
@@ -168,14 +233,21 @@ async def run_holding_key(
     *,
     policy: RetryPolicy,
     timeout: float,
-    stop: asyncio.Event,
-    on_wait: Callable[[int, Failure, float], Awaitable[None]],
+    settle_by: float,
+    keep_going: Callable[[], bool],
+    wait: Callable[[int, Failure, float], Awaitable[bool]],
 ) -> HeldAttempts:
     """The whole retry policy inside one delivery: in-process attempts, then each delay of the
     ladder waited here (holding the key), until success, a permanent failure, or no delay left.
 
-    `on_wait(attempts, failure, delay)` runs before each wait (to record the retrying status).
+    `settle_by` (event-loop time) is when the delivery must be settled to stay inside the
+    broker's consumer timeout: counted from its delivery, so time spent waiting behind its key
+    counts too; a delay that would end the last pass past it is not waited (the event is
+    dead-lettered instead). `keep_going()` turns false on shutdown or when the delivery's
+    channel is gone (the broker has it back). `wait(attempts, failure, delay)` waits `delay`
+    seconds holding the key and returns False when interrupted that way.
     """
+    loop = asyncio.get_running_loop()
     made = 0
     passes = 0
     while True:
@@ -184,21 +256,17 @@ async def run_holding_key(
             dataclasses.replace(event, attempt=event.attempt + made),
             policy=policy,
             timeout=timeout,
-            keep_trying=lambda: not stop.is_set(),
+            keep_trying=keep_going,
         )
         made += result.attempts
         total = dataclasses.replace(result, attempts=made)
         if result.failure is None or result.permanent:
             return HeldAttempts(total, passes)
-        if stop.is_set():
+        if not keep_going():
             return HeldAttempts(total, passes, interrupted=True)
         delay = policy.next_delay(passes)
-        if delay is None:
+        if delay is None or loop.time() + delay + worst_pass(policy, timeout) > settle_by:
             return HeldAttempts(total, passes)
-        await on_wait(made, result.failure, delay)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await stop.wait()
-        if stop.is_set():
+        if not await wait(made, result.failure, delay):
             return HeldAttempts(total, passes, interrupted=True)
         passes += 1

@@ -106,6 +106,9 @@ async def _subscription_entries(request: web.Request) -> list[dict[str, Any]]:
             for tier in entry["retry"]["tiers"]:
                 tier["messages"] = stats.retry_tiers.get(tier["delay"], 0)
             entry["dead_letter"]["messages"] = stats.dead_letters
+            for partition in (entry["ordering"] or {}).get("queues", ()):
+                messages, consumers = stats.queues.get(partition["name"], (0, 0))
+                partition |= {"messages": messages, "consumers": consumers}
         entry["handled_here"] = request.app[METRICS].settled_here(subscription.name)
         entry["unacked_here"] = sum(
             consumer.unacked
@@ -146,7 +149,9 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
         else {
             "by": subscription.ordering.by,
             "partitions": subscription.ordering.partitions,
-            "queues": list(subscription_queue_names(topology, subscription)),
+            "queues": [
+                {"name": queue} for queue in subscription_queue_names(topology, subscription)
+            ],
         },
         "retry": {
             "in_process": subscription.retry.in_process,

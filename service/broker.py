@@ -35,12 +35,13 @@ from producers import (
     declare_events_exchange,
     declare_results_exchange,
 )
+from service.broker_addresses import AddressRotation, redact_url
 from service.link_watchdog import watch_for_silence
 from service.metrics import Metrics
 from service.queue_stats import poll_queue_stats
 from service.settings import Settings
 
-__all__ = ["BrokerLink", "LinkStatus"]
+__all__ = ["BrokerLink", "LinkStatus", "NoBrokerAnsweredError"]
 
 _log = structlog.get_logger(component="broker")
 # Failures worth another attempt: the broker is away, or refused what we declared (an operator
@@ -48,6 +49,12 @@ _log = structlog.get_logger(component="broker")
 # RuntimeError: aio-pika raises it from channel() when the connection drops mid-setup.
 _RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError)
 RECONNECT_INTERVAL_SECONDS = 2.0
+_FAILOVER_POLL_SECONDS = 0.25
+_CLOSE_SECONDS = 5.0
+
+
+class NoBrokerAnsweredError(ConnectionError):
+    """None of the broker addresses could be connected to; the message says why for each."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,9 @@ class BrokerLink:
         self._metrics = metrics
         self._tracer = tracer
         self._queue_poll_interval = queue_poll_interval
+        self._addresses = AddressRotation(settings.amqp_addresses)
+        self._tls = settings.amqp_tls_context()
+        self._retired: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -89,7 +99,7 @@ class BrokerLink:
     def start(self, ledger: StatusLedger) -> None:
         """Connect in the background; consumers report their deliveries' progress to `ledger`."""
         self._ledger = ledger
-        self._task = asyncio.create_task(self._establish(), name="conveyor-broker-link")
+        self._task = asyncio.create_task(self._run(), name="conveyor-broker-link")
 
     def status(self) -> LinkStatus:
         connection = self._connection
@@ -133,39 +143,106 @@ class BrokerLink:
         started = {consumer.subscription.name for consumer in self.consumers}
         return [s.name for s in self._subscriptions if s.name not in started]
 
-    async def _establish(self) -> None:
+    async def _run(self) -> None:
+        """Connect, then (with several addresses) move to the next node whenever the current
+        one stays away longer than the failover time; with one address, aio-pika's robust
+        connection reconnects to it for as long as it takes."""
+        while True:
+            connection = await self._establish()
+            if connection is None:
+                return
+            self._start_watchers(connection)
+            if len(self._addresses) == 1:
+                return
+            lost = await self._until_lost(connection)
+            _log.warning(
+                "broker node unreachable; failing over to the next address",
+                url=redact_url(lost),
+                down_for_seconds=self._settings.amqp_failover_after,
+            )
+            self._problem = f"failing over: {redact_url(lost)} unreachable"
+            self._connection = None
+            await self._stop_watchers()
+            await self._abandon(connection)
+            self._addresses.move_past(lost)
+
+    async def _establish(self) -> AbstractRobustConnection | None:
         retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=0.5, max=self._max_backoff),
             retry=retry_if_exception_type(_RETRYABLE),
             before_sleep=self._note_failure,
             reraise=True,
         )
+        connection: AbstractRobustConnection | None = None
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self._connect_once()
+                    connection = await self._connect_in_turn()
         except Exception as error:  # noqa: BLE001 - logged with traceback; readiness shows it
             # Not a broker hiccup tenacity knows to retry: say so loudly, stay not-ready.
             self._problem = f"broker link failed: {type(error).__name__}: {error}"[:300]
             _log.exception("broker link failed; the process stays not ready")
-            return
+            return None
         self._problem = None
-        _log.info("broker link up", url=self._settings.amqp_url_redacted)
-        if self._connection is not None:
-            self._watchdog = asyncio.create_task(
-                watch_for_silence(self._connection, self._heartbeat),
-                name="conveyor-link-watchdog",
-            )
-            self._poller = asyncio.create_task(
-                poll_queue_stats(
-                    self._connection,
-                    self._topology,
-                    self._subscriptions,
-                    self._metrics,
-                    interval=self._queue_poll_interval,
-                ),
-                name="conveyor-queue-stats",
-            )
+        _log.info("broker link up", url=redact_url(self._addresses.current))
+        return connection
+
+    async def _connect_in_turn(self) -> AbstractRobustConnection:
+        """The first address that answers, starting with the current one; each failure is
+        remembered, and when none answers the error names them all."""
+        failures: list[str] = []
+        last: BaseException | None = None
+        for url in self._addresses.in_turn():
+            try:
+                connection = await self._connect_once(url)
+            except _RETRYABLE as error:
+                last = error
+                failures.append(f"{redact_url(url)}: {type(error).__name__}: {error}")
+                if len(self._addresses) > 1:
+                    _log.warning("broker node not reachable", url=redact_url(url), error=str(error))
+                continue
+            self._addresses.settle_on(url)
+            return connection
+        if len(failures) == 1 and last is not None:
+            raise last
+        raise NoBrokerAnsweredError("; ".join(failures))
+
+    def _start_watchers(self, connection: AbstractRobustConnection) -> None:
+        self._watchdog = asyncio.create_task(
+            watch_for_silence(connection, self._heartbeat), name="conveyor-link-watchdog"
+        )
+        self._poller = asyncio.create_task(
+            poll_queue_stats(
+                connection,
+                self._topology,
+                self._subscriptions,
+                self._metrics,
+                interval=self._queue_poll_interval,
+            ),
+            name="conveyor-queue-stats",
+        )
+
+    async def _stop_watchers(self) -> None:
+        for task in (self._poller, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._poller = self._watchdog = None
+
+    async def _until_lost(self, connection: AbstractRobustConnection) -> str:
+        """Return the address once the connection has been down for the failover time (aio-pika
+        would keep retrying that one node forever)."""
+        clock = asyncio.get_running_loop().time
+        down_since: float | None = None
+        while True:
+            await asyncio.sleep(_FAILOVER_POLL_SECONDS)
+            if not connection.is_closed and connection.connected.is_set():
+                down_since = None
+                continue
+            down_since = clock() if down_since is None else down_since
+            if clock() - down_since >= self._settings.amqp_failover_after:
+                return self._addresses.current
 
     @property
     def _heartbeat(self) -> int:
@@ -182,14 +259,15 @@ class BrokerLink:
             error=self._problem,
         )
 
-    async def _connect_once(self) -> None:
+    async def _connect_once(self, url: str) -> AbstractRobustConnection:
         connection = await aio_pika.connect_robust(
-            self._settings.amqp_url,
+            url,
             timeout=10,
             heartbeat=self._heartbeat,
             # aio-pika's own reconnect loop after a lost connection: a fixed interval.
             reconnect_interval=min(RECONNECT_INTERVAL_SECONDS, self._max_backoff),
             client_properties={"connection_name": f"conveyor {self._settings.role.value}"},
+            ssl_context=self._tls if url.startswith("amqps://") else None,
         )
         try:
             await self._declare_and_attach(connection)
@@ -197,6 +275,7 @@ class BrokerLink:
             await self._abandon(connection)
             raise
         self._connection = connection
+        return connection
 
     async def _declare_and_attach(self, connection: AbstractRobustConnection) -> None:
         # The events exchange is declared by every role: consumers bind to it. This channel stays
@@ -259,9 +338,17 @@ class BrokerLink:
     async def _abandon(self, connection: AbstractRobustConnection) -> None:
         if self._publisher is not None:
             self._publisher.detach()
-        self.consumers = []
+        retired, self.consumers = self.consumers, []
         with contextlib.suppress(Exception):
-            await connection.close()
+            async with asyncio.timeout(_CLOSE_SECONDS):
+                await connection.close()
+        # Their channels died with the connection: whatever they hold goes back to the queue
+        # (an ack on a closed channel raises, and never reaches the new one). Running handlers
+        # may finish meanwhile; nothing new starts.
+        for consumer in retired:
+            draining = asyncio.create_task(consumer.drain(self._settings.shutdown_timeout))
+            self._retired.add(draining)
+            draining.add_done_callback(self._retired.discard)
 
     async def close(self) -> None:
         """Drain consumers (handlers get the shutdown timeout), then close the connection."""
@@ -270,13 +357,10 @@ class BrokerLink:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in (self._poller, self._watchdog):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._stop_watchers()
         await asyncio.gather(
-            *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers)
+            *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers),
+            *self._retired,
         )
         if self._publisher is not None:
             self._publisher.detach()

@@ -32,6 +32,7 @@ from service.settings import (
     PREFIX,
     SETTINGS_HELP,
     EventLoop,
+    Role,
     SettingError,
     Settings,
     load_settings,
@@ -64,6 +65,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve_parser.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        help="which halves to run: ingress (HTTP -> RabbitMQ), worker (consumers and handlers) "
+        f"or all; overrides {PREFIX}ROLE. Any number of replicas of each may run against one "
+        "broker (cluster) and a shared PostgreSQL store.",
+    )
+    serve_parser.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -91,9 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     working_directory = str(Path.cwd())
     if working_directory not in sys.path:
         sys.path.insert(0, working_directory)
+    # Flags override their settings; the environment carries them on to supervised processes.
     environ = dict(os.environ)
     if arguments.command == "serve" and arguments.workers is not None:
         environ[f"{PREFIX}WORKERS"] = str(arguments.workers)
+    if arguments.command == "serve" and arguments.role is not None:
+        environ[f"{PREFIX}ROLE"] = arguments.role
     try:
         settings = load_settings(environ)
         subscriptions = load_subscriptions(settings.config_path) if settings.config_path else ()
@@ -137,7 +148,12 @@ async def topology_command(
         out.write(render_topology(entities))
     if arguments.apply:
         try:
-            await apply_topology(settings.amqp_url, topology, subscriptions)
+            await apply_topology(
+                settings.amqp_addresses,
+                topology,
+                subscriptions,
+                ssl_context=settings.amqp_tls_context(),
+            )
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             # The broker answered: something with this name exists with other arguments.
             problem = f"conveyor: RabbitMQ refused a declaration: {error}"

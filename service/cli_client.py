@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from producers import EventClient, PublishError, event_from_json
+from service.broker_addresses import split_broker_urls
 
 __all__ = ["EXIT_ANSWERED_ERROR", "EXIT_UNREACHABLE", "add_client_commands", "run_client"]
 
@@ -135,6 +136,27 @@ def _print_subscriptions(document: dict[str, Any], out: TextIO) -> None:
                 entry["handler"],
             )
         )
+    _print_table(rows, out)
+    # An ordered subscription's READY and CONSUMERS add up its partitions: each one here.
+    partitions = [("SUBSCRIPTION", "KEY", "PARTITION", "READY", "CONSUMERS")]
+    for entry in document["subscriptions"]:
+        ordering = entry.get("ordering") or {"queues": ()}
+        partitions.extend(
+            (
+                entry["name"],
+                ordering["by"],
+                queue["name"],
+                str(queue.get("messages", "?")),
+                str(queue.get("consumers", "?")),
+            )
+            for queue in ordering["queues"]
+        )
+    if len(partitions) > 1:
+        out.write("\n")
+        _print_table(partitions, out)
+
+
+def _print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
@@ -150,14 +172,27 @@ async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
         return EXIT_USAGE
     if arguments.amqp:
         try:
-            async with EventClient(arguments.amqp_url, namespace=arguments.namespace) as client:
-                for event in events:
-                    await client.publish(event)
-        except (OSError, PublishError) as error:
-            _complain(f"not published: {error}")
-            return EXIT_UNREACHABLE
-        out.write("".join(f"{event.id}\n" for event in events))
-        return 0
+            addresses = split_broker_urls(arguments.amqp_url)
+        except ValueError as error:
+            _complain(f"CONVEYOR_AMQP_URL: {error}")
+            return EXIT_USAGE
+        problem: Exception | None = None
+        # Several nodes: the first that takes the connection (nothing is published before).
+        for address in addresses:
+            try:
+                async with EventClient(address, namespace=arguments.namespace) as client:
+                    for event in events:
+                        await client.publish(event)
+            except OSError as error:
+                problem = error
+                continue
+            except PublishError as error:
+                problem = error
+                break
+            out.write("".join(f"{event.id}\n" for event in events))
+            return 0
+        _complain(f"not published: {problem}")
+        return EXIT_UNREACHABLE
     content_type = "application/cloudevents-batch+json" if batch else "application/cloudevents+json"
     body = orjson.dumps(documents if batch else documents[0])
     return await _post(arguments, body, content_type, out)

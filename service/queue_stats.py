@@ -63,6 +63,9 @@ class QueueStats:
     consumers: int
     retry_tiers: dict[str, int]  # delay label -> messages waiting in that tier
     dead_letters: int
+    # queue name -> (messages, consumers) of each queue the events wait in (an ordered
+    # subscription's partitions; the subscription queue otherwise)
+    queues: dict[str, tuple[int, int]]
 
 
 async def read_queue_stats(
@@ -72,13 +75,15 @@ async def read_queue_stats(
     name = subscription.name
     # robust=False: aio-pika's robust channel answers a repeated passive declare from its cache
     # (with the first call's counts) and would re-declare the queue after a reconnect.
-    messages = consumers = 0
+    queues = {}
     async with asyncio.timeout(5.0):
         # An ordered subscription's events wait in its partitions: counted together.
         for queue_name in subscription_queue_names(topology, subscription):
             main = await channel.declare_queue(queue_name, passive=True, robust=False)
-            messages += main.declaration_result.message_count or 0
-            consumers += main.declaration_result.consumer_count or 0
+            queues[queue_name] = (
+                main.declaration_result.message_count or 0,
+                main.declaration_result.consumer_count or 0,
+            )
         dead = await channel.declare_queue(
             topology.dead_letter_queue(name), passive=True, robust=False
         )
@@ -90,10 +95,11 @@ async def read_queue_stats(
             )
             tiers[label] = tier.declaration_result.message_count or 0
     return QueueStats(
-        messages=messages,
-        consumers=consumers,
+        messages=sum(messages for messages, _ in queues.values()),
+        consumers=sum(consumers for _, consumers in queues.values()),
         retry_tiers=tiers,
         dead_letters=dead.declaration_result.message_count or 0,
+        queues=queues,
     )
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from yarl import URL
+from service.broker_addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
 
 __all__ = [
     "EventLoop",
@@ -117,10 +119,33 @@ class Settings:
     # connection stays open (aiohttp closes both on one timer). Above the 60 s idle timeout of
     # common load balancers, so they never reuse a connection conveyor just closed.
     http_read_timeout: float = 75.0
+    # With several broker addresses: a link down this long on one node moves to the next.
+    amqp_failover_after: float = 3.0
+    # TLS for amqps:// addresses (none set: aiormq's defaults and the URL's own query options).
+    amqp_ca_file: Path | None = None
+    amqp_cert_file: Path | None = None
+    amqp_key_file: Path | None = None
+    amqp_verify_hostname: bool = True
+
+    @property
+    def amqp_addresses(self) -> tuple[str, ...]:
+        """Each broker node's URL (CONVEYOR_AMQP_URL may list several; load_settings checked it)."""
+        return split_broker_urls(self.amqp_url)
 
     @property
     def amqp_url_redacted(self) -> str:
-        return redact_url(self.amqp_url)
+        return redact_urls(self.amqp_addresses)
+
+    def amqp_tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for amqps:// addresses, or None when no TLS setting is given."""
+        if self.amqp_ca_file is None and self.amqp_cert_file is None and self.amqp_verify_hostname:
+            return None
+        return build_tls_context(
+            ca_file=self.amqp_ca_file,
+            cert_file=self.amqp_cert_file,
+            key_file=self.amqp_key_file,
+            verify_hostname=self.amqp_verify_hostname,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +157,10 @@ class SettingDoc:
 
 SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc(
-        "AMQP_URL", "amqp://guest:guest@localhost:5672/", "RabbitMQ URL (amqp:// or amqps://)"
+        "AMQP_URL",
+        "amqp://guest:guest@localhost:5672/",
+        "RabbitMQ URL (amqp:// or amqps://); several nodes: comma-separated URLs, or "
+        "amqp://u:p@h1,h2:5673,h3/vhost",
     ),
     SettingDoc("HTTP_HOST", "0.0.0.0", "address the HTTP ingress listens on"),  # noqa: S104 - documents the default
     SettingDoc("HTTP_PORT", "8080", "port of the HTTP ingress, 0-65535"),
@@ -168,6 +196,13 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
         "longest wait for a request head (then the connection closes) or body (then 408);"
         " also the idle keep-alive time",
     ),
+    SettingDoc(
+        "AMQP_FAILOVER_AFTER", "3s", "several nodes: a link down this long moves to the next"
+    ),
+    SettingDoc("AMQP_CA_FILE", "(system CAs)", "amqps://: PEM file of the CA(s) to trust"),
+    SettingDoc("AMQP_CERT_FILE", "(none)", "amqps://: PEM client certificate (chain)"),
+    SettingDoc("AMQP_KEY_FILE", "(in the cert file)", "amqps://: PEM key of the certificate"),
+    SettingDoc("AMQP_VERIFY_HOSTNAME", "1", "amqps://: 0 skips the name check (not the chain)"),
 )
 
 
@@ -177,17 +212,6 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise ValueError(text)
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, fit for a log line."""
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parsed.password is None:
-        return str(parsed)
-    return str(parsed.with_password("***"))
 
 
 _DEFAULTS = Settings()
@@ -223,6 +247,13 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
         ),
         http_read_timeout=reader.duration("HTTP_READ_TIMEOUT", _DEFAULTS.http_read_timeout),
+        amqp_failover_after=reader.duration("AMQP_FAILOVER_AFTER", _DEFAULTS.amqp_failover_after),
+        amqp_ca_file=reader.readable_file("AMQP_CA_FILE"),
+        amqp_cert_file=reader.readable_file("AMQP_CERT_FILE"),
+        amqp_key_file=reader.readable_file("AMQP_KEY_FILE"),
+        amqp_verify_hostname=reader.flag(
+            "AMQP_VERIFY_HOSTNAME", default=_DEFAULTS.amqp_verify_hostname
+        ),
     )
     if settings.workers > 1 and settings.http_port == 0:
         # Each process would listen on a random port of its own instead of sharing one.
@@ -233,7 +264,49 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         raise SettingError(
             PREFIX + "EVENT_LOOP", "asyncio: uvloop is not installed (the uvloop extra)"
         )
+    _check_tls(settings)
     return settings
+
+
+def _check_tls(settings: Settings) -> None:
+    """TLS settings only with an amqps:// address, and files that make a working context."""
+    given = [
+        name
+        for name, value in (
+            ("AMQP_CA_FILE", settings.amqp_ca_file),
+            ("AMQP_CERT_FILE", settings.amqp_cert_file),
+            ("AMQP_KEY_FILE", settings.amqp_key_file),
+        )
+        if value is not None
+    ]
+    if not settings.amqp_verify_hostname:
+        given.append("AMQP_VERIFY_HOSTNAME")
+    if not given:
+        return
+    if not any(url.startswith("amqps://") for url in settings.amqp_addresses):
+        raise SettingError(PREFIX + given[0], "to be set only with an amqps:// CONVEYOR_AMQP_URL")
+    if settings.amqp_key_file is not None and settings.amqp_cert_file is None:
+        raise SettingError(PREFIX + "AMQP_KEY_FILE", "to come with CONVEYOR_AMQP_CERT_FILE")
+    try:
+        settings.amqp_tls_context()
+    except (ssl.SSLError, OSError) as error:
+        # Which file is wrong: the CA alone, else the certificate and key pair.
+        culprit = "AMQP_CA_FILE"
+        if settings.amqp_cert_file is not None and _ca_loads(settings.amqp_ca_file):
+            culprit = "AMQP_CERT_FILE"
+        raise SettingError(
+            PREFIX + culprit,
+            "PEM files that load (a CA certificate; a client certificate and its key)",
+            f"{type(error).__name__}: {error}",
+        ) from None
+
+
+def _ca_loads(ca_file: Path | None) -> bool:
+    try:
+        ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (ssl.SSLError, OSError):
+        return False
+    return True
 
 
 class _Reader:
@@ -252,12 +325,14 @@ class _Reader:
     def amqp_url(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
         try:
-            url = URL(raw)
-        except ValueError:
-            url = None
-        if url is None or url.scheme not in ("amqp", "amqps") or not url.host:
+            split_broker_urls(raw)
+        except ValueError as error:
             # Never echo the value: it may hold the broker password.
-            raise SettingError(PREFIX + name, "an amqp:// or amqps:// URL with a host")
+            raise SettingError(
+                PREFIX + name,
+                "an amqp:// or amqps:// URL with a host, or several: comma-separated URLs or "
+                f"amqp://user:pass@host1,host2:port/vhost ({error})",
+            ) from None
         return raw
 
     def store_url(self, name: str, default: str) -> str:
@@ -301,6 +376,15 @@ class _Reader:
         path = Path(raw)
         if not path.is_file():
             raise SettingError(PREFIX + name, "the path of a readable TOML file", raw)
+        return path
+
+    def readable_file(self, name: str) -> Path | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        path = Path(raw)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise SettingError(PREFIX + name, "the path of a readable file", raw)
         return path
 
     def namespace(self, name: str, default: str) -> str:

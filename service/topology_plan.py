@@ -6,6 +6,7 @@ records, so what is printed is what would be declared, argument for argument.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -100,11 +101,26 @@ async def plan_topology(
 
 
 async def apply_topology(
-    amqp_url: str, topology: Topology, subscriptions: Sequence[Subscription]
+    amqp_urls: Sequence[str],
+    topology: Topology,
+    subscriptions: Sequence[Subscription],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Declare it all on the broker (idempotent), as a starting conveyor would."""
-    async with await aio_pika.connect(amqp_url) as connection:
-        await _declare(await connection.channel(), topology, subscriptions)
+    """Declare it all on the broker (idempotent), as a starting conveyor would, on the first
+    of `amqp_urls` that answers (the nodes of one cluster share their definitions)."""
+    unreachable: OSError | None = None
+    for url in amqp_urls:
+        try:
+            connection = await aio_pika.connect(url, ssl_context=ssl_context)
+        except OSError as error:  # aiormq's connection errors are ConnectionErrors too
+            unreachable = error
+            continue
+        async with connection:
+            await _declare(await connection.channel(), topology, subscriptions)
+        return
+    if unreachable is not None:
+        raise unreachable
 
 
 def render_topology(entities: Sequence[dict[str, Any]]) -> str:

@@ -50,11 +50,7 @@ async def test_a_worker_killed_mid_batch_and_a_new_one_drains_the_rest(
     first.popen.wait()
     await launch(CONVEYOR_ROLE="worker")
 
-    async def all_handled() -> bool:
-        return ledger.accepted <= set(done_ids(log))
-
-    await eventually(all_handled, timeout=60, what="the new worker to drain the rest")
-    ledger.succeeded.update(done_ids(log))
+    await ledger.handled_by_log(log, timeout=60)
     await ledger.take_dead_letters(namespace, ["slow"])
     account = ledger.account()
     accounts.append(account)
@@ -99,11 +95,7 @@ async def test_sigterm_under_load_drains_and_leaves_only_never_started_events_qu
 
     await launch()  # a new process handles what the first one left
 
-    async def all_handled() -> bool:
-        return ledger.accepted <= set(done_ids(log))
-
-    await eventually(all_handled, timeout=60, what="the new process to drain the rest")
-    ledger.succeeded.update(done_ids(log))
+    await ledger.handled_by_log(log, timeout=60)
     await ledger.take_dead_letters(namespace, ["slow"])
     ledger.notes.append(f"{left} left queued at exit, none started")
     account = ledger.account()
@@ -144,11 +136,7 @@ async def test_a_flood_of_1000_clients_is_answered_with_bounded_memory_and_recov
     assert set(ledger_after.answers.values()) == {202}
     ledger.answers.update(ledger_after.answers)
 
-    async def all_handled() -> bool:
-        return ledger.accepted <= set(done_ids(log))
-
-    await eventually(all_handled, timeout=120, what="every accepted event to be handled")
-    ledger.succeeded.update(done_ids(log))
+    await ledger.handled_by_log(log, timeout=120)
     await ledger.take_dead_letters(namespace, ["slow"])
     ledger.notes += [
         f"peak RSS {peak_rss / 2**20:.0f} MB (at start {rss_at_start / 2**20:.0f} MB)",

@@ -15,7 +15,7 @@ import aiormq.exceptions
 from consumers import Event, PermanentError, RetryableError, RetryPolicy
 from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
-from tests.support.processes import Process, done_ids
+from tests.support.processes import Process
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 
@@ -215,11 +215,7 @@ async def test_broker_down_at_start_refuses_then_accepts_within_seconds_of_it_co
     ready_after = clock() - up_at
     await ledger.send(process, 300, concurrency=16, event_type="slow.job", data=work)
 
-    async def all_handled() -> bool:
-        return ledger.accepted <= set(done_ids(log))
-
-    await eventually(all_handled, timeout=30, what="every accepted event to be handled")
-    ledger.succeeded.update(done_ids(log))
+    await ledger.handled_by_log(log, timeout=30)
     await ledger.take_dead_letters(namespace, ["slow"])
     ledger.notes.append(f"ready {ready_after:.1f} s after the broker came up")
     account = ledger.account()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import Namespace
 from tests.support.ledger import Ledger
-from tests.support.processes import Process, done_ids
+from tests.support.processes import Process
 from tests.support.waiting import eventually
 
 
@@ -69,10 +69,7 @@ async def test_two_workers_share_the_port_and_a_killed_one_is_replaced(
     await ledger.send(supervisor, 100, concurrency=16, event_type="slow.job", data=work)
     assert set(ledger.answers.values()) == {202}
 
-    async def all_handled() -> bool:
-        return ledger.accepted <= set(done_ids(log))
-
-    await eventually(all_handled, timeout=30, what="every accepted event to be handled")
+    await ledger.handled_by_log(log, timeout=30)
 
     survivors = children(supervisor.popen.pid)
     supervisor.popen.send_signal(signal.SIGTERM)

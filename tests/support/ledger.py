@@ -15,12 +15,15 @@ import collections
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 from aiohttp import ClientError
 
 from consumers import Event
+from tests.support.processes import done_ids
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:  # conftest imports this module for its summary table: no import cycle
     from tests.conftest import Namespace
@@ -134,6 +137,18 @@ class Ledger:
                         await self._changed.wait()
                 except TimeoutError:
                     continue
+
+    async def handled_by_log(self, log: Path, *, timeout: float) -> None:
+        """Wait until the slow handler's `log` shows every accepted id done, then count them.
+
+        For handlers in real `conveyor serve` processes, which report through that file.
+        """
+
+        async def all_done() -> bool:
+            return self.accepted <= set(done_ids(log))
+
+        await eventually(all_done, timeout=timeout, what="every accepted event to be handled")
+        self.succeeded.update(done_ids(log))
 
     async def take_dead_letters(self, namespace: Namespace, subscriptions: Iterable[str]) -> None:
         for name in subscriptions:

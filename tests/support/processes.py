@@ -104,7 +104,7 @@ async def launch(
     # The slow subscription keeps the default retry ladder.
     namespace.subscriptions["slow"] = RetryPolicy().delays
 
-    async def start(*, wait_ready: bool = True, **env: str) -> Process:
+    async def start(*, wait_ready: bool = True, flags: tuple[str, ...] = (), **env: str) -> Process:
         port = free_port()
         output = tmp_path / f"conveyor-{len(started)}.log"
         settings = {
@@ -118,7 +118,7 @@ async def launch(
         }
         with output.open("w") as sink:
             popen = subprocess.Popen(  # noqa: S603, ASYNC220 - our own entry point, started once
-                conveyor_command(),
+                [*conveyor_command(), *flags],
                 env={**os.environ, **settings},
                 cwd=ROOT,
                 stdout=sink,

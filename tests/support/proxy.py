@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 
 class FaultProxy:
     """Forwards 127.0.0.1:<port> to a target; `up`, `cut_all`, `stalled` change what it does."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._target = (target_host, target_port)
+        self._tls = tls  # a server-side context: the proxy terminates TLS, forwards plain TCP
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -20,7 +24,9 @@ class FaultProxy:
         self.port = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, ssl=self._tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -44,6 +50,11 @@ class FaultProxy:
             self._flowing.clear()
         else:
             self._flowing.set()
+
+    @property
+    def open_links(self) -> int:
+        """Client connections forwarded right now."""
+        return len(self._writers) // 2
 
     def cut_all(self) -> None:
         for writer in list(self._writers):

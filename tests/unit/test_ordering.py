@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import aiormq.exceptions
 import pytest
 
 from consumers import (
+    Event,
     Ordering,
     PartitioningUnavailableError,
     RetryPolicy,
     builtin,
     explain_missing_exchange_type,
 )
-from consumers.ordering import KeyLanes
+from consumers.dead_letter import Failure
+from consumers.ordering import HandlerSlot, KeyLanes, run_holding_key
 from producers import Topology
 from service import SettingError, load_subscriptions
 from service.topology_plan import plan_topology, render_topology
@@ -176,3 +179,92 @@ async def test_the_plan_prints_the_hash_exchange_and_the_partitions() -> None:
     assert "binding  ns.events -> exchange ns.orders.partitions [order.*]" in render_topology(
         entities
     )
+
+
+async def test_retry_waits_stop_where_the_consumer_timeout_would_come() -> None:
+    attempts = 0
+    waited: list[float] = []
+
+    async def failing(_event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("downstream away")
+
+    async def wait(_attempts: int, _failure: Failure, delay: float) -> bool:
+        waited.append(delay)
+        return True
+
+    held = await run_holding_key(
+        failing,
+        Event(id="e", source="/s", type="t", specversion="1.0"),
+        policy=RetryPolicy(in_process=1, delays=(0.0, 0.0, 50.0, 0.0)),
+        timeout=1.0,
+        # Delivered a while ago: 30 s left, so the 50 s delay (and a 1 s attempt after it)
+        # would settle it past the consumer timeout.
+        settle_by=asyncio.get_running_loop().time() + 30.0,
+        keep_going=lambda: True,
+        wait=wait,
+    )
+
+    assert waited == [0.0, 0.0]
+    assert attempts == 3
+    assert (held.passes, held.interrupted, held.result.attempts) == (2, False, 3)
+    assert held.result.failure is not None  # dead-lettered now, not after the broker's timeout
+
+
+async def test_retries_stop_when_the_delivery_is_gone() -> None:
+    attempts = 0
+
+    async def failing(_event: Event) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("downstream away")
+
+    async def wait(_attempts: int, _failure: Failure, _delay: float) -> bool:
+        return False  # its channel closed during the wait
+
+    held = await run_holding_key(
+        failing,
+        Event(id="e", source="/s", type="t", specversion="1.0"),
+        policy=RetryPolicy(in_process=1, delays=(0.0, 0.0)),
+        timeout=1.0,
+        settle_by=asyncio.get_running_loop().time() + 600.0,
+        keep_going=lambda: True,
+        wait=wait,
+    )
+
+    assert attempts == 1
+    assert held.interrupted  # nothing to settle: the broker has it back
+
+
+async def test_a_lent_slot_serves_another_and_comes_back() -> None:
+    slots = asyncio.Semaphore(1)
+    slot = HandlerSlot(slots)
+    other_ran = asyncio.Event()
+
+    async def other() -> None:
+        async with HandlerSlot(slots):
+            other_ran.set()
+
+    async with slot:
+        async with slot.lent():
+            await asyncio.wait_for(other(), timeout=1)
+        assert slots.locked()  # held again
+    assert not slots.locked()
+    assert other_ran.is_set()
+
+    # Cancelled while taking the slot back, it holds nothing and releases nothing.
+    hog = HandlerSlot(slots)
+
+    async def lender() -> None:
+        async with slot, slot.lent():
+            await hog.__aenter__()  # another takes the lent slot: the take-back has to wait
+
+    task = asyncio.create_task(lender())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await hog.__aexit__(None, None, None)
+    await slots.acquire()
+    assert slots.locked()  # one slot, as configured: none was released twice

@@ -1,0 +1,258 @@
+"""Settling a delivery: the one place a verdict becomes an ack, a move, or a give-back.
+
+Nothing is acked before its handler returned or a confirmed copy sits in the retry tier or the
+dead-letter queue; whatever is unsettled when the channel closes goes back to the queue, so a
+crash or shutdown yields a redelivery, never a loss.
+
+An ordered subscription never gives a delivery back with a nack: measured on RabbitMQ 3.10.8, a
+quorum queue redelivers nacked messages in nack order, ahead of the rest, while later events of
+that key may already be held here. What it cannot settle stays unacked until its channel closes,
+which returns it in its original order, at the head; while the channel lives, the settlement is
+retried in place and the key waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
+
+from consumers.dead_letter import DeadLetterReason, Failure, failure_headers
+from consumers.moves import MessageMover, MoveFailedError, UncopyableMessageError
+from consumers.observe import DeliveryObserver, FailureReport
+from consumers.reporting import StatusOf, StatusReporter
+from consumers.retry import delay_label
+from consumers.status import DeliveryState, DeliveryUpdate
+from consumers.subscription import Subscription
+from producers import BROKER_FAILURES, Topology
+
+__all__ = ["Move", "Outcome", "Settler", "Verdict", "channel_gone"]
+
+_log = structlog.get_logger(component="consumer")
+SETTLE_RETRY_PAUSE_SECONDS = 1.0
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one delivery."""
+
+    ACKED = "acked"  # the handler returned
+    RETRY_SCHEDULED = "retry-scheduled"  # a copy waits in a retry tier
+    DEAD_LETTERED = "dead-lettered"  # a copy sits in {ns}.{subscription}.dlq
+    RETURNED = "returned"  # back to the queue untouched (shutdown, or a move that failed)
+    SKIPPED = "skipped"  # acked without running the handler: it already succeeded here
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Where a copy of the delivery goes, and with which headers."""
+
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    tier: str | None = None  # the retry tier's delay label, for a move into the ladder
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    move: Move | None = None  # for RETRY_SCHEDULED and DEAD_LETTERED
+    status: DeliveryUpdate | None = None  # what to record (and announce, when terminal)
+
+
+def channel_gone(message: AbstractIncomingMessage) -> bool:
+    """True once the delivery's channel closed: the broker has taken the delivery back."""
+    try:
+        _ = message.channel
+    except ChannelInvalidStateError:
+        return True
+    return False
+
+
+class Settler:
+    """Carries out a subscription's verdicts on the broker and tells what became of each."""
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        topology: Topology,
+        mover: MessageMover,
+        reporter: StatusReporter,
+        observer: DeliveryObserver,
+        draining: Callable[[], bool],
+    ) -> None:
+        self._subscription = subscription
+        self._topology = topology
+        self._mover = mover
+        self._reporter = reporter
+        self._observer = observer
+        self._draining = draining
+
+    def dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        failure: Failure,
+        attempts: int,
+        *,
+        reason: DeadLetterReason,
+        status: DeliveryUpdate | None = None,
+    ) -> Verdict:
+        _log.error(
+            "event dead-lettered",
+            reason=reason.value,
+            attempt=attempts,
+            error_class=failure.error_class,
+            error=failure.message,
+        )
+        copy_headers = failure_headers(
+            headers,
+            failure=failure,
+            attempts=attempts,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            reason=reason,
+        )
+        move = Move(self._topology.dead_letter_exchange, self._subscription.name, copy_headers)
+        return Verdict(Outcome.DEAD_LETTERED, move, status)
+
+    def retry_later(
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        failure: Failure,
+        attempts: int,
+        *,
+        retries: int,
+        delay: float,
+        status: StatusOf,
+    ) -> Verdict:
+        """A copy into the ladder's tier for `delay`, counted as ladder pass `retries + 1`."""
+        _log.warning(
+            "handler failed; retry scheduled",
+            attempt=attempts,
+            retry_in=delay,
+            error_class=failure.error_class,
+            error=failure.message,
+        )
+        copy_headers = failure_headers(
+            headers,
+            failure=failure,
+            attempts=attempts,
+            exchange=message.exchange or "",
+            routing_key=message.routing_key or "",
+            retries=retries + 1,
+        )
+        # The default exchange routes straight to the tier queue named as the routing key.
+        label = delay_label(delay)
+        tier = self._topology.retry_queue(self._subscription.name, label)
+        retrying = status(DeliveryState.RETRYING, attempts, failure, next_attempt_in=delay)
+        return Verdict(Outcome.RETRY_SCHEDULED, Move("", tier, copy_headers, label), retrying)
+
+    async def settle(self, message: AbstractIncomingMessage, verdict: Verdict) -> None:
+        outcome = await self._carry_out(message, verdict)
+        while (
+            outcome is Outcome.RETURNED
+            and verdict.outcome is not Outcome.RETURNED
+            and self._subscription.ordering is not None
+            and not self._draining()
+            and not channel_gone(message)
+        ):
+            # Ordered: the key waits here until its event is settled (a nack would let later
+            # events of the key overtake it).
+            await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
+            outcome = await self._carry_out(message, verdict)
+        name = self._subscription.name
+        self._observer.delivery_settled(name, outcome.value)
+        status = verdict.status
+        if outcome is verdict.outcome and status is not None and status.failure is not None:
+            report = FailureReport(
+                event_id=status.event_id,
+                event_type=status.attributes.get("type", ""),
+                error_class=status.failure.error_class,
+                error_message=status.failure.message,
+                outcome=outcome.value,
+                at=status.at,
+            )
+            self._observer.failure_seen(name, report)
+        if outcome is Outcome.RETRY_SCHEDULED and verdict.move and verdict.move.tier:
+            self._observer.retry_scheduled(name, verdict.move.tier)
+
+    async def _carry_out(self, message: AbstractIncomingMessage, verdict: Verdict) -> Outcome:
+        """Settle the delivery as `verdict` says; return what actually happened to it."""
+        outcome = verdict.outcome
+        rejected = False  # settled already, by the queue's own dead-lettering
+        try:
+            if verdict.move is not None and channel_gone(message):
+                # Handled past the loss of its channel (an ordered handler runs on): the broker
+                # has the delivery back and its redelivery decides again; a copy now would be
+                # a second one in the tier or DLQ.
+                return Outcome.RETURNED
+            if verdict.move is not None:
+                outcome, rejected = await self._move(message, verdict.move, outcome)
+            if outcome is not Outcome.RETURNED and verdict.status is not None:
+                announced = await self._reporter.report(
+                    verdict.status,
+                    correlation_id=message.correlation_id,
+                    record=outcome is not Outcome.SKIPPED,
+                )
+                if not announced and not rejected:
+                    outcome = Outcome.RETURNED
+                    await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
+            if outcome is Outcome.RETURNED:
+                await self._give_back(message)
+            elif not rejected:
+                await message.ack()
+        except BROKER_FAILURES as error:
+            # The channel is gone: the broker requeues the unsettled delivery by itself.
+            _log.warning(
+                "could not settle delivery; the broker will redeliver it",
+                outcome=outcome.value,
+                error_class=type(error).__name__,
+            )
+            return Outcome.RETURNED
+        except Exception:  # noqa: BLE001 - a delivery must never stay unsettled on a live channel
+            _log.exception("settling failed unexpectedly; returning the event to its queue")
+            with contextlib.suppress(*BROKER_FAILURES):
+                await self._give_back(message)
+            return Outcome.RETURNED
+        if outcome is Outcome.ACKED:
+            _log.debug("event handled")
+        return outcome
+
+    async def _move(
+        self, message: AbstractIncomingMessage, move: Move, outcome: Outcome
+    ) -> tuple[Outcome, bool]:
+        """Copy the delivery where `move` says: the outcome, and whether the delivery is
+        settled already (rejected into the queue's own dead-lettering)."""
+        try:
+            await self._mover.copy(
+                message, exchange=move.exchange, routing_key=move.routing_key, headers=move.headers
+            )
+        except MoveFailedError as error:
+            if self._subscription.ordering is not None and isinstance(
+                error, UncopyableMessageError
+            ):
+                # Ordered, trying again would block its key for good: the queue's own
+                # dead-lettering takes it instead (x-death, without our headers).
+                _log.error("could not copy event; rejected to the DLQ", error=str(error))
+                await message.reject(requeue=False)
+                return outcome, True
+            # The copy is not safe yet: leave the original in the queue to come back, after a
+            # pause so a broker in trouble is not hammered with redeliveries.
+            _log.warning("could not move event; it stays queued", error=str(error))
+            await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
+            return Outcome.RETURNED, False
+        return outcome, False
+
+    async def _give_back(self, message: AbstractIncomingMessage) -> None:
+        if self._subscription.ordering is None:
+            await message.nack(requeue=True)
+        # Ordered: left unsettled; it goes back, in order, when the channel closes.
