@@ -33,6 +33,19 @@ _CLAIMS_PER_STATEMENT = 128  # five parameters each, far under PostgreSQL's 32,7
 _COMMAND_TIMEOUT_SECONDS = 10.0
 
 
+async def _fetch_retrying_deadlocks(
+    connection: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], statement: str, *parameters: Any
+) -> list[asyncpg.Record]:
+    """One statement; a deadlock (PostgreSQL rolled the statement back) is tried again."""
+    for attempt in range(_DEADLOCK_RETRIES + 1):
+        try:
+            return await connection.fetch(statement, *parameters)
+        except asyncpg.exceptions.DeadlockDetectedError:
+            if attempt == _DEADLOCK_RETRIES:
+                raise
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 def _row_key(row: tuple[Any, ...]) -> tuple[str, ...]:
     # The leading columns are the row's key in every status statement (event id, source, ...).
     return tuple(str(value) for value in row[:3])
@@ -78,8 +91,11 @@ class PostgresStore:
         now = time.time()
         won: set[tuple[str, str]] = set()
         stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        # Keys in order, as in `write`: two processes claiming overlapping keys then lock their
+        # rows in the same order instead of deadlocking.
+        ordered = sorted(requests, key=lambda request: (request.scope, request.key))
         async with self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection:
-            for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
+            for chunk in in_chunks(ordered, _CLAIMS_PER_STATEMENT):
                 parameters: list[Any] = []
                 for request in chunk:
                     parameters += (
@@ -90,7 +106,7 @@ class PostgresStore:
                         now + request.lease,
                     )
                 statement = _numbered(Statements.insert_claims(len(chunk)))
-                rows = await connection.fetch(statement, *parameters, now)
+                rows = await _fetch_retrying_deadlocks(connection, statement, *parameters, now)
                 won.update((row["scope"], row["key"]) for row in rows)
             lost = [request for request in requests if (request.scope, request.key) not in won]
             for chunk in in_chunks(lost, _CLAIMS_PER_STATEMENT):

@@ -152,3 +152,29 @@ async def test_a_claim_whose_claimer_gave_up_while_it_was_taken_is_released(stor
     await claims.close()
     assert retry.outcome is ClaimOutcome.OWNER
     assert counting.batches == [1, 1]
+
+
+async def test_two_processes_claiming_overlapping_keys_in_opposite_orders_get_one_owner_each(
+    postgres_url: str,
+) -> None:
+    # Two pools stand for two conveyor processes on one PostgreSQL. Unordered multi-row
+    # upserts of the same keys in opposite orders can deadlock; claims lock rows in key order.
+    first, second = await open_store(postgres_url), await open_store(postgres_url)
+    try:
+        for round_number in range(20):
+            keys = [f"r{round_number}-{index:03d}" for index in range(200)]
+
+            def requests(order: list[str], owner: str) -> list[ClaimRequest]:
+                return [ClaimRequest("event", key, "fp", owner, 60) for key in order]
+
+            forwards, backwards = await asyncio.gather(
+                first.claim_many(requests(keys, "one")),
+                second.claim_many(requests(keys[::-1], "two")),
+            )
+            owners = [c.outcome is ClaimOutcome.OWNER for c in forwards]
+            owners_backwards = [c.outcome is ClaimOutcome.OWNER for c in backwards[::-1]]
+            # Each key has exactly one owner; the other claimer sees it in progress.
+            assert all(a != b for a, b in zip(owners, owners_backwards, strict=True))
+    finally:
+        await first.close()
+        await second.close()
