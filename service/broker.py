@@ -12,6 +12,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aiormq.exceptions
@@ -88,6 +89,7 @@ class BrokerLink:
         self._addresses = AddressRotation(settings.amqp_addresses)
         self._tls = settings.amqp_tls_context()
         self._retired: set[asyncio.Task[None]] = set()
+        self._opened: set[AbstractRobustConnection] = set()
         self._poller: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -259,9 +261,20 @@ class BrokerLink:
             error=self._problem,
         )
 
+    def _tracked_connection(self, *args: Any, **kwargs: Any) -> AbstractRobustConnection:
+        """aio-pika's RobustConnection, remembered until closed: `close` closes every one, so a
+        connect cancelled half-way (or a connection abandoned on failover whose close timed
+        out) cannot linger and reconnect, re-declaring what it had, after the link is closed."""
+        connection = aio_pika.RobustConnection(*args, **kwargs)
+        self._opened.add(connection)
+        return connection
+
     async def _connect_once(self, url: str) -> AbstractRobustConnection:
         connection = await aio_pika.connect_robust(
             url,
+            # connect_robust calls its connection_class with the connection's arguments; a
+            # factory that tracks what it makes serves as well as the class.
+            connection_class=self._tracked_connection,
             timeout=10,
             heartbeat=self._heartbeat,
             # aio-pika's own reconnect loop after a lost connection: a fixed interval.
@@ -351,20 +364,34 @@ class BrokerLink:
             draining.add_done_callback(self._retired.discard)
 
     async def close(self) -> None:
-        """Drain consumers (handlers get the shutdown timeout), then close the connection."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._stop_watchers()
-        await asyncio.gather(
-            *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers),
-            *self._retired,
-        )
-        if self._publisher is not None:
-            self._publisher.detach()
-        if self._connection is not None:
-            await self._connection.close()
+        """Drain consumers (handlers get the shutdown timeout), then close the connection.
+
+        The connections close whatever happened before: one left open would, once its queues
+        are deleted or it reconnects, declare them again and consume on (seen as queues of a
+        finished test reappearing on the broker).
+        """
+        try:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+            if self._task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            await self._stop_watchers()
+            drains = await asyncio.gather(
+                *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers),
+                *self._retired,
+                return_exceptions=True,
+            )
+            for failed in (result for result in drains if isinstance(result, Exception)):
+                _log.warning("a consumer did not drain cleanly", error=repr(failed))
+        finally:
+            if self._publisher is not None:
+                self._publisher.detach()
+            opened = [self._connection, *self._opened]
             self._connection = None
-        self._problem = "closed"
+            self._opened.clear()
+            for connection in (c for c in opened if c is not None and not c.is_closed):
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLOSE_SECONDS):
+                        await connection.close()
+            self._problem = "closed"
