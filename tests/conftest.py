@@ -23,6 +23,7 @@ from yarl import URL
 from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
+from service.store import Store, open_store
 from service.tracing import Tracing
 from tests.support.ledger import ACCOUNTS, HEADER, Account
 from tests.support.processes import launch  # noqa: F401 - a fixture, shared by the process tests
@@ -306,6 +307,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/shared.db"
     return cast("str", request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An opened store on each backend in turn (see `store_url`), closed afterwards."""
+    opened = await open_store(store_url)
+    yield opened
+    await opened.close()
 
 
 def url_with_port(url: str, port: int) -> str:

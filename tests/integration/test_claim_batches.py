@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
@@ -19,16 +18,6 @@ from service.store import (
     Store,
     open_store,
 )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
-) -> AsyncIterator[Store]:
-    url = f"sqlite:///{tmp_path}/conveyor.db" if request.param == "sqlite" else postgres_url
-    opened = await open_store(url)
-    yield opened
-    await opened.close()
 
 
 class CountingStore:

@@ -5,22 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-
-from service.store import ClaimOutcome, Statements, Store, open_store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
-) -> AsyncIterator[Store]:
-    url = f"sqlite:///{tmp_path}/conveyor.db" if request.param == "sqlite" else postgres_url
-    opened = await open_store(url)
-    yield opened
-    await opened.close()
+from service.store import ClaimOutcome, Statements, Store
 
 
 def unique() -> str:
