@@ -114,7 +114,7 @@ def sink_queue_arguments(namespace: str) -> dict[str, Any]:
 
 async def declare_namespace(namespace: str) -> None:
     """conveyor's topology for `sink`, declared as a starting conveyor would (for the peers)."""
-    await apply_topology(AMQP_URL, Topology(namespace), (sink_subscription(),))
+    await apply_topology((AMQP_URL,), Topology(namespace), (sink_subscription(),))
 
 
 async def delete_namespace(namespace: str) -> None:

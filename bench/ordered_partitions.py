@@ -59,7 +59,7 @@ async def events_per_second(amqp_url: str, partitions: int, folder: str) -> floa
         retry=RetryPolicy(in_process=1, delays=()),
         ordering=Ordering("partitionkey", partitions),
     )
-    await apply_topology(amqp_url, topology, (subscription,))
+    await apply_topology((amqp_url,), topology, (subscription,))
     try:
         async with EventClient(amqp_url, namespace=namespace) as client:
 

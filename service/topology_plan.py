@@ -101,7 +101,7 @@ async def plan_topology(
 
 
 async def apply_topology(
-    amqp_urls: Sequence[str],
+    amqp_urls: tuple[str, ...],  # a tuple, not Sequence: a lone str would pass as one
     topology: Topology,
     subscriptions: Sequence[Subscription],
     *,
