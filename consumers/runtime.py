@@ -171,6 +171,10 @@ class SubscriptionConsumer:
             _, stuck = await asyncio.wait(set(self._in_lanes), timeout=_CANCEL_GRACE_SECONDS)
             for task in stuck:
                 task.cancel()
+        # Acks of finished deliveries go out before the channel closes (else: redeliveries).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CANCEL_GRACE_SECONDS):
+                await self._settler.acks.flush()
 
     @property
     def unacked(self) -> int:

@@ -24,6 +24,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
+from consumers.acking import AckCoalescer
 from consumers.dead_letter import DeadLetterReason, Failure, failure_headers
 from consumers.moves import MessageMover, MoveFailedError, UncopyableMessageError
 from consumers.observe import DeliveryObserver, FailureReport
@@ -94,6 +95,7 @@ class Settler:
         self._reporter = reporter
         self._observer = observer
         self._draining = draining
+        self.acks = AckCoalescer()
 
     def dead_letter(
         self,
@@ -209,7 +211,8 @@ class Settler:
             if outcome is Outcome.RETURNED:
                 await self._give_back(message)
             elif not rejected:
-                await message.ack()
+                # Sent with the acks of its neighbours on the next turn of the loop.
+                self.acks.ack(message)
         except BROKER_FAILURES as error:
             # The channel is gone: the broker requeues the unsettled delivery by itself.
             _log.warning(
@@ -244,6 +247,7 @@ class Settler:
                 # dead-lettering takes it instead (x-death, without our headers).
                 _log.error("could not copy event; rejected to the DLQ", error=str(error))
                 await message.reject(requeue=False)
+                self.acks.settled(message)
                 return outcome, True
             # The copy is not safe yet: leave the original in the queue to come back, after a
             # pause so a broker in trouble is not hammered with redeliveries.
@@ -255,4 +259,5 @@ class Settler:
     async def _give_back(self, message: AbstractIncomingMessage) -> None:
         if self._subscription.ordering is None:
             await message.nack(requeue=True)
+            self.acks.settled(message)
         # Ordered: left unsettled; it goes back, in order, when the channel closes.

@@ -1,21 +1,24 @@
-"""The embedded store: one SQLite file through aiosqlite (one connection, one thread).
+"""The embedded store: one SQLite file, one connection, used from one thread of its own.
 
-Status writes come in batches, each in a transaction of its own. Claims and releases wait while
-a batch runs (the lock), so a claim never lands inside a batch's transaction or is rolled back
-with it. One connection, not two: two writers on one file would take turns through SQLite's
-busy handler, which sleeps, and cost far more than waiting for the lock.
+Each operation (a claim, a batch of status writes in its transaction, a query) is one function
+run in that thread: one hand-off from the event loop and one back, however many statements it
+takes (issue 7: a hand-off per statement, as through aiosqlite, cost the consumer a turn of a
+busy loop each, and the lookups queued behind them). The thread runs operations one at a time,
+in the order they were asked for, so a claim never lands inside a batch's transaction or is
+rolled back with it. One connection, not two: two writers on one file would take turns through
+SQLite's busy handler, which sleeps, and cost far more than waiting in line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from service.store.base import (
     Claim,
@@ -33,151 +36,168 @@ _BUSY_TIMEOUT_MS = 10_000  # another process on the same file (a second conveyor
 # Claims per statement: five parameters each stays under 999, SQLite's limit before 3.32.
 _CLAIMS_PER_STATEMENT = 128
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # INSERT ... RETURNING, for claim_many
+_T = TypeVar("_T")
 
 
 class SqliteStore:
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    def __init__(self, thread: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
+        self._thread = thread  # one worker: the only one to touch `connection`
         self._db = connection
-        self._lock = asyncio.Lock()
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        connection = await aiosqlite.connect(path, isolation_level=None)  # autocommit
-        # WAL lets readers go on while the writer writes; NORMAL sync is durable across a
-        # process crash (the case idempotency must survive), not across power loss.
-        await connection.execute("PRAGMA journal_mode=WAL")
-        await connection.execute("PRAGMA synchronous=NORMAL")
-        await connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        await _migrate(connection)
-        return cls(connection)
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            connection = await loop.run_in_executor(thread, _connect, path)
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(thread, connection)
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        # Shielded: a caller's timeout or cancellation cannot stop a function the thread runs
+        # already; the transaction then finishes, or rolls back, on its own.
+        call = functools.partial(function, *args)
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._thread, call))
 
     async def claim(
         self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
     ) -> Claim:
-        now = time.time()
-        async with self._lock:
-            cursor = await self._db.execute(
-                Statements.insert_claim, (scope, key, fingerprint, owner, now + lease, now)
-            )
+        return await self._run(self._claim_now, ClaimRequest(scope, key, fingerprint, owner, lease))
+
+    def _claim_now(self, request: ClaimRequest) -> Claim:
+        while True:
+            now = time.time()
+            cursor = self._db.execute(
+                Statements.insert_claim,
+                (request.scope, request.key, request.fingerprint, request.owner,
+                 now + request.lease, now),
+            )  # fmt: skip
             if cursor.rowcount == 1:
                 return Claim(ClaimOutcome.OWNER)
-            async with self._db.execute(Statements.select_claim, (scope, key)) as rows:
-                row = await rows.fetchone()
-        if row is None:  # released between our insert and select: try once more
-            return await self.claim(scope, key, fingerprint, owner=owner, lease=lease)
-        stored_fingerprint, status, body = row
-        if stored_fingerprint != fingerprint:
-            return Claim(ClaimOutcome.CONFLICT)
-        if status is None:
-            return Claim(ClaimOutcome.IN_PROGRESS)
-        return Claim(ClaimOutcome.REPLAY, int(status), bytes(body))
+            row = self._db.execute(Statements.select_claim, (request.scope, request.key)).fetchone()
+            claim = stored_claim(request.fingerprint, row)
+            if claim is not None:
+                return claim
+            # Released between our insert and select (another process): try once more.
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         check_distinct(requests)
+        return await self._run(self._claim_many_now, requests)
+
+    def _claim_many_now(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         if not _RETURNING:  # an older SQLite: one claim at a time
-            return [await self._claim(request) for request in requests]
+            return [self._claim_now(request) for request in requests]
         now = time.time()
         won: set[tuple[str, str]] = set()
         stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        async with self._lock:
-            for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
-                parameters = [
-                    value
-                    for request in chunk
-                    for value in (
-                        request.scope,
-                        request.key,
-                        request.fingerprint,
-                        request.owner,
-                        now + request.lease,
-                    )
-                ]
-                parameters.append(now)
-                statement = Statements.insert_claims(len(chunk))
-                async with self._db.execute(statement, parameters) as rows:
-                    won.update((scope, key) for scope, key in await rows.fetchall())
-            lost = [request for request in requests if (request.scope, request.key) not in won]
-            for chunk in in_chunks(lost, _CLAIMS_PER_STATEMENT):
-                keys = [value for request in chunk for value in (request.scope, request.key)]
-                async with self._db.execute(Statements.select_claims(len(chunk)), keys) as rows:
-                    for scope, key, *row in await rows.fetchall():
-                        stored[scope, key] = (row[0], row[1], row[2])
+        for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
+            parameters = [
+                value
+                for request in chunk
+                for value in (
+                    request.scope,
+                    request.key,
+                    request.fingerprint,
+                    request.owner,
+                    now + request.lease,
+                )
+            ]
+            parameters.append(now)
+            rows = self._db.execute(Statements.insert_claims(len(chunk)), parameters).fetchall()
+            won.update((scope, key) for scope, key in rows)
+        lost = [request for request in requests if (request.scope, request.key) not in won]
+        for chunk in in_chunks(lost, _CLAIMS_PER_STATEMENT):
+            keys = [value for request in chunk for value in (request.scope, request.key)]
+            for scope, key, *row in self._db.execute(
+                Statements.select_claims(len(chunk)), keys
+            ).fetchall():
+                stored[scope, key] = (row[0], row[1], row[2])
         claims = []
         for request in requests:
             if (request.scope, request.key) in won:
                 claims.append(Claim(ClaimOutcome.OWNER))
             else:
                 claim = stored_claim(request.fingerprint, stored.get((request.scope, request.key)))
-                claims.append(claim if claim is not None else await self._claim(request))
+                claims.append(claim if claim is not None else self._claim_now(request))
         return claims
 
-    async def _claim(self, request: ClaimRequest) -> Claim:
-        return await self.claim(
-            request.scope,
-            request.key,
-            request.fingerprint,
-            owner=request.owner,
-            lease=request.lease,
-        )
-
     async def release(self, scope: str, key: str, owner: str) -> None:
-        async with self._lock:
-            await self._db.execute(Statements.release, (scope, key, owner))
+        await self._run(self._db.execute, Statements.release, (scope, key, owner))
 
     async def write(self, writes: Sequence[Write]) -> None:
-        # Shielded: a caller's timeout or cancellation must not leave the connection inside an
-        # open transaction (aiosqlite would still run the BEGIN in its thread); the transaction
-        # then finishes, or rolls back, on its own.
-        await asyncio.shield(self._transaction(writes))
+        await self._run(self._transaction, writes)
 
-    async def _transaction(self, writes: Sequence[Write]) -> None:
-        async with self._lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                for statement, rows in by_statement(writes):
-                    await self._db.executemany(statement, rows)
-                await self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
-                raise
+    def _transaction(self, writes: Sequence[Write]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement, rows in by_statement(writes):
+                self._db.executemany(statement, rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-        # Under the lock: a read inside a running batch would see rows not yet committed.
-        async with self._lock, self._db.execute(statement, params) as rows:
-            return [tuple(row) for row in await rows.fetchall()]
+        # In the store's thread, between transactions: never sees rows not yet committed.
+        return await self._run(self._query_now, statement, params)
+
+    def _query_now(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self._db.execute(statement, params).fetchall()]
 
     async def purge_expired(self) -> int:
+        return await self._run(self._purge_now)
+
+    def _purge_now(self) -> int:
         now = time.time()
-        purged = 0
-        async with self._lock:
-            for statement in Statements.purge:
-                cursor = await self._db.execute(statement, (now,))
-                purged += cursor.rowcount
-        return purged
+        return sum(self._db.execute(statement, (now,)).rowcount for statement in Statements.purge)
 
     async def close(self) -> None:
-        await self._db.close()
+        if self._closed:
+            return  # closing twice is harmless, as it was through aiosqlite
+        self._closed = True
+        try:
+            await self._run(self._db.close)
+        finally:
+            self._thread.shutdown(wait=False)
 
 
-async def _migrate(connection: aiosqlite.Connection) -> None:
+def _connect(path: Path) -> sqlite3.Connection:
+    # In the store's thread: sqlite3 connections stay in the thread that made them.
+    connection = sqlite3.connect(path, isolation_level=None)  # autocommit
+    try:
+        # WAL lets readers go on while the writer writes; NORMAL sync is durable across a
+        # process crash (the case idempotency must survive), not across power loss.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        _migrate(connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
     # BEGIN IMMEDIATE takes the write lock first, so two processes starting on one file
     # migrate one after the other.
-    await connection.execute("BEGIN IMMEDIATE")
+    connection.execute("BEGIN IMMEDIATE")
     try:
-        await connection.execute(Statements.create_version)
-        async with connection.execute(Statements.select_version) as rows:
-            row = await rows.fetchone()
+        connection.execute(Statements.create_version)
+        row = connection.execute(Statements.select_version).fetchone()
         done = 0 if row is None else int(row[0])
         for migration in MIGRATIONS[done:]:
             for statement in migration:
-                await connection.execute(statement.replace("BYTEA", "BLOB"))
+                connection.execute(statement.replace("BYTEA", "BLOB"))
         # A newer conveyor may have migrated further; its tables are a superset of ours.
         version = max(done, len(MIGRATIONS))
         statement = Statements.insert_version if row is None else Statements.update_version
-        await connection.execute(statement, (version,))
+        connection.execute(statement, (version,))
     except BaseException:
-        await connection.execute("ROLLBACK")
+        connection.execute("ROLLBACK")
         raise
-    await connection.execute("COMMIT")
+    connection.execute("COMMIT")
