@@ -72,6 +72,8 @@ _CANCEL_GRACE_SECONDS = 5.0
 # waits: a store that went away comes back), this many times in all, then dead-lettered.
 _ORDERED_JUDGE_TRIES = 3
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
+# What a delivery taken by a shutdown before its handler started comes to: returned, unhandled.
+_NOT_STARTED = AttemptsResult(0, Failure("ShutdownError", "the consumer is shutting down", ""))
 
 
 class SubscriptionConsumer:
@@ -219,28 +221,36 @@ class SubscriptionConsumer:
     async def _handle_delivery(
         self, message: AbstractIncomingMessage, received: float | None = None
     ) -> None:
+        if received is None:
+            # Unordered: the slot bounds the handlers running (`_judge`); the lookup before and
+            # the settling after go on beside them, within the prefetch (issue 7).
+            await self._handle(message, None)
+            return
         slot = HandlerSlot(self._slots)
         async with slot:
-            if self._draining:
-                await self._settler.settle(message, Verdict(Outcome.RETURNED))
-                return
-            if received is not None and channel_gone(message):
-                return  # lost while waiting for a slot: its redelivery waits behind us
-            task = cast("asyncio.Task[Any]", asyncio.current_task())
-            self._running.add(task)
-            if received is not None:
-                self._holds[task] = HeldDelivery(message, slot, received)
-            try:
-                with structlog.contextvars.bound_contextvars(
-                    subscription=self.subscription.name,
-                    event_id=message.message_id,
-                    event_type=message.routing_key,
-                    correlation_id=message.correlation_id,
-                ):
-                    await self._settler.settle(message, await self._judge_safely(message))
-            finally:
-                self._running.discard(task)
-                self._holds.pop(task, None)
+            await self._handle(message, HeldDelivery(message, slot, received))
+
+    async def _handle(self, message: AbstractIncomingMessage, held: HeldDelivery | None) -> None:
+        if self._draining:
+            await self._settler.settle(message, Verdict(Outcome.RETURNED))
+            return
+        if held is not None and channel_gone(message):
+            return  # lost while waiting for a slot: its redelivery waits behind us
+        task = cast("asyncio.Task[Any]", asyncio.current_task())
+        self._running.add(task)
+        if held is not None:
+            self._holds[task] = held
+        try:
+            with structlog.contextvars.bound_contextvars(
+                subscription=self.subscription.name,
+                event_id=message.message_id,
+                event_type=message.routing_key,
+                correlation_id=message.correlation_id,
+            ):
+                await self._settler.settle(message, await self._judge_safely(message))
+        finally:
+            self._running.discard(task)
+            self._holds.pop(task, None)
 
     async def _judge_safely(self, message: AbstractIncomingMessage) -> Verdict:
         tries = 0
@@ -305,25 +315,16 @@ class SubscriptionConsumer:
         if self.subscription.deduplicate and await self._reporter.succeeded_before(event):
             _log.info("event already succeeded here; acked without running the handler")
             return Verdict(Outcome.SKIPPED, status=status(DeliveryState.SUCCEEDED, attempts_before))
-        self._reporter.note(status(DeliveryState.PROCESSING, attempts_before + 1))
-        started = time.perf_counter()
         traceparent = headers.get(TRACEPARENT_HEADER)
-        with self._tracer.handling(
-            self.subscription.name,
-            event.id,
-            event.type,
-            traceparent if isinstance(traceparent, str) else None,
-        ) as mark_failed:
-            result, held_passes = await self._attempts(event, status, attempts_before)
-            if result.failure is not None:
-                mark_failed(result.failure.error_class, result.failure.message)
-        self._observer.handler_ran(self.subscription.name, time.perf_counter() - started)
+        result, held_passes = await self._run_handler(
+            event, status, attempts_before, traceparent if isinstance(traceparent, str) else None
+        )
         attempts = attempts_before + result.attempts
         if result.failure is None:
             return Verdict(Outcome.ACKED, status=status(DeliveryState.SUCCEEDED, attempts))
         if held_passes is None:
-            # Ordered, and a shutdown or a lost channel came during its retries: it goes back
-            # unsettled, in order.
+            # A shutdown came before its handler started, or (ordered) a shutdown or a lost
+            # channel came during its retries: it goes back unsettled (ordered: in order).
             return Verdict(Outcome.RETURNED)
         retries += held_passes
         if (
@@ -347,6 +348,24 @@ class SubscriptionConsumer:
         return self._settler.retry_later(
             message, headers, result.failure, attempts, retries=retries, delay=delay, status=status
         )
+
+    async def _run_handler(
+        self, event: Event, status: StatusOf, attempts_before: int, traceparent: str | None
+    ) -> tuple[AttemptsResult, int | None]:
+        """`_attempts` in a handler slot (an ordered delivery holds one already)."""
+        unordered = self.subscription.ordering is None
+        async with self._slots if unordered else contextlib.nullcontext():
+            if unordered and self._draining:
+                return _NOT_STARTED, None
+            self._reporter.note(status(DeliveryState.PROCESSING, attempts_before + 1))
+            started = time.perf_counter()
+            name = self.subscription.name
+            with self._tracer.handling(name, event.id, event.type, traceparent) as mark_failed:
+                result, held_passes = await self._attempts(event, status, attempts_before)
+                if result.failure is not None:
+                    mark_failed(result.failure.error_class, result.failure.message)
+            self._observer.handler_ran(name, time.perf_counter() - started)
+            return result, held_passes
 
     async def _attempts(
         self, event: Event, status: StatusOf, attempts_before: int
