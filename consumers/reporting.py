@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import structlog
@@ -35,6 +36,9 @@ class StatusReporter:
         self._ledger = ledger
         self._mover = mover
         self._topology = topology
+        # Progress notes wait here for the end of the loop's turn: a later state of the same
+        # event (a handler that returned at once) replaces its note before it costs a write.
+        self._notes: dict[tuple[str, str], DeliveryUpdate] = {}
 
     async def succeeded_before(self, event: Event) -> bool:
         try:
@@ -50,7 +54,14 @@ class StatusReporter:
             return False
 
     def note(self, update: DeliveryUpdate) -> None:
-        self._ledger.note(update)
+        if not self._notes:
+            asyncio.get_running_loop().call_soon(self._send_notes)
+        self._notes[update.event_id, update.source] = update
+
+    def _send_notes(self) -> None:
+        notes, self._notes = self._notes, {}
+        for update in notes.values():
+            self._ledger.note(update)
 
     async def report(
         self, update: DeliveryUpdate, *, correlation_id: str | None, record: bool
@@ -64,9 +75,15 @@ class StatusReporter:
         re-running a handler, or dead-lettering twice, would cost more than a lost notice.
         """
         if record:
+            stored = update
+            # Further along than its note, which is not written then (the store would keep
+            # this one anyway); only the note's start time is kept.
+            note = self._notes.pop((update.event_id, update.source), None)
+            if note is not None and note.state is DeliveryState.PROCESSING:
+                stored = dataclasses.replace(update, first_attempt_at=note.at)
             try:
                 async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                    await self._ledger.record(update)
+                    await self._ledger.record(stored)
             except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
                 _log.warning("could not record the event's status", error=str(error))
         if not update.state.terminal:

@@ -61,6 +61,9 @@ class DeliveryUpdate:
     next_attempt_at: float | None = None  # for RETRYING
     failure: Failure | None = None  # the last error, for RETRYING and DEAD_LETTERED
     reason: str | None = None  # why it was dead-lettered
+    # When the first attempt started, for an update that replaced its `processing` note
+    # before the note was written (consumers.reporting); a `processing` update's is `at`.
+    first_attempt_at: float | None = None
 
 
 class StatusLedger(Protocol):

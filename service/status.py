@@ -268,7 +268,7 @@ def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
             update.attempts,
             update.next_attempt_at,
             None if error is None else orjson.dumps(error).decode(),
-            update.at if state is DeliveryState.PROCESSING else None,  # first attempt, kept
+            update.at if state is DeliveryState.PROCESSING else update.first_attempt_at,  # kept
             update.at,
             update.at if state.terminal else None,
             update.at + ttl,
