@@ -7,15 +7,16 @@ import time
 from typing import Protocol
 
 import aiormq.exceptions
-from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from producers.event import OutgoingEvent
+from producers.frames import WireMessage
 from producers.observe import NO_PUBLISH_OBSERVER, PublishObserver
+from producers.pipeline import ChannelPipeline, ConfirmPipeline
 from producers.same_id import SameIdGate
-from producers.wire import to_amqp_message
+from producers.wire import to_wire_message
 
 __all__ = [
     "BROKER_FAILURES",
@@ -70,25 +71,23 @@ class _Detached:
     def usable(self) -> bool:
         return False
 
-    async def exchange(self) -> AbstractExchange:
+    async def pipeline(self) -> ConfirmPipeline:
         raise BrokerUnavailableError("not connected to RabbitMQ")
+
+    def close(self) -> None:
+        pass
 
 
 class _Attached:
-    def __init__(
-        self,
-        connection: AbstractRobustConnection,
-        channel: AbstractChannel,
-        exchange: AbstractExchange,
-    ) -> None:
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
         self._connection = connection
         self._channel = channel
-        self._exchange = exchange
+        self._pipeline = ChannelPipeline(channel)
 
     def usable(self) -> bool:
         return self._connection.connected.is_set() and not self._channel.is_closed
 
-    async def exchange(self) -> AbstractExchange:
+    async def pipeline(self) -> ConfirmPipeline:
         if not self._connection.connected.is_set():
             # Known down: answer at once rather than hold the client for the whole timeout.
             raise BrokerUnavailableError("the connection to RabbitMQ is down")
@@ -96,7 +95,10 @@ class _Attached:
         # channel; wait for it (the caller's publish timeout bounds this).
         while self._channel.is_closed:  # noqa: ASYNC110 - aio-pika offers no event for "restored"
             await asyncio.sleep(_RESTORE_POLL_SECONDS)
-        return self._exchange
+        return await self._pipeline.current()
+
+    def close(self) -> None:
+        self._pipeline.close()
 
 
 _RESTORE_POLL_SECONDS = 0.02
@@ -120,6 +122,7 @@ class AmqpPublisher:
         self._timeout = timeout
         self._observer = observer
         self._state: _Detached | _Attached = _Detached()
+        self._exchange = ""
         self._same_id = SameIdGate()
 
     def attach(
@@ -128,7 +131,10 @@ class AmqpPublisher:
         channel: AbstractChannel,
         exchange: AbstractExchange,
     ) -> None:
-        self._state = _Attached(connection, channel, exchange)
+        """Publish to `exchange` on `channel`, a confirm-mode channel of this publisher's own."""
+        self._state.close()
+        self._exchange = exchange.name
+        self._state = _Attached(connection, channel)
 
     @property
     def usable(self) -> bool:
@@ -136,6 +142,7 @@ class AmqpPublisher:
         return self._state.usable()
 
     def detach(self) -> None:
+        self._state.close()
         self._state = _Detached()
 
     async def publish(
@@ -145,7 +152,7 @@ class AmqpPublisher:
         correlation_id: str | None = None,
         traceparent: str | None = None,
     ) -> None:
-        message = to_amqp_message(event, correlation_id=correlation_id, traceparent=traceparent)
+        message = to_wire_message(event, correlation_id=correlation_id, traceparent=traceparent)
         started = time.perf_counter()
         self._observer.publish_started()
         outcome = "unavailable"
@@ -161,12 +168,12 @@ class AmqpPublisher:
         finally:
             self._observer.publish_finished(outcome, time.perf_counter() - started)
 
-    async def _publish(self, message: Message, event: OutgoingEvent) -> None:
+    async def _publish(self, message: WireMessage, event: OutgoingEvent) -> None:
         try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
-                exchange = await self._state.exchange()
-                confirmation = await exchange.publish(
-                    message, routing_key=event.type, mandatory=True
+                pipeline = await self._state.pipeline()
+                confirmation = await pipeline.publish(
+                    message, exchange=self._exchange, routing_key=event.type, mandatory=True
                 )
         except TimeoutError:
             raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None
