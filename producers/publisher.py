@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -62,6 +63,16 @@ class Publisher(Protocol):
         traceparent: str | None = None,
     ) -> None:
         """Return once the broker confirmed the event; raise PublishError otherwise."""
+        ...
+
+    async def publish_many(
+        self,
+        events: Sequence[OutgoingEvent],
+        *,
+        correlation_id: str | None = None,
+        traceparents: Sequence[str | None] | None = None,
+    ) -> list[PublishError | None]:
+        """`publish` for each event: None where the broker confirmed it, else the error."""
         ...
 
 
@@ -168,6 +179,108 @@ class AmqpPublisher:
         finally:
             self._observer.publish_finished(outcome, time.perf_counter() - started)
 
+    async def publish_many(
+        self,
+        events: Sequence[OutgoingEvent],
+        *,
+        correlation_id: str | None = None,
+        traceparents: Sequence[str | None] | None = None,
+    ) -> list[PublishError | None]:
+        """`publish` for each event, in one pass: what became of each (None: confirmed).
+
+        The events go out in one write and share one timeout, and each is still confirmed on
+        its own. An event whose id is already in flight (or repeated in `events`) takes its
+        turn through `publish`, alongside.
+        """
+        marks = traceparents if traceparents is not None else [None] * len(events)
+        outcomes: list[PublishError | None] = [None] * len(events)
+        held = [index for index, event in enumerate(events) if self._same_id.try_hold(event.id)]
+        in_turn = sorted(set(range(len(events))) - set(held))
+
+        async def take_turn(index: int) -> None:
+            try:
+                await self.publish(
+                    events[index], correlation_id=correlation_id, traceparent=marks[index]
+                )
+            except PublishError as error:
+                outcomes[index] = error
+
+        async with asyncio.TaskGroup() as group:
+            for index in in_turn:
+                group.create_task(take_turn(index))
+            try:
+                published = await self._publish_held(events, held, correlation_id, marks)
+            finally:
+                # Before the turns above end: a repeat within `events` waits for this one.
+                for index in held:
+                    self._same_id.release(events[index].id)
+            for index, outcome in zip(held, published, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _publish_held(
+        self,
+        events: Sequence[OutgoingEvent],
+        indices: Sequence[int],
+        correlation_id: str | None,
+        traceparents: Sequence[str | None],
+    ) -> list[PublishError | None]:
+        if not indices:
+            return []
+        started = time.perf_counter()
+        for _ in indices:
+            self._observer.publish_started()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                pipeline = await self._state.pipeline()
+        except PublishError as error:
+            outcomes: list[PublishError | None] = [error] * len(indices)
+        except TimeoutError:
+            outcomes = [PublishTimeoutError(f"no confirm within {self._timeout:g}s")] * len(indices)
+        else:
+            confirmations = [
+                pipeline.publish(
+                    to_wire_message(
+                        events[index],
+                        correlation_id=correlation_id,
+                        traceparent=traceparents[index],
+                    ),
+                    exchange=self._exchange,
+                    routing_key=events[index].type,
+                    mandatory=True,
+                )
+                for index in indices
+            ]
+            await asyncio.wait(confirmations, timeout=max(0.0, deadline - loop.time()))
+            outcomes = [self._outcome(confirmation) for confirmation in confirmations]
+        seconds = time.perf_counter() - started
+        for outcome in outcomes:
+            self._observer.publish_finished(_outcome_label(outcome), seconds)
+        return outcomes
+
+    def _outcome(self, confirmation: asyncio.Future[Any]) -> PublishError | None:
+        """What a settled (or still waiting) confirmation means, as `_publish` tells it."""
+        if not confirmation.done():
+            confirmation.cancel()  # aiormq ignores the late confirm
+            return PublishTimeoutError(f"no confirm within {self._timeout:g}s")
+        if confirmation.cancelled():
+            # aiormq cancels pending confirms when it drops a dead connection.
+            return BrokerUnavailableError("connection dropped while awaiting the confirm")
+        error = confirmation.exception()
+        if isinstance(error, DeliveryError):
+            return PublishRejectedError("RabbitMQ nacked the message", outcome="nack")
+        if isinstance(error, BROKER_FAILURES):
+            return BrokerUnavailableError(f"connection lost: {type(error).__name__}")
+        if error is not None:
+            raise error
+        if not isinstance(confirmation.result(), Basic.Ack):
+            return PublishRejectedError(
+                "RabbitMQ returned the message as unroutable", outcome="returned"
+            )
+        return None
+
     async def _publish(self, message: WireMessage, event: OutgoingEvent) -> None:
         try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
@@ -193,3 +306,14 @@ class AmqpPublisher:
             raise PublishRejectedError(
                 "RabbitMQ returned the message as unroutable", outcome="returned"
             )
+
+
+def _outcome_label(outcome: PublishError | None) -> str:
+    """The observer's name for an outcome: ack, nack, returned, timeout or unavailable."""
+    if outcome is None:
+        return "ack"
+    if isinstance(outcome, PublishRejectedError):
+        return outcome.outcome
+    if isinstance(outcome, PublishTimeoutError):
+        return "timeout"
+    return "unavailable"
