@@ -10,6 +10,7 @@ format is pamqp's in every case; the unit tests decode what is written here with
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ def _short_or_none(value: str | None) -> bytes:
     return b"" if value is None else _short(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _key_prefix(key: str) -> bytes:
+    """A header name and the long-string type tag: the same few names on every message."""
+    return _short(key) + b"S"
+
+
 def _table(headers: Mapping[str, Any]) -> bytes:
     parts: list[bytes] = []
     for key, value in headers.items():
@@ -79,8 +86,7 @@ def _table(headers: Mapping[str, Any]) -> bytes:
             # Counters, timestamps, nested tables: pamqp's encoder knows every field type.
             return encode.field_table(dict(headers))
         encoded = value.encode()
-        parts.append(_short(key))
-        parts.append(b"S")
+        parts.append(_key_prefix(key))
         parts.append(_U32.pack(len(encoded)))
         parts.append(encoded)
     payload = b"".join(parts)
