@@ -4,6 +4,7 @@ stop it and delete the namespace (whatever happened)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -21,6 +22,7 @@ from bench.harness import (
     drain,
     free_port,
     new_namespace,
+    postgres_store,
     run_to_json,
     start_child,
     wait_ready,
@@ -29,6 +31,7 @@ from producers import Topology
 
 __all__ = [
     "ceiling_consume",
+    "ceiling_latency",
     "conveyor_consume",
     "conveyor_ingest",
     "conveyor_latency",
@@ -106,6 +109,7 @@ async def conveyor_ingest(
     workers: int = 1,
     store_url: str | None = None,
     uvloop: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     namespace = new_namespace()
     try:
@@ -117,6 +121,7 @@ async def conveyor_ingest(
             workers=workers,
             store_url=store_url,
             uvloop=uvloop,
+            env=env,
         )
         try:
             await wait_ready(child, f"{base}/readyz")
@@ -165,6 +170,7 @@ async def _consume(
     *,
     null_store: bool = False,
     uvloop: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fill a fresh namespace's `sink` with `count` events, then time the consumer draining it.
     `start` is the peer's command (bench.peers), None for conveyor in the worker role."""
@@ -174,7 +180,7 @@ async def _consume(
         filled = await fill(namespace, count)
         if start is None:
             child, _ = await start_conveyor(
-                folder, namespace, "worker", null_store=null_store, uvloop=uvloop
+                folder, namespace, "worker", null_store=null_store, uvloop=uvloop, env=env
             )
         else:
             log = folder / f"{namespace}-{start[0]}.log"
@@ -203,9 +209,14 @@ async def faststream_consume(folder: Path, count: int) -> dict[str, Any]:
 
 
 async def conveyor_consume(
-    folder: Path, count: int, *, null_store: bool = False, uvloop: bool = False
+    folder: Path,
+    count: int,
+    *,
+    null_store: bool = False,
+    uvloop: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return await _consume(folder, count, None, null_store=null_store, uvloop=uvloop)
+    return await _consume(folder, count, None, null_store=null_store, uvloop=uvloop, env=env)
 
 
 async def worker_memory(folder: Path, backlog: int) -> dict[str, Any]:
@@ -229,19 +240,32 @@ async def ingress_memory(folder: Path, *, connections: int, seconds: float) -> d
         await delete_namespace(namespace)
 
 
-async def conveyor_latency(folder: Path, *, rate: float, seconds: float) -> dict[str, Any]:
-    """Ingest to handler start at `rate` events/s, one conveyor in the `all` role."""
+async def conveyor_latency(
+    folder: Path, *, rate: float, seconds: float, split: bool = False
+) -> dict[str, Any]:
+    """Ingest to handler start at `rate` events/s: one conveyor in the `all` role, or (`split`)
+    an `ingress` and a `worker` process sharing a PostgreSQL store, as a deployment would."""
     namespace = new_namespace()
     latencies = folder / f"{namespace}-latencies.txt"
+    env = {LATENCY_FILE: str(latencies)}
+    handler = "bench.handlers:record_latency"
     try:
-        child, base = await start_conveyor(
-            folder,
-            namespace,
-            "all",
-            handler="bench.handlers:record_latency",
-            env={LATENCY_FILE: str(latencies)},
-        )
-        try:
+        async with contextlib.AsyncExitStack() as running:
+            if split:
+                store_url = await running.enter_async_context(postgres_store())
+                worker, worker_base = await start_conveyor(
+                    folder, namespace, "worker", handler=handler, env=env, store_url=store_url
+                )
+                running.push_async_callback(worker.stop)
+                await wait_ready(worker, f"{worker_base}/readyz")
+                child, base = await start_conveyor(
+                    folder, namespace, "ingress", handler=handler, store_url=store_url
+                )
+            else:
+                child, base = await start_conveyor(
+                    folder, namespace, "all", handler=handler, env=env
+                )
+            running.push_async_callback(child.stop)
             await wait_ready(child, f"{base}/readyz")
             result = await _load(
                 base,
@@ -252,8 +276,6 @@ async def conveyor_latency(folder: Path, *, rate: float, seconds: float) -> dict
                 timeout=seconds + LOAD_SLACK_SECONDS,
             )
             seen = await _handled(latencies, result["accepted_events"])
-        finally:
-            await child.stop()
     finally:
         await delete_namespace(namespace)
     quantiles = statistics.quantiles(seen, n=100, method="inclusive")
@@ -265,6 +287,20 @@ async def conveyor_latency(folder: Path, *, rate: float, seconds: float) -> dict
         "latency_p99_ms": quantiles[98] * 1000,
         "latency_max_ms": max(seen) * 1000,
     }
+
+
+async def ceiling_latency(folder: Path, *, rate: float, seconds: float) -> dict[str, Any]:
+    """Raw aio-pika publish to consume start at `rate`: the floor under conveyor's figure."""
+    del folder  # the peer process needs no files
+    namespace = new_namespace()
+    try:
+        await declare_namespace(namespace)
+        return await run_to_json(
+            ["-m", "bench.peers", "ceiling-latency", namespace, f"{rate:.1f}", str(seconds)],
+            timeout=seconds + LOAD_SLACK_SECONDS,
+        )
+    finally:
+        await delete_namespace(namespace)
 
 
 async def _handled(latencies: Path, expected: int, timeout: float = 30.0) -> list[float]:
