@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -68,6 +68,9 @@ class Answer:
     status: int
     body: bytes
     replayed: bool = False
+    # Where the accepted single event's status is, when known without parsing `body` (a first
+    # answer); a replay is read back from the store with status and body only.
+    location: str | None = None
 
 
 def check_key(key: str) -> str:
@@ -115,7 +118,7 @@ class Deduplicator:
         self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[Answer]]
     ) -> Answer:
         deadline = asyncio.get_running_loop().time() + self._wait
-        owner = uuid.uuid4().hex
+        owner = os.urandom(16).hex()  # as unique as uuid4().hex, without the UUID object
         while True:
             claim = await self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease)
             match claim.outcome:
