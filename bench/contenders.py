@@ -106,6 +106,7 @@ async def conveyor_ingest(
     workers: int = 1,
     store_url: str | None = None,
     uvloop: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     namespace = new_namespace()
     try:
@@ -117,6 +118,7 @@ async def conveyor_ingest(
             workers=workers,
             store_url=store_url,
             uvloop=uvloop,
+            env=env,
         )
         try:
             await wait_ready(child, f"{base}/readyz")
@@ -165,6 +167,7 @@ async def _consume(
     *,
     null_store: bool = False,
     uvloop: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fill a fresh namespace's `sink` with `count` events, then time the consumer draining it.
     `start` is the peer's command (bench.peers), None for conveyor in the worker role."""
@@ -174,7 +177,7 @@ async def _consume(
         filled = await fill(namespace, count)
         if start is None:
             child, _ = await start_conveyor(
-                folder, namespace, "worker", null_store=null_store, uvloop=uvloop
+                folder, namespace, "worker", null_store=null_store, uvloop=uvloop, env=env
             )
         else:
             log = folder / f"{namespace}-{start[0]}.log"
@@ -203,9 +206,14 @@ async def faststream_consume(folder: Path, count: int) -> dict[str, Any]:
 
 
 async def conveyor_consume(
-    folder: Path, count: int, *, null_store: bool = False, uvloop: bool = False
+    folder: Path,
+    count: int,
+    *,
+    null_store: bool = False,
+    uvloop: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return await _consume(folder, count, None, null_store=null_store, uvloop=uvloop)
+    return await _consume(folder, count, None, null_store=null_store, uvloop=uvloop, env=env)
 
 
 async def worker_memory(folder: Path, backlog: int) -> dict[str, Any]:

@@ -13,11 +13,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from aio_pika import Message
-
 from consumers.event import Event
 from consumers.status import DeliveryState, DeliveryUpdate
-from producers import format_time, new_event, to_amqp_message
+from producers import WireMessage, format_time, new_event, to_wire_message
 
 __all__ = [
     "COMPLETION_SOURCE",
@@ -55,7 +53,7 @@ def completion_routing_key(update: DeliveryUpdate) -> str:
     return f"{COMPLETION_TYPES[update.state]}.{update.subscription}"
 
 
-def completion_message(update: DeliveryUpdate, *, correlation_id: str | None) -> Message:
+def completion_message(update: DeliveryUpdate, *, correlation_id: str | None) -> WireMessage:
     """The completion CloudEvent for a terminal `update`, ready to publish."""
     completion_type = COMPLETION_TYPES[update.state]
     data: dict[str, Any] = {
@@ -78,7 +76,7 @@ def completion_message(update: DeliveryUpdate, *, correlation_id: str | None) ->
         subject=update.event_id,
         extensions={"subscription": update.subscription},
     )
-    return to_amqp_message(completion, correlation_id=correlation_id)
+    return to_wire_message(completion, correlation_id=correlation_id)
 
 
 def _identity(attributes: Mapping[str, str]) -> dict[str, str]:

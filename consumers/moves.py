@@ -12,14 +12,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aio_pika.exceptions import DeliveryError
 from pamqp import encode
 from pamqp.commands import Basic
 
 from consumers.dead_letter import ERROR_MESSAGE, ERROR_TRACEBACK
-from producers import BROKER_FAILURES, SameIdGate
+from producers import BROKER_FAILURES, ChannelPipeline, SameIdGate, WireMessage
 
 __all__ = ["MessageMover", "MoveFailedError", "UncopyableMessageError"]
 
@@ -69,9 +68,13 @@ def fit_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 
 class MessageMover:
     def __init__(self, channel: AbstractChannel, *, timeout: float) -> None:
-        self._channel = channel  # opened with publisher_confirms=True
+        # Opened with publisher_confirms=True, and publishing nothing but the mover's copies.
+        self._pipeline = ChannelPipeline(channel)
         self._timeout = timeout
         self._same_id = SameIdGate()
+
+    def close(self) -> None:
+        self._pipeline.close()
 
     async def copy(
         self,
@@ -86,7 +89,7 @@ class MessageMover:
         Raises MoveFailedError, and nothing else, for any reason the copy is not confirmed.
         """
         try:
-            copy = Message(
+            copy = WireMessage(
                 message.body,
                 headers=fit_headers(headers),
                 content_type=message.content_type,
@@ -95,29 +98,25 @@ class MessageMover:
                 correlation_id=message.correlation_id,
                 reply_to=message.reply_to,
                 priority=message.priority,
-                timestamp=message.timestamp,
+                timestamp=None if message.timestamp is None else int(message.timestamp.timestamp()),
                 type=message.type,
                 app_id=message.app_id,
                 # No expiration: a copy in a retry tier or DLQ must not vanish on its own.
-                delivery_mode=DeliveryMode.PERSISTENT,
+                delivery_mode=2,  # persistent
             )
         except (TypeError, ValueError, OverflowError) as error:
             raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
         await self.publish(copy, exchange=exchange, routing_key=routing_key, mandatory=True)
 
     async def publish(
-        self, message: Message, *, exchange: str, routing_key: str, mandatory: bool
+        self, message: WireMessage, *, exchange: str, routing_key: str, mandatory: bool
     ) -> None:
         """Publish `message`; return once RabbitMQ confirmed it, else raise MoveFailedError."""
         try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(message.message_id):
-                target = (
-                    self._channel.default_exchange
-                    if exchange == ""
-                    else await self._channel.get_exchange(exchange, ensure=False)
-                )
-                confirmation = await target.publish(
-                    message, routing_key=routing_key, mandatory=mandatory
+                pipeline = await self._pipeline.current()
+                confirmation = await pipeline.publish(
+                    message, exchange=exchange, routing_key=routing_key, mandatory=mandatory
                 )
         except DeliveryError:
             raise MoveFailedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None

@@ -10,7 +10,9 @@ from producers.formats import (
     validate_attributes,
     validate_content_type,
 )
+from producers.frames import WireMessage
 from producers.observe import NO_PUBLISH_OBSERVER, PublishObserver
+from producers.pipeline import ChannelPipeline
 from producers.publisher import (
     BROKER_FAILURES,
     AmqpPublisher,
@@ -22,7 +24,7 @@ from producers.publisher import (
 )
 from producers.same_id import SameIdGate
 from producers.topology import Topology, declare_events_exchange, declare_results_exchange
-from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message
+from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message, to_wire_message
 
 __all__ = [
     "BROKER_FAILURES",
@@ -32,6 +34,7 @@ __all__ = [
     "TRACEPARENT_HEADER",
     "AmqpPublisher",
     "BrokerUnavailableError",
+    "ChannelPipeline",
     "EventClient",
     "InvalidEventError",
     "OutgoingEvent",
@@ -42,6 +45,7 @@ __all__ = [
     "Publisher",
     "SameIdGate",
     "Topology",
+    "WireMessage",
     "declare_events_exchange",
     "declare_results_exchange",
     "event_from_json",
@@ -50,6 +54,7 @@ __all__ = [
     "new_event",
     "parse_time",
     "to_amqp_message",
+    "to_wire_message",
     "validate_attributes",
     "validate_content_type",
 ]

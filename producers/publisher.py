@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import aiormq.exceptions
-from aio_pika import Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from producers.event import OutgoingEvent
+from producers.frames import WireMessage
 from producers.observe import NO_PUBLISH_OBSERVER, PublishObserver
+from producers.pipeline import ChannelPipeline, ConfirmPipeline
 from producers.same_id import SameIdGate
-from producers.wire import to_amqp_message
+from producers.wire import to_wire_message
 
 __all__ = [
     "BROKER_FAILURES",
@@ -63,6 +65,16 @@ class Publisher(Protocol):
         """Return once the broker confirmed the event; raise PublishError otherwise."""
         ...
 
+    async def publish_many(
+        self,
+        events: Sequence[OutgoingEvent],
+        *,
+        correlation_id: str | None = None,
+        traceparents: Sequence[str | None] | None = None,
+    ) -> list[PublishError | None]:
+        """`publish` for each event: None where the broker confirmed it, else the error."""
+        ...
+
 
 class _Detached:
     """Publisher state before the broker connection exists: every use fails loudly."""
@@ -70,25 +82,23 @@ class _Detached:
     def usable(self) -> bool:
         return False
 
-    async def exchange(self) -> AbstractExchange:
+    async def pipeline(self) -> ConfirmPipeline:
         raise BrokerUnavailableError("not connected to RabbitMQ")
+
+    def close(self) -> None:
+        pass
 
 
 class _Attached:
-    def __init__(
-        self,
-        connection: AbstractRobustConnection,
-        channel: AbstractChannel,
-        exchange: AbstractExchange,
-    ) -> None:
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel) -> None:
         self._connection = connection
         self._channel = channel
-        self._exchange = exchange
+        self._pipeline = ChannelPipeline(channel)
 
     def usable(self) -> bool:
         return self._connection.connected.is_set() and not self._channel.is_closed
 
-    async def exchange(self) -> AbstractExchange:
+    async def pipeline(self) -> ConfirmPipeline:
         if not self._connection.connected.is_set():
             # Known down: answer at once rather than hold the client for the whole timeout.
             raise BrokerUnavailableError("the connection to RabbitMQ is down")
@@ -96,7 +106,10 @@ class _Attached:
         # channel; wait for it (the caller's publish timeout bounds this).
         while self._channel.is_closed:  # noqa: ASYNC110 - aio-pika offers no event for "restored"
             await asyncio.sleep(_RESTORE_POLL_SECONDS)
-        return self._exchange
+        return await self._pipeline.current()
+
+    def close(self) -> None:
+        self._pipeline.close()
 
 
 _RESTORE_POLL_SECONDS = 0.02
@@ -120,6 +133,7 @@ class AmqpPublisher:
         self._timeout = timeout
         self._observer = observer
         self._state: _Detached | _Attached = _Detached()
+        self._exchange = ""
         self._same_id = SameIdGate()
 
     def attach(
@@ -128,7 +142,10 @@ class AmqpPublisher:
         channel: AbstractChannel,
         exchange: AbstractExchange,
     ) -> None:
-        self._state = _Attached(connection, channel, exchange)
+        """Publish to `exchange` on `channel`, a confirm-mode channel of this publisher's own."""
+        self._state.close()
+        self._exchange = exchange.name
+        self._state = _Attached(connection, channel)
 
     @property
     def usable(self) -> bool:
@@ -136,6 +153,7 @@ class AmqpPublisher:
         return self._state.usable()
 
     def detach(self) -> None:
+        self._state.close()
         self._state = _Detached()
 
     async def publish(
@@ -145,7 +163,7 @@ class AmqpPublisher:
         correlation_id: str | None = None,
         traceparent: str | None = None,
     ) -> None:
-        message = to_amqp_message(event, correlation_id=correlation_id, traceparent=traceparent)
+        message = to_wire_message(event, correlation_id=correlation_id, traceparent=traceparent)
         started = time.perf_counter()
         self._observer.publish_started()
         outcome = "unavailable"
@@ -161,12 +179,114 @@ class AmqpPublisher:
         finally:
             self._observer.publish_finished(outcome, time.perf_counter() - started)
 
-    async def _publish(self, message: Message, event: OutgoingEvent) -> None:
+    async def publish_many(
+        self,
+        events: Sequence[OutgoingEvent],
+        *,
+        correlation_id: str | None = None,
+        traceparents: Sequence[str | None] | None = None,
+    ) -> list[PublishError | None]:
+        """`publish` for each event, in one pass: what became of each (None: confirmed).
+
+        The events go out in one write and share one timeout, and each is still confirmed on
+        its own. An event whose id is already in flight (or repeated in `events`) takes its
+        turn through `publish`, alongside.
+        """
+        marks = traceparents if traceparents is not None else [None] * len(events)
+        outcomes: list[PublishError | None] = [None] * len(events)
+        held = [index for index, event in enumerate(events) if self._same_id.try_hold(event.id)]
+        in_turn = sorted(set(range(len(events))) - set(held))
+
+        async def take_turn(index: int) -> None:
+            try:
+                await self.publish(
+                    events[index], correlation_id=correlation_id, traceparent=marks[index]
+                )
+            except PublishError as error:
+                outcomes[index] = error
+
+        async with asyncio.TaskGroup() as group:
+            for index in in_turn:
+                group.create_task(take_turn(index))
+            try:
+                published = await self._publish_held(events, held, correlation_id, marks)
+            finally:
+                # Before the turns above end: a repeat within `events` waits for this one.
+                for index in held:
+                    self._same_id.release(events[index].id)
+            for index, outcome in zip(held, published, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _publish_held(
+        self,
+        events: Sequence[OutgoingEvent],
+        indices: Sequence[int],
+        correlation_id: str | None,
+        traceparents: Sequence[str | None],
+    ) -> list[PublishError | None]:
+        if not indices:
+            return []
+        started = time.perf_counter()
+        for _ in indices:
+            self._observer.publish_started()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                pipeline = await self._state.pipeline()
+        except PublishError as error:
+            outcomes: list[PublishError | None] = [error] * len(indices)
+        except TimeoutError:
+            outcomes = [PublishTimeoutError(f"no confirm within {self._timeout:g}s")] * len(indices)
+        else:
+            confirmations = [
+                pipeline.publish(
+                    to_wire_message(
+                        events[index],
+                        correlation_id=correlation_id,
+                        traceparent=traceparents[index],
+                    ),
+                    exchange=self._exchange,
+                    routing_key=events[index].type,
+                    mandatory=True,
+                )
+                for index in indices
+            ]
+            await asyncio.wait(confirmations, timeout=max(0.0, deadline - loop.time()))
+            outcomes = [self._outcome(confirmation) for confirmation in confirmations]
+        seconds = time.perf_counter() - started
+        for outcome in outcomes:
+            self._observer.publish_finished(_outcome_label(outcome), seconds)
+        return outcomes
+
+    def _outcome(self, confirmation: asyncio.Future[Any]) -> PublishError | None:
+        """What a settled (or still waiting) confirmation means, as `_publish` tells it."""
+        if not confirmation.done():
+            confirmation.cancel()  # aiormq ignores the late confirm
+            return PublishTimeoutError(f"no confirm within {self._timeout:g}s")
+        if confirmation.cancelled():
+            # aiormq cancels pending confirms when it drops a dead connection.
+            return BrokerUnavailableError("connection dropped while awaiting the confirm")
+        error = confirmation.exception()
+        if isinstance(error, DeliveryError):
+            return PublishRejectedError("RabbitMQ nacked the message", outcome="nack")
+        if isinstance(error, BROKER_FAILURES):
+            return BrokerUnavailableError(f"connection lost: {type(error).__name__}")
+        if error is not None:
+            raise error
+        if not isinstance(confirmation.result(), Basic.Ack):
+            return PublishRejectedError(
+                "RabbitMQ returned the message as unroutable", outcome="returned"
+            )
+        return None
+
+    async def _publish(self, message: WireMessage, event: OutgoingEvent) -> None:
         try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
-                exchange = await self._state.exchange()
-                confirmation = await exchange.publish(
-                    message, routing_key=event.type, mandatory=True
+                pipeline = await self._state.pipeline()
+                confirmation = await pipeline.publish(
+                    message, exchange=self._exchange, routing_key=event.type, mandatory=True
                 )
         except TimeoutError:
             raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None
@@ -186,3 +306,14 @@ class AmqpPublisher:
             raise PublishRejectedError(
                 "RabbitMQ returned the message as unroutable", outcome="returned"
             )
+
+
+def _outcome_label(outcome: PublishError | None) -> str:
+    """The observer's name for an outcome: ack, nack, returned, timeout or unavailable."""
+    if outcome is None:
+        return "ack"
+    if isinstance(outcome, PublishRejectedError):
+        return outcome.outcome
+    if isinstance(outcome, PublishTimeoutError):
+        return "timeout"
+    return "unavailable"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 
 __all__ = ["SameIdGate"]
@@ -16,21 +17,41 @@ __all__ = ["SameIdGate"]
 
 class SameIdGate:
     def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._holders: dict[str, int] = {}
+        # An id is held while it is a key here; its deque holds the turns waiting for it.
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def try_hold(self, message_id: str) -> bool:
+        """Take `message_id`'s turn at once if nobody holds it; `release` gives it back."""
+        if message_id in self._waiting:
+            return False
+        self._waiting[message_id] = deque()
+        return True
+
+    def release(self, message_id: str) -> None:
+        """End the holder's turn: the next waiter (in arrival order) gets it."""
+        waiters = self._waiting[message_id]
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        del self._waiting[message_id]
 
     @contextlib.asynccontextmanager
     async def turn(self, message_id: str | None) -> AsyncIterator[None]:
         if message_id is None:
             yield
             return
-        lock = self._locks.setdefault(message_id, asyncio.Lock())
-        self._holders[message_id] = self._holders.get(message_id, 0) + 1
+        if not self.try_hold(message_id):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting[message_id].append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.release(message_id)  # handed the turn, then cancelled: pass it on
+                raise
         try:
-            async with lock:
-                yield
+            yield
         finally:
-            self._holders[message_id] -= 1
-            if not self._holders[message_id]:
-                del self._holders[message_id]
-                del self._locks[message_id]
+            self.release(message_id)

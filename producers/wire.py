@@ -11,11 +11,32 @@ from __future__ import annotations
 from aio_pika import DeliveryMode, Message
 
 from producers.event import OutgoingEvent
+from producers.frames import WireMessage
 
-__all__ = ["CE_HEADER_PREFIX", "TRACEPARENT_HEADER", "to_amqp_message"]
+__all__ = ["CE_HEADER_PREFIX", "TRACEPARENT_HEADER", "to_amqp_message", "to_wire_message"]
 
 CE_HEADER_PREFIX = "ce-"
 TRACEPARENT_HEADER = "traceparent"
+
+
+def to_wire_message(
+    event: OutgoingEvent,
+    *,
+    correlation_id: str | None = None,
+    traceparent: str | None = None,
+) -> WireMessage:
+    """The event as conveyor's publish pipeline writes it (the same wire form as below)."""
+    headers = {CE_HEADER_PREFIX + name: value for name, value in event.attributes.items()}
+    if traceparent is not None:
+        headers[TRACEPARENT_HEADER] = traceparent
+    return WireMessage(
+        event.data,
+        message_id=event.id,
+        headers=headers,
+        content_type=event.datacontenttype,
+        correlation_id=correlation_id,
+        app_id="conveyor",
+    )
 
 
 def to_amqp_message(

@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -23,7 +23,9 @@ from producers import OutgoingEvent
 from service.store import (
     WRITE_TIMEOUT_SECONDS,
     BatchWriter,
+    Claim,
     ClaimOutcome,
+    ClaimRequest,
     IdempotencyStore,
     Statements,
 )
@@ -137,6 +139,78 @@ class Deduplicator:
                         )
                     await asyncio.sleep(_POLL_SECONDS)
 
+    async def once_many(
+        self,
+        scope: str,
+        identities: Sequence[tuple[str, str]],
+        produce: Callable[[Sequence[int]], Awaitable[Sequence[Answer | Exception]]],
+    ) -> list[Answer | Exception]:
+        """`once` for each (key, fingerprint) of `identities`, in few store statements.
+
+        `produce(indices)` produces the entries claimed here, all at once. The first use of each
+        key is claimed in one statement and the answers are stored in one write; a key repeated
+        in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
+        """
+        batch = _ManyClaims(scope, identities, owner=os.urandom(16).hex())
+        claims = await self._store.claim_many(batch.requests(self._lease))
+        owned = batch.sort(claims)
+
+        async def alone(index: int) -> None:
+            async def produce_one() -> Answer:
+                (answer,) = await produce([index])
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+
+            try:
+                batch.results[index] = await self.once(scope, *identities[index], produce_one)
+            except Exception as error:  # noqa: BLE001 - the entry's own outcome, as `once` raises it
+                batch.results[index] = error
+
+        async with asyncio.TaskGroup() as group:
+            for index in batch.one_by_one:
+                group.create_task(alone(index))
+            if owned:
+                await self._produce_owned(batch, owned, produce)
+        return batch.finished()
+
+    async def _produce_owned(
+        self,
+        batch: _ManyClaims,
+        owned: list[int],
+        produce: Callable[[Sequence[int]], Awaitable[Sequence[Answer | Exception]]],
+    ) -> None:
+        scope, owner = batch.scope, batch.owner
+        try:
+            answers = await produce(owned)
+        except BaseException:
+            await asyncio.shield(
+                asyncio.gather(*(self._release(scope, batch.key(i), owner) for i in owned))
+            )
+            raise
+        expires_at = time.time() + self._ttl
+        completions = []
+        releases = []
+        for index, answer in zip(owned, answers, strict=True):
+            batch.results[index] = answer
+            key = batch.key(index)
+            if isinstance(answer, Exception) or answer.status >= _SERVER_ERROR:
+                releases.append(self._release(scope, key, owner))
+            else:
+                completions.append(
+                    (
+                        Statements.complete,
+                        (answer.status, answer.body, expires_at, scope, key, owner),
+                    )
+                )
+        await asyncio.gather(*releases)
+        if not completions:
+            return
+        try:
+            await self._writer.store(*completions)
+        except Exception as error:  # noqa: BLE001 - the answers stand; only their replay is lost
+            _log.warning("could not store the answers for replays", scope=scope, error=str(error))
+
     async def _produce(
         self, scope: str, key: str, owner: str, produce: Callable[[], Awaitable[Answer]]
     ) -> Answer:
@@ -163,3 +237,51 @@ class Deduplicator:
             await self._store.release(scope, key, owner)
         except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
             _log.warning("could not release an idempotency key", scope=scope, error=str(error))
+
+
+class _ManyClaims:
+    """The entries of one `once_many`: which are claimed together, and what became of each."""
+
+    def __init__(self, scope: str, identities: Sequence[tuple[str, str]], *, owner: str) -> None:
+        self.scope = scope
+        self.owner = owner
+        self._identities = identities
+        self.firsts: dict[str, int] = {}  # each key's first entry: claimed in one statement
+        for index, (key, _) in enumerate(identities):
+            self.firsts.setdefault(key, index)
+        self.one_by_one = [i for i in range(len(identities)) if self.firsts[identities[i][0]] != i]
+        self.results: list[Answer | Exception | None] = [None] * len(identities)
+
+    def key(self, index: int) -> str:
+        return self._identities[index][0]
+
+    def requests(self, lease: float) -> list[ClaimRequest]:
+        return [
+            ClaimRequest(self.scope, key, self._identities[index][1], self.owner, lease)
+            for key, index in self.firsts.items()
+        ]
+
+    def sort(self, claims: Sequence[Claim]) -> list[int]:
+        """Settle the replays and conflicts; the entries owned here (in progress: one by one)."""
+        owned = []
+        for index, claim in zip(self.firsts.values(), claims, strict=True):
+            match claim.outcome:
+                case ClaimOutcome.OWNER:
+                    owned.append(index)
+                case ClaimOutcome.REPLAY:
+                    self.results[index] = Answer(
+                        claim.status or 200, claim.body or b"", replayed=True
+                    )
+                case ClaimOutcome.CONFLICT:
+                    self.results[index] = IdempotencyConflictError(
+                        "this key was already used for a different request"
+                    )
+                case ClaimOutcome.IN_PROGRESS:
+                    self.one_by_one.append(index)
+        return owned
+
+    def finished(self) -> list[Answer | Exception]:
+        done = [result for result in self.results if result is not None]
+        if len(done) != len(self.results):
+            raise RuntimeError("an entry of once_many was left without an outcome")
+        return done

@@ -129,7 +129,16 @@ class StatusBook:
 
     async def accepted(self, event: OutgoingEvent) -> None:
         """Record an event RabbitMQ confirmed: `pending` where it was routed, else unrouted."""
+        await self._writer.store(*self._accepted_writes(event, time.time()))
+
+    async def accepted_many(self, events: Sequence[OutgoingEvent]) -> None:
+        """`accepted` for each event, in one write."""
         now = time.time()
+        await self._writer.store(
+            *(write for event in events for write in self._accepted_writes(event, now))
+        )
+
+    def _accepted_writes(self, event: OutgoingEvent, now: float) -> list[Write]:
         routed = routed_subscriptions(self._subscriptions, event.type)
         attributes = dict(event.attributes)
         if event.datacontenttype is not None:
@@ -156,7 +165,7 @@ class StatusBook:
             )
             for name in routed
         ]
-        await self._writer.store(*writes)
+        return writes
 
     async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
         return await self._succeeded.get((event_id, source, subscription))

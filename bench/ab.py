@@ -1,0 +1,82 @@
+"""Two checkouts of conveyor, interleaved round after round: did a change make it faster?
+
+    .venv/bin/python -m bench.ab --base /path/to/other/checkout [--items single,batch,consume]
+                                 [--rounds 3] [--seconds 5] [--consume-events 10000]
+
+The "head" arm is this checkout, the "base" arm the checkout at `--base` (e.g. a `git worktree`
+of the commit before); each conveyor process gets its arm's tree first on PYTHONPATH. Arms
+alternate within each round, starting arm rotating, so a noisy neighbour hits both alike.
+Prints each arm's median events/s (min-max) and the median of the per-round head/base ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import contenders
+from bench.harness import ROOT
+
+Measure = Callable[[Path, dict[str, str]], Awaitable[dict[str, Any]]]
+
+
+def _measures(arguments: argparse.Namespace) -> dict[str, Measure]:
+    seconds, connections = arguments.seconds, arguments.connections
+    return {
+        "single": lambda f, env: contenders.conveyor_ingest(
+            f, connections=connections, seconds=seconds, env=env
+        ),
+        "batch": lambda f, env: contenders.conveyor_ingest(
+            f, connections=8, seconds=seconds, batch=100, env=env
+        ),
+        "consume": lambda f, env: contenders.conveyor_consume(f, arguments.consume_events, env=env),
+    }
+
+
+async def compare(arguments: argparse.Namespace, base: Path) -> None:
+    arms = {"head": str(ROOT), "base": str(base)}
+    measures = _measures(arguments)
+    rates: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="conveyor-ab-") as folder:
+        for number in range(arguments.rounds):
+            for item in arguments.items.split(","):
+                order = list(arms) if number % 2 == 0 else list(reversed(arms))
+                for arm in order:
+                    env = {"PYTHONPATH": arms[arm]}
+                    result = await measures[item](Path(folder), env)
+                    rate = float(result["events_per_second"])
+                    rates.setdefault(item, {}).setdefault(arm, []).append(rate)
+                    print(f"round {number + 1} {item} {arm}: {rate:,.0f} events/s", flush=True)
+    print("\n| item | head | base | head / base (per round) |\n| --- | --- | --- | --- |")
+    for item, by_arm in rates.items():
+        head, other = by_arm["head"], by_arm["base"]
+        ratios = [h / b for h, b in zip(head, other, strict=True)]
+        print(
+            f"| {item} | {_spread(head)} | {_spread(other)} | {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the other checkout's root folder")
+    parser.add_argument("--items", default="single,batch,consume")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--consume-events", type=int, default=10_000)
+    arguments = parser.parse_args()
+    asyncio.run(compare(arguments, Path(arguments.base).resolve()))
+
+
+if __name__ == "__main__":
+    main()
