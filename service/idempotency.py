@@ -28,6 +28,7 @@ from service.store import (
     ClaimRequest,
     IdempotencyStore,
     Statements,
+    Write,
 )
 
 __all__ = [
@@ -73,6 +74,9 @@ class Answer:
     # Where the accepted single event's status is, when known without parsing `body` (a first
     # answer); a replay is read back from the store with status and body only.
     location: str | None = None
+    # Writes to commit together with the answer (the accepted event's status): one transaction
+    # and one wait per request instead of two in a row (issue 7). Only for an answer kept.
+    writes: tuple[Write, ...] = ()
 
 
 def check_key(key: str) -> str:
@@ -225,11 +229,17 @@ class Deduplicator:
         expires_at = time.time() + self._ttl
         complete = (answer.status, answer.body, expires_at, scope, key, owner)
         try:
-            await self._writer.store((Statements.complete, complete))
+            await self._writer.store(*answer.writes, (Statements.complete, complete))
         except Exception as error:  # noqa: BLE001 - the answer stands; only its replay is lost
             # What was produced happened (events are in RabbitMQ): answer it. A repeat within
-            # the lease waits and gets 409; after it, it is treated as new.
-            _log.warning("could not store the answer for replays", scope=scope, error=str(error))
+            # the lease waits and gets 409; after it, it is treated as new. A status written
+            # with it appears once a consumer reports on the event.
+            _log.warning(
+                "could not store the answer for replays",
+                scope=scope,
+                writes_with_it=len(answer.writes),
+                error=str(error),
+            )
         return answer
 
     async def _release(self, scope: str, key: str, owner: str) -> None:

@@ -47,6 +47,7 @@ from service.metrics_api import count_answer
 from service.problems import PROBLEM_CONTENT_TYPE, Problem, problem_response
 from service.settings import Settings
 from service.status import StatusBook
+from service.store import Write
 from service.tracing import Tracing
 
 __all__ = ["INGEST_PATH", "answers_middleware", "ingest"]
@@ -343,7 +344,8 @@ class _Publication:
     async def __call__(self, event: OutgoingEvent) -> None:
         async def publish() -> Answer:
             await self._publish(event)
-            return Answer(202, b"")
+            # The status goes to the store with the answer, in one write.
+            return Answer(202, b"", writes=self._status_writes(event))
 
         answer = await self._deduplicator.once(
             "event", event_identity(event), event_fingerprint(event), publish
@@ -354,6 +356,14 @@ class _Publication:
         else:
             self.metrics.events_accepted.inc()
 
+    def _status_writes(self, event: OutgoingEvent) -> tuple[Write, ...]:
+        try:
+            return tuple(self._book.accepted_writes(event))
+        except Exception as error:  # noqa: BLE001 - the event is safe in RabbitMQ; say yes
+            # Its status appears once a consumer reports on it.
+            _log.warning("could not record the accepted event's status", error=str(error))
+            return ()
+
     async def _publish(self, event: OutgoingEvent) -> None:
         # Bound with tokens and reset, not `bound_contextvars`, which reads the whole context
         # first and binds twice: a cost per event published (issue 7). Same effect.
@@ -361,20 +371,15 @@ class _Publication:
             event_id=event.id, event_type=event.type, correlation_id=self._correlation_id
         )
         try:
-            try:
-                with self._tracing.publish(event, self._traceparent) as traceparent:
-                    await self._publisher.publish(
-                        event, correlation_id=self._correlation_id, traceparent=traceparent
-                    )
-            except PublishError as error:
-                _log.warning("event not accepted", reason=error.reason, error=str(error))
-                raise
+            with self._tracing.publish(event, self._traceparent) as traceparent:
+                await self._publisher.publish(
+                    event, correlation_id=self._correlation_id, traceparent=traceparent
+                )
+        except PublishError as error:
+            _log.warning("event not accepted", reason=error.reason, error=str(error))
+            raise
+        else:
             _log.debug("event accepted")
-            try:
-                await self._book.accepted(event)
-            except Exception as error:  # noqa: BLE001 - the event is safe in RabbitMQ; say yes
-                # Its status appears once a consumer reports on it.
-                _log.warning("could not record the accepted event's status", error=str(error))
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
