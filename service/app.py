@@ -14,10 +14,11 @@ from producers import AmqpPublisher
 from service.admin_api import add_admin_routes
 from service.admin_dead_letters import add_dead_letter_routes
 from service.admission import Admission
+from service.answers import answers_middleware
 from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
-from service.ingress import INGEST_PATH, answers_middleware, ingest
+from service.ingress import INGEST_PATH, ingest
 from service.keys import (
     ADMISSION,
     DEDUPLICATOR,
