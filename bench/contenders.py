@@ -4,6 +4,7 @@ stop it and delete the namespace (whatever happened)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -21,6 +22,7 @@ from bench.harness import (
     drain,
     free_port,
     new_namespace,
+    postgres_store,
     run_to_json,
     start_child,
     wait_ready,
@@ -29,6 +31,7 @@ from producers import Topology
 
 __all__ = [
     "ceiling_consume",
+    "ceiling_latency",
     "conveyor_consume",
     "conveyor_ingest",
     "conveyor_latency",
@@ -237,19 +240,32 @@ async def ingress_memory(folder: Path, *, connections: int, seconds: float) -> d
         await delete_namespace(namespace)
 
 
-async def conveyor_latency(folder: Path, *, rate: float, seconds: float) -> dict[str, Any]:
-    """Ingest to handler start at `rate` events/s, one conveyor in the `all` role."""
+async def conveyor_latency(
+    folder: Path, *, rate: float, seconds: float, split: bool = False
+) -> dict[str, Any]:
+    """Ingest to handler start at `rate` events/s: one conveyor in the `all` role, or (`split`)
+    an `ingress` and a `worker` process sharing a PostgreSQL store, as a deployment would."""
     namespace = new_namespace()
     latencies = folder / f"{namespace}-latencies.txt"
+    env = {LATENCY_FILE: str(latencies)}
+    handler = "bench.handlers:record_latency"
     try:
-        child, base = await start_conveyor(
-            folder,
-            namespace,
-            "all",
-            handler="bench.handlers:record_latency",
-            env={LATENCY_FILE: str(latencies)},
-        )
-        try:
+        async with contextlib.AsyncExitStack() as running:
+            if split:
+                store_url = await running.enter_async_context(postgres_store())
+                worker, worker_base = await start_conveyor(
+                    folder, namespace, "worker", handler=handler, env=env, store_url=store_url
+                )
+                running.push_async_callback(worker.stop)
+                await wait_ready(worker, f"{worker_base}/readyz")
+                child, base = await start_conveyor(
+                    folder, namespace, "ingress", handler=handler, store_url=store_url
+                )
+            else:
+                child, base = await start_conveyor(
+                    folder, namespace, "all", handler=handler, env=env
+                )
+            running.push_async_callback(child.stop)
             await wait_ready(child, f"{base}/readyz")
             result = await _load(
                 base,
@@ -260,8 +276,6 @@ async def conveyor_latency(folder: Path, *, rate: float, seconds: float) -> dict
                 timeout=seconds + LOAD_SLACK_SECONDS,
             )
             seen = await _handled(latencies, result["accepted_events"])
-        finally:
-            await child.stop()
     finally:
         await delete_namespace(namespace)
     quantiles = statistics.quantiles(seen, n=100, method="inclusive")
@@ -273,6 +287,20 @@ async def conveyor_latency(folder: Path, *, rate: float, seconds: float) -> dict
         "latency_p99_ms": quantiles[98] * 1000,
         "latency_max_ms": max(seen) * 1000,
     }
+
+
+async def ceiling_latency(folder: Path, *, rate: float, seconds: float) -> dict[str, Any]:
+    """Raw aio-pika publish to consume start at `rate`: the floor under conveyor's figure."""
+    del folder  # the peer process needs no files
+    namespace = new_namespace()
+    try:
+        await declare_namespace(namespace)
+        return await run_to_json(
+            ["-m", "bench.peers", "ceiling-latency", namespace, f"{rate:.1f}", str(seconds)],
+            timeout=seconds + LOAD_SLACK_SECONDS,
+        )
+    finally:
+        await delete_namespace(namespace)
 
 
 async def _handled(latencies: Path, expected: int, timeout: float = 30.0) -> list[float]:

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import aio_pika
 import aiohttp
 import aiormq.exceptions
+import asyncpg
 import orjson
 
 from consumers import RetryPolicy, Subscription, builtin
@@ -46,6 +47,7 @@ __all__ = [
     "event_document",
     "free_port",
     "new_namespace",
+    "postgres_store",
     "run_to_json",
     "sink_queue_arguments",
     "start_child",
@@ -241,3 +243,17 @@ async def drain(queue: str, expected: int, child: Child, timeout: float) -> floa
                 return remaining_at_start / (now - started) if now > started else 0.0
             await asyncio.sleep(0.05)
     raise RuntimeError(f"{queue} not drained within {timeout:g}s:\n{child.tail()}")
+
+
+@contextlib.asynccontextmanager
+async def postgres_store() -> AsyncIterator[str]:
+    """A CONVEYOR_STORE_URL on PostgreSQL in a schema of its own, dropped afterwards (the store
+    several conveyor processes share)."""
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{POSTGRES_URL}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()

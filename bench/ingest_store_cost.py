@@ -16,15 +16,12 @@ import argparse
 import asyncio
 import statistics
 import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
-
 from bench.contenders import conveyor_ingest
-from bench.harness import POSTGRES_URL
+from bench.harness import postgres_store
 
 MODES = ("none", "sqlite", "postgresql")
 SINGLE_CONNECTIONS = 64
@@ -38,14 +35,8 @@ async def _store_url(mode: str) -> AsyncIterator[str | None]:
     if mode != "postgresql":
         yield None
         return
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        yield f"{POSTGRES_URL}?search_path={schema}"
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
+    async with postgres_store() as url:
+        yield url
 
 
 async def one_round(mode: str, seconds: float, folder: Path) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
     python -m bench.peers ceiling-publish NAMESPACE COUNT   # raw aio-pika, prints JSON
     python -m bench.peers ceiling-consume NAMESPACE         # raw aio-pika, until SIGTERM
+    python -m bench.peers ceiling-latency NAMESPACE RATE SECONDS  # raw publish to consume, JSON
     python -m bench.peers naive PORT NAMESPACE              # aiohttp + one aio-pika publish
     python -m bench.peers faststream-http PORT NAMESPACE    # aiohttp + FastStream's publish
     python -m bench.peers faststream-consume NAMESPACE      # a FastStream subscriber
@@ -92,6 +93,53 @@ async def ceiling_consume(namespace: str) -> None:
         taking.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await taking
+
+
+async def ceiling_latency(namespace: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Raw aio-pika at `rate` messages/s for `seconds`: publish (confirm) to consume start.
+
+    The floor under conveyor's ingest-to-handler latency: the same quorum queue and message,
+    no HTTP, no store, one process publishing on schedule and consuming.
+    """
+    latencies: list[float] = []
+    count = int(rate * seconds)
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        publishing = await connection.channel(publisher_confirms=True)
+        exchange = await publishing.get_exchange(Topology(namespace).events_exchange)
+        consuming = await connection.channel()
+        await consuming.set_qos(prefetch_count=PREFETCH)
+        queue = await consuming.get_queue(Topology(namespace).queue(SINK))
+        all_in = asyncio.Event()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            sent = message.headers.get("x-benchsent")
+            latencies.append(time.time() - float(str(sent)))
+            await message.ack()
+            if len(latencies) >= count:
+                all_in.set()
+
+        await queue.consume(on_message)
+        started = time.perf_counter()
+        async with asyncio.TaskGroup() as group:
+            for index in range(count):
+                delay = started + index / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                message = wire_message(f"latency-{index}")
+                message.headers["x-benchsent"] = repr(time.time())
+                group.create_task(
+                    exchange.publish(message, routing_key="bench.event", mandatory=True)
+                )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), timeout=30)
+    ordered = sorted(latencies)
+    return {
+        "rate": rate,
+        "handled": len(ordered),
+        "latency_p50_ms": ordered[len(ordered) // 2] * 1000,
+        "latency_p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "latency_max_ms": ordered[-1] * 1000,
+    }
 
 
 def _stop_on_sigterm() -> asyncio.Event:
@@ -199,6 +247,9 @@ def main(arguments: list[str]) -> None:
             print(orjson.dumps(result).decode())
         case ["ceiling-consume", namespace]:
             asyncio.run(ceiling_consume(namespace))
+        case ["ceiling-latency", namespace, rate, seconds]:
+            result = asyncio.run(ceiling_latency(namespace, float(rate), float(seconds)))
+            print(orjson.dumps(result).decode())
         case ["naive", port, namespace]:
             web.run_app(naive_app(namespace), host="127.0.0.1", port=int(port), print=None)
         case ["faststream-http", port, namespace]:

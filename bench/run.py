@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from bench import contenders
-from bench.harness import EVENT_BYTES, PREFETCH, ROOT
+from bench.harness import EVENT_BYTES, PREFETCH, ROOT, postgres_store
 from bench.report import Samples, median_of, render_table
 
 RESULTS = ROOT / "bench" / "results"
@@ -72,6 +72,14 @@ class Run:
 def _on_uvloop(arguments: argparse.Namespace, measure: Measure) -> dict[str, Measure]:
     """conveyor on uvloop (CONVEYOR_EVENT_LOOP=uvloop) as one more contender, with --uvloop."""
     return {"conveyor-uvloop": measure} if arguments.uvloop else {}
+
+
+async def _on_postgres(
+    measure: Callable[[str], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """`measure` with a PostgreSQL store of its own: what several processes share (README)."""
+    async with postgres_store() as url:
+        return await measure(url)
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -127,8 +135,10 @@ async def one_round(run: Run, number: int) -> None:
         await run.compare(
             "single-workers",
             {
-                f"conveyor-workers-{n}": lambda f, n=n: contenders.conveyor_ingest(  # type: ignore[misc]  # default binds the loop variable
-                    f, connections=connections, seconds=seconds, workers=n
+                f"conveyor-workers-{n}": lambda f, n=n: _on_postgres(  # type: ignore[misc]  # default binds the loop variable
+                    lambda url: contenders.conveyor_ingest(
+                        f, connections=connections, seconds=seconds, workers=n, store_url=url
+                    )
                 )
                 for n in [1, *workers]
             },
@@ -174,9 +184,16 @@ async def one_round(run: Run, number: int) -> None:
         return  # latency and memory: once, in the first round
     if single:
         print(f"5. latency at {single / 2:.0f} events/s (half of conveyor's single ingest)")
+        rate = single / 2
         await run.compare(
             "latency",
-            {"conveyor": lambda f: contenders.conveyor_latency(f, rate=single / 2, seconds=10)},
+            {
+                "conveyor": lambda f: contenders.conveyor_latency(f, rate=rate, seconds=10),
+                "conveyor-split": lambda f: contenders.conveyor_latency(
+                    f, rate=rate, seconds=10, split=True
+                ),
+                "ceiling": lambda f: contenders.ceiling_latency(f, rate=rate, seconds=10),
+            },
             0,
         )
     print("6. memory", flush=True)
