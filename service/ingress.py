@@ -281,6 +281,7 @@ class _Publication:
 
         answers = await self._deduplicator.once_many("event", identities, produce)
         outcomes: list[OutgoingEvent | Problem] = []
+        replayed = 0
         for event, answer in zip(events, answers, strict=True):
             if isinstance(answer, Exception):
                 problem = problem_for(answer)
@@ -289,11 +290,14 @@ class _Publication:
                 outcomes.append(problem)
                 continue
             if answer.replayed:
-                self.metrics.events_deduplicated.inc()
+                replayed += 1
                 _log.info("duplicate event not published again", event_id=event.id)
-            else:
-                self.metrics.events_accepted.inc()
             outcomes.append(event)
+        # Counted once per batch: a counter's lock per event was 2 % of a batch's cost.
+        if replayed:
+            self.metrics.events_deduplicated.inc(replayed)
+        if accepted := sum(isinstance(outcome, OutgoingEvent) for outcome in outcomes) - replayed:
+            self.metrics.events_accepted.inc(accepted)
         return outcomes
 
     async def _publish_many(self, events: Sequence[OutgoingEvent]) -> list[Answer | Exception]:
