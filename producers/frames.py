@@ -43,9 +43,12 @@ _TYPE = 1 << 5
 _APP_ID = 1 << 3
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(
+    slots=True
+)  # not frozen: a frozen __init__ sets each of 12 fields through object.__setattr__
 class WireMessage:
-    """One message to publish: its body and the basic properties conveyor writes."""
+    """One message to publish: its body and the basic properties conveyor writes. Treat it as
+    immutable once built."""
 
     body: bytes
     message_id: str | None = None
@@ -68,11 +71,6 @@ def _short(value: str) -> bytes:
     return bytes((len(encoded),)) + encoded
 
 
-def _short_or_none(value: str | None) -> bytes:
-    """A present short string always encodes to at least its length byte; absent is empty."""
-    return b"" if value is None else _short(value)
-
-
 @functools.lru_cache(maxsize=256)
 def _key_prefix(key: str) -> bytes:
     """A header name and the long-string type tag: the same few names on every message."""
@@ -93,28 +91,42 @@ def _table(headers: Mapping[str, Any]) -> bytes:
     return _U32.pack(len(payload)) + payload
 
 
-def content_header_frame(channel: int, message: WireMessage) -> bytes:
+def content_header_frame(channel: int, message: WireMessage) -> bytes:  # noqa: C901 - one branch per property, in the flags' order
     """The content header frame (type 2) announcing `message`'s body and properties."""
-    # Each present property: its flag bit and its encoding, in the flags' order.
-    present: list[tuple[int, bytes]] = [
-        (_CONTENT_TYPE, _short_or_none(message.content_type)),
-        (_CONTENT_ENCODING, _short_or_none(message.content_encoding)),
-        (_HEADERS, _table(message.headers) if message.headers else b""),
-        (_DELIVERY_MODE, bytes((message.delivery_mode,))),
-        (_PRIORITY, b"" if message.priority is None else bytes((message.priority,))),
-        (_CORRELATION_ID, _short_or_none(message.correlation_id)),
-        (_REPLY_TO, _short_or_none(message.reply_to)),
-        (_MESSAGE_ID, _short_or_none(message.message_id)),
-        (_TIMESTAMP, b"" if message.timestamp is None else _U64.pack(message.timestamp)),
-        (_TYPE, _short_or_none(message.type)),
-        (_APP_ID, _short_or_none(message.app_id)),
-    ]
-    flags = 0
-    for flag, encoded in present:
-        if encoded:
-            flags |= flag
-    fields = b"".join(encoded for _, encoded in present)
-    payload = _HEADER_PREFIX.pack(_BASIC_CLASS, 0, len(message.body), flags) + fields
+    flags = _DELIVERY_MODE
+    fields: list[bytes] = []
+    if message.content_type is not None:
+        flags |= _CONTENT_TYPE
+        fields.append(_short(message.content_type))
+    if message.content_encoding is not None:
+        flags |= _CONTENT_ENCODING
+        fields.append(_short(message.content_encoding))
+    if message.headers:
+        flags |= _HEADERS
+        fields.append(_table(message.headers))
+    fields.append(bytes((message.delivery_mode,)))
+    if message.priority is not None:
+        flags |= _PRIORITY
+        fields.append(bytes((message.priority,)))
+    if message.correlation_id is not None:
+        flags |= _CORRELATION_ID
+        fields.append(_short(message.correlation_id))
+    if message.reply_to is not None:
+        flags |= _REPLY_TO
+        fields.append(_short(message.reply_to))
+    if message.message_id is not None:
+        flags |= _MESSAGE_ID
+        fields.append(_short(message.message_id))
+    if message.timestamp is not None:
+        flags |= _TIMESTAMP
+        fields.append(_U64.pack(message.timestamp))
+    if message.type is not None:
+        flags |= _TYPE
+        fields.append(_short(message.type))
+    if message.app_id is not None:
+        flags |= _APP_ID
+        fields.append(_short(message.app_id))
+    payload = _HEADER_PREFIX.pack(_BASIC_CLASS, 0, len(message.body), flags) + b"".join(fields)
     return _FRAME_HEAD.pack(_FRAME_HEADER, channel, len(payload)) + payload + _FRAME_END
 
 

@@ -8,9 +8,6 @@ clients are told to come back instead of piling up in memory.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 __all__ = ["Admission", "OverloadedError"]
 
 
@@ -26,18 +23,23 @@ class OverloadedError(Exception):
 
 
 class Admission:
-    """Counts ingest requests in flight; `admit` refuses one past the limit."""
+    """Counts ingest requests in flight; `admit` refuses one past the limit.
+
+    The admission is its own context manager, not a generator-based one: it is entered once per
+    ingest request, and a generator context manager costs several calls more (issue 7).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_flight = 0
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self) -> Admission:
+        return self
+
+    def __enter__(self) -> None:
         if self.in_flight >= self.limit:
             raise OverloadedError(self.limit)
         self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self.in_flight -= 1

@@ -14,10 +14,11 @@ from producers import AmqpPublisher
 from service.admin_api import add_admin_routes
 from service.admin_dead_letters import add_dead_letter_routes
 from service.admission import Admission
+from service.answers import answers_middleware
 from service.broker import BrokerLink
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
-from service.ingress import INGEST_PATH, ingest, problems_middleware
+from service.ingress import INGEST_PATH, ingest
 from service.keys import (
     ADMISSION,
     DEDUPLICATOR,
@@ -32,7 +33,7 @@ from service.keys import (
     Lifecycle,
 )
 from service.metrics import Metrics
-from service.metrics_api import metrics_endpoint, metrics_middleware
+from service.metrics_api import metrics_endpoint
 from service.openapi_api import add_openapi_route
 from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.settings import Settings
@@ -57,7 +58,7 @@ def build_app(
 ) -> web.Application:
     """The whole process as an aiohttp app; nothing connects until the app starts."""
     app = web.Application(
-        middlewares=[metrics_middleware, problems_middleware],
+        middlewares=[answers_middleware],
         client_max_size=settings.max_body_bytes,
     )
     metrics = Metrics()

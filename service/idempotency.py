@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +28,7 @@ from service.store import (
     ClaimRequest,
     IdempotencyStore,
     Statements,
+    Write,
 )
 
 __all__ = [
@@ -70,6 +71,12 @@ class Answer:
     status: int
     body: bytes
     replayed: bool = False
+    # Where the accepted single event's status is, when known without parsing `body` (a first
+    # answer); a replay is read back from the store with status and body only.
+    location: str | None = None
+    # Writes to commit together with the answer (the accepted event's status): one transaction
+    # and one wait per request instead of two in a row (issue 7). Only for an answer kept.
+    writes: tuple[Write, ...] = ()
 
 
 def check_key(key: str) -> str:
@@ -117,7 +124,7 @@ class Deduplicator:
         self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[Answer]]
     ) -> Answer:
         deadline = asyncio.get_running_loop().time() + self._wait
-        owner = uuid.uuid4().hex
+        owner = os.urandom(16).hex()  # as unique as uuid4().hex, without the UUID object
         while True:
             claim = await self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease)
             match claim.outcome:
@@ -148,7 +155,7 @@ class Deduplicator:
         key is claimed in one statement and the answers are stored in one write; a key repeated
         in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
         """
-        batch = _ManyClaims(scope, identities, owner=uuid.uuid4().hex)
+        batch = _ManyClaims(scope, identities, owner=os.urandom(16).hex())
         claims = await self._store.claim_many(batch.requests(self._lease))
         owned = batch.sort(claims)
 
@@ -222,11 +229,17 @@ class Deduplicator:
         expires_at = time.time() + self._ttl
         complete = (answer.status, answer.body, expires_at, scope, key, owner)
         try:
-            await self._writer.store((Statements.complete, complete))
+            await self._writer.store(*answer.writes, (Statements.complete, complete))
         except Exception as error:  # noqa: BLE001 - the answer stands; only its replay is lost
             # What was produced happened (events are in RabbitMQ): answer it. A repeat within
-            # the lease waits and gets 409; after it, it is treated as new.
-            _log.warning("could not store the answer for replays", scope=scope, error=str(error))
+            # the lease waits and gets 409; after it, it is treated as new. A status written
+            # with it appears once a consumer reports on the event.
+            _log.warning(
+                "could not store the answer for replays",
+                scope=scope,
+                writes_with_it=len(answer.writes),
+                error=str(error),
+            )
         return answer
 
     async def _release(self, scope: str, key: str, owner: str) -> None:

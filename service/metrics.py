@@ -35,6 +35,12 @@ class Metrics:
     """Every metric conveyor exposes on GET /metrics, in a registry of its own."""
 
     def __init__(self) -> None:
+        # Labelled children by label values: `labels()` validates, locks and looks up on every
+        # call, a cost per request on the ingest path (issue 7). The label sets stay as few as
+        # before: routes are patterns, methods a fixed set, outcomes and reasons our own slugs.
+        self._answered: dict[tuple[str, str, int], Counter] = {}
+        self._rejected: dict[str, Counter] = {}
+        self._confirm_times: dict[str, Histogram] = {}
         self.recent_failures: dict[str, deque[FailureReport]] = {}
         # subscription -> (monotonic time, messages ready, deliveries settled here) at the last poll
         self._samples: dict[str, tuple[float, int, float]] = {}
@@ -130,13 +136,29 @@ class Metrics:
             registry=registry,
         )
 
+    def http_answered(self, route: str, method: str, status: int) -> None:
+        key = (route, method, status)
+        child = self._answered.get(key)
+        if child is None:
+            child = self._answered[key] = self.http_requests.labels(route, method, str(status))
+        child.inc()
+
+    def event_rejected(self, reason: str) -> None:
+        child = self._rejected.get(reason)
+        if child is None:
+            child = self._rejected[reason] = self.events_rejected.labels(reason)
+        child.inc()
+
     # producers.PublishObserver
     def publish_started(self) -> None:
         self.publishes_in_flight.inc()
 
     def publish_finished(self, outcome: str, seconds: float) -> None:
         self.publishes_in_flight.dec()
-        self.publish_seconds.labels(outcome).observe(seconds)
+        child = self._confirm_times.get(outcome)
+        if child is None:
+            child = self._confirm_times[outcome] = self.publish_seconds.labels(outcome)
+        child.observe(seconds)
 
     # consumers.DeliveryObserver
     def handler_ran(self, subscription: str, seconds: float) -> None:

@@ -1,15 +1,13 @@
-"""GET /metrics, and the middleware that counts every HTTP answer by route and status."""
+"""GET /metrics, and counting every HTTP answer by route and status."""
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from service.keys import LINK, METRICS
 from service.metrics import CONTENT_TYPE_LATEST
 
-__all__ = ["metrics_endpoint", "metrics_middleware"]
+__all__ = ["count_answer", "metrics_endpoint"]
 
 # Any other method token becomes "other": a label value per invented method would grow forever.
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
@@ -23,15 +21,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-@web.middleware
-async def metrics_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    # Outermost: it sees the status the problems middleware settled on. The route is the
-    # pattern (`/v1/events/{event_id}`), never the raw path, so labels stay few.
-    response = await handler(request)
+def count_answer(request: web.Request, status: int) -> None:
+    """Called by the one middleware (service.ingress) with the status it settled on. The route
+    is the pattern (`/v1/events/{event_id}`), never the raw path, so labels stay few."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     method = request.method if request.method in _METHODS else "other"
-    request.app[METRICS].http_requests.labels(route, method, str(response.status)).inc()
-    return response
+    request.app[METRICS].http_answered(route, method, status)

@@ -129,7 +129,11 @@ class StatusBook:
 
     async def accepted(self, event: OutgoingEvent) -> None:
         """Record an event RabbitMQ confirmed: `pending` where it was routed, else unrouted."""
-        await self._writer.store(*self._accepted_writes(event, time.time()))
+        await self._writer.store(*self.accepted_writes(event))
+
+    def accepted_writes(self, event: OutgoingEvent) -> list[Write]:
+        """What `accepted` writes, for a caller that commits it along with writes of its own."""
+        return self._accepted_writes(event, time.time())
 
     async def accepted_many(self, events: Sequence[OutgoingEvent]) -> None:
         """`accepted` for each event, in one write."""

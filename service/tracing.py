@@ -9,7 +9,6 @@ span joins the same trace.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Protocol
 
 from aiohttp import web
@@ -44,9 +43,14 @@ class NoTracing:
     def ingest(self, request: web.Request) -> contextlib.AbstractContextManager[None]:  # noqa: ARG002 - tracing is off
         return contextlib.nullcontext()
 
-    @contextlib.contextmanager
-    def publish(self, event: OutgoingEvent, traceparent: str | None) -> Iterator[str | None]:  # noqa: ARG002 - tracing is off
-        yield traceparent  # passed through as the client sent it
+    def publish(
+        self,
+        event: OutgoingEvent,  # noqa: ARG002 - tracing is off
+        traceparent: str | None,
+    ) -> contextlib.AbstractContextManager[str | None]:
+        # Passed through as the client sent it; nullcontext, not a generator context manager,
+        # as this runs once per event published (issue 7).
+        return contextlib.nullcontext(traceparent)
 
     def handling(
         self, subscription: str, event_id: str, event_type: str, traceparent: str | None
