@@ -1,20 +1,26 @@
-"""Running a handler for one delivery: a timeout per attempt, quick retries with jittered backoff.
+"""Running a handler for one delivery: a timeout per attempt, quick retries with tenacity.
 
-A plain loop, not tenacity's: its machinery cost a few percent of the consumer's time on every
-delivery (issue 7), while nearly every handler returns on its first attempt. The waits are
-tenacity's `wait_random_exponential` (uniform between 0 and `base * 2**(n - 1)`, capped), or the
-handler's own `retry_after` when it asks for a pause within the in-process cap.
+The first attempt runs on its own: nearly every handler returns on it, and tenacity's machinery
+cost a few percent of the consumer's time per delivery (issue 7). Only a failed first attempt
+starts tenacity, which is handed that failure as its own first attempt, so the stop, wait and
+retry rules and the retry log are tenacity's as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from consumers.dead_letter import Failure
 from consumers.errors import PermanentError, RetryableError
@@ -28,6 +34,9 @@ from consumers.retry import (
 __all__ = ["AttemptsResult", "HandlerTimeoutError", "run_attempts"]
 
 _log = structlog.get_logger(component="consumer")
+_exponential = wait_random_exponential(
+    multiplier=IN_PROCESS_BASE_SECONDS, max=IN_PROCESS_MAX_WAIT_SECONDS
+)
 
 
 class HandlerTimeoutError(RetryableError):
@@ -49,12 +58,22 @@ class AttemptsResult:
         return self.failure is None
 
 
-def _wait(error: Exception, attempts: int) -> float:
-    """The pause after the `attempts`-th attempt of this delivery failed with `error`."""
+def _wait(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
     if isinstance(error, RetryableError) and error.retry_after is not None:
         return min(error.retry_after, IN_PROCESS_MAX_WAIT_SECONDS)
-    high = min(IN_PROCESS_BASE_SECONDS * 2 ** min(attempts - 1, 64), IN_PROCESS_MAX_WAIT_SECONDS)
-    return random.uniform(0, high)  # noqa: S311 - jitter, not cryptography
+    return _exponential(state)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    _log.warning(
+        "handler failed; retrying in process",
+        attempt_in_delivery=state.attempt_number,
+        retry_in=round(state.upcoming_sleep, 3),
+        error_class=type(error).__name__,
+        error=str(error)[:500],
+    )
 
 
 def _worth_retrying_here(error: BaseException) -> bool:
@@ -81,29 +100,41 @@ async def run_attempts(
     `event.attempt` is the number of the first attempt here; each retry gets the next number.
     Cancellation propagates (the delivery then returns to the queue unsettled).
     """
-    made = 0
-    while True:
-        current = event if made == 0 else dataclasses.replace(event, attempt=event.attempt + made)
+    structlog.contextvars.bind_contextvars(attempt=event.attempt)
+    try:
+        await _attempt(handler, event, timeout)
+    except Exception as error:  # noqa: BLE001 - tenacity below decides what the failure means
+        first_failure: Exception | None = error
+    else:
+        return AttemptsResult(1)
+    made = 1
+
+    async def next_attempt() -> None:
+        nonlocal first_failure, made
+        if first_failure is not None:
+            failure, first_failure = first_failure, None
+            raise failure  # the first attempt's outcome, as tenacity's attempt 1
+        current = dataclasses.replace(event, attempt=event.attempt + made)
         structlog.contextvars.bind_contextvars(attempt=current.attempt)
         made += 1
-        try:
-            await _attempt(handler, current, timeout)
-        except PermanentError as error:
-            return AttemptsResult(made, Failure.from_exception(error), permanent=True)
-        except Exception as error:  # noqa: BLE001 - every other failure is a retryable outcome
-            if made >= policy.in_process or not _worth_retrying_here(error) or not keep_trying():
-                return AttemptsResult(made, Failure.from_exception(error))
-            delay = _wait(error, made)
-            _log.warning(
-                "handler failed; retrying in process",
-                attempt_in_delivery=made,
-                retry_in=round(delay, 3),
-                error_class=type(error).__name__,
-                error=str(error)[:500],
-            )
-            await asyncio.sleep(delay)
-        else:
-            return AttemptsResult(made)
+        await _attempt(handler, current, timeout)
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.in_process),
+        wait=_wait,
+        before_sleep=_log_retry,
+        retry=retry_if_exception(lambda error: _worth_retrying_here(error) and keep_trying()),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                await next_attempt()
+    except PermanentError as error:
+        return AttemptsResult(made, Failure.from_exception(error), permanent=True)
+    except Exception as error:  # noqa: BLE001 - every other failure is a retryable outcome
+        return AttemptsResult(made, Failure.from_exception(error))
+    return AttemptsResult(made)
 
 
 async def _attempt(handler: Handler, event: Event, timeout: float) -> None:
