@@ -193,7 +193,7 @@ class Deduplicator:
             )
             raise
         expires_at = time.time() + self._ttl
-        completions = []
+        completions: list[Write] = []
         releases = []
         for index, answer in zip(owned, answers, strict=True):
             batch.results[index] = answer
@@ -201,6 +201,7 @@ class Deduplicator:
             if isinstance(answer, Exception) or answer.status >= _SERVER_ERROR:
                 releases.append(self._release(scope, key, owner))
             else:
+                completions += answer.writes
                 completions.append(
                     (
                         Statements.complete,

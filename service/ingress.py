@@ -321,12 +321,9 @@ class _Publication:
                         reason=failure.reason,
                         error=str(failure),
                     )
-            accepted = [
-                event for event, failure in zip(events, failures, strict=True) if not failure
-            ]
-            try:
-                if accepted:
-                    await self._book.accepted_many(accepted)
-            except Exception as error:  # noqa: BLE001 - the events are safe in RabbitMQ; say yes
-                _log.warning("could not record the accepted events' statuses", error=str(error))
-        return [Answer(202, b"") if failure is None else failure for failure in failures]
+        # Each accepted event's status goes to the store with its answer: the whole batch's in
+        # one write (Deduplicator.once_many).
+        return [
+            Answer(202, b"", writes=self._status_writes(event)) if failure is None else failure
+            for event, failure in zip(events, failures, strict=True)
+        ]

@@ -135,13 +135,6 @@ class StatusBook:
         """What `accepted` writes, for a caller that commits it along with writes of its own."""
         return self._accepted_writes(event, time.time())
 
-    async def accepted_many(self, events: Sequence[OutgoingEvent]) -> None:
-        """`accepted` for each event, in one write."""
-        now = time.time()
-        await self._writer.store(
-            *(write for event in events for write in self._accepted_writes(event, now))
-        )
-
     def _accepted_writes(self, event: OutgoingEvent, now: float) -> list[Write]:
         routed = routed_subscriptions(self._subscriptions, event.type)
         attributes = dict(event.attributes)
