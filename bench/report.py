@@ -74,6 +74,13 @@ def _paired(samples: Samples, item: str, first: str, second: str) -> tuple[str, 
     return _cell(ratios, lambda v: f"{v:.2f}"), statistics.median(ratios)
 
 
+def _latencies(sample: dict[str, Any]) -> str:
+    return (
+        f"{sample['latency_p50_ms']:.1f} / {sample['latency_p99_ms']:.1f} / "
+        f"{sample['latency_max_ms']:.1f}"
+    )
+
+
 def _verdict(value: float | None, target: float, *, at_least: bool) -> str:
     if value is None:
         return "not measured"
@@ -141,14 +148,21 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
             f">= 1.5 x FastStream: {_verdict(consume_vs_fs_median, 1.5, at_least=True)}",
         )),
     ]  # fmt: skip
-    for first in samples.get("latency", {}).get("conveyor", [])[:1]:
-        verdict = _verdict(first["latency_p99_ms"], P99_TARGET_MS, at_least=False)
-        rows.append(_row((
-            "5", f"ingest to handler start at {first['rate']:,.0f} events/s, ms p50 / p99 / max",
-            (f"{first['latency_p50_ms']:.1f} / {first['latency_p99_ms']:.1f} / "
-             f"{first['latency_max_ms']:.1f}"), "", "", "", "", "", "", "",
-            f"p99 <= {P99_TARGET_MS} ms: {verdict}",
-        )))  # fmt: skip
+    latency = samples.get("latency", {})
+    floor = next(iter(latency.get("ceiling", [])), None)
+    for name, how in (
+        ("conveyor", ""),
+        ("conveyor-split", ", split: ingress + worker on PostgreSQL"),
+    ):
+        for first in latency.get(name, [])[:1]:
+            verdict = _verdict(first["latency_p99_ms"], P99_TARGET_MS, at_least=False)
+            rows.append(_row((
+                "5",
+                (f"ingest to handler start at {first['rate']:,.0f} events/s{how}, "
+                 "ms p50 / p99 / max"),
+                _latencies(first), "", "", "", _latencies(floor) if floor else "", "", "", "",
+                f"p99 <= {P99_TARGET_MS} ms: {verdict}",
+            )))  # fmt: skip
     for name, what in (
         ("worker-backlog", f"peak RSS, worker draining {settings['backlog']:,} events, MB"),
         ("ingress-1000-connections", "peak RSS, ingress under 1,000 connections, MB"),
