@@ -4,7 +4,7 @@
                                  [--rounds 3] [--seconds 5] [--consume-events 10000]
 
 The "head" arm is this checkout, the "base" arm the checkout at `--base` (e.g. a `git worktree`
-of the commit before); each conveyor process gets its arm's tree first on PYTHONPATH. Arms
+of the commit before); each conveyor process starts in its arm's tree, with it on PYTHONPATH. Arms
 alternate within each round, starting arm rotating, so a noisy neighbour hits both alike.
 Prints each arm's median events/s (min-max) and the median of the per-round head/base ratios.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders
-from bench.harness import ROOT
+from bench.harness import ROOT, TREE
 
 Measure = Callable[[Path, dict[str, str]], Awaitable[dict[str, Any]]]
 
@@ -47,7 +47,7 @@ async def compare(arguments: argparse.Namespace, base: Path) -> None:
             for item in arguments.items.split(","):
                 order = list(arms) if number % 2 == 0 else list(reversed(arms))
                 for arm in order:
-                    env = {"PYTHONPATH": arms[arm]}
+                    env = {"PYTHONPATH": arms[arm], TREE: arms[arm]}
                     result = await measures[item](Path(folder), env)
                     rate = float(result["events_per_second"])
                     rates.setdefault(item, {}).setdefault(arm, []).append(rate)

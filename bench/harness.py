@@ -39,6 +39,7 @@ __all__ = [
     "PREFETCH",
     "ROOT",
     "SINK",
+    "TREE",
     "Child",
     "conveyor_config",
     "declare_namespace",
@@ -54,6 +55,7 @@ __all__ = [
     "wait_ready",
 ]
 
+TREE = "CONVEYOR_BENCH_TREE"  # in a child's env: the checkout it runs (default: this one)
 AMQP_URL = os.environ.get("CONVEYOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -182,7 +184,9 @@ async def start_child(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *arguments,
-            cwd=ROOT,
+            # `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH: the
+            # checkout a child runs is the folder it starts in (bench.ab runs two).
+            cwd=(env or {}).get(TREE, ROOT),
             env={**os.environ, **(env or {})},
             stdout=sink,
             stderr=asyncio.subprocess.STDOUT,
