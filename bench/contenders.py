@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from bench.harness import (
     delete_namespace,
     drain,
     free_port,
+    latency_figures,
     new_namespace,
     postgres_store,
     run_to_json,
@@ -278,15 +278,7 @@ async def conveyor_latency(
             seen = await _handled(latencies, result["accepted_events"])
     finally:
         await delete_namespace(namespace)
-    quantiles = statistics.quantiles(seen, n=100, method="inclusive")
-    return {
-        **result,
-        "rate": rate,
-        "handled": len(seen),
-        "latency_p50_ms": quantiles[49] * 1000,
-        "latency_p99_ms": quantiles[98] * 1000,
-        "latency_max_ms": max(seen) * 1000,
-    }
+    return {**result, "rate": rate, **latency_figures(seen)}
 
 
 async def ceiling_latency(folder: Path, *, rate: float, seconds: float) -> dict[str, Any]:

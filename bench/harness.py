@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import statistics
 import sys
 import time
 import uuid
@@ -47,6 +48,7 @@ __all__ = [
     "drain",
     "event_document",
     "free_port",
+    "latency_figures",
     "new_namespace",
     "postgres_store",
     "run_to_json",
@@ -261,3 +263,14 @@ async def postgres_store() -> AsyncIterator[str]:
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await admin.close()
+
+
+def latency_figures(seconds: Sequence[float]) -> dict[str, Any]:
+    """p50, p99 and max in ms, the same way for every contender (inclusive quantiles)."""
+    quantiles = statistics.quantiles(seconds, n=100, method="inclusive")
+    return {
+        "handled": len(seconds),
+        "latency_p50_ms": quantiles[49] * 1000,
+        "latency_p99_ms": quantiles[98] * 1000,
+        "latency_max_ms": max(seconds) * 1000,
+    }

@@ -32,7 +32,14 @@ import orjson
 from aio_pika.abc import AbstractExchange
 from aiohttp import web
 
-from bench.harness import AMQP_URL, PREFETCH, SINK, event_document, sink_queue_arguments
+from bench.harness import (
+    AMQP_URL,
+    PREFETCH,
+    SINK,
+    event_document,
+    latency_figures,
+    sink_queue_arguments,
+)
 from producers import Topology
 
 CEILING_IN_FLIGHT = 256
@@ -132,14 +139,7 @@ async def ceiling_latency(namespace: str, rate: float, seconds: float) -> dict[s
                 )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_in.wait(), timeout=30)
-    ordered = sorted(latencies)
-    return {
-        "rate": rate,
-        "handled": len(ordered),
-        "latency_p50_ms": ordered[len(ordered) // 2] * 1000,
-        "latency_p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "latency_max_ms": ordered[-1] * 1000,
-    }
+    return {"rate": rate, **latency_figures(latencies)}
 
 
 def _stop_on_sigterm() -> asyncio.Event:

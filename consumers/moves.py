@@ -73,9 +73,6 @@ class MessageMover:
         self._timeout = timeout
         self._same_id = SameIdGate()
 
-    def close(self) -> None:
-        self._pipeline.close()
-
     async def copy(
         self,
         message: AbstractIncomingMessage,

@@ -16,7 +16,6 @@ delivery tags are counted here, in the order the frames are queued.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, cast
 
 import aiormq
@@ -94,11 +93,6 @@ class ConfirmPipeline:
 
     def close(self) -> None:
         self._writer.cancel()
-
-    async def wait_closed(self) -> None:
-        self.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
 
     async def _on_confirm_frame(self, frame: ConfirmationFrameType) -> None:
         last = frame.delivery_tag or 0

@@ -170,11 +170,8 @@ class AmqpPublisher:
         try:
             await self._publish(message, event)
             outcome = "ack"
-        except PublishTimeoutError:
-            outcome = "timeout"
-            raise
-        except PublishRejectedError as error:
-            outcome = error.outcome
+        except PublishError as error:
+            outcome = _outcome_label(error)
             raise
         finally:
             self._observer.publish_finished(outcome, time.perf_counter() - started)
@@ -266,20 +263,15 @@ class AmqpPublisher:
             confirmation.cancel()  # aiormq ignores the late confirm
             return PublishTimeoutError(f"no confirm within {self._timeout:g}s")
         if confirmation.cancelled():
-            # aiormq cancels pending confirms when it drops a dead connection.
+            # Cancelled under us, not by us: read as a lost link, as in `_publish`.
             return BrokerUnavailableError("connection dropped while awaiting the confirm")
         error = confirmation.exception()
-        if isinstance(error, DeliveryError):
-            return PublishRejectedError("RabbitMQ nacked the message", outcome="nack")
-        if isinstance(error, BROKER_FAILURES):
-            return BrokerUnavailableError(f"connection lost: {type(error).__name__}")
         if error is not None:
-            raise error
-        if not isinstance(confirmation.result(), Basic.Ack):
-            return PublishRejectedError(
-                "RabbitMQ returned the message as unroutable", outcome="returned"
-            )
-        return None
+            failure = _failure_of(error)
+            if failure is None:
+                raise error
+            return failure
+        return _unless_acked(confirmation.result())
 
     async def _publish(self, message: WireMessage, event: OutgoingEvent) -> None:
         try:
@@ -290,22 +282,34 @@ class AmqpPublisher:
                 )
         except TimeoutError:
             raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None
-        except DeliveryError:
-            raise PublishRejectedError("RabbitMQ nacked the message", outcome="nack") from None
-        except BROKER_FAILURES as error:
-            raise BrokerUnavailableError(f"connection lost: {type(error).__name__}") from None
+        except BROKER_FAILURES as error:  # DeliveryError (a nack) is one of them
+            raise _failure_of(error) or error from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # our caller is being cancelled: let it
-            # aiormq fails pending confirms with CancelledError when it drops a dead connection
-            # (missed heartbeats); that is an unavailable broker, not a cancelled request.
+            # A confirmation cancelled under us, not by our caller: the link went away, not the
+            # request.
             raise BrokerUnavailableError("connection dropped while awaiting the confirm") from None
-        if not isinstance(confirmation, Basic.Ack):
-            # A basic.return: not even the alternate exchange could route it.
-            raise PublishRejectedError(
-                "RabbitMQ returned the message as unroutable", outcome="returned"
-            )
+        if (failure := _unless_acked(confirmation)) is not None:
+            raise failure
+
+
+def _failure_of(error: BaseException) -> PublishError | None:
+    """What a failed confirmation means for the publish (None: not a broker failure)."""
+    if isinstance(error, DeliveryError):
+        return PublishRejectedError("RabbitMQ nacked the message", outcome="nack")
+    if isinstance(error, BROKER_FAILURES):
+        return BrokerUnavailableError(f"connection lost: {type(error).__name__}")
+    return None
+
+
+def _unless_acked(confirmation: object) -> PublishError | None:
+    """None for a `basic.ack`; a returned message means not even the alternate exchange could
+    route it."""
+    if isinstance(confirmation, Basic.Ack):
+        return None
+    return PublishRejectedError("RabbitMQ returned the message as unroutable", outcome="returned")
 
 
 def _outcome_label(outcome: PublishError | None) -> str:

@@ -45,17 +45,14 @@ def to_amqp_message(
     correlation_id: str | None = None,
     traceparent: str | None = None,
 ) -> Message:
-    headers: dict[str, str] = {
-        CE_HEADER_PREFIX + name: value for name, value in event.attributes.items()
-    }
-    if traceparent is not None:
-        headers[TRACEPARENT_HEADER] = traceparent
+    """The same message as an aio-pika `Message`, for publishing with aio-pika itself."""
+    wire = to_wire_message(event, correlation_id=correlation_id, traceparent=traceparent)
     return Message(
-        event.data,
-        headers=headers,  # type: ignore[arg-type]  # aio-pika's header type is invariant over str values
-        content_type=event.datacontenttype,
-        message_id=event.id,
-        correlation_id=correlation_id,
+        wire.body,
+        headers=dict(wire.headers or {}),
+        content_type=wire.content_type,
+        message_id=wire.message_id,
+        correlation_id=wire.correlation_id,
         delivery_mode=DeliveryMode.PERSISTENT,
-        app_id="conveyor",
+        app_id=wire.app_id,
     )

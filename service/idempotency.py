@@ -192,29 +192,11 @@ class Deduplicator:
                 asyncio.gather(*(self._release(scope, batch.key(i), owner) for i in owned))
             )
             raise
-        expires_at = time.time() + self._ttl
-        completions: list[Write] = []
-        releases = []
         for index, answer in zip(owned, answers, strict=True):
             batch.results[index] = answer
-            key = batch.key(index)
-            if isinstance(answer, Exception) or answer.status >= _SERVER_ERROR:
-                releases.append(self._release(scope, key, owner))
-            else:
-                completions += answer.writes
-                completions.append(
-                    (
-                        Statements.complete,
-                        (answer.status, answer.body, expires_at, scope, key, owner),
-                    )
-                )
-        await asyncio.gather(*releases)
-        if not completions:
-            return
-        try:
-            await self._writer.store(*completions)
-        except Exception as error:  # noqa: BLE001 - the answers stand; only their replay is lost
-            _log.warning("could not store the answers for replays", scope=scope, error=str(error))
+        await self._keep(
+            scope, owner, [(batch.key(i), answer) for i, answer in zip(owned, answers, strict=True)]
+        )
 
     async def _produce(
         self, scope: str, key: str, owner: str, produce: Callable[[], Awaitable[Answer]]
@@ -224,24 +206,41 @@ class Deduplicator:
         except BaseException:
             await asyncio.shield(self._release(scope, key, owner))
             raise
-        if answer.status >= _SERVER_ERROR:
-            await self._release(scope, key, owner)
-            return answer
+        await self._keep(scope, owner, [(key, answer)])
+        return answer
+
+    async def _keep(
+        self, scope: str, owner: str, produced: Sequence[tuple[str, Answer | Exception]]
+    ) -> None:
+        """After producing: release each key whose answer failed (an exception or a 5xx), so a
+        retry is not stuck with it, and store the other answers, with the writes that go with
+        them, in one write."""
         expires_at = time.time() + self._ttl
-        complete = (answer.status, answer.body, expires_at, scope, key, owner)
+        writes: list[Write] = []
+        releases = []
+        for key, answer in produced:
+            if isinstance(answer, Exception) or answer.status >= _SERVER_ERROR:
+                releases.append(self._release(scope, key, owner))
+                continue
+            writes += answer.writes
+            complete = (answer.status, answer.body, expires_at, scope, key, owner)
+            writes.append((Statements.complete, complete))
+        await asyncio.gather(*releases)
+        if not writes:
+            return
         try:
-            await self._writer.store(*answer.writes, (Statements.complete, complete))
-        except Exception as error:  # noqa: BLE001 - the answer stands; only its replay is lost
+            await self._writer.store(*writes)
+        except Exception as error:  # noqa: BLE001 - the answers stand; only their replay is lost
             # What was produced happened (events are in RabbitMQ): answer it. A repeat within
             # the lease waits and gets 409; after it, it is treated as new. A status written
-            # with it appears once a consumer reports on the event.
+            # with an answer appears once a consumer reports on the event.
             _log.warning(
                 "could not store the answer for replays",
                 scope=scope,
-                writes_with_it=len(answer.writes),
+                answers=len(produced) - len(releases),
+                writes_with_them=len(writes),
                 error=str(error),
             )
-        return answer
 
     async def _release(self, scope: str, key: str, owner: str) -> None:
         try:

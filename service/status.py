@@ -127,15 +127,10 @@ class StatusBook:
             ):
                 changed.set()
 
-    async def accepted(self, event: OutgoingEvent) -> None:
-        """Record an event RabbitMQ confirmed: `pending` where it was routed, else unrouted."""
-        await self._writer.store(*self.accepted_writes(event))
-
     def accepted_writes(self, event: OutgoingEvent) -> list[Write]:
-        """What `accepted` writes, for a caller that commits it along with writes of its own."""
-        return self._accepted_writes(event, time.time())
-
-    def _accepted_writes(self, event: OutgoingEvent, now: float) -> list[Write]:
+        """What records an event RabbitMQ confirmed: `pending` where it was routed, else
+        unrouted; the caller commits it with its idempotency answer."""
+        now = time.time()
         routed = routed_subscriptions(self._subscriptions, event.type)
         attributes = dict(event.attributes)
         if event.datacontenttype is not None:
