@@ -105,8 +105,13 @@ class Ledger:
         concurrency: int,
         event_type: str = "chaos.event",
         data: dict[str, Any] | None = None,
+        pause_after_503: float = 0.0,
     ) -> None:
-        """POST `count` events, `concurrency` at a time; a dropped connection counts as 0."""
+        """POST `count` events, `concurrency` at a time; a dropped connection counts as 0.
+
+        `pause_after_503`: a client that got 503 waits this long before its next POST, as one
+        honouring conveyor's `Retry-After` does (0: it sends again at once).
+        """
         slots = asyncio.Semaphore(concurrency)
         run = uuid.uuid4().hex[:8]
         clock = asyncio.get_running_loop().time
@@ -124,6 +129,8 @@ class Ledger:
                     self.answers[event_id] = 0  # no answer: not a yes
                     return
                 self.latencies.append(clock() - started)
+                if self.answers[event_id] == 503 and pause_after_503:
+                    await asyncio.sleep(pause_after_503)
 
         await asyncio.gather(*(one(index) for index in range(count)))
 
