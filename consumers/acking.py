@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 from aiormq.abc import AbstractChannel
 
+from consumers.delivery import Inbound
 from producers import BROKER_FAILURES
 
 __all__ = ["AckCoalescer"]
@@ -69,7 +69,7 @@ class AckCoalescer:
         self._channels: dict[AbstractChannel, _ChannelAcks] = {}
         self._flushes: set[asyncio.Task[None]] = set()
 
-    def ack(self, message: AbstractIncomingMessage) -> None:
+    def ack(self, message: Inbound) -> None:
         """Ack `message` on the next turn of the loop. Raises ChannelInvalidStateError (one of
         BROKER_FAILURES) when its channel is closed already."""
         acks = self._acks_of(message.channel)
@@ -83,7 +83,7 @@ class AckCoalescer:
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)
 
-    def settled(self, message: AbstractIncomingMessage) -> None:
+    def settled(self, message: Inbound) -> None:
         """`message` was settled by a frame of its own (nack, reject), queued already: later
         runs may pass over its tag."""
         tag = message.delivery_tag

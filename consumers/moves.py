@@ -12,12 +12,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import DeliveryError
 from pamqp import encode
 from pamqp.commands import Basic
 
 from consumers.dead_letter import ERROR_MESSAGE, ERROR_TRACEBACK
+from consumers.delivery import Inbound
 from producers import BROKER_FAILURES, ChannelPipeline, SameIdGate, WireMessage
 
 __all__ = ["MessageMover", "MoveFailedError", "UncopyableMessageError"]
@@ -75,7 +76,7 @@ class MessageMover:
 
     async def copy(
         self,
-        message: AbstractIncomingMessage,
+        message: Inbound,
         *,
         exchange: str,
         routing_key: str,

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from consumers.attempts import AttemptsResult, run_attempts
 from consumers.dead_letter import Failure
+from consumers.delivery import Inbound
 from consumers.event import Event, Handler
 from consumers.retry import IN_PROCESS_MAX_WAIT_SECONDS, RetryPolicy
 from producers import CE_HEADER_PREFIX
@@ -169,7 +169,7 @@ class HandlerSlot:
 class HeldDelivery:
     """An ordered delivery being handled: what its retry waits need."""
 
-    message: AbstractIncomingMessage
+    message: Inbound
     slot: HandlerSlot
     received: float  # event-loop time of its delivery: its unacked time counts from here
 

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from consumers.attempts import AttemptsResult, run_attempts
 from consumers.dead_letter import (
@@ -36,6 +36,7 @@ from consumers.dead_letter import (
     without_conveyor_headers,
 )
 from consumers.decoding import MalformedEventError, decode_event
+from consumers.delivery import Delivery, DeliveryHook, Inbound
 from consumers.event import Event
 from consumers.moves import MessageMover
 from consumers.observe import (
@@ -121,10 +122,18 @@ class SubscriptionConsumer:
         )
         self._consuming = False
         self._holding = 0  # deliveries received and not yet settled
+        # Unordered deliveries skip aio-pika's per-delivery machinery (consumers.delivery).
+        self._hook = (
+            DeliveryHook(self._consumer_tags, self._on_message, name=subscription.name)
+            if subscription.ordering is None
+            else None
+        )
 
     async def start(self) -> None:
         # Per consumer, so an ordered subscription holds up to `prefetch` per partition.
         await self._channel.set_qos(prefetch_count=self.subscription.prefetch)
+        if self._hook is not None:
+            self._hook.hook(await self._channel.get_underlay_channel())
         for queue, tag in zip(self._queues, self._consumer_tags, strict=True):
             await queue.consume(self._on_message, consumer_tag=tag)
         self._consuming = True
@@ -183,7 +192,7 @@ class SubscriptionConsumer:
         """Deliveries this consumer holds: waiting for a handler slot or being handled."""
         return self._holding
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: Inbound) -> None:
         # aiormq runs each delivery in its own task; prefetch bounds how many exist, and the
         # semaphore bounds how many run a handler.
         ordering = self.subscription.ordering
@@ -197,6 +206,10 @@ class SubscriptionConsumer:
             # Shielded: aiormq cancels this task when the channel closes; the handler runs on.
             await asyncio.shield(in_lane)
             return
+        if self._hook is not None and not isinstance(message, Delivery):
+            # The first deliveries on a channel a reconnect restored: take the next ones.
+            with contextlib.suppress(*BROKER_FAILURES):
+                self._hook.hook(message.channel)
         self._holding += 1
         try:
             await self._handle_delivery(message)
@@ -206,7 +219,7 @@ class SubscriptionConsumer:
     async def _take_turn(
         self,
         turn: contextlib.AbstractAsyncContextManager[None],
-        message: AbstractIncomingMessage,
+        message: Inbound,
         received: float,
     ) -> None:
         self._holding += 1
@@ -218,9 +231,7 @@ class SubscriptionConsumer:
         finally:
             self._holding -= 1
 
-    async def _handle_delivery(
-        self, message: AbstractIncomingMessage, received: float | None = None
-    ) -> None:
+    async def _handle_delivery(self, message: Inbound, received: float | None = None) -> None:
         if received is None:
             # Unordered: the slot bounds the handlers running (`_judge`); the lookup before and
             # the settling after go on beside them, within the prefetch (issue 7).
@@ -230,7 +241,7 @@ class SubscriptionConsumer:
         async with slot:
             await self._handle(message, HeldDelivery(message, slot, received))
 
-    async def _handle(self, message: AbstractIncomingMessage, held: HeldDelivery | None) -> None:
+    async def _handle(self, message: Inbound, held: HeldDelivery | None) -> None:
         if self._draining:
             await self._settler.settle(message, Verdict(Outcome.RETURNED))
             return
@@ -252,7 +263,7 @@ class SubscriptionConsumer:
             self._running.discard(task)
             self._holds.pop(task, None)
 
-    async def _judge_safely(self, message: AbstractIncomingMessage) -> Verdict:
+    async def _judge_safely(self, message: Inbound) -> Verdict:
         tries = 0
         while True:
             tries += 1
@@ -280,7 +291,7 @@ class SubscriptionConsumer:
                         reason=DeadLetterReason.PERMANENT,
                     )
 
-    async def _judge(self, message: AbstractIncomingMessage) -> Verdict:
+    async def _judge(self, message: Inbound) -> Verdict:
         """Run the handler and decide the delivery's fate; no broker I/O here."""
         headers: dict[str, Any] = dict(message.headers or {})
         if not self._from_own_ladder(message):
@@ -412,6 +423,6 @@ class SubscriptionConsumer:
         )
         return held.result, None if held.interrupted else held.passes
 
-    def _from_own_ladder(self, message: AbstractIncomingMessage) -> bool:
+    def _from_own_ladder(self, message: Inbound) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.
         return message.exchange == "" and message.routing_key in {q.name for q in self._queues}

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from consumers.acking import AckCoalescer
 from consumers.dead_letter import DeadLetterReason, Failure, failure_headers
+from consumers.delivery import Inbound
 from consumers.moves import MessageMover, MoveFailedError, UncopyableMessageError
 from consumers.observe import DeliveryObserver, FailureReport
 from consumers.reporting import StatusOf, StatusReporter
@@ -67,7 +67,7 @@ class Verdict:
     status: DeliveryUpdate | None = None  # what to record (and announce, when terminal)
 
 
-def channel_gone(message: AbstractIncomingMessage) -> bool:
+def channel_gone(message: Inbound) -> bool:
     """True once the delivery's channel closed: the broker has taken the delivery back."""
     try:
         _ = message.channel
@@ -99,7 +99,7 @@ class Settler:
 
     def dead_letter(
         self,
-        message: AbstractIncomingMessage,
+        message: Inbound,
         headers: dict[str, Any],
         failure: Failure,
         attempts: int,
@@ -127,7 +127,7 @@ class Settler:
 
     def retry_later(
         self,
-        message: AbstractIncomingMessage,
+        message: Inbound,
         headers: dict[str, Any],
         failure: Failure,
         attempts: int,
@@ -158,7 +158,7 @@ class Settler:
         retrying = status(DeliveryState.RETRYING, attempts, failure, next_attempt_in=delay)
         return Verdict(Outcome.RETRY_SCHEDULED, Move("", tier, copy_headers, label), retrying)
 
-    async def settle(self, message: AbstractIncomingMessage, verdict: Verdict) -> None:
+    async def settle(self, message: Inbound, verdict: Verdict) -> None:
         outcome = await self._carry_out(message, verdict)
         while (
             outcome is Outcome.RETURNED
@@ -187,7 +187,7 @@ class Settler:
         if outcome is Outcome.RETRY_SCHEDULED and verdict.move and verdict.move.tier:
             self._observer.retry_scheduled(name, verdict.move.tier)
 
-    async def _carry_out(self, message: AbstractIncomingMessage, verdict: Verdict) -> Outcome:
+    async def _carry_out(self, message: Inbound, verdict: Verdict) -> Outcome:
         """Settle the delivery as `verdict` says; return what actually happened to it."""
         outcome = verdict.outcome
         rejected = False  # settled already, by the queue's own dead-lettering
@@ -230,9 +230,7 @@ class Settler:
             _log.debug("event handled")
         return outcome
 
-    async def _move(
-        self, message: AbstractIncomingMessage, move: Move, outcome: Outcome
-    ) -> tuple[Outcome, bool]:
+    async def _move(self, message: Inbound, move: Move, outcome: Outcome) -> tuple[Outcome, bool]:
         """Copy the delivery where `move` says: the outcome, and whether the delivery is
         settled already (rejected into the queue's own dead-lettering)."""
         try:
@@ -256,7 +254,7 @@ class Settler:
             return Outcome.RETURNED, False
         return outcome, False
 
-    async def _give_back(self, message: AbstractIncomingMessage) -> None:
+    async def _give_back(self, message: Inbound) -> None:
         if self._subscription.ordering is None:
             await message.nack(requeue=True)
             self.acks.settled(message)
