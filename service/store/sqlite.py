@@ -5,8 +5,16 @@ run in that thread: one hand-off from the event loop and one back, however many 
 takes (issue 7: a hand-off per statement, as through aiosqlite, cost the consumer a turn of a
 busy loop each, and the lookups queued behind them). The thread runs operations one at a time,
 in the order they were asked for, so a claim never lands inside a batch's transaction or is
-rolled back with it. One connection, not two: two writers on one file would take turns through
-SQLite's busy handler, which sleeps, and cost far more than waiting in line.
+rolled back with it. One writing connection, not two: two writers on one file would take turns
+through SQLite's busy handler, which sleeps, and cost far more than waiting in line.
+
+Queries (the consumers' "did this succeed here already?" lookups, the status API's reads) run on
+the event loop itself, over a read-only connection of their own (issue 7). In WAL mode a reader
+never waits for the writer and sees only committed rows, and a batch of lookups takes tens of
+microseconds: cheaper than the hand-off to the thread and back, which behind the thread's
+transactions made each lookup wait several milliseconds while the delivery held its prefetch
+slot. Should a read meet a busy database after all (a recovery, another process's checkpoint),
+it waits at most `_READ_BUSY_TIMEOUT_MS` and is then asked again in the thread.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from service.store.sql import MIGRATIONS, Statements, by_statement, in_chunks
 __all__ = ["SqliteStore"]
 
 _BUSY_TIMEOUT_MS = 10_000  # another process on the same file (a second conveyor, a migration)
+_READ_BUSY_TIMEOUT_MS = 50  # on the event loop: a short wait, then the thread
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 # Claims per statement: five parameters each stays under 999, SQLite's limit before 3.32.
 _CLAIMS_PER_STATEMENT = 128
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # INSERT ... RETURNING, for claim_many
@@ -40,9 +50,12 @@ _T = TypeVar("_T")
 
 
 class SqliteStore:
-    def __init__(self, thread: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, thread: ThreadPoolExecutor, connection: sqlite3.Connection, reader: sqlite3.Connection
+    ) -> None:
         self._thread = thread  # one worker: the only one to touch `connection`
         self._db = connection
+        self._reader = reader  # read-only, used on the event loop's thread only
         self._closed = False
 
     @classmethod
@@ -55,7 +68,13 @@ class SqliteStore:
         except BaseException:
             thread.shutdown(wait=False)
             raise
-        return cls(thread, connection)
+        try:
+            reader = _connect_reader(path)  # after _connect: the file exists and is migrated
+        except BaseException:
+            await loop.run_in_executor(thread, connection.close)
+            thread.shutdown(wait=False)
+            raise
+        return cls(thread, connection, reader)
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         # Shielded: a caller's timeout or cancellation cannot stop a function the thread runs
@@ -143,7 +162,15 @@ class SqliteStore:
             raise
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-        # In the store's thread, between transactions: never sees rows not yet committed.
+        # On the loop, over the read-only connection (see the module docstring); committed rows
+        # only, as in the thread between transactions.
+        if self._closed:
+            raise sqlite3.ProgrammingError("the store is closed")
+        try:
+            return [tuple(row) for row in self._reader.execute(statement, params).fetchall()]
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF not in _BUSY_CODES:  # the primary code
+                raise
         return await self._run(self._query_now, statement, params)
 
     def _query_now(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -160,6 +187,7 @@ class SqliteStore:
         if self._closed:
             return  # closing twice is harmless, as it was through aiosqlite
         self._closed = True
+        self._reader.close()
         try:
             await self._run(self._db.close)
         finally:
@@ -180,6 +208,13 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    # Read-only: nothing on the loop can take the write lock or run a checkpoint by accident.
+    reader = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    reader.execute(f"PRAGMA busy_timeout={_READ_BUSY_TIMEOUT_MS}")
+    return reader
 
 
 def _migrate(connection: sqlite3.Connection) -> None:

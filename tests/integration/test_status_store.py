@@ -212,3 +212,29 @@ async def test_a_batch_cut_short_by_a_timeout_leaves_sqlite_usable(tmp_path: Pat
 
 async def claim_outcome(store: Store) -> ClaimOutcome:
     return (await store.claim("request", "k", "fp", owner="o", lease=60)).outcome
+
+
+async def test_sqlite_reads_go_on_while_another_process_writes_and_cannot_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "reads.db"
+    store = await open_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await store.write([(Statements.see_event, ("r-1", "/s", "{}", time.time() + 60))])
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        other.execute(Statements.see_event, ("r-2", "/s", "{}", time.time() + 60))
+        async with asyncio.timeout(1.0):  # a reader does not wait for the writer (WAL)
+            rows = await store.query(Statements.select_events, "r-1", time.time())
+            uncommitted = await store.query(Statements.select_events, "r-2", time.time())
+        assert [row[:3] for row in rows] == [("r-1", "/s", "{}")]
+        assert uncommitted == []  # committed rows only
+        other.execute("COMMIT")
+        assert len(await store.query(Statements.select_events, "r-2", time.time())) == 1
+        # Queries run over a read-only connection: a statement that writes is refused.
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await store.query("DELETE FROM conveyor_events")
+        assert other.execute("SELECT count(*) FROM conveyor_events").fetchone() == (2,)
+    finally:
+        other.close()
+        await store.close()
