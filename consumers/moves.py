@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import decimal
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractChannel
@@ -24,6 +24,7 @@ from producers import BROKER_FAILURES, ChannelPipeline, SameIdGate, WireMessage
 __all__ = ["MessageMover", "MoveFailedError", "UncopyableMessageError"]
 
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
+_UNPUBLISHABLE: tuple[type[Exception], ...] = (*_UNREACHABLE, TypeError, ValueError, OverflowError)
 # RabbitMQ's default frame_max is 131072 bytes and the whole header table must fit one frame
 # with the other properties; a copy whose headers grew past this would make the broker close
 # the connection.
@@ -38,6 +39,22 @@ class MoveFailedError(Exception):
 class UncopyableMessageError(MoveFailedError):
     """The message itself cannot be copied (headers too large, or not writable again): trying
     again cannot help."""
+
+
+def _announce_outcome(confirmation: asyncio.Future[Any]) -> MoveFailedError | None:
+    if not confirmation.done():
+        confirmation.cancel()  # the pipeline ignores a late confirm
+        return MoveFailedError("no confirm in time")
+    if confirmation.cancelled():
+        return MoveFailedError("the channel closed while awaiting the confirm")
+    error = confirmation.exception()
+    if isinstance(error, DeliveryError):
+        return MoveFailedError("RabbitMQ nacked it")
+    if error is not None:
+        return MoveFailedError(f"{type(error).__name__} awaiting the confirm")
+    if not isinstance(confirmation.result(), Basic.Ack):
+        return MoveFailedError("RabbitMQ returned it")
+    return None
 
 
 def _encodable(value: Any) -> Any:
@@ -125,3 +142,37 @@ class MessageMover:
             raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
         if not isinstance(confirmation, Basic.Ack):
             raise MoveFailedError(f"RabbitMQ returned the copy: no queue for {routing_key!r}")
+
+    async def announce_many(
+        self, messages: Sequence[tuple[WireMessage, str]], *, exchange: str
+    ) -> list[MoveFailedError | None]:
+        """Publish each (message, routing key) to `exchange`, not mandatory (completion events),
+        in one pass under one timeout: what became of each (None: confirmed).
+
+        Not mandatory, so no `basic.return` can come back and ids need no turns (`publish`).
+        """
+        outcomes: list[MoveFailedError | None] = [None] * len(messages)
+        confirmations: list[asyncio.Future[Any] | None] = [None] * len(messages)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                pipeline = await self._pipeline.current()
+        except _UNREACHABLE as error:
+            return [MoveFailedError(f"{type(error).__name__} publishing to {exchange!r}")] * len(
+                messages
+            )
+        for index, (message, routing_key) in enumerate(messages):
+            try:
+                confirmations[index] = pipeline.publish(
+                    message, exchange=exchange, routing_key=routing_key, mandatory=False
+                )
+            except _UNPUBLISHABLE as error:
+                outcomes[index] = MoveFailedError(f"{type(error).__name__} publishing")
+        waiting = [confirmation for confirmation in confirmations if confirmation is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()))
+        for index, confirmation in enumerate(confirmations):
+            if confirmation is not None:
+                outcomes[index] = _announce_outcome(confirmation)
+        return outcomes

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from dataclasses import dataclass
+from typing import cast
 
 import structlog
 
 from consumers.completions import completion_message, completion_routing_key, event_attributes
 from consumers.dead_letter import DeadLetterReason, Failure
 from consumers.event import Event
-from consumers.moves import MessageMover, MoveFailedError
+from consumers.moves import MessageMover
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
 from producers import Topology
@@ -39,6 +41,8 @@ class StatusReporter:
         # Progress notes wait here for the end of the loop's turn: a later state of the same
         # event (a handler that returned at once) replaces its note before it costs a write.
         self._notes: dict[tuple[str, str], DeliveryUpdate] = {}
+        self._reports: list[_Report] = []  # waiting for the next batch
+        self._reporting: asyncio.Task[None] | None = None
 
     async def succeeded_before(self, event: Event) -> bool:
         try:
@@ -73,7 +77,12 @@ class StatusReporter:
         and announced again, so the completion goes out at least once without running the
         handler twice. Anywhere else a failed announcement is logged and the delivery acked:
         re-running a handler, or dead-lettering twice, would cost more than a lost notice.
+
+        Reports made while others are carried out go together (issue 7): their states in one
+        store write, then their completion events in one write to the broker, each confirmed
+        on its own; each state is still stored before its completion event goes out.
         """
+        stored: DeliveryUpdate | None = None
         if record:
             stored = update
             # Further along than its note, which is not written then (the store would keep
@@ -81,29 +90,92 @@ class StatusReporter:
             note = self._notes.pop((update.event_id, update.source), None)
             if note is not None and note.state is DeliveryState.PROCESSING:
                 stored = dataclasses.replace(update, first_attempt_at=note.at)
+        done = asyncio.get_running_loop().create_future()
+        announced = update if update.state.terminal else None
+        self._reports.append(_Report(stored, announced, correlation_id, done))
+        if self._reporting is None:
+            self._reporting = asyncio.create_task(
+                self._report_all(), name=f"conveyor-reports-{self._subscription.name}"
+            )
+        return cast("bool", await done)
+
+    async def _report_all(self) -> None:
+        try:
+            while self._reports:
+                batch, self._reports = self._reports, []
+                try:
+                    await self._report_together(batch)
+                except BaseException:
+                    _unanswered(batch, RuntimeError("the report was interrupted"))
+                    raise
+        finally:
+            self._reporting = None
+            _unanswered(self._reports, RuntimeError("the report was interrupted"))
+            self._reports = []
+
+    async def _report_together(self, batch: list[_Report]) -> None:
+        stored = [report.stored for report in batch if report.stored is not None]
+        if stored:
             try:
                 async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                    await self._ledger.record(stored)
+                    await self._ledger.record_many(stored)
             except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
-                _log.warning("could not record the event's status", error=str(error))
-        if not update.state.terminal:
-            return True
-        try:
-            await self._mover.publish(
-                completion_message(update, correlation_id=correlation_id),
-                exchange=self._topology.results_exchange,
-                routing_key=completion_routing_key(update),
-                mandatory=False,  # nobody listening for completions is fine
-            )
-        except MoveFailedError as error:
+                _log.warning(
+                    "could not record the events' statuses",
+                    subscription=self._subscription.name,
+                    event_ids=[update.event_id for update in stored][:20],
+                    error=str(error),
+                )
+        announcing = [report for report in batch if report.announced is not None]
+        failures = await self._mover.announce_many(
+            [
+                (
+                    completion_message(report.announced, correlation_id=report.correlation_id),
+                    completion_routing_key(report.announced),
+                )
+                for report in announcing
+                if report.announced is not None
+            ],
+            exchange=self._topology.results_exchange,
+        )
+        returned: set[int] = set()
+        for report, failure in zip(announcing, failures, strict=True):
+            update = report.announced
+            if failure is None or update is None:
+                continue
             if update.state is DeliveryState.SUCCEEDED and self._subscription.deduplicate:
                 _log.warning(
                     "could not publish the completion event; the delivery stays queued",
-                    error=str(error),
+                    subscription=self._subscription.name,
+                    event_id=update.event_id,
+                    error=str(failure),
                 )
-                return False
-            _log.warning("could not publish the completion event", error=str(error))
-        return True
+                returned.add(id(report))
+            else:
+                _log.warning(
+                    "could not publish the completion event",
+                    subscription=self._subscription.name,
+                    event_id=update.event_id,
+                    error=str(failure),
+                )
+        for report in batch:
+            if not report.done.done():
+                report.done.set_result(id(report) not in returned)
+
+
+@dataclass(slots=True)
+class _Report:
+    stored: DeliveryUpdate | None  # what to record, if anything
+    announced: DeliveryUpdate | None  # the terminal state to announce, if any
+    correlation_id: str | None
+    done: asyncio.Future[bool]  # True: announced, or not needed
+
+
+def _unanswered(reports: list[_Report], error: BaseException) -> None:
+    for report in reports:
+        if not report.done.done():
+            report.done.set_exception(error)
+            report.done.exception()  # retrieved: a waiter may have gone already
 
 
 class StatusOf:

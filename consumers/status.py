@@ -7,7 +7,7 @@ still flows one way: the runtime reports, it never reads anything but "did this 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,4 +77,8 @@ class StatusLedger(Protocol):
 
     async def record(self, update: DeliveryUpdate) -> None:
         """Record `update`; return once it is stored."""
+        ...
+
+    async def record_many(self, updates: Sequence[DeliveryUpdate]) -> None:
+        """Record `updates` together, in order; return once they are stored."""
         ...

@@ -179,6 +179,9 @@ class StatusBook:
     async def record(self, update: DeliveryUpdate) -> None:
         await self._writer.store(*self._update_writes(update))
 
+    async def record_many(self, updates: Sequence[DeliveryUpdate]) -> None:
+        await self._writer.store(*[write for u in updates for write in self._update_writes(u)])
+
     def _update_writes(self, update: DeliveryUpdate) -> tuple[Write, Write]:
         expires_at = update.at + self._ttl
         event_row = (

@@ -1,0 +1,114 @@
+"""Status reports made together (issue 7): one store write, then each completion confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import aiormq
+import pytest
+
+from consumers import DeliveryState, MessageMover
+from consumers.reporting import StatusReporter
+from producers import declare_results_exchange
+from tests.conftest import Namespace, subscription
+from tests.integration.test_status_store import CountingStore, open_book, state, update
+
+
+async def _noop(event: object) -> None:
+    return None
+
+
+@pytest.fixture
+async def results(namespace: Namespace) -> AsyncIterator[str]:
+    """A queue bound to `{ns}.results` for every completion event; deleted afterwards."""
+    name = f"{namespace.name}.results-watch"
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        exchange = await declare_results_exchange(channel, namespace.topology)
+        queue = await channel.declare_queue(name, durable=True)
+        await queue.bind(exchange, routing_key="conveyor.event.#")
+    yield name
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        with contextlib.suppress(aiormq.exceptions.ChannelClosed):
+            await channel.queue_delete(name)
+
+
+async def test_reports_made_together_are_stored_in_one_write_and_each_announced(
+    namespace: Namespace, results: str, tmp_path: Path
+) -> None:
+    async with (
+        open_book(f"sqlite:///{tmp_path}/reports.db") as (book, counting),
+        await aio_pika.connect_robust(namespace.amqp_url) as connection,
+    ):
+        mover = MessageMover(await connection.channel(publisher_confirms=True), timeout=5.0)
+        reporter = StatusReporter(
+            subscription("sub", ("t",), _noop),
+            ledger=book,
+            mover=mover,
+            topology=namespace.topology,
+        )
+        ids = [f"e-{index}" for index in range(50)]
+        announced = await asyncio.gather(
+            *[
+                reporter.report(
+                    update(DeliveryState.SUCCEEDED, 1, event_id),
+                    correlation_id=f"c-{event_id}",
+                    record=True,
+                )
+                for event_id in ids
+            ]
+        )
+        assert announced == [True] * 50
+        assert isinstance(counting, CountingStore)
+        assert counting.transactions == 1  # the fifty states in one write
+        for event_id in ids:
+            assert await state(book, event_id) == ("succeeded", 1)
+    taken = await namespace.take_at_least(results, 50)
+    assert len(taken) == 50
+    assert {message.routing_key for message in taken} == {"conveyor.event.succeeded.sub"}
+    assert sorted(message.correlation_id or "" for message in taken) == sorted(
+        f"c-{event_id}" for event_id in ids
+    )
+
+
+async def test_an_unannounced_success_returns_its_delivery_and_other_states_do_not(
+    namespace: Namespace, results: str, tmp_path: Path
+) -> None:
+    async with (
+        open_book(f"sqlite:///{tmp_path}/reports.db") as (book, _),
+        await aio_pika.connect_robust(namespace.amqp_url) as connection,
+    ):
+        channel = await connection.channel(publisher_confirms=True)
+        mover = MessageMover(channel, timeout=1.0)
+        reporter = StatusReporter(
+            subscription("sub", ("t",), _noop),
+            ledger=book,
+            mover=mover,
+            topology=namespace.topology,
+        )
+        await channel.close()  # no completion event can go out
+        succeeded, dead, retrying = await asyncio.gather(
+            reporter.report(
+                update(DeliveryState.SUCCEEDED, 1, "s"), correlation_id=None, record=True
+            ),
+            reporter.report(
+                update(DeliveryState.DEAD_LETTERED, 1, "d"), correlation_id=None, record=True
+            ),
+            reporter.report(
+                update(DeliveryState.RETRYING, 1, "r"), correlation_id=None, record=True
+            ),
+        )
+        # A deduplicating subscription's success is acked only once announced: it returns.
+        assert succeeded is False
+        assert dead is True  # announced once at most: logged, never dead-lettered twice
+        assert retrying is True  # nothing to announce
+        # The states were stored all the same.
+        assert await state(book, "s") == ("succeeded", 1)
+        assert await state(book, "d") == ("dead-lettered", 1)
+        assert await state(book, "r") == ("retrying", 1)
+    assert await namespace.take_all(results) == []
