@@ -111,15 +111,15 @@ class Delivery:
 
     @property
     def message_id(self) -> str | None:
-        return self._properties.message_id
+        return self._properties.message_id or None  # as aio-pika reads it: "" is None
 
     @property
     def correlation_id(self) -> str | None:
-        return self._properties.correlation_id
+        return self._properties.correlation_id or None  # as aio-pika reads it: "" is None
 
     @property
     def reply_to(self) -> str | None:
-        return self._properties.reply_to
+        return self._properties.reply_to or None  # as aio-pika reads it: "" is None
 
     @property
     def priority(self) -> int | None:
@@ -131,11 +131,11 @@ class Delivery:
 
     @property
     def type(self) -> str | None:
-        return self._properties.message_type
+        return self._properties.message_type or None  # as aio-pika reads it: "" is None
 
     @property
     def app_id(self) -> str | None:
-        return self._properties.app_id
+        return self._properties.app_id or None  # as aio-pika reads it: "" is None
 
     @property
     def channel(self) -> aiormq.abc.AbstractChannel:

@@ -151,6 +151,8 @@ class MessageMover:
 
         Not mandatory, so no `basic.return` can come back and ids need no turns (`publish`).
         """
+        if not messages:
+            return []  # nothing to wait for, not even a channel being restored
         outcomes: list[MoveFailedError | None] = [None] * len(messages)
         confirmations: list[asyncio.Future[Any] | None] = [None] * len(messages)
         loop = asyncio.get_running_loop()

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import cast
 
 import structlog
 
@@ -16,7 +15,7 @@ from consumers.event import Event
 from consumers.moves import MessageMover
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
-from producers import Topology
+from producers import Topology, WireMessage
 
 __all__ = ["StatusOf", "StatusReporter"]
 
@@ -90,14 +89,27 @@ class StatusReporter:
             note = self._notes.pop((update.event_id, update.source), None)
             if note is not None and note.state is DeliveryState.PROCESSING:
                 stored = dataclasses.replace(update, first_attempt_at=note.at)
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         announced = update if update.state.terminal else None
         self._reports.append(_Report(stored, announced, correlation_id, done))
         if self._reporting is None:
             self._reporting = asyncio.create_task(
                 self._report_all(), name=f"conveyor-reports-{self._subscription.name}"
             )
-        return cast("bool", await done)
+        outcome = await done
+        # Logged here, in the delivery's own task: its lines carry its log context.
+        if outcome.unrecorded is not None:
+            _log.warning("could not record the event's status", error=outcome.unrecorded)
+        if outcome.unannounced is None:
+            return True
+        if update.state is DeliveryState.SUCCEEDED and self._subscription.deduplicate:
+            _log.warning(
+                "could not publish the completion event; the delivery stays queued",
+                error=outcome.unannounced,
+            )
+            return False
+        _log.warning("could not publish the completion event", error=outcome.unannounced)
+        return True
 
     async def _report_all(self) -> None:
         try:
@@ -105,62 +117,84 @@ class StatusReporter:
                 batch, self._reports = self._reports, []
                 try:
                     await self._report_together(batch)
+                except Exception as error:  # noqa: BLE001 - each report must get an answer
+                    _log.exception("reporting failed unexpectedly")
+                    _answer_all(batch, _Outcome(str(error), str(error)))
                 except BaseException:
-                    _unanswered(batch, RuntimeError("the report was interrupted"))
+                    _answer_all(batch, _INTERRUPTED)
                     raise
         finally:
             self._reporting = None
-            _unanswered(self._reports, RuntimeError("the report was interrupted"))
+            # Cancelled (the loop is ending): whoever still waits is answered.
+            _answer_all(self._reports, _INTERRUPTED)
             self._reports = []
 
     async def _report_together(self, batch: list[_Report]) -> None:
-        stored = [report.stored for report in batch if report.stored is not None]
-        if stored:
+        unrecorded = await self._record(batch)
+        messages: list[tuple[WireMessage, str]] = []
+        announcing: list[_Report] = []
+        unannounced: dict[int, str] = {}
+        for index, report in enumerate(batch):
+            if report.announced is None:
+                continue
+            try:
+                message = completion_message(report.announced, correlation_id=report.correlation_id)
+            except (TypeError, ValueError) as error:  # a value that cannot be written
+                unannounced[index] = f"cannot write the completion event: {error}"
+                continue
+            messages.append((message, completion_routing_key(report.announced)))
+            announcing.append(report)
+        failures = await self._mover.announce_many(
+            messages, exchange=self._topology.results_exchange
+        )
+        failed = {
+            id(report): str(failure)
+            for report, failure in zip(announcing, failures, strict=True)
+            if failure is not None
+        }
+        for index, report in enumerate(batch):
+            reason = unannounced.get(index) or failed.get(id(report))
+            if not report.done.done():
+                report.done.set_result(_Outcome(unrecorded.get(index), reason))
+
+    async def _record(self, batch: list[_Report]) -> dict[int, str]:
+        """Store the batch's states in one write: what could not be stored, by index."""
+        indices = [index for index, report in enumerate(batch) if report.stored is not None]
+        if not indices:
+            return {}
+        stored = [update for report in batch if (update := report.stored) is not None]
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+                await self._ledger.record_many(stored)
+        except (TypeError, ValueError):
+            # One state that cannot be written (a value the store refuses) must not leave the
+            # others unrecorded: each on its own, then.
+            return await self._record_one_by_one(batch, indices)
+        except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
+            return dict.fromkeys(indices, str(error))
+        return {}
+
+    async def _record_one_by_one(self, batch: list[_Report], indices: list[int]) -> dict[int, str]:
+        unrecorded: dict[int, str] = {}
+        for index in indices:
+            update = batch[index].stored
+            if update is None:
+                continue
             try:
                 async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                    await self._ledger.record_many(stored)
-            except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
-                _log.warning(
-                    "could not record the events' statuses",
-                    subscription=self._subscription.name,
-                    event_ids=[update.event_id for update in stored][:20],
-                    error=str(error),
-                )
-        announcing = [report for report in batch if report.announced is not None]
-        failures = await self._mover.announce_many(
-            [
-                (
-                    completion_message(report.announced, correlation_id=report.correlation_id),
-                    completion_routing_key(report.announced),
-                )
-                for report in announcing
-                if report.announced is not None
-            ],
-            exchange=self._topology.results_exchange,
-        )
-        returned: set[int] = set()
-        for report, failure in zip(announcing, failures, strict=True):
-            update = report.announced
-            if failure is None or update is None:
-                continue
-            if update.state is DeliveryState.SUCCEEDED and self._subscription.deduplicate:
-                _log.warning(
-                    "could not publish the completion event; the delivery stays queued",
-                    subscription=self._subscription.name,
-                    event_id=update.event_id,
-                    error=str(failure),
-                )
-                returned.add(id(report))
-            else:
-                _log.warning(
-                    "could not publish the completion event",
-                    subscription=self._subscription.name,
-                    event_id=update.event_id,
-                    error=str(failure),
-                )
-        for report in batch:
-            if not report.done.done():
-                report.done.set_result(id(report) not in returned)
+                    await self._ledger.record(update)
+            except Exception as error:  # noqa: BLE001 - as in _record
+                unrecorded[index] = str(error)
+        return unrecorded
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    unrecorded: str | None  # why the state was not stored, if it was not
+    unannounced: str | None  # why the completion event was not confirmed, if it was not
+
+
+_INTERRUPTED = _Outcome("the report was interrupted", "the report was interrupted")
 
 
 @dataclass(slots=True)
@@ -168,14 +202,13 @@ class _Report:
     stored: DeliveryUpdate | None  # what to record, if anything
     announced: DeliveryUpdate | None  # the terminal state to announce, if any
     correlation_id: str | None
-    done: asyncio.Future[bool]  # True: announced, or not needed
+    done: asyncio.Future[_Outcome]
 
 
-def _unanswered(reports: list[_Report], error: BaseException) -> None:
+def _answer_all(reports: list[_Report], outcome: _Outcome) -> None:
     for report in reports:
         if not report.done.done():
-            report.done.set_exception(error)
-            report.done.exception()  # retrieved: a waiter may have gone already
+            report.done.set_result(outcome)
 
 
 class StatusOf:

@@ -42,7 +42,7 @@ __all__ = ["SqliteStore"]
 
 _BUSY_TIMEOUT_MS = 10_000  # another process on the same file (a second conveyor, a migration)
 _READ_BUSY_TIMEOUT_MS = 50  # on the event loop: a short wait, then the thread
-_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL}
 # Claims per statement: five parameters each stays under 999, SQLite's limit before 3.32.
 _CLAIMS_PER_STATEMENT = 128
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # INSERT ... RETURNING, for claim_many

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
 import aiormq
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from consumers import DeliveryState, MessageMover
+from consumers.dead_letter import Failure
 from consumers.reporting import StatusReporter
 from producers import declare_results_exchange
 from tests.conftest import Namespace, subscription
@@ -112,3 +117,81 @@ async def test_an_unannounced_success_returns_its_delivery_and_other_states_do_n
         assert await state(book, "d") == ("dead-lettered", 1)
         assert await state(book, "r") == ("retrying", 1)
     assert await namespace.take_all(results) == []
+
+
+async def test_one_unstorable_state_does_not_leave_the_rest_of_its_batch_unrecorded(
+    namespace: Namespace, results: str, tmp_path: Path
+) -> None:
+    # A failure message the store cannot take (a lone surrogate) costs its own record only.
+    async with (
+        open_book(f"sqlite:///{tmp_path}/reports.db") as (book, _),
+        await aio_pika.connect_robust(namespace.amqp_url) as connection,
+    ):
+        mover = MessageMover(await connection.channel(publisher_confirms=True), timeout=5.0)
+        reporter = StatusReporter(
+            subscription("sub", ("t",), _noop),
+            ledger=book,
+            mover=mover,
+            topology=namespace.topology,
+        )
+        bad = dataclasses.replace(
+            update(DeliveryState.RETRYING, 1, "r"), failure=Failure("E", "bad \udcff", "")
+        )
+        with capture_logs() as logs:
+            outcomes = await asyncio.gather(
+                reporter.report(
+                    update(DeliveryState.SUCCEEDED, 1, "s"), correlation_id=None, record=True
+                ),
+                reporter.report(bad, correlation_id=None, record=True),
+            )
+        assert list(outcomes) == [True, True]  # both acked: a status is a helper, not a gate
+        assert await state(book, "s") == ("succeeded", 1)
+        unrecorded = [
+            line for line in logs if line["event"] == "could not record the event's status"
+        ]
+        assert len(unrecorded) == 1
+    [completion] = await namespace.take_at_least(results, 1)
+    assert completion.routing_key == "conveyor.event.succeeded.sub"
+
+
+async def test_an_unannounced_completion_is_logged_with_its_own_event_context(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    async with (
+        open_book(f"sqlite:///{tmp_path}/reports.db") as (book, _),
+        await aio_pika.connect_robust(namespace.amqp_url) as connection,
+    ):
+        channel = await connection.channel(publisher_confirms=True)
+        mover = MessageMover(channel, timeout=1.0)
+        reporter = StatusReporter(
+            subscription("sub", ("t",), _noop),
+            ledger=book,
+            mover=mover,
+            topology=namespace.topology,
+        )
+        await channel.close()  # no completion event can go out
+
+        async def deliver(event_id: str) -> bool:
+            structlog.contextvars.bind_contextvars(
+                subscription="sub",
+                event_id=event_id,
+                event_type=f"type-{event_id}",
+                correlation_id=f"corr-{event_id}",
+            )
+            return await reporter.report(
+                update(DeliveryState.DEAD_LETTERED, 1, event_id), correlation_id=None, record=True
+            )
+
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            await asyncio.gather(
+                *[
+                    asyncio.create_task(deliver(event_id), context=contextvars.Context())
+                    for event_id in ("a", "b")
+                ]
+            )
+        lines = [line for line in logs if line["event"] == "could not publish the completion event"]
+        assert sorted(line["event_id"] for line in lines) == ["a", "b"]
+        for line in lines:
+            event_id = line["event_id"]
+            assert line.get("event_type") == f"type-{event_id}"
+            assert line.get("correlation_id") == f"corr-{event_id}"
