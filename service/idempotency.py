@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -124,7 +124,7 @@ class Deduplicator:
         self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[Answer]]
     ) -> Answer:
         deadline = asyncio.get_running_loop().time() + self._wait
-        owner = os.urandom(16).hex()  # as unique as uuid4().hex, without the UUID object
+        owner = _new_owner()
         while True:
             claim = await self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease)
             match claim.outcome:
@@ -155,7 +155,7 @@ class Deduplicator:
         key is claimed in one statement and the answers are stored in one write; a key repeated
         in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
         """
-        batch = _ManyClaims(scope, identities, owner=os.urandom(16).hex())
+        batch = _ManyClaims(scope, identities, owner=_new_owner())
         claims = await self._store.claim_many(batch.requests(self._lease))
         owned = batch.sort(claims)
 
@@ -295,3 +295,10 @@ class _ManyClaims:
         if len(done) != len(self.results):
             raise RuntimeError("an entry of once_many was left without an outcome")
         return done
+
+
+def _new_owner() -> str:
+    """A claim's owner: 128 random bits, as unique as `uuid4().hex`. From `random`, seeded from
+    the OS (again in a forked child), not `os.urandom`, whose system call lets go of the GIL and
+    makes the request wait for the store's thread to hand it back (issue 7)."""
+    return f"{random.getrandbits(128):032x}"
