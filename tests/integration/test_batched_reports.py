@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import dataclasses
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
@@ -19,6 +20,7 @@ from consumers import DeliveryState, MessageMover
 from consumers.dead_letter import Failure
 from consumers.reporting import StatusReporter
 from producers import declare_results_exchange
+from service.status import StatusBook
 from tests.conftest import Namespace, subscription
 from tests.integration.test_status_store import CountingStore, open_book, state, update
 
@@ -43,24 +45,41 @@ async def results(namespace: Namespace) -> AsyncIterator[str]:
             await channel.queue_delete(name)
 
 
-async def test_reports_made_together_are_stored_in_one_write_and_each_announced(
-    namespace: Namespace, results: str, tmp_path: Path
-) -> None:
+@dataclass
+class Reporting:
+    reporter: StatusReporter
+    book: StatusBook
+    counting: CountingStore
+    channel: aio_pika.abc.AbstractChannel  # the mover's: closing it stops every announcement
+
+
+@contextlib.asynccontextmanager
+async def reporting(
+    namespace: Namespace, tmp_path: Path, *, timeout: float = 5.0
+) -> AsyncIterator[Reporting]:
+    """A subscription's reporter over a real SQLite status book and a real broker channel."""
     async with (
         open_book(f"sqlite:///{tmp_path}/reports.db") as (book, counting),
         await aio_pika.connect_robust(namespace.amqp_url) as connection,
     ):
-        mover = MessageMover(await connection.channel(publisher_confirms=True), timeout=5.0)
+        channel = await connection.channel(publisher_confirms=True)
         reporter = StatusReporter(
             subscription("sub", ("t",), _noop),
             ledger=book,
-            mover=mover,
+            mover=MessageMover(channel, timeout=timeout),
             topology=namespace.topology,
         )
+        yield Reporting(reporter, book, counting, channel)
+
+
+async def test_reports_made_together_are_stored_in_one_write_and_each_announced(
+    namespace: Namespace, results: str, tmp_path: Path
+) -> None:
+    async with reporting(namespace, tmp_path) as used:
         ids = [f"e-{index}" for index in range(50)]
         announced = await asyncio.gather(
             *[
-                reporter.report(
+                used.reporter.report(
                     update(DeliveryState.SUCCEEDED, 1, event_id),
                     correlation_id=f"c-{event_id}",
                     record=True,
@@ -69,10 +88,9 @@ async def test_reports_made_together_are_stored_in_one_write_and_each_announced(
             ]
         )
         assert announced == [True] * 50
-        assert isinstance(counting, CountingStore)
-        assert counting.transactions == 1  # the fifty states in one write
+        assert used.counting.transactions == 1  # the fifty states in one write
         for event_id in ids:
-            assert await state(book, event_id) == ("succeeded", 1)
+            assert await state(used.book, event_id) == ("succeeded", 1)
     taken = await namespace.take_at_least(results, 50)
     assert len(taken) == 50
     assert {message.routing_key for message in taken} == {"conveyor.event.succeeded.sub"}
@@ -84,27 +102,16 @@ async def test_reports_made_together_are_stored_in_one_write_and_each_announced(
 async def test_an_unannounced_success_returns_its_delivery_and_other_states_do_not(
     namespace: Namespace, results: str, tmp_path: Path
 ) -> None:
-    async with (
-        open_book(f"sqlite:///{tmp_path}/reports.db") as (book, _),
-        await aio_pika.connect_robust(namespace.amqp_url) as connection,
-    ):
-        channel = await connection.channel(publisher_confirms=True)
-        mover = MessageMover(channel, timeout=1.0)
-        reporter = StatusReporter(
-            subscription("sub", ("t",), _noop),
-            ledger=book,
-            mover=mover,
-            topology=namespace.topology,
-        )
-        await channel.close()  # no completion event can go out
+    async with reporting(namespace, tmp_path, timeout=1.0) as used:
+        await used.channel.close()  # no completion event can go out
         succeeded, dead, retrying = await asyncio.gather(
-            reporter.report(
+            used.reporter.report(
                 update(DeliveryState.SUCCEEDED, 1, "s"), correlation_id=None, record=True
             ),
-            reporter.report(
+            used.reporter.report(
                 update(DeliveryState.DEAD_LETTERED, 1, "d"), correlation_id=None, record=True
             ),
-            reporter.report(
+            used.reporter.report(
                 update(DeliveryState.RETRYING, 1, "r"), correlation_id=None, record=True
             ),
         )
@@ -113,9 +120,9 @@ async def test_an_unannounced_success_returns_its_delivery_and_other_states_do_n
         assert dead is True  # announced once at most: logged, never dead-lettered twice
         assert retrying is True  # nothing to announce
         # The states were stored all the same.
-        assert await state(book, "s") == ("succeeded", 1)
-        assert await state(book, "d") == ("dead-lettered", 1)
-        assert await state(book, "r") == ("retrying", 1)
+        assert await state(used.book, "s") == ("succeeded", 1)
+        assert await state(used.book, "d") == ("dead-lettered", 1)
+        assert await state(used.book, "r") == ("retrying", 1)
     assert await namespace.take_all(results) == []
 
 
@@ -123,29 +130,19 @@ async def test_one_unstorable_state_does_not_leave_the_rest_of_its_batch_unrecor
     namespace: Namespace, results: str, tmp_path: Path
 ) -> None:
     # A failure message the store cannot take (a lone surrogate) costs its own record only.
-    async with (
-        open_book(f"sqlite:///{tmp_path}/reports.db") as (book, _),
-        await aio_pika.connect_robust(namespace.amqp_url) as connection,
-    ):
-        mover = MessageMover(await connection.channel(publisher_confirms=True), timeout=5.0)
-        reporter = StatusReporter(
-            subscription("sub", ("t",), _noop),
-            ledger=book,
-            mover=mover,
-            topology=namespace.topology,
-        )
+    async with reporting(namespace, tmp_path) as used:
         bad = dataclasses.replace(
             update(DeliveryState.RETRYING, 1, "r"), failure=Failure("E", "bad \udcff", "")
         )
         with capture_logs() as logs:
             outcomes = await asyncio.gather(
-                reporter.report(
+                used.reporter.report(
                     update(DeliveryState.SUCCEEDED, 1, "s"), correlation_id=None, record=True
                 ),
-                reporter.report(bad, correlation_id=None, record=True),
+                used.reporter.report(bad, correlation_id=None, record=True),
             )
         assert list(outcomes) == [True, True]  # both acked: a status is a helper, not a gate
-        assert await state(book, "s") == ("succeeded", 1)
+        assert await state(used.book, "s") == ("succeeded", 1)
         unrecorded = [
             line for line in logs if line["event"] == "could not record the event's status"
         ]
@@ -157,19 +154,8 @@ async def test_one_unstorable_state_does_not_leave_the_rest_of_its_batch_unrecor
 async def test_an_unannounced_completion_is_logged_with_its_own_event_context(
     namespace: Namespace, tmp_path: Path
 ) -> None:
-    async with (
-        open_book(f"sqlite:///{tmp_path}/reports.db") as (book, _),
-        await aio_pika.connect_robust(namespace.amqp_url) as connection,
-    ):
-        channel = await connection.channel(publisher_confirms=True)
-        mover = MessageMover(channel, timeout=1.0)
-        reporter = StatusReporter(
-            subscription("sub", ("t",), _noop),
-            ledger=book,
-            mover=mover,
-            topology=namespace.topology,
-        )
-        await channel.close()  # no completion event can go out
+    async with reporting(namespace, tmp_path, timeout=1.0) as used:
+        await used.channel.close()  # no completion event can go out
 
         async def deliver(event_id: str) -> bool:
             structlog.contextvars.bind_contextvars(
@@ -178,7 +164,7 @@ async def test_an_unannounced_completion_is_logged_with_its_own_event_context(
                 event_type=f"type-{event_id}",
                 correlation_id=f"corr-{event_id}",
             )
-            return await reporter.report(
+            return await used.reporter.report(
                 update(DeliveryState.DEAD_LETTERED, 1, event_id), correlation_id=None, record=True
             )
 

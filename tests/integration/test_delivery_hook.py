@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aio_pika
-import aiormq
-import pytest
 
 from consumers.delivery import Delivery, DeliveryHook
 
@@ -27,19 +22,6 @@ _PROPERTIES: dict[str, Any] = {
     "type": "com.example.order",
     "app_id": "shop",
 }
-
-
-@pytest.fixture
-async def queue_name(amqp_url: str) -> AsyncIterator[str]:
-    name = f"test-hook-{uuid.uuid4().hex[:12]}"
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        await channel.declare_queue(name, arguments={"x-queue-type": "quorum"}, durable=True)
-    yield name
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        with contextlib.suppress(aiormq.exceptions.ChannelClosed):
-            await channel.queue_delete(name)
 
 
 async def _publish(channel: aio_pika.abc.AbstractChannel, queue: str, body: bytes) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import aio_pika
@@ -14,19 +12,6 @@ import pytest
 from pamqp.commands import Basic
 
 from producers import ChannelPipeline, WireMessage
-
-
-@pytest.fixture
-async def queue_name(amqp_url: str) -> AsyncIterator[str]:
-    name = f"test-pipeline-{uuid.uuid4().hex[:12]}"
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        await channel.declare_queue(name, arguments={"x-queue-type": "quorum"}, durable=True)
-    yield name
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel()
-        with contextlib.suppress(aiormq.exceptions.ChannelClosed):
-            await channel.queue_delete(name)
 
 
 async def _take(
