@@ -24,7 +24,9 @@ from producers import BROKER_FAILURES, ChannelPipeline, SameIdGate, WireMessage
 __all__ = ["MessageMover", "MoveFailedError", "UncopyableMessageError"]
 
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
-_UNPUBLISHABLE: tuple[type[Exception], ...] = (*_UNREACHABLE, TypeError, ValueError, OverflowError)
+# What writing a message can raise for a value it cannot encode.
+_UNENCODABLE: tuple[type[Exception], ...] = (TypeError, ValueError, OverflowError)
+_UNPUBLISHABLE: tuple[type[Exception], ...] = (*_UNREACHABLE, *_UNENCODABLE)
 # RabbitMQ's default frame_max is 131072 bytes and the whole header table must fit one frame
 # with the other properties; a copy whose headers grew past this would make the broker close
 # the connection.
@@ -119,25 +121,24 @@ class MessageMover:
                 # No expiration: a copy in a retry tier or DLQ must not vanish on its own.
                 delivery_mode=2,  # persistent
             )
-        except (TypeError, ValueError, OverflowError) as error:
+        except _UNENCODABLE as error:
             raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
-        await self.publish(copy, exchange=exchange, routing_key=routing_key, mandatory=True)
+        await self._publish_copy(copy, exchange=exchange, routing_key=routing_key)
 
-    async def publish(
-        self, message: WireMessage, *, exchange: str, routing_key: str, mandatory: bool
-    ) -> None:
-        """Publish `message`; return once RabbitMQ confirmed it, else raise MoveFailedError."""
+    async def _publish_copy(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
+        """Publish `message`, mandatory; return once RabbitMQ confirmed it, else raise
+        MoveFailedError."""
         try:
             async with asyncio.timeout(self._timeout), self._same_id.turn(message.message_id):
                 pipeline = await self._pipeline.current()
                 confirmation = await pipeline.publish(
-                    message, exchange=exchange, routing_key=routing_key, mandatory=mandatory
+                    message, exchange=exchange, routing_key=routing_key, mandatory=True
                 )
         except DeliveryError:
             raise MoveFailedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
         except _UNREACHABLE as error:
             raise MoveFailedError(f"{type(error).__name__} moving to {routing_key!r}") from None
-        except (TypeError, ValueError, OverflowError) as error:
+        except _UNENCODABLE as error:
             # Headers another publisher sent that cannot be written back as they are.
             raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
         if not isinstance(confirmation, Basic.Ack):
@@ -149,7 +150,8 @@ class MessageMover:
         """Publish each (message, routing key) to `exchange`, not mandatory (completion events),
         in one pass under one timeout: what became of each (None: confirmed).
 
-        Not mandatory, so no `basic.return` can come back and ids need no turns (`publish`).
+        Not mandatory, so no `basic.return` can come back and ids need no turns (see
+        producers.same_id).
         """
         if not messages:
             return []  # nothing to wait for, not even a channel being restored

@@ -131,9 +131,10 @@ class StatusReporter:
 
     async def _report_together(self, batch: list[_Report]) -> None:
         unrecorded = await self._record(batch)
-        messages: list[tuple[WireMessage, str]] = []
-        announcing: list[_Report] = []
+        # Why each report's completion was not confirmed, by its index in the batch.
         unannounced: dict[int, str] = {}
+        messages: list[tuple[WireMessage, str]] = []
+        announcing: list[int] = []
         for index, report in enumerate(batch):
             if report.announced is None:
                 continue
@@ -143,43 +144,40 @@ class StatusReporter:
                 unannounced[index] = f"cannot write the completion event: {error}"
                 continue
             messages.append((message, completion_routing_key(report.announced)))
-            announcing.append(report)
+            announcing.append(index)
         failures = await self._mover.announce_many(
             messages, exchange=self._topology.results_exchange
         )
-        failed = {
-            id(report): str(failure)
-            for report, failure in zip(announcing, failures, strict=True)
-            if failure is not None
-        }
+        for index, failure in zip(announcing, failures, strict=True):
+            if failure is not None:
+                unannounced[index] = str(failure)
         for index, report in enumerate(batch):
-            reason = unannounced.get(index) or failed.get(id(report))
             if not report.done.done():
-                report.done.set_result(_Outcome(unrecorded.get(index), reason))
+                report.done.set_result(_Outcome(unrecorded.get(index), unannounced.get(index)))
 
     async def _record(self, batch: list[_Report]) -> dict[int, str]:
-        """Store the batch's states in one write: what could not be stored, by index."""
-        indices = [index for index, report in enumerate(batch) if report.stored is not None]
-        if not indices:
+        """Store the batch's states in one write: why each was not stored, by index."""
+        pending = [
+            (index, stored)
+            for index, report in enumerate(batch)
+            if (stored := report.stored) is not None
+        ]
+        if not pending:
             return {}
-        stored = [update for report in batch if (update := report.stored) is not None]
         try:
             async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                await self._ledger.record_many(stored)
+                await self._ledger.record_many([update for _, update in pending])
         except (TypeError, ValueError):
             # One state that cannot be written (a value the store refuses) must not leave the
             # others unrecorded: each on its own, then.
-            return await self._record_one_by_one(batch, indices)
+            return await self._record_one_by_one(pending)
         except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
-            return dict.fromkeys(indices, str(error))
+            return {index: str(error) for index, _ in pending}
         return {}
 
-    async def _record_one_by_one(self, batch: list[_Report], indices: list[int]) -> dict[int, str]:
+    async def _record_one_by_one(self, pending: list[tuple[int, DeliveryUpdate]]) -> dict[int, str]:
         unrecorded: dict[int, str] = {}
-        for index in indices:
-            update = batch[index].stored
-            if update is None:
-                continue
+        for index, update in pending:
             try:
                 async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
                     await self._ledger.record(update)

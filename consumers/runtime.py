@@ -96,6 +96,7 @@ class SubscriptionConsumer:
         self._topology = topology
         self._channel = channel
         self._queues = queues
+        self._queue_names = frozenset(queue.name for queue in queues)
         self._observer = observer
         self._tracer = tracer
         self._reporter = StatusReporter(subscription, ledger=ledger, mover=mover, topology=topology)
@@ -193,8 +194,8 @@ class SubscriptionConsumer:
         return self._holding
 
     async def _on_message(self, message: Inbound) -> None:
-        # aiormq runs each delivery in its own task; prefetch bounds how many exist, and the
-        # semaphore bounds how many run a handler.
+        # Each delivery runs in its own task (consumers.delivery's, or aiormq's and aio-pika's);
+        # prefetch bounds how many exist, and the semaphore bounds how many run a handler.
         ordering = self.subscription.ordering
         if ordering is not None:
             # Joined before the first await: the lane's order is the delivery order.
@@ -425,4 +426,4 @@ class SubscriptionConsumer:
 
     def _from_own_ladder(self, message: Inbound) -> bool:
         # A retry tier dead-letters through the default exchange with our queue as routing key.
-        return message.exchange == "" and message.routing_key in {q.name for q in self._queues}
+        return message.exchange == "" and message.routing_key in self._queue_names

@@ -1,9 +1,9 @@
-"""The embedded store: one SQLite file, one connection, used from one thread of its own.
+"""The embedded store: one SQLite file, written through one connection in a thread of its own.
 
-Each operation (a claim, a batch of status writes in its transaction, a query) is one function
-run in that thread: one hand-off from the event loop and one back, however many statements it
-takes (issue 7: a hand-off per statement, as through aiosqlite, cost the consumer a turn of a
-busy loop each, and the lookups queued behind them). The thread runs operations one at a time,
+Each write (a claim, a batch of status writes in its transaction) is one function run in that
+thread: one hand-off from the event loop and one back, however many statements it takes (issue
+7: a hand-off per statement, as through aiosqlite, cost the consumer a turn of a busy loop each,
+and the lookups queued behind them). The thread runs operations one at a time,
 in the order they were asked for, so a claim never lands inside a batch's transaction or is
 rolled back with it. One writing connection, not two: two writers on one file would take turns
 through SQLite's busy handler, which sleeps, and cost far more than waiting in line.
@@ -167,14 +167,14 @@ class SqliteStore:
         if self._closed:
             raise sqlite3.ProgrammingError("the store is closed")
         try:
-            return [tuple(row) for row in self._reader.execute(statement, params).fetchall()]
+            return _rows(self._reader, statement, params)
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode & 0xFF not in _BUSY_CODES:  # the primary code
                 raise
         return await self._run(self._query_now, statement, params)
 
     def _query_now(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in self._db.execute(statement, params).fetchall()]
+        return _rows(self._db, statement, params)
 
     async def purge_expired(self) -> int:
         return await self._run(self._purge_now)
@@ -208,6 +208,12 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _rows(
+    connection: sqlite3.Connection, statement: str, params: tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in connection.execute(statement, params).fetchall()]
 
 
 def _connect_reader(path: Path) -> sqlite3.Connection:
