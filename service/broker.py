@@ -58,6 +58,10 @@ class NoBrokerAnsweredError(ConnectionError):
     """None of the broker addresses could be connected to; the message says why for each."""
 
 
+class HandshakeCutError(ConnectionError):
+    """The broker (or something in front of it) closed the connection during the handshake."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkStatus:
     connected: bool
@@ -185,6 +189,12 @@ class BrokerLink:
             self._problem = f"broker link failed: {type(error).__name__}: {error}"[:300]
             _log.exception("broker link failed; the process stays not ready")
             return None
+        if connection is None:
+            # Only a StopAsyncIteration from an attempt ends tenacity's loop without one; each
+            # known source is converted, so this is a new one: stay not ready, and say so.
+            self._problem = "broker link failed: the connection attempts ended without a link"
+            _log.error("broker link failed; the process stays not ready", problem=self._problem)
+            return None
         self._problem = None
         _log.info("broker link up", url=redact_url(self._addresses.current))
         return connection
@@ -270,7 +280,26 @@ class BrokerLink:
         return connection
 
     async def _connect_once(self, url: str) -> AbstractRobustConnection:
-        connection = await aio_pika.connect_robust(
+        try:
+            connection = await self._open(url)
+        except StopAsyncIteration as error:
+            # aiormq's handshake reads frames with get_frame(), which raises StopAsyncIteration
+            # on a stream already at its end: seen on uvloop when the peer resets the connection
+            # (asyncio reports the reset itself). Raised as is inside tenacity's `async for`, it
+            # ended the retry loop as if it were exhausted: the link never came up, silently.
+            raise HandshakeCutError(
+                "the connection was closed during the AMQP handshake"
+            ) from error
+        try:
+            await self._declare_and_attach(connection)
+        except BaseException:
+            await self._abandon(connection)
+            raise
+        self._connection = connection
+        return connection
+
+    async def _open(self, url: str) -> AbstractRobustConnection:
+        return await aio_pika.connect_robust(
             url,
             # connect_robust calls its connection_class with the connection's arguments; a
             # factory that tracks what it makes serves as well as the class.
@@ -282,13 +311,6 @@ class BrokerLink:
             client_properties={"connection_name": f"conveyor {self._settings.role.value}"},
             ssl_context=self._tls if url.startswith("amqps://") else None,
         )
-        try:
-            await self._declare_and_attach(connection)
-        except BaseException:
-            await self._abandon(connection)
-            raise
-        self._connection = connection
-        return connection
 
     async def _declare_and_attach(self, connection: AbstractRobustConnection) -> None:
         # The events exchange is declared by every role: consumers bind to it. This channel stays
