@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 AMQP_URL ?= amqp://guest:guest@localhost:5672/
 
-.PHONY: help install run test test-unit test-integration test-cluster lint format bench chaos clean
+.PHONY: help install run test test-uvloop test-unit test-integration test-cluster lint format bench chaos clean
 
 help:
 	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
 	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
+	@echo "make test-uvloop - the in-process tests again, on uvloop (conveyor serve's default loop)"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  - conveyor against raw aio-pika and FastStream on the local broker (~10 min)"
 	@echo "make chaos  - loss-accounting scenarios and fault injection (alarms); needs rabbitmqctl"
@@ -52,6 +53,11 @@ test-integration: install
 
 test: lint
 	$(BIN)/pytest -q -ra
+
+# The in-process tests again on uvloop, `conveyor serve`'s loop where installed (make test
+# runs them on asyncio's own loop, and `conveyor serve` processes on their default).
+test-uvloop: install
+	CONVEYOR_TEST_EVENT_LOOP=uvloop $(BIN)/pytest tests/unit tests/integration -q -ra
 
 # Fault injection on the local broker itself (alarms); slower, and never run beside other tests.
 chaos: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -325,6 +326,19 @@ def url_with_port(url: str, port: int) -> str:
 def accounts(request: pytest.FixtureRequest) -> list[Account]:
     """Where loss-accounting scenarios put their account; the session prints the table."""
     return request.config.stash.setdefault(ACCOUNTS, [])
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """In-process tests run on asyncio's own loop; CONVEYOR_TEST_EVENT_LOOP=uvloop (`make
+    test-uvloop`) runs them on uvloop, which `conveyor serve` runs on where it is installed.
+    Tests of `conveyor serve` processes run it on its default either way."""
+    if os.environ.get("CONVEYOR_TEST_EVENT_LOOP") == "uvloop":
+        import uvloop  # noqa: PLC0415 - the uvloop extra, installed by `make install`
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
