@@ -11,7 +11,7 @@ AMQP_URL ?= amqp://guest:guest@localhost:5672/
 help:
 	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
 	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
-	@echo "make test-uvloop - the in-process tests again, on uvloop (conveyor serve's default loop)"
+	@echo "make test-uvloop - the in-process tests again, on uvloop (CONVEYOR_EVENT_LOOP=uvloop)"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  - conveyor against raw aio-pika and FastStream on the local broker (~10 min)"
 	@echo "make chaos  - loss-accounting scenarios and fault injection (alarms); needs rabbitmqctl"
@@ -54,8 +54,8 @@ test-integration: install
 test: lint
 	$(BIN)/pytest -q -ra
 
-# The in-process tests again on uvloop, `conveyor serve`'s loop where installed (make test
-# runs them on asyncio's own loop, and `conveyor serve` processes on their default).
+# The in-process tests again on uvloop, the opt-in loop (CONVEYOR_EVENT_LOOP=uvloop); make test
+# runs them on asyncio's own loop.
 test-uvloop: install
 	CONVEYOR_TEST_EVENT_LOOP=uvloop $(BIN)/pytest tests/unit tests/integration -q -ra
 

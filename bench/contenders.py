@@ -58,7 +58,7 @@ async def start_conveyor(
     workers: int = 1,
     env: dict[str, str] | None = None,
     store_url: str | None = None,
-    event_loop: str | None = None,
+    uvloop: bool = False,
 ) -> tuple[Child, str]:
     """conveyor with its defaults but for where it listens, its namespace and a SQLite file of
     its own (or `store_url`); the base URL it answers on."""
@@ -73,8 +73,8 @@ async def start_conveyor(
         "CONVEYOR_STORE_URL": store_url or f"sqlite:///{folder}/{namespace}.db",
         **(env or {}),
     }
-    if event_loop is not None:  # else conveyor's default: uvloop when installed
-        settings["CONVEYOR_EVENT_LOOP"] = event_loop
+    if uvloop:
+        settings["CONVEYOR_EVENT_LOOP"] = "uvloop"
     arguments = ["-m", "bench.serve", *(["--null-store"] if null_store else []), "serve"]
     if workers != 1:
         arguments += ["--workers", str(workers)]
@@ -108,7 +108,7 @@ async def conveyor_ingest(
     null_store: bool = False,
     workers: int = 1,
     store_url: str | None = None,
-    event_loop: str | None = None,
+    uvloop: bool = False,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     namespace = new_namespace()
@@ -120,7 +120,7 @@ async def conveyor_ingest(
             null_store=null_store,
             workers=workers,
             store_url=store_url,
-            event_loop=event_loop,
+            uvloop=uvloop,
             env=env,
         )
         try:
@@ -169,7 +169,7 @@ async def _consume(
     start: list[str] | None,
     *,
     null_store: bool = False,
-    event_loop: str | None = None,
+    uvloop: bool = False,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Fill a fresh namespace's `sink` with `count` events, then time the consumer draining it.
@@ -180,7 +180,7 @@ async def _consume(
         filled = await fill(namespace, count)
         if start is None:
             child, _ = await start_conveyor(
-                folder, namespace, "worker", null_store=null_store, event_loop=event_loop, env=env
+                folder, namespace, "worker", null_store=null_store, uvloop=uvloop, env=env
             )
         else:
             log = folder / f"{namespace}-{start[0]}.log"
@@ -213,12 +213,10 @@ async def conveyor_consume(
     count: int,
     *,
     null_store: bool = False,
-    event_loop: str | None = None,
+    uvloop: bool = False,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return await _consume(
-        folder, count, None, null_store=null_store, event_loop=event_loop, env=env
-    )
+    return await _consume(folder, count, None, null_store=null_store, uvloop=uvloop, env=env)
 
 
 async def worker_memory(folder: Path, backlog: int) -> dict[str, Any]:

@@ -188,22 +188,19 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
             f"{settings['prefetch']}."
         ),
         (
-            "conveyor runs with its defaults (uvloop, installed with the bench; SQLite store in "
-            "a temporary file, JSON logs at info, default subscription settings) in the "
-            "`ingress` role for 2, 3, 6b, `worker` for 4, 6a, `all` for 5; 'no store' replaces "
-            "the store with one that remembers nothing."
+            "conveyor runs with its defaults (SQLite store in a temporary file, JSON logs at "
+            "info, default subscription settings) in the `ingress` role for 2, 3, 6b, `worker` "
+            "for 4, 6a, `all` for 5; 'no store' replaces the store with one that remembers "
+            "nothing."
         ),
     ]
     for item in ("single", "batch", "consume"):
-        ratio, _ = _paired(samples, item, "conveyor-asyncio", "conveyor")
+        ratio, _ = _paired(samples, item, "conveyor-uvloop", "conveyor")
         if ratio != "-":
-            rates = _cell(_values(samples, item, "conveyor-asyncio", "events_per_second"))
-            note = (
-                f"{item}: conveyor on asyncio's loop (as the peers) {rates} events/s, "
-                f"{ratio} x conveyor on its default loop"
+            rates = _cell(_values(samples, item, "conveyor-uvloop", "events_per_second"))
+            notes.append(
+                f"{item}: conveyor on uvloop {rates} events/s, {ratio} x conveyor on asyncio's loop"
             )
-            peer, _ = _paired(samples, item, "conveyor-asyncio", "faststream")
-            notes.append(note + (f", {peer} x FastStream" if peer != "-" else ""))
     notes += _errors(samples)
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.run [--rounds 3] [--seconds 5] [--consume-events 50000]
                                   [--backlog 100000] [--workers 1,2] [--max-minutes 10]
-                                  [--asyncio] [--items single,batch,consume,latency,memory]
+                                  [--uvloop] [--items single,batch,consume,latency,memory]
 
 Every figure is a median over rounds, and the contenders of each comparison run interleaved
 (round 1: A B C, round 2: B C A, ...), so a noisy neighbour hits them alike; the table shows
@@ -69,10 +69,9 @@ class Run:
             print(f"  {item} / {name} round {number + 1}: {_brief(result)}", flush=True)
 
 
-def _on_asyncio(arguments: argparse.Namespace, measure: Measure) -> dict[str, Measure]:
-    """conveyor on asyncio's own loop (CONVEYOR_EVENT_LOOP=asyncio), the peers' loop, as one
-    more contender, with --asyncio; conveyor's default is uvloop when installed."""
-    return {"conveyor-asyncio": measure} if arguments.asyncio else {}
+def _on_uvloop(arguments: argparse.Namespace, measure: Measure) -> dict[str, Measure]:
+    """conveyor on uvloop (CONVEYOR_EVENT_LOOP=uvloop) as one more contender, with --uvloop."""
+    return {"conveyor-uvloop": measure} if arguments.uvloop else {}
 
 
 async def _on_postgres(
@@ -122,10 +121,10 @@ async def one_round(run: Run, number: int) -> None:
                 f, "naive", connections=connections, seconds=seconds
             ),
         }
-        | _on_asyncio(
+        | _on_uvloop(
             arguments,
             lambda f: contenders.conveyor_ingest(
-                f, connections=connections, seconds=seconds, event_loop="asyncio"
+                f, connections=connections, seconds=seconds, uvloop=True
             ),
         ),
         number,
@@ -159,10 +158,10 @@ async def one_round(run: Run, number: int) -> None:
                 f, connections=batch_connections, seconds=seconds, batch=100, null_store=True
             ),
         }
-        | _on_asyncio(
+        | _on_uvloop(
             arguments,
             lambda f: contenders.conveyor_ingest(
-                f, connections=batch_connections, seconds=seconds, batch=100, event_loop="asyncio"
+                f, connections=batch_connections, seconds=seconds, batch=100, uvloop=True
             ),
         ),
         number,
@@ -177,9 +176,7 @@ async def one_round(run: Run, number: int) -> None:
             "conveyor-no-store": lambda f: contenders.conveyor_consume(f, events, null_store=True),
             "faststream": lambda f: contenders.faststream_consume(f, events),
         }
-        | _on_asyncio(
-            arguments, lambda f: contenders.conveyor_consume(f, events, event_loop="asyncio")
-        ),
+        | _on_uvloop(arguments, lambda f: contenders.conveyor_consume(f, events, uvloop=True)),
         number,
     )
     single = median_of(run.samples, "single", "conveyor", "events_per_second")
@@ -241,9 +238,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--workers", default="1", help="e.g. 1,2: also run serve --workers N")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="global cap")
-    parser.add_argument(
-        "--asyncio", action="store_true", help="also conveyor on asyncio's loop, as the peers"
-    )
+    parser.add_argument("--uvloop", action="store_true", help="also conveyor on uvloop")
     parser.add_argument(
         "--items", default="", help="only these, e.g. single,consume (also batch, latency, memory)"
     )

@@ -69,9 +69,12 @@ class Role(enum.StrEnum):
 
 
 class EventLoop(enum.StrEnum):
-    """Which event loop runs the process: uvloop when it is installed (the uvloop extra), else
-    asyncio's own. uvloop answers more requests and drains more deliveries per second (README,
-    Performance); `asyncio` is the way back should a problem be specific to uvloop.
+    """Which event loop runs the process.
+
+    uvloop is opt-in. It used to leave the link down for good when a broker reset the connection
+    during the AMQP handshake (fixed: service.broker.HandshakeCutError), and on the 2-core
+    benchmark machine it was no faster than asyncio's loop in two later runs (README,
+    Performance), after 1.20 x single ingest and 1.11 x consume in an earlier one.
     """
 
     ASYNCIO = "asyncio"
@@ -183,9 +186,7 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
         "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
     ),
     SettingDoc("WORKERS", "1", "processes sharing the HTTP port (SO_REUSEPORT); --workers N"),
-    SettingDoc(
-        "EVENT_LOOP", "uvloop if installed", "uvloop | asyncio (uvloop is the uvloop extra)"
-    ),
+    SettingDoc("EVENT_LOOP", "asyncio", "asyncio | uvloop (the uvloop extra; see the README)"),
     SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
     SettingDoc(
         "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
@@ -242,7 +243,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         otel=reader.flag("OTEL", default=_DEFAULTS.otel),
         amqp_heartbeat=reader.duration("AMQP_HEARTBEAT", _DEFAULTS.amqp_heartbeat),
         workers=reader.integer("WORKERS", _DEFAULTS.workers, low=1, high=MAX_WORKERS),
-        event_loop=reader.choice("EVENT_LOOP", EventLoop, _default_event_loop()),
+        event_loop=reader.choice("EVENT_LOOP", EventLoop, _DEFAULTS.event_loop),
         max_concurrent_requests=reader.integer(
             "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
         ),
@@ -266,10 +267,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         )
     _check_tls(settings)
     return settings
-
-
-def _default_event_loop() -> EventLoop:
-    return EventLoop.UVLOOP if importlib.util.find_spec("uvloop") is not None else EventLoop.ASYNCIO
 
 
 def _check_tls(settings: Settings) -> None:

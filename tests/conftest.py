@@ -332,8 +332,7 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """In-process tests run on asyncio's own loop; CONVEYOR_TEST_EVENT_LOOP=uvloop (`make
-    test-uvloop`) runs them on uvloop, which `conveyor serve` runs on where it is installed.
-    Tests of `conveyor serve` processes run it on its default either way."""
+    test-uvloop`) runs them on uvloop, which CONVEYOR_EVENT_LOOP=uvloop gives `conveyor serve`."""
     if os.environ.get("CONVEYOR_TEST_EVENT_LOOP") == "uvloop":
         import uvloop  # noqa: PLC0415 - the uvloop extra, installed by `make install`
 

@@ -143,9 +143,7 @@ def test_reliability_and_scaling_settings_are_read() -> None:
     assert (settings.workers, settings.event_loop) == (4, EventLoop.UVLOOP)
     defaults = load_settings({})
     assert (defaults.amqp_heartbeat, defaults.max_concurrent_requests) == (15.0, 256)
-    # uvloop when installed (`make install` installs the uvloop extra); asyncio on request.
-    assert (defaults.workers, defaults.event_loop) == (1, EventLoop.UVLOOP)
-    assert load_settings({"CONVEYOR_EVENT_LOOP": "asyncio"}).event_loop is EventLoop.ASYNCIO
+    assert (defaults.workers, defaults.event_loop) == (1, EventLoop.ASYNCIO)
 
 
 @pytest.mark.parametrize(
