@@ -189,12 +189,6 @@ class BrokerLink:
             self._problem = f"broker link failed: {type(error).__name__}: {error}"[:300]
             _log.exception("broker link failed; the process stays not ready")
             return None
-        if connection is None:
-            # Only a StopAsyncIteration from an attempt ends tenacity's loop without one; each
-            # known source is converted, so this is a new one: stay not ready, and say so.
-            self._problem = "broker link failed: the connection attempts ended without a link"
-            _log.error("broker link failed; the process stays not ready", problem=self._problem)
-            return None
         self._problem = None
         _log.info("broker link up", url=redact_url(self._addresses.current))
         return connection
@@ -282,19 +276,17 @@ class BrokerLink:
     async def _connect_once(self, url: str) -> AbstractRobustConnection:
         try:
             connection = await self._open(url)
+            try:
+                await self._declare_and_attach(connection)
+            except BaseException:
+                await self._abandon(connection)
+                raise
         except StopAsyncIteration as error:
             # aiormq's handshake reads frames with get_frame(), which raises StopAsyncIteration
             # on a stream already at its end: seen on uvloop when the peer resets the connection
             # (asyncio reports the reset itself). Raised as is inside tenacity's `async for`, it
             # ended the retry loop as if it were exhausted: the link never came up, silently.
-            raise HandshakeCutError(
-                "the connection was closed during the AMQP handshake"
-            ) from error
-        try:
-            await self._declare_and_attach(connection)
-        except BaseException:
-            await self._abandon(connection)
-            raise
+            raise HandshakeCutError("the connection ended while it was being set up") from error
         self._connection = connection
         return connection
 
