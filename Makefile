@@ -55,7 +55,7 @@ test: lint
 	$(BIN)/pytest -q -ra
 
 # The in-process tests again on uvloop, the opt-in loop (CONVEYOR_EVENT_LOOP=uvloop); make test
-# runs them on asyncio's own loop. Not in CI: one run of three hung in a teardown (README).
+# runs them on asyncio's own loop. Not in CI: two runs of six hung in a teardown (README).
 test-uvloop: install
 	CONVEYOR_TEST_EVENT_LOOP=uvloop $(BIN)/pytest tests/unit tests/integration -q -ra
 
