@@ -59,7 +59,8 @@ class NoBrokerAnsweredError(ConnectionError):
 
 
 class HandshakeCutError(ConnectionError):
-    """The broker (or something in front of it) closed the connection during the handshake."""
+    """The connection ended while it was being set up (the AMQP handshake, or the declarations
+    after it): the broker, or something in front of it, closed it."""
 
 
 @dataclass(frozen=True, slots=True)
