@@ -2,11 +2,15 @@
 
     .venv/bin/python -m bench.ab --base /path/to/other/checkout [--items single,batch,consume]
                                  [--rounds 3] [--seconds 5] [--consume-events 10000]
+                                 [--base-python /path/to/other/venv/bin/python]
 
 The "head" arm is this checkout, the "base" arm the checkout at `--base` (e.g. a `git worktree`
 of the commit before); each conveyor process starts in its arm's tree, with it on PYTHONPATH. Arms
 alternate within each round, starting arm rotating, so a noisy neighbour hits both alike.
 Prints each arm's median events/s (min-max) and the median of the per-round head/base ratios.
+`--base-python` runs the base arm's conveyor on another interpreter (a venv of another Python
+version, with conveyor's dependencies installed); `--base .` with it compares two Pythons on
+the same code. The load generator stays on this one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders
-from bench.harness import ROOT, TREE
+from bench.harness import PYTHON, ROOT, TREE
 
 Measure = Callable[[Path, dict[str, str]], Awaitable[dict[str, Any]]]
 
@@ -40,6 +44,7 @@ def _measures(arguments: argparse.Namespace) -> dict[str, Measure]:
 
 async def compare(arguments: argparse.Namespace, base: Path) -> None:
     arms = {"head": str(ROOT), "base": str(base)}
+    pythons = {"base": arguments.base_python} if arguments.base_python else {}
     measures = _measures(arguments)
     rates: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="conveyor-ab-") as folder:
@@ -48,6 +53,8 @@ async def compare(arguments: argparse.Namespace, base: Path) -> None:
                 order = list(arms) if number % 2 == 0 else list(reversed(arms))
                 for arm in order:
                     env = {"PYTHONPATH": arms[arm], TREE: arms[arm]}
+                    if arm in pythons:
+                        env[PYTHON] = pythons[arm]
                     result = await measures[item](Path(folder), env)
                     rate = float(result["events_per_second"])
                     rates.setdefault(item, {}).setdefault(arm, []).append(rate)
@@ -74,6 +81,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--consume-events", type=int, default=10_000)
+    parser.add_argument("--base-python", default=None, help="the base arm's interpreter")
     arguments = parser.parse_args()
     asyncio.run(compare(arguments, Path(arguments.base).resolve()))
 

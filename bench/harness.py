@@ -38,6 +38,7 @@ __all__ = [
     "EVENT_BYTES",
     "POSTGRES_URL",
     "PREFETCH",
+    "PYTHON",
     "ROOT",
     "SINK",
     "TREE",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 TREE = "CONVEYOR_BENCH_TREE"  # in a child's env: the checkout it runs (default: this one)
+PYTHON = "CONVEYOR_BENCH_PYTHON"  # in a child's env: the interpreter it runs on (default: ours)
 AMQP_URL = os.environ.get("CONVEYOR_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -181,10 +183,11 @@ class Child:
 async def start_child(
     arguments: Sequence[str], log: Path, env: dict[str, str] | None = None
 ) -> Child:
-    """`python <arguments>` from the repository root, output to `log`."""
+    """`python <arguments>` from the repository root (or `env[TREE]`, on `env[PYTHON]`), output
+    to `log`."""
     with log.open("wb") as sink:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
+            (env or {}).get(PYTHON, sys.executable),
             *arguments,
             # `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH: the
             # checkout a child runs is the folder it starts in (bench.ab runs two).
