@@ -37,6 +37,7 @@ from producers import (
     declare_results_exchange,
 )
 from service.broker_addresses import AddressRotation, redact_url
+from service.cancellation import stop_if_cancelled
 from service.link_watchdog import watch_for_silence
 from service.metrics import Metrics
 from service.queue_stats import poll_queue_stats
@@ -51,6 +52,7 @@ _log = structlog.get_logger(component="broker")
 _RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError)
 RECONNECT_INTERVAL_SECONDS = 2.0
 _FAILOVER_POLL_SECONDS = 0.25
+_WATCHER_STOP_SECONDS = 5.0
 _CLOSE_SECONDS = 5.0
 
 
@@ -231,10 +233,18 @@ class BrokerLink:
 
     async def _stop_watchers(self) -> None:
         for task in (self._poller, self._watchdog):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if task is None:
+                continue
+            task.cancel()
+            # Bounded: a watcher that swallowed its cancellation (service.cancellation) must not
+            # hold the shutdown, or a failover, for good.
+            done, _ = await asyncio.wait({task}, timeout=_WATCHER_STOP_SECONDS)
+            if not done:
+                _log.error(
+                    "a broker watcher ignored its cancellation; left running", task=task.get_name()
+                )
+            elif not task.cancelled() and (error := task.exception()) is not None:
+                _log.warning("a broker watcher had failed", task=task.get_name(), error=repr(error))
         self._poller = self._watchdog = None
 
     async def _until_lost(self, connection: AbstractRobustConnection) -> str:
@@ -282,7 +292,13 @@ class BrokerLink:
             except BaseException:
                 await self._abandon(connection)
                 raise
+        except _RETRYABLE as error:
+            # A cancellation (a shutdown) that aiormq turned into a connection error must not
+            # be retried: the link would go on connecting after close() (service.cancellation).
+            stop_if_cancelled(error)
+            raise
         except StopAsyncIteration as error:
+            stop_if_cancelled(error)
             # aiormq's handshake reads frames with get_frame(), which raises StopAsyncIteration
             # on a stream already at its end: seen on uvloop when the peer resets the connection
             # (asyncio reports the reset itself). Raised as is inside tenacity's `async for`, it

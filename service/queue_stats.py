@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from consumers import Subscription, delay_label, subscription_queue_names
 from producers import BROKER_FAILURES, Topology
+from service.cancellation import stop_if_cancelled
 from service.metrics import Metrics
 
 __all__ = ["QueueStats", "poll_queue_stats", "read_queue_stats"]
@@ -44,12 +45,14 @@ async def poll_queue_stats(
                     channel = await connection.channel()
                 await _poll_one(channel, topology, subscription, metrics)
             except _POLL_FAILURES as error:
+                stop_if_cancelled(error)
                 # A missing queue closes the channel (404); the next one opens another.
                 _log.warning(
                     "queue stats poll failed", subscription=subscription.name, error=str(error)
                 )
                 channel = None
-            except Exception:  # noqa: BLE001 - the poller must outlive any surprise
+            except Exception as error:  # noqa: BLE001 - the poller must outlive any surprise
+                stop_if_cancelled(error)
                 _log.exception("queue stats poll failed", subscription=subscription.name)
                 channel = None
         await asyncio.sleep(interval)

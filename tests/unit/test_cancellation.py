@@ -1,0 +1,146 @@
+"""Loops that retry broker errors still stop when cancelled, even when the AMQP client reports
+the cancellation as a connection error. aiormq does, for a call cancelled while its connection
+closes (service.cancellation): the queue stats poller once took that for a failed poll and
+polled on, and the shutdown that had cancelled it waited for it forever (seen in the TLS tests
+on uvloop, 2 of about 40 runs, with the poller's call in aiormq's `queue_declare`).
+
+The connections here are stand-ins that raise what aiormq raises: what is tested is how our
+loops read an error that came in place of their cancellation, which needs that timing every
+time; the broker side of both loops is covered by the integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, cast
+
+import aiormq.exceptions
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from consumers import NO_HANDLER_TRACER, StatusLedger, Subscription
+from producers import Topology
+from service.broker import BrokerLink
+from service.metrics import Metrics
+from service.queue_stats import poll_queue_stats
+from service.settings import Settings
+
+
+class _GiveUpError(BaseException):
+    """Ends a loop that would not stop (the failure tested for), so a test fails instead of
+    hanging the event loop's teardown."""
+
+
+class _CancelledAsConnectionError:
+    """A call that waits until cancelled, then raises aiormq's connection error instead."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.waiting = asyncio.Event()
+        self.give_up = False
+
+    async def __call__(self, *_args: Any, **_kwargs: Any) -> Any:
+        self.calls += 1
+        self.waiting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self.give_up:
+                raise _GiveUpError from None
+            raise aiormq.exceptions.AMQPConnectionError("connection closed") from None
+
+
+async def _stops(task: asyncio.Task[Any], call: _CancelledAsConnectionError) -> bool:
+    """Cancel `task`: True if it ended within 2 s (ended by force otherwise)."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    if not done:
+        call.give_up = True
+        task.cancel()
+        with contextlib.suppress(_GiveUpError, asyncio.CancelledError):
+            await task
+    return bool(done)
+
+
+async def _noop(event: Any) -> None:
+    return None
+
+
+class _Connection:
+    def __init__(self, open_channel: Any) -> None:
+        self._open_channel = open_channel
+
+    def channel(self) -> Any:
+        return self._open_channel()
+
+
+def _poller(connection: object) -> asyncio.Task[None]:
+    return asyncio.create_task(
+        poll_queue_stats(
+            cast("AbstractRobustConnection", connection),
+            Topology("test-poller"),
+            (Subscription(name="orders", events=("order.*",), handler=_noop, handler_path="t:n"),),
+            Metrics(),
+            interval=0.01,
+        )
+    )
+
+
+async def test_the_poller_stops_when_its_cancellation_comes_back_as_a_connection_error() -> None:
+    call = _CancelledAsConnectionError()
+    poller = _poller(_Connection(call))
+    await asyncio.wait_for(call.waiting.wait(), 2)
+
+    assert await _stops(poller, call), "the poller polled on after its cancellation"
+    assert poller.cancelled()
+    assert call.calls == 1  # it did not go round again
+
+
+async def test_failed_polls_alone_do_not_stop_the_poller() -> None:
+    calls = 0
+
+    def refuse() -> Any:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("Connection was not opened")  # a robust connection, reconnecting
+
+    poller = _poller(_Connection(refuse))
+    try:
+        await asyncio.sleep(0.2)
+        assert not poller.done()
+        assert calls >= 5  # tried again every interval
+    finally:
+        poller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poller
+
+
+async def test_the_link_stops_connecting_when_its_cancellation_comes_back_as_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    call = _CancelledAsConnectionError()
+    link = BrokerLink(
+        Settings(),
+        publisher=None,
+        subscriptions=(),
+        consume=False,
+        metrics=Metrics(),
+        tracer=NO_HANDLER_TRACER,
+        max_backoff=0.01,
+    )
+    monkeypatch.setattr(link, "_open", call)  # the connection attempt, as aiormq answers it
+    link.start(cast("StatusLedger", object()))  # unused: no consumers, no connection
+    await asyncio.wait_for(call.waiting.wait(), 2)
+
+    closing = asyncio.create_task(link.close())
+    done, _ = await asyncio.wait({closing}, timeout=2)
+    if not done:
+        call.give_up = True
+        closing.cancel()  # and with it the link's task it waits for
+        with contextlib.suppress(_GiveUpError, asyncio.CancelledError):
+            await closing
+
+    assert done == {closing}, "close() waited on a link that went on connecting"
+    assert call.calls == 1  # no attempt after the cancellation
+    assert link.status().problem == "closed"
