@@ -1,8 +1,9 @@
 """Loops that retry broker errors still stop when cancelled, even when the AMQP client reports
 the cancellation as a connection error. aiormq does, for a call cancelled while its connection
 closes (service.cancellation): the queue stats poller once took that for a failed poll and
-polled on, and the shutdown that had cancelled it waited for it forever (seen in the TLS tests
-on uvloop, 2 of about 40 runs, with the poller's call in aiormq's `queue_declare`).
+polled on, and the shutdown that had cancelled it waited for it forever (the TLS tests with
+uvloop as the tests' loop hung so in 3 of 27 runs under load; the poller's call was in
+aiormq's `queue_declare`).
 
 The connections here are stand-ins that raise what aiormq raises: what is tested is how our
 loops read an error that came in place of their cancellation, which needs that timing every
