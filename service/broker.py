@@ -53,6 +53,7 @@ _RETRYABLE = (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutErro
 RECONNECT_INTERVAL_SECONDS = 2.0
 _FAILOVER_POLL_SECONDS = 0.25
 _WATCHER_STOP_SECONDS = 5.0
+_LINK_STOP_SECONDS = 10.0  # more than a connection's close (_CLOSE_SECONDS) takes
 _CLOSE_SECONDS = 5.0
 
 
@@ -383,16 +384,20 @@ class BrokerLink:
         if self._publisher is not None:
             self._publisher.detach()
         retired, self.consumers = self.consumers, []
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(_CLOSE_SECONDS):
                 await connection.close()
-        # Their channels died with the connection: whatever they hold goes back to the queue
-        # (an ack on a closed channel raises, and never reaches the new one). Running handlers
-        # may finish meanwhile; nothing new starts.
-        for consumer in retired:
-            draining = asyncio.create_task(consumer.drain(self._settings.shutdown_timeout))
-            self._retired.add(draining)
-            draining.add_done_callback(self._retired.discard)
+        except Exception as error:  # noqa: BLE001 - the connection is given up either way
+            # A failover cancelled by close() must not go on to the next address.
+            stop_if_cancelled(error)
+        finally:
+            # Their channels died with the connection: whatever they hold goes back to the
+            # queue (an ack on a closed channel raises, and never reaches the new one). Running
+            # handlers may finish meanwhile; nothing new starts.
+            for consumer in retired:
+                draining = asyncio.create_task(consumer.drain(self._settings.shutdown_timeout))
+                self._retired.add(draining)
+                draining.add_done_callback(self._retired.discard)
 
     async def close(self) -> None:
         """Drain consumers (handlers get the shutdown timeout), then close the connection.
@@ -402,11 +407,16 @@ class BrokerLink:
         finished test reappearing on the broker).
         """
         try:
-            if self._task is not None and not self._task.done():
-                self._task.cancel()
-            if self._task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+            task = self._task
+            if task is not None and not task.done():
+                task.cancel()
+                # Bounded, as the watchers are (service.cancellation): a link that went on
+                # connecting must not hold the shutdown for good.
+                await asyncio.wait({task}, timeout=_LINK_STOP_SECONDS)
+            if task is not None and not task.done():
+                _log.error("the broker link ignored its cancellation; left running")
+            elif task is not None and not task.cancelled() and (error := task.exception()):
+                _log.warning("the broker link had failed", error=repr(error))
             await self._stop_watchers()
             drains = await asyncio.gather(
                 *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers),

@@ -121,15 +121,7 @@ async def test_the_link_stops_connecting_when_its_cancellation_comes_back_as_an_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     call = _CancelledAsConnectionError()
-    link = BrokerLink(
-        Settings(),
-        publisher=None,
-        subscriptions=(),
-        consume=False,
-        metrics=Metrics(),
-        tracer=NO_HANDLER_TRACER,
-        max_backoff=0.01,
-    )
+    link = _link()
     monkeypatch.setattr(link, "_open", call)  # the connection attempt, as aiormq answers it
     link.start(cast("StatusLedger", object()))  # unused: no consumers, no connection
     await asyncio.wait_for(call.waiting.wait(), 2)
@@ -145,3 +137,62 @@ async def test_the_link_stops_connecting_when_its_cancellation_comes_back_as_an_
     assert done == {closing}, "close() waited on a link that went on connecting"
     assert call.calls == 1  # no attempt after the cancellation
     assert link.status().problem == "closed"
+
+
+def _link() -> BrokerLink:
+    return BrokerLink(
+        Settings(),
+        publisher=None,
+        subscriptions=(),
+        consume=False,
+        metrics=Metrics(),
+        tracer=NO_HANDLER_TRACER,
+        max_backoff=0.01,
+    )
+
+
+class _ClosingAsConnectionError:
+    """A connection whose close() is cancelled into aiormq's connection error."""
+
+    def __init__(self) -> None:
+        self.close = _CancelledAsConnectionError()
+
+
+async def test_a_failover_cancelled_while_it_closes_the_old_connection_stops() -> None:
+    # The failover path gives up the old connection (_abandon) before it tries the next
+    # address; cancelled by close() right then, it must not go on to connect.
+    connection = _ClosingAsConnectionError()
+    giving_up = asyncio.create_task(
+        _link()._abandon(cast("AbstractRobustConnection", connection))  # the step under test
+    )
+    await asyncio.wait_for(connection.close.waiting.wait(), 2)
+
+    assert await _stops(giving_up, connection.close), "it carried on after its cancellation"
+    assert giving_up.cancelled(), "it ended as if it had not been cancelled"
+
+
+async def test_close_returns_even_when_the_link_ignores_its_cancellation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("service.broker._LINK_STOP_SECONDS", 0.2)
+    link = _link()
+    running = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:  # a link task that takes its cancellation for something else
+        running.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        await release.wait()
+
+    monkeypatch.setattr(link, "_run", stubborn)
+    link.start(cast("StatusLedger", object()))
+    await asyncio.wait_for(running.wait(), 2)
+    closing = asyncio.create_task(link.close())
+    try:
+        done, _ = await asyncio.wait({closing}, timeout=1)
+        assert done == {closing}, "close() waited on a link that ignored its cancellation"
+        assert link.status().problem == "closed"
+    finally:
+        release.set()
+        await closing
