@@ -37,7 +37,7 @@ from producers import (
     declare_results_exchange,
 )
 from service.broker_addresses import AddressRotation, redact_url
-from service.cancellation import stop_if_cancelled
+from service.cancellation import stop_if_cancelled, stop_task
 from service.link_watchdog import watch_for_silence
 from service.metrics import Metrics
 from service.queue_stats import poll_queue_stats
@@ -234,18 +234,8 @@ class BrokerLink:
 
     async def _stop_watchers(self) -> None:
         for task in (self._poller, self._watchdog):
-            if task is None:
-                continue
-            task.cancel()
-            # Bounded: a watcher that swallowed its cancellation (service.cancellation) must not
-            # hold the shutdown, or a failover, for good.
-            done, _ = await asyncio.wait({task}, timeout=_WATCHER_STOP_SECONDS)
-            if not done:
-                _log.error(
-                    "a broker watcher ignored its cancellation; left running", task=task.get_name()
-                )
-            elif not task.cancelled() and (error := task.exception()) is not None:
-                _log.warning("a broker watcher had failed", task=task.get_name(), error=repr(error))
+            if task is not None:
+                await stop_task(task, _WATCHER_STOP_SECONDS)
         self._poller = self._watchdog = None
 
     async def _until_lost(self, connection: AbstractRobustConnection) -> str:
@@ -407,16 +397,8 @@ class BrokerLink:
         finished test reappearing on the broker).
         """
         try:
-            task = self._task
-            if task is not None and not task.done():
-                task.cancel()
-                # Bounded, as the watchers are (service.cancellation): a link that went on
-                # connecting must not hold the shutdown for good.
-                await asyncio.wait({task}, timeout=_LINK_STOP_SECONDS)
-            if task is not None and not task.done():
-                _log.error("the broker link ignored its cancellation; left running")
-            elif task is not None and not task.cancelled() and (error := task.exception()):
-                _log.warning("the broker link had failed", error=repr(error))
+            if self._task is not None:
+                await stop_task(self._task, _LINK_STOP_SECONDS)
             await self._stop_watchers()
             drains = await asyncio.gather(
                 *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers),

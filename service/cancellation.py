@@ -1,4 +1,5 @@
-"""Telling a cancellation from the error the AMQP client raised in its place.
+"""Telling a cancellation from the error the AMQP client raised in its place, and stopping a
+task that may not take its cancellation.
 
 aiormq runs a channel's calls in tasks of its own (`TaskWrapper`), and when its connection
 closes it makes each of them raise the connection's close reason. A caller cancelled at that
@@ -11,8 +12,13 @@ poller still polling, when a TLS link and the process stopped together.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-__all__ = ["stop_if_cancelled"]
+import structlog
+
+__all__ = ["stop_if_cancelled", "stop_task"]
+
+_log = structlog.get_logger(component="broker")
 
 
 def stop_if_cancelled(error: BaseException) -> None:
@@ -20,3 +26,14 @@ def stop_if_cancelled(error: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from error
+
+
+async def stop_task(task: asyncio.Task[Any], timeout: float) -> None:
+    """Cancel `task` and wait `timeout` seconds at most for it to end (one that ignores its
+    cancellation must not hold a shutdown for good); log one left running, or one that failed."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout)
+    if not task.done():
+        _log.error("a task ignored its cancellation; left running", task=task.get_name())
+    elif not task.cancelled() and (error := task.exception()) is not None:
+        _log.warning("a task had failed", task=task.get_name(), error=repr(error))
