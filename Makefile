@@ -70,12 +70,14 @@ chaos: install
 test-cluster: install
 	$(BIN)/pytest tests/cluster -q -ra
 
-# Issue 7's table (bench/run.py, about 10 minutes, capped), then what the store's claims cost
-# and what ordered partitions cost. BENCH_ARGS passes options, e.g. BENCH_ARGS='--rounds 1'.
+# Issue 7's table (bench/run.py, about 10 minutes, capped), then what the store's claims cost,
+# what ordered partitions cost, and the AMQP client's floor under the consumer (bench/floor.py).
+# BENCH_ARGS passes options to bench.run, e.g. BENCH_ARGS='--rounds 1'.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.store_claims
 	$(BIN)/python bench/ordered_partitions.py
+	$(BIN)/python -m bench.floor
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -208,6 +208,14 @@ async def faststream_consume(folder: Path, count: int) -> dict[str, Any]:
     return await _consume(folder, count, ["faststream-consume"])
 
 
+async def wire_consume(folder: Path, count: int) -> dict[str, Any]:
+    return await _consume(folder, count, ["wire-consume"])
+
+
+async def wire_consume_announcing(folder: Path, count: int) -> dict[str, Any]:
+    return await _consume(folder, count, ["wire-consume-announce"])
+
+
 async def conveyor_consume(
     folder: Path,
     count: int,

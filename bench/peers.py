@@ -3,6 +3,8 @@
     python -m bench.peers ceiling-publish NAMESPACE COUNT   # raw aio-pika, prints JSON
     python -m bench.peers ceiling-consume NAMESPACE         # raw aio-pika, until SIGTERM
     python -m bench.peers ceiling-latency NAMESPACE RATE SECONDS  # raw publish to consume, JSON
+    python -m bench.peers wire-consume NAMESPACE            # raw aiormq, until SIGTERM
+    python -m bench.peers wire-consume-announce NAMESPACE   # the same, one confirmed publish each
     python -m bench.peers naive PORT NAMESPACE              # aiohttp + one aio-pika publish
     python -m bench.peers faststream-http PORT NAMESPACE    # aiohttp + FastStream's publish
     python -m bench.peers faststream-consume NAMESPACE      # a FastStream subscriber
@@ -28,9 +30,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 from aio_pika.abc import AbstractExchange
 from aiohttp import web
+from aiormq.abc import DeliveredMessage
 
 from bench.harness import (
     AMQP_URL,
@@ -100,6 +104,42 @@ async def ceiling_consume(namespace: str) -> None:
         taking.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await taking
+
+
+# What a completion event weighs: a small JSON body and seven string headers.
+_ANNOUNCEMENT = orjson.dumps({"event": {"id": str(uuid.uuid4())}, "pad": "x" * 150})
+_ANNOUNCEMENT_HEADERS: dict[str, Any] = {
+    f"ce-{name}": "x" * 36
+    for name in ("id", "source", "type", "time", "subject", "specversion", "subscription")
+}
+
+
+async def wire_consume(namespace: str, *, announce: bool) -> None:
+    """The floor under conveyor's consumer: aiormq without aio-pika, one task per delivery (as
+    aiormq runs its consumers) and one ack each; with `announce`, each delivery first publishes
+    one confirmed message (not routed anywhere, as conveyor's completion event with no queue
+    bound) and waits for its confirm, which is the wire work of conveyor's consume."""
+    connection = await aiormq.connect(AMQP_URL)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.basic_qos(prefetch_count=PREFETCH)
+        properties = aiormq.spec.Basic.Properties(
+            headers=_ANNOUNCEMENT_HEADERS, content_type="application/json", delivery_mode=2
+        )
+
+        async def on_message(message: DeliveredMessage) -> None:
+            if announce:
+                await channel.basic_publish(
+                    _ANNOUNCEMENT, exchange="", routing_key="", properties=properties
+                )
+            tag = message.delivery_tag
+            assert tag is not None  # noqa: S101 - a consumer's delivery always has one
+            await channel.basic_ack(tag)
+
+        await channel.basic_consume(Topology(namespace).queue(SINK), on_message)
+        await _stop_on_sigterm().wait()
+    finally:
+        await connection.close()
 
 
 async def ceiling_latency(namespace: str, rate: float, seconds: float) -> dict[str, Any]:
@@ -250,6 +290,10 @@ def main(arguments: list[str]) -> None:
         case ["ceiling-latency", namespace, rate, seconds]:
             result = asyncio.run(ceiling_latency(namespace, float(rate), float(seconds)))
             print(orjson.dumps(result).decode())
+        case ["wire-consume", namespace]:
+            asyncio.run(wire_consume(namespace, announce=False))
+        case ["wire-consume-announce", namespace]:
+            asyncio.run(wire_consume(namespace, announce=True))
         case ["naive", port, namespace]:
             web.run_app(naive_app(namespace), host="127.0.0.1", port=int(port), print=None)
         case ["faststream-http", port, namespace]:

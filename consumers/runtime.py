@@ -252,15 +252,18 @@ class SubscriptionConsumer:
         self._running.add(task)
         if held is not None:
             self._holds[task] = held
+        # Bound and reset by token: `bound_contextvars` reads the whole context to save and
+        # restore it, a few % of a delivery's time (issue 7).
+        tokens = structlog.contextvars.bind_contextvars(
+            subscription=self.subscription.name,
+            event_id=message.message_id,
+            event_type=message.routing_key,
+            correlation_id=message.correlation_id,
+        )
         try:
-            with structlog.contextvars.bound_contextvars(
-                subscription=self.subscription.name,
-                event_id=message.message_id,
-                event_type=message.routing_key,
-                correlation_id=message.correlation_id,
-            ):
-                await self._settler.settle(message, await self._judge_safely(message))
+            await self._settler.settle(message, await self._judge_safely(message))
         finally:
+            structlog.contextvars.reset_contextvars(**tokens)
             self._running.discard(task)
             self._holds.pop(task, None)
 
@@ -322,7 +325,9 @@ class SubscriptionConsumer:
             return self._settler.dead_letter(
                 message, headers, failure, attempts_before, reason=DeadLetterReason.MALFORMED
             )
-        structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
+        if event.id != message.message_id or event.type != message.routing_key:
+            # Bound in `_handle` from the message's properties, which usually say the same.
+            structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
         status = StatusOf(event, self.subscription.name, read_int(headers, REPLAYS))
         if self.subscription.deduplicate and await self._reporter.succeeded_before(event):
             _log.info("event already succeeded here; acked without running the handler")

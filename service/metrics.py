@@ -41,6 +41,10 @@ class Metrics:
         self._answered: dict[tuple[str, str, int], Counter] = {}
         self._rejected: dict[str, Counter] = {}
         self._confirm_times: dict[str, Histogram] = {}
+        # The consumer's, one lookup per delivery each: subscriptions are configured, outcomes
+        # our own slugs.
+        self._handler_times: dict[str, Histogram] = {}
+        self._settled: dict[tuple[str, str], Counter] = {}
         self.recent_failures: dict[str, deque[FailureReport]] = {}
         # subscription -> (monotonic time, messages ready, deliveries settled here) at the last poll
         self._samples: dict[str, tuple[float, int, float]] = {}
@@ -162,10 +166,17 @@ class Metrics:
 
     # consumers.DeliveryObserver
     def handler_ran(self, subscription: str, seconds: float) -> None:
-        self.handler_seconds.labels(subscription).observe(seconds)
+        child = self._handler_times.get(subscription)
+        if child is None:
+            child = self._handler_times[subscription] = self.handler_seconds.labels(subscription)
+        child.observe(seconds)
 
     def delivery_settled(self, subscription: str, outcome: str) -> None:
-        self.deliveries.labels(subscription, outcome).inc()
+        key = (subscription, outcome)
+        child = self._settled.get(key)
+        if child is None:
+            child = self._settled[key] = self.deliveries.labels(subscription, outcome)
+        child.inc()
 
     def retry_scheduled(self, subscription: str, tier: str) -> None:
         self.retries.labels(subscription, tier).inc()

@@ -37,23 +37,26 @@ class Coalescer(Generic[K, V]):
         self._max_batch = max_batch
         self._timeout = timeout
         self._name = name
-        # Keys not yet asked for; two callers of one key share its answer.
-        self._pending: dict[K, asyncio.Future[V]] = {}
+        # Keys not yet asked for, with their callers; two callers of one key share its answer.
+        self._pending: dict[K, list[asyncio.Future[V]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def get(self, key: K) -> V:
         if self._closed:
             raise RuntimeError("the store is closing")
-        answer = self._pending.get(key)
-        if answer is None:
-            answer = asyncio.get_running_loop().create_future()
-            self._pending[key] = answer
+        # A future per caller, not one per key behind `asyncio.shield` (a second future and
+        # two callbacks on every lookup, issue 7): a caller that gives up (its own timeout)
+        # cancels only its own, and the others of the same key still get the answer.
+        answer: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        waiting = self._pending.get(key)
+        if waiting is None:
+            self._pending[key] = [answer]
             if self._task is None:
                 self._task = asyncio.create_task(self._run(), name=self._name)
-        # Shielded: a caller that gives up (its own timeout) must not cancel the answer that
-        # other callers of the same key wait for.
-        return await asyncio.shield(answer)
+        else:
+            waiting.append(answer)
+        return await answer
 
     async def close(self) -> None:
         """Stop: lookups still waiting fail (their callers fall back as on any store error)."""
@@ -79,22 +82,26 @@ class Coalescer(Generic[K, V]):
         finally:
             self._task = None
 
-    async def _answer(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
+    async def _answer(self, batch: list[tuple[K, list[asyncio.Future[V]]]]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 found = await self._fetch_many([key for key, _ in batch])
         except Exception as error:  # noqa: BLE001 - handed to each waiter; lookups go on
             self._fail(batch, error)
             return
-        for key, answer in batch:
-            if not answer.done():
-                answer.set_result(found.get(key, self._default))
+        default = self._default
+        for key, answers in batch:
+            value = found.get(key, default)
+            for answer in answers:
+                if not answer.done():  # a caller that gave up has cancelled its own
+                    answer.set_result(value)
 
     @staticmethod
-    def _fail(batch: list[tuple[K, asyncio.Future[V]]], error: BaseException) -> None:
-        for _, answer in batch:
-            if not answer.done():
-                answer.set_exception(error)
-                # Retrieved here: a waiter that already gave up must not leave asyncio logging
-                # "exception was never retrieved".
-                answer.exception()
+    def _fail(batch: list[tuple[K, list[asyncio.Future[V]]]], error: BaseException) -> None:
+        for _, answers in batch:
+            for answer in answers:
+                if not answer.done():
+                    answer.set_exception(error)
+                    # Retrieved here: a waiter that already gave up must not leave asyncio
+                    # logging "exception was never retrieved".
+                    answer.exception()
