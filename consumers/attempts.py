@@ -23,6 +23,7 @@ from tenacity import (
 )
 
 from consumers.dead_letter import Failure
+from consumers.deadlines import SharedTimeout
 from consumers.errors import PermanentError, RetryableError
 from consumers.event import Event, Handler
 from consumers.retry import (
@@ -47,7 +48,7 @@ class HandlerCancelledError(RetryableError):
     """The handler raised CancelledError without anyone cancelling it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per delivery (see DeliveryUpdate); treat as immutable
 class AttemptsResult:
     attempts: int  # handler attempts made in this delivery
     failure: Failure | None = None  # None when the last attempt succeeded
@@ -92,7 +93,7 @@ async def run_attempts(
     event: Event,
     *,
     policy: RetryPolicy,
-    timeout: float,
+    timeout: SharedTimeout,
     keep_trying: Callable[[], bool],
 ) -> AttemptsResult:
     """Call `handler` until it returns, fails permanently, or in-process attempts run out.
@@ -137,12 +138,12 @@ async def run_attempts(
     return AttemptsResult(made)
 
 
-async def _attempt(handler: Handler, event: Event, timeout: float) -> None:
+async def _attempt(handler: Handler, event: Event, timeout: SharedTimeout) -> None:
     try:
-        async with asyncio.timeout(timeout):
+        async with timeout():
             await handler(event)
     except TimeoutError:
-        message = f"handler ran past its timeout of {timeout:g}s"
+        message = f"handler ran past its timeout of {timeout.seconds:g}s"
         raise HandlerTimeoutError(message) from None
     except asyncio.CancelledError:
         task = asyncio.current_task()

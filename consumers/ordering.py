@@ -26,6 +26,7 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from consumers.attempts import AttemptsResult, run_attempts
 from consumers.dead_letter import Failure
+from consumers.deadlines import SharedTimeout
 from consumers.delivery import Inbound
 from consumers.event import Event, Handler
 from consumers.retry import IN_PROCESS_MAX_WAIT_SECONDS, RetryPolicy
@@ -232,7 +233,7 @@ async def run_holding_key(
     event: Event,
     *,
     policy: RetryPolicy,
-    timeout: float,
+    timeout: SharedTimeout,
     settle_by: float,
     keep_going: Callable[[], bool],
     wait: Callable[[int, Failure, float], Awaitable[bool]],
@@ -265,7 +266,7 @@ async def run_holding_key(
         if not keep_going():
             return HeldAttempts(total, passes, interrupted=True)
         delay = policy.next_delay(passes)
-        if delay is None or loop.time() + delay + worst_pass(policy, timeout) > settle_by:
+        if delay is None or loop.time() + delay + worst_pass(policy, timeout.seconds) > settle_by:
             return HeldAttempts(total, passes)
         if not await wait(made, result.failure, delay):
             return HeldAttempts(total, passes, interrupted=True)

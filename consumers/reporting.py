@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import structlog
 
 from consumers.completions import completion_message, completion_routing_key, event_attributes
 from consumers.dead_letter import DeadLetterReason, Failure
+from consumers.deadlines import SharedTimeout
 from consumers.event import Event
 from consumers.moves import MessageMover
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
@@ -42,10 +42,11 @@ class StatusReporter:
         self._notes: dict[tuple[str, str], DeliveryUpdate] = {}
         self._reports: list[_Report] = []  # waiting for the next batch
         self._reporting: asyncio.Task[None] | None = None
+        self._lookup_timeout = SharedTimeout(STORE_TIMEOUT_SECONDS)  # one per delivery: shared
 
     async def succeeded_before(self, event: Event) -> bool:
         try:
-            async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+            async with self._lookup_timeout():
                 return await self._ledger.succeeded_before(
                     self._subscription.name, event.source, event.id
                 )
@@ -88,7 +89,7 @@ class StatusReporter:
             # this one anyway); only the note's start time is kept.
             note = self._notes.pop((update.event_id, update.source), None)
             if note is not None and note.state is DeliveryState.PROCESSING:
-                stored = dataclasses.replace(update, first_attempt_at=note.at)
+                stored = update.first_attempt_started(note.at)
         done: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         announced = update if update.state.terminal else None
         self._reports.append(_Report(stored, announced, correlation_id, done))

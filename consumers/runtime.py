@@ -35,6 +35,7 @@ from consumers.dead_letter import (
     read_int,
     without_conveyor_headers,
 )
+from consumers.deadlines import SharedTimeout
 from consumers.decoding import MalformedEventError, decode_event
 from consumers.delivery import Delivery, DeliveryHook, Inbound
 from consumers.event import Event
@@ -109,6 +110,7 @@ class SubscriptionConsumer:
             draining=lambda: self._draining,
         )
         self._slots = asyncio.Semaphore(subscription.concurrency)
+        self._handler_timeout = SharedTimeout(subscription.timeout)  # one timer for all attempts
         self._draining = False
         self._stop = asyncio.Event()  # set with _draining: wakes retry waits of ordered events
         # Ordered: the subscription's, so they outlive a channel (see the module docstring).
@@ -394,7 +396,7 @@ class SubscriptionConsumer:
                 self.subscription.handler,
                 event,
                 policy=self.subscription.retry,
-                timeout=self.subscription.timeout,
+                timeout=self._handler_timeout,
                 keep_trying=lambda: not self._draining,
             )
             return result, 0
@@ -422,7 +424,7 @@ class SubscriptionConsumer:
             self.subscription.handler,
             event,
             policy=self.subscription.retry,
-            timeout=self.subscription.timeout,
+            timeout=self._handler_timeout,
             settle_by=holding.received + MAX_HOLD_SECONDS,
             keep_going=keep_going,
             wait=wait,

@@ -60,7 +60,7 @@ class Move:
     tier: str | None = None  # the retry tier's delay label, for a move into the ladder
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per delivery (see DeliveryUpdate); treat as immutable
 class Verdict:
     outcome: Outcome
     move: Move | None = None  # for RETRY_SCHEDULED and DEAD_LETTERED

@@ -19,6 +19,7 @@ from consumers import (
     explain_missing_exchange_type,
 )
 from consumers.dead_letter import Failure
+from consumers.deadlines import SharedTimeout
 from consumers.ordering import HandlerSlot, KeyLanes, run_holding_key
 from producers import Topology
 from service import SettingError, load_subscriptions
@@ -198,7 +199,7 @@ async def test_retry_waits_stop_where_the_consumer_timeout_would_come() -> None:
         failing,
         Event(id="e", source="/s", type="t", specversion="1.0"),
         policy=RetryPolicy(in_process=1, delays=(0.0, 0.0, 50.0, 0.0)),
-        timeout=1.0,
+        timeout=SharedTimeout(1.0),
         # Delivered a while ago: 30 s left, so the 50 s delay (and a 1 s attempt after it)
         # would settle it past the consumer timeout.
         settle_by=asyncio.get_running_loop().time() + 30.0,
@@ -227,7 +228,7 @@ async def test_retries_stop_when_the_delivery_is_gone() -> None:
         failing,
         Event(id="e", source="/s", type="t", specversion="1.0"),
         policy=RetryPolicy(in_process=1, delays=(0.0, 0.0)),
-        timeout=1.0,
+        timeout=SharedTimeout(1.0),
         settle_by=asyncio.get_running_loop().time() + 600.0,
         keep_going=lambda: True,
         wait=wait,

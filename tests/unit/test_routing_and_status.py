@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 
+from consumers import DeliveryUpdate
 from service.routing import topic_matches
 from service.status import EventStatus
 
@@ -53,3 +57,13 @@ def status(*states: str, unrouted: bool = False) -> EventStatus:
 )
 def test_an_events_overall_state(event: EventStatus, state: str, done: object) -> None:
     assert (event.state, event.done) == (state, done)
+
+
+def test_first_attempt_started_carries_every_other_field() -> None:
+    # Built field by field for speed: a field added to DeliveryUpdate must be carried too.
+    # Every field gets a value of its own, so a dropped or swapped one shows.
+    values: dict[str, Any] = {
+        field.name: f"value of {field.name}" for field in dataclasses.fields(DeliveryUpdate)
+    }
+    update = DeliveryUpdate(**values)
+    assert update.first_attempt_started(12.5) == dataclasses.replace(update, first_attempt_at=12.5)
