@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from consumers.event import Event
 from consumers.status import DeliveryState, DeliveryUpdate
-from producers import WireMessage, format_time, new_event, to_wire_message
+from producers import WireMessage, format_time, format_timestamp, new_event, to_wire_message
 
 __all__ = [
     "COMPLETION_SOURCE",
@@ -63,7 +62,7 @@ def completion_message(update: DeliveryUpdate, *, correlation_id: str | None) ->
         "subscription": update.subscription,
         "state": update.state.value,
         "attempts": update.attempts,
-        "finished_at": format_time(datetime.fromtimestamp(update.at, UTC)),
+        "finished_at": format_timestamp(update.at),
     }
     if update.state is DeliveryState.DEAD_LETTERED:
         data["reason"] = update.reason
@@ -84,11 +83,13 @@ def completion_message(update: DeliveryUpdate, *, correlation_id: str | None) ->
 def completion_id(identity: str) -> str:
     """`str(uuid.uuid5(_ID_NAMESPACE, identity))`, without the `UUID` object (issue 7: a few %
     of a consumer's time went to building and printing it)."""
-    digest = bytearray(hashlib.sha1(_ID_NAMESPACE_BYTES + identity.encode()).digest()[:16])  # noqa: S324 - UUIDv5 is SHA-1 by definition; an id, not a secret
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    hexed = digest.hex()
-    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
+    digest = hashlib.sha1(_ID_NAMESPACE_BYTES + identity.encode()).hexdigest()  # noqa: S324 - UUIDv5 is SHA-1 by definition; an id, not a secret
+    # Version 5 in the 13th hex digit, the RFC 4122 variant in the top bits of the 17th.
+    variant = _VARIANT_DIGIT[digest[16]]
+    return f"{digest[:8]}-{digest[8:12]}-5{digest[13:16]}-{variant}{digest[17:20]}-{digest[20:32]}"
+
+
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 def _identity(attributes: Mapping[str, str]) -> dict[str, str]:

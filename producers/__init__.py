@@ -1,7 +1,13 @@
 """Publishing events to RabbitMQ: the wire contract, the confirm-tracking publisher, a client."""
 
 from producers.client import EventClient
-from producers.event import SPECVERSION, OutgoingEvent, format_time, new_event
+from producers.event import (
+    SPECVERSION,
+    OutgoingEvent,
+    format_time,
+    format_timestamp,
+    new_event,
+)
 from producers.formats import (
     InvalidEventError,
     event_from_json,
@@ -50,6 +56,7 @@ __all__ = [
     "declare_results_exchange",
     "event_from_json",
     "format_time",
+    "format_timestamp",
     "is_json_content_type",
     "new_event",
     "parse_time",

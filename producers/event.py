@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import time as clock
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,10 +13,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["SPECVERSION", "OutgoingEvent", "format_time", "new_event"]
+__all__ = ["SPECVERSION", "OutgoingEvent", "format_time", "format_timestamp", "new_event"]
 
 SPECVERSION = "1.0"
 DEFAULT_SOURCE = "conveyor"
+_MICROS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,24 @@ def format_time(moment: datetime) -> str:
     return text.removesuffix("+00:00") + "Z"
 
 
+def format_timestamp(seconds: float) -> str:
+    """`format_time` of a Unix time, as `datetime.fromtimestamp(seconds, UTC)` would give it,
+    without building the datetime (issue 7: every completion event writes two)."""
+    fraction, whole = math.modf(seconds)
+    micro = round(fraction * _MICROS)  # as datetime.fromtimestamp rounds
+    if micro >= _MICROS:
+        whole, micro = whole + 1, micro - _MICROS
+    elif micro < 0:
+        whole, micro = whole - 1, micro + _MICROS
+    prefix = _second(int(whole))
+    return f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"  # isoformat drops a zero fraction
+
+
+@functools.lru_cache(maxsize=16)
+def _second(seconds: int) -> str:
+    return clock.strftime("%Y-%m-%dT%H:%M:%S", clock.gmtime(seconds))
+
+
 def new_event(
     type: str,  # noqa: A002 - the CloudEvents attribute is called type
     data: Any = None,
@@ -65,7 +87,7 @@ def new_event(
         source=source,
         type=type,
         specversion=SPECVERSION,
-        time=format_time(time or datetime.now(UTC)),
+        time=format_time(time) if time is not None else format_timestamp(clock.time()),
     )
     if subject is not None:
         attributes["subject"] = subject
