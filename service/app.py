@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
@@ -16,6 +15,7 @@ from service.admin_dead_letters import add_dead_letter_routes
 from service.admission import Admission
 from service.answers import answers_middleware
 from service.broker import BrokerLink
+from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
 from service.ingress import INGEST_PATH, ingest
@@ -142,9 +142,7 @@ def _store(
         )
         purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
         yield
-        purge.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purge
+        await stop_task(purge, STOP_SECONDS)
         await claims.close()
         await book.close()
         await writer.close()
@@ -158,7 +156,8 @@ async def _purge_expired(store: IdempotencyStore) -> None:
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)
         try:
             await store.purge_expired()
-        except Exception:  # noqa: BLE001 - a failed purge is retried next round
+        except Exception as error:  # noqa: BLE001 - a failed purge is retried next round
+            stop_if_cancelled(error)  # a cancellation the driver turned into its own error
             _log.exception("purging expired idempotency keys and statuses failed")
 
 

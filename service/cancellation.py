@@ -7,6 +7,10 @@ moment gets that reason (an `AMQPConnectionError`, say) instead of its Cancelled
 that takes broker errors as "try again" then goes on after its cancellation, and whoever
 cancelled it waits for good: seen as a shutdown that never finished, with the queue stats
 poller still polling, when a TLS link and the process stopped together.
+
+`stop_task` bounds every shutdown wait on a task of ours: the broker link's, its watchers', and
+the store's batchers and purge loop, so no driver that mistakes a cancellation for an error
+can hold the process at SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from typing import Any
 
 import structlog
 
-__all__ = ["stop_if_cancelled", "stop_task"]
+__all__ = ["STOP_SECONDS", "stop_if_cancelled", "stop_task"]
 
-_log = structlog.get_logger(component="broker")
+# How long a shutdown waits for a cancelled task of ours (a batcher, a poller) to end.
+STOP_SECONDS = 5.0
+
+_log = structlog.get_logger(component="service")
 
 
 def stop_if_cancelled(error: BaseException) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from service.cancellation import STOP_SECONDS, stop_task
 from service.store.base import Store, Write
 
 __all__ = ["BatchWriter", "WriterClosedError"]
@@ -73,9 +74,8 @@ class BatchWriter:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                 await self._queue.join()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # Bounded: a store driver that swallowed the cancellation must not hold shutdown.
+        await stop_task(self._task, STOP_SECONDS)
         self._task = None
 
     async def _run(self) -> None:

@@ -11,11 +11,11 @@ claim of a key waits for the next batch, so it sees the first claim, exactly as 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import structlog
 
+from service.cancellation import STOP_SECONDS, stop_task
 from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencyStore
 
 __all__ = ["ClaimBatcher"]
@@ -60,9 +60,8 @@ class ClaimBatcher:
         """Stop batching (claims still queued fail); the store itself is closed by its owner."""
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a store driver that swallowed the cancellation must not hold shutdown.
+            await stop_task(self._task, STOP_SECONDS)
         self._fail(self._queue, RuntimeError("the store is closing"))
         self._queue.clear()
 

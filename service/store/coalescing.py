@@ -10,9 +10,10 @@ answer for its own key; a query that fails or runs out of time fails every looku
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
+
+from service.cancellation import stop_task
 
 __all__ = ["Coalescer"]
 
@@ -62,9 +63,8 @@ class Coalescer(Generic[K, V]):
         """Stop: lookups still waiting fail (their callers fall back as on any store error)."""
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a store driver that swallowed the cancellation must not hold shutdown.
+            await stop_task(self._task, self._timeout)
         self._fail(list(self._pending.items()), RuntimeError("the store is closing"))
         self._pending.clear()
 
