@@ -29,11 +29,17 @@ class SharedTimeout:
         # Open scopes in the order they were entered, which is the order of their deadlines.
         self._open: dict[_Scope, None] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
 
     def __call__(self) -> _Scope:
         return _Scope(self)
 
     def _enter(self, scope: _Scope, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            # Used on another loop than before (the old one closed with its timer pending):
+            # what was open there can no longer expire, and the timer must be set here.
+            self._open.clear()
+            self._timer, self._loop = None, loop
         self._open[scope] = None
         if self._timer is None:
             self._timer = loop.call_at(scope.deadline, self._expire, loop)

@@ -110,3 +110,23 @@ async def test_expiry_and_a_cancellation_from_elsewhere_together_stay_a_cancella
 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.create_task(body())
+
+
+def test_a_shared_timeout_used_on_a_second_loop_still_expires_there() -> None:
+    # The first loop ends with the timer still set for a scope it left open.
+    shared = SharedTimeout(0.05)
+
+    async def stuck_then_abandoned() -> None:
+        scope = shared()
+        await scope.__aenter__()  # never left: its loop goes away first
+
+    async def runs_long() -> str:
+        try:
+            async with shared():
+                await asyncio.sleep(1)
+        except TimeoutError:
+            return "timed out"
+        return "ran on"
+
+    asyncio.run(stuck_then_abandoned())
+    assert asyncio.run(runs_long()) == "timed out"
