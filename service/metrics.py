@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -31,6 +32,17 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _HANDLER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+_Metric = TypeVar("_Metric", Counter, Histogram)
+
+
+def _child(children: dict[tuple[str, ...], _Metric], metric: _Metric, *labels: str) -> _Metric:
+    """`metric.labels(*labels)`, looked up in `children` after the first time."""
+    child = children.get(labels)
+    if child is None:
+        child = children[labels] = metric.labels(*labels)
+    return child
+
+
 class Metrics:
     """Every metric conveyor exposes on GET /metrics, in a registry of its own."""
 
@@ -38,13 +50,12 @@ class Metrics:
         # Labelled children by label values: `labels()` validates, locks and looks up on every
         # call, a cost per request on the ingest path (issue 7). The label sets stay as few as
         # before: routes are patterns, methods a fixed set, outcomes and reasons our own slugs.
-        self._answered: dict[tuple[str, str, int], Counter] = {}
-        self._rejected: dict[str, Counter] = {}
-        self._confirm_times: dict[str, Histogram] = {}
-        # The consumer's, one lookup per delivery each: subscriptions are configured, outcomes
-        # our own slugs.
-        self._handler_times: dict[str, Histogram] = {}
-        self._settled: dict[tuple[str, str], Counter] = {}
+        # The consumer's too (handler times, settled deliveries): subscriptions are configured.
+        self._answered: dict[tuple[str, ...], Counter] = {}
+        self._rejected: dict[tuple[str, ...], Counter] = {}
+        self._confirm_times: dict[tuple[str, ...], Histogram] = {}
+        self._handler_times: dict[tuple[str, ...], Histogram] = {}
+        self._settled: dict[tuple[str, ...], Counter] = {}
         self.recent_failures: dict[str, deque[FailureReport]] = {}
         # subscription -> (monotonic time, messages ready, deliveries settled here) at the last poll
         self._samples: dict[str, tuple[float, int, float]] = {}
@@ -141,17 +152,10 @@ class Metrics:
         )
 
     def http_answered(self, route: str, method: str, status: int) -> None:
-        key = (route, method, status)
-        child = self._answered.get(key)
-        if child is None:
-            child = self._answered[key] = self.http_requests.labels(route, method, str(status))
-        child.inc()
+        _child(self._answered, self.http_requests, route, method, str(status)).inc()
 
     def event_rejected(self, reason: str) -> None:
-        child = self._rejected.get(reason)
-        if child is None:
-            child = self._rejected[reason] = self.events_rejected.labels(reason)
-        child.inc()
+        _child(self._rejected, self.events_rejected, reason).inc()
 
     # producers.PublishObserver
     def publish_started(self) -> None:
@@ -159,24 +163,14 @@ class Metrics:
 
     def publish_finished(self, outcome: str, seconds: float) -> None:
         self.publishes_in_flight.dec()
-        child = self._confirm_times.get(outcome)
-        if child is None:
-            child = self._confirm_times[outcome] = self.publish_seconds.labels(outcome)
-        child.observe(seconds)
+        _child(self._confirm_times, self.publish_seconds, outcome).observe(seconds)
 
     # consumers.DeliveryObserver
     def handler_ran(self, subscription: str, seconds: float) -> None:
-        child = self._handler_times.get(subscription)
-        if child is None:
-            child = self._handler_times[subscription] = self.handler_seconds.labels(subscription)
-        child.observe(seconds)
+        _child(self._handler_times, self.handler_seconds, subscription).observe(seconds)
 
     def delivery_settled(self, subscription: str, outcome: str) -> None:
-        key = (subscription, outcome)
-        child = self._settled.get(key)
-        if child is None:
-            child = self._settled[key] = self.deliveries.labels(subscription, outcome)
-        child.inc()
+        _child(self._settled, self.deliveries, subscription, outcome).inc()
 
     def retry_scheduled(self, subscription: str, tier: str) -> None:
         self.retries.labels(subscription, tier).inc()

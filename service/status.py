@@ -14,13 +14,12 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from consumers import DeliveryState, DeliveryUpdate, Subscription
-from producers import OutgoingEvent, format_time
+from producers import OutgoingEvent, format_timestamp
 from service.routing import routed_subscriptions
 from service.store import BatchWriter, Coalescer, Statements, Store, Write
 
@@ -297,4 +296,4 @@ def _delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _time(seconds: float | None) -> str | None:
-    return None if seconds is None else format_time(datetime.fromtimestamp(seconds, UTC))
+    return None if seconds is None else format_timestamp(seconds)
