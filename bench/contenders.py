@@ -59,6 +59,7 @@ async def start_conveyor(
     env: dict[str, str] | None = None,
     store_url: str | None = None,
     uvloop: bool = False,
+    sink_settings: str = "",
 ) -> tuple[Child, str]:
     """conveyor with its defaults but for where it listens, its namespace and a SQLite file of
     its own (or `store_url`); the base URL it answers on."""
@@ -69,7 +70,7 @@ async def start_conveyor(
         "CONVEYOR_HTTP_HOST": "127.0.0.1",
         "CONVEYOR_HTTP_PORT": str(port),
         "CONVEYOR_ROLE": role,
-        "CONVEYOR_CONFIG": str(conveyor_config(folder, handler)),
+        "CONVEYOR_CONFIG": str(conveyor_config(folder, handler, sink_settings)),
         "CONVEYOR_STORE_URL": store_url or f"sqlite:///{folder}/{namespace}.db",
         **(env or {}),
     }
@@ -171,6 +172,7 @@ async def _consume(
     null_store: bool = False,
     uvloop: bool = False,
     env: dict[str, str] | None = None,
+    sink_settings: str = "",
 ) -> dict[str, Any]:
     """Fill a fresh namespace's `sink` with `count` events, then time the consumer draining it.
     `start` is the peer's command (bench.peers), None for conveyor in the worker role."""
@@ -180,7 +182,13 @@ async def _consume(
         filled = await fill(namespace, count)
         if start is None:
             child, _ = await start_conveyor(
-                folder, namespace, "worker", null_store=null_store, uvloop=uvloop, env=env
+                folder,
+                namespace,
+                "worker",
+                null_store=null_store,
+                uvloop=uvloop,
+                env=env,
+                sink_settings=sink_settings,
             )
         else:
             log = folder / f"{namespace}-{start[0]}.log"
@@ -223,8 +231,17 @@ async def conveyor_consume(
     null_store: bool = False,
     uvloop: bool = False,
     env: dict[str, str] | None = None,
+    sink_settings: str = "",
 ) -> dict[str, Any]:
-    return await _consume(folder, count, None, null_store=null_store, uvloop=uvloop, env=env)
+    return await _consume(
+        folder,
+        count,
+        None,
+        null_store=null_store,
+        uvloop=uvloop,
+        env=env,
+        sink_settings=sink_settings,
+    )
 
 
 async def worker_memory(folder: Path, backlog: int) -> dict[str, Any]:

@@ -13,7 +13,9 @@ processes of their own, interleaved round after round with the starting contende
   (not routed anywhere) and waiting for its confirm before its ack, which is the wire work of
   conveyor's completion event;
 - `conveyor`: the `worker` role with its defaults (SQLite store, deduplication, completions);
-- `conveyor, no store`: the same without a store (`bench.serve --null-store`).
+- `conveyor, no store`: the same without a store (`bench.serve --null-store`);
+- `conveyor, completions off`: the defaults but `completions = false`, the subscription setting
+  for when nobody listens on `{ns}.results`.
 
 Prints each contender's median events/s (min-max) and the median of its per-round ratios to
 FastStream. docs/performance.md says what the figures mean for issue 7's consume target.
@@ -41,6 +43,9 @@ CONTENDERS: dict[str, Drain] = {
     "conveyor": contenders.conveyor_consume,
     "conveyor, no store": lambda folder, count: contenders.conveyor_consume(
         folder, count, null_store=True
+    ),
+    "conveyor, completions off": lambda folder, count: contenders.conveyor_consume(
+        folder, count, sink_settings="completions = false\n"
     ),
 }
 

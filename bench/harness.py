@@ -106,11 +106,16 @@ def sink_subscription(handler_path: str = "consumers.builtin:discard") -> Subscr
     return Subscription(SINK, ("#",), builtin.discard, handler_path, retry=RetryPolicy())
 
 
-def conveyor_config(folder: Path, handler_path: str = "consumers.builtin:discard") -> Path:
-    """A subscriptions file with `sink` taking every event, everything else left at defaults."""
+def conveyor_config(
+    folder: Path, handler_path: str = "consumers.builtin:discard", sink_settings: str = ""
+) -> Path:
+    """A subscriptions file with `sink` taking every event, everything else left at defaults
+    but for `sink_settings` (TOML lines of the subscription's table, such as
+    "completions = false")."""
     path = folder / f"subscriptions-{uuid.uuid4().hex[:6]}.toml"
     path.write_text(
         f'[[subscriptions]]\nname = "{SINK}"\nevents = ["#"]\nhandler = "{handler_path}"\n'
+        + sink_settings
     )
     return path
 

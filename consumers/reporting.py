@@ -77,6 +77,7 @@ class StatusReporter:
         and announced again, so the completion goes out at least once without running the
         handler twice. Anywhere else a failed announcement is logged and the delivery acked:
         re-running a handler, or dead-lettering twice, would cost more than a lost notice.
+        A subscription with `completions` off announces nothing: recording is all there is.
 
         Reports made while others are carried out go together (issue 7): their states in one
         store write, then their completion events in one write to the broker, each confirmed
@@ -91,7 +92,7 @@ class StatusReporter:
             if note is not None and note.state is DeliveryState.PROCESSING:
                 stored = update.first_attempt_started(note.at)
         done: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        announced = update if update.state.terminal else None
+        announced = update if update.state.terminal and self._subscription.completions else None
         self._reports.append(_Report(stored, announced, correlation_id, done))
         if self._reporting is None:
             self._reporting = asyncio.create_task(

@@ -23,6 +23,9 @@ class Subscription:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Ack a delivery of an event that already succeeded here without running the handler again.
     deduplicate: bool = True
+    # Publish each terminal outcome to {ns}.results; off when nobody listens, which saves a
+    # confirmed publish per event (the status record is written either way).
+    completions: bool = True
     # Events of one key handled one at a time, in publish order (see consumers.ordering).
     ordering: Ordering | None = None
 

@@ -139,6 +139,7 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
         "concurrency": subscription.concurrency,
         "timeout_seconds": subscription.timeout,
         "deduplicate": subscription.deduplicate,
+        "completions": subscription.completions,
         "queue": {
             "name": topology.queue(name)
             if subscription.ordering is None

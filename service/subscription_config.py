@@ -41,6 +41,7 @@ _KEYS = frozenset(
         "retry",
         "options",
         "deduplicate",
+        "completions",
         "ordered_by",
         "partitions",
     )
@@ -113,6 +114,7 @@ def _subscription(index: int, entry: Any) -> Subscription:
         timeout=timeout,
         retry=retry,
         deduplicate=_flag(entry, "deduplicate", default=True, where=where),
+        completions=_flag(entry, "completions", default=True, where=where),
         ordering=_ordering(entry, where, retry, timeout),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,9 +12,10 @@ import aio_pika
 import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from prometheus_client.parser import text_string_to_metric_families
 
-from consumers import PermanentError
-from tests.conftest import Namespace, StartConveyor, subscription
+from consumers import Event, PermanentError
+from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
@@ -150,3 +152,72 @@ async def test_a_subscription_that_opts_out_runs_the_handler_for_every_delivery(
     await recorder.wait_for(3)
     await asyncio.sleep(0.3)  # room for a wrong extra one to show
     assert recorder.ids() == ["dup-2"] * 3
+
+
+async def test_a_subscription_without_completions_records_outcomes_and_announces_none(
+    start_conveyor: StartConveyor, namespace: Namespace, results: ResultsProbe
+) -> None:
+    quiet_handled = Recorder()
+
+    async def quiet_handle(event: Event) -> None:
+        await quiet_handled(event)
+        if event.type == "order.refused":
+            raise PermanentError("refused by policy")
+
+    async def loud_handle(event: Event) -> None:
+        if event.type == "order.refused":
+            raise PermanentError("refused by policy")
+
+    quiet = dataclasses.replace(
+        subscription("quiet", ("order.*",), quiet_handle), completions=False
+    )
+    loud = subscription("loud", ("order.*",), loud_handle)
+    conveyor = await start_conveyor((quiet, loud))
+    for document in (
+        {"type": "order.placed", "id": "q-ok", "source": "/shop"},
+        {"type": "order.refused", "id": "q-bad", "source": "/shop"},
+    ):
+        assert (await conveyor.post(document)).status == 202
+
+    # Only the subscription that keeps its completions announces its two outcomes.
+    completions = await results.take(2)
+    assert sorted(message.routing_key or "" for message in completions) == [
+        "conveyor.event.dead_lettered.loud",
+        "conveyor.event.succeeded.loud",
+    ]
+    # Its outcomes are recorded all the same, and its queue settled.
+    _, placed = await conveyor.status("/v1/events/q-ok", wait="10s")
+    assert placed["subscriptions"]["quiet"]["state"] == "succeeded"
+    _, refused = await conveyor.status("/v1/events/q-bad", wait="10s")
+    assert refused["subscriptions"]["quiet"]["state"] == "dead-lettered"
+    assert await namespace.depth(namespace.topology.queue("quiet")) == 0
+    assert await namespace.depth(namespace.topology.dead_letter_queue("quiet")) == 1
+
+    # Deduplication reads the recorded success: a duplicate is acked, not handled again.
+    await namespace.publish_raw(
+        b'{"n": 1}',
+        routing_key="order.placed",
+        headers={"ce-id": "q-ok", "ce-source": "/shop", "ce-type": "order.placed"}
+        | {"ce-specversion": "1.0"},
+        content_type="application/json",
+        message_id="q-ok",
+    )
+
+    async def skipped() -> bool:
+        return await _settled(conveyor, "quiet", "skipped") == 1
+
+    await eventually(skipped, what="the duplicate skipped")
+    assert sorted(quiet_handled.ids()) == ["q-bad", "q-ok"]
+    assert len(await results.take(3)) == 3  # loud announced its skip; quiet nothing
+
+
+async def _settled(conveyor: Running, subscription_name: str, outcome: str) -> float:
+    text = await (await conveyor.client.get("/metrics")).text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "conveyor_deliveries_total" and sample.labels == {
+                "subscription": subscription_name,
+                "outcome": outcome,
+            }:
+                return sample.value
+    return 0.0

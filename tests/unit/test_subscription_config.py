@@ -57,11 +57,17 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
     assert (audit.prefetch, audit.concurrency) == (20, 5)
     assert (defaults.prefetch, defaults.concurrency) == (32, 16)
     assert defaults.deduplicate is True
+    assert defaults.completions is True
 
 
 def test_a_subscription_can_opt_out_of_deduplication(tmp_path: Path) -> None:
     [audit] = load_subscriptions(write(tmp_path, HEAD + "deduplicate = false"))
     assert audit.deduplicate is False
+
+
+def test_a_subscription_can_opt_out_of_completion_events(tmp_path: Path) -> None:
+    [audit] = load_subscriptions(write(tmp_path, HEAD + "completions = false"))
+    assert (audit.completions, audit.deduplicate) == (False, True)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +84,7 @@ def test_a_subscription_can_opt_out_of_deduplication(tmp_path: Path) -> None:
         (HEAD + "retries = 3", "unknown: ['retries']"),
         (HEAD.replace("name = 'a'", "name = 'unrouted'"), "name other than"),
         (HEAD + 'deduplicate = "no"', "(a).deduplicate as true or false"),
+        (HEAD + "completions = 0", "(a).completions as true or false"),
         (GOOD + GOOD, "repeated: audit, defaults"),
         ("[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = '.x:y'", "importable"),
         ('[[subscriptions]]\nname = "s\\n"\nevents = ["a"]', "subscriptions[0].name"),
