@@ -7,7 +7,10 @@
 The "head" arm is this checkout, the "base" arm the checkout at `--base` (e.g. a `git worktree`
 of the commit before); each conveyor process starts in its arm's tree, with it on PYTHONPATH. Arms
 alternate within each round, starting arm rotating, so a noisy neighbour hits both alike.
-Prints each arm's median events/s (min-max) and the median of the per-round head/base ratios.
+Prints each arm's median events/s (min-max) and the median of the per-round head/base ratios;
+for `consume`, also the conveyor process's CPU time per event: the work a delivery costs, apart
+from what it waits for. It is no steadier than the rate on a shared machine (the same code in
+both arms, 4 rounds: 0.88-1.19 per round), so read both.
 `--base-python` runs the base arm's conveyor on another interpreter (a venv of another Python
 version, with conveyor's dependencies installed); `--base .` with it compares two Pythons on
 the same code. The load generator stays on this one.
@@ -47,6 +50,7 @@ async def compare(arguments: argparse.Namespace, base: Path) -> None:
     pythons = {"base": arguments.base_python} if arguments.base_python else {}
     measures = _measures(arguments)
     rates: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}  # µs per event, where measured
     with tempfile.TemporaryDirectory(prefix="conveyor-ab-") as folder:
         for number in range(arguments.rounds):
             for item in arguments.items.split(","):
@@ -58,15 +62,29 @@ async def compare(arguments: argparse.Namespace, base: Path) -> None:
                     result = await measures[item](Path(folder), env)
                     rate = float(result["events_per_second"])
                     rates.setdefault(item, {}).setdefault(arm, []).append(rate)
-                    print(f"round {number + 1} {item} {arm}: {rate:,.0f} events/s", flush=True)
+                    line = f"round {number + 1} {item} {arm}: {rate:,.0f} events/s"
+                    if "cpu_us_per_event" in result:
+                        cost = float(result["cpu_us_per_event"])
+                        cpu.setdefault(item, {}).setdefault(arm, []).append(cost)
+                        line += f", {cost:.0f} µs CPU an event"
+                    print(line, flush=True)
     print("\n| item | head | base | head / base (per round) |\n| --- | --- | --- | --- |")
     for item, by_arm in rates.items():
-        head, other = by_arm["head"], by_arm["base"]
-        ratios = [h / b for h, b in zip(head, other, strict=True)]
-        print(
-            f"| {item} | {_spread(head)} | {_spread(other)} | {statistics.median(ratios):.2f} "
-            f"({min(ratios):.2f}-{max(ratios):.2f}) |"
-        )
+        print(_row(item, by_arm))
+    if cpu:
+        print("\n| CPU µs an event | head | base | head / base (per round) |")
+        print("| --- | --- | --- | --- |")
+        for item, by_arm in cpu.items():
+            print(_row(item, by_arm))
+
+
+def _row(item: str, by_arm: dict[str, list[float]]) -> str:
+    head, other = by_arm["head"], by_arm["base"]
+    ratios = [h / b for h, b in zip(head, other, strict=True)]
+    return (
+        f"| {item} | {_spread(head)} | {_spread(other)} | {statistics.median(ratios):.2f} "
+        f"({min(ratios):.2f}-{max(ratios):.2f}) |"
+    )
 
 
 def _spread(values: list[float]) -> str:

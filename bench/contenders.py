@@ -195,10 +195,11 @@ async def _consume(
             child = await start_child(["-m", "bench.peers", *start, namespace], log)
         try:
             queue = Topology(namespace).queue(SINK)
-            rate = await drain(queue, count, child, DRAIN_TIMEOUT_SECONDS)
+            drained = await drain(queue, count, child, DRAIN_TIMEOUT_SECONDS)
             return {
                 "events": count,
-                "events_per_second": rate,
+                "events_per_second": drained.rate,
+                "cpu_us_per_event": drained.cpu_seconds_per_message * 1e6,
                 "peak_rss_bytes": child.peak_rss_bytes(),
                 "fill_messages_per_second": filled["messages_per_second"],
             }

@@ -17,8 +17,9 @@ processes of their own, interleaved round after round with the starting contende
 - `conveyor, completions off`: the defaults but `completions = false`, the subscription setting
   for when nobody listens on `{ns}.results`.
 
-Prints each contender's median events/s (min-max) and the median of its per-round ratios to
-FastStream. docs/performance.md says what the figures mean for issue 7's consume target.
+Prints each contender's median events/s (min-max), the median of its per-round ratios to
+FastStream, and its process's CPU time per event (median, min-max). docs/performance.md says
+what the figures mean for issue 7's consume target.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ CONTENDERS: dict[str, Drain] = {
 }
 
 
-async def measure(rounds: int, events: int) -> dict[str, list[float]]:
+async def measure(
+    rounds: int, events: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each contender's events/s and CPU µs an event, round by round."""
     rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    cpu: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     names = list(CONTENDERS)
     with tempfile.TemporaryDirectory(prefix="conveyor-floor-") as folder:
         for number in range(rounds):
@@ -59,18 +64,28 @@ async def measure(rounds: int, events: int) -> dict[str, list[float]]:
             for name in names[shift:] + names[:shift]:
                 result = await CONTENDERS[name](Path(folder), events)
                 rates[name].append(float(result["events_per_second"]))
-                print(f"round {number + 1} {name}: {rates[name][-1]:,.0f} events/s", flush=True)
-    return rates
+                cpu[name].append(float(result["cpu_us_per_event"]))
+                print(
+                    f"round {number + 1} {name}: {rates[name][-1]:,.0f} events/s, "
+                    f"{cpu[name][-1]:.0f} µs CPU an event",
+                    flush=True,
+                )
+    return rates, cpu
 
 
-def table(rates: dict[str, list[float]]) -> str:
+def table(rates: dict[str, list[float]], cpu: dict[str, list[float]]) -> str:
     yardstick = rates["faststream"]
-    lines = ["| consumer | events/s | / FastStream (per round) |", "| --- | --- | --- |"]
+    lines = [
+        "| consumer | events/s | / FastStream (per round) | CPU µs an event |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, values in rates.items():
         ratios = [value / other for value, other in zip(values, yardstick, strict=True)]
+        costs = cpu[name]
         lines.append(
             f"| {name} | {statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
-            f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
+            f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            f" | {statistics.median(costs):.0f} ({min(costs):.0f}-{max(costs):.0f}) |"
         )
     return "\n".join(lines)
 
@@ -80,7 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--consume-events", type=int, default=15_000)
     arguments = parser.parse_args()
-    print(table(asyncio.run(measure(arguments.rounds, arguments.consume_events))))
+    print(table(*asyncio.run(measure(arguments.rounds, arguments.consume_events))))
 
 
 if __name__ == "__main__":

@@ -154,6 +154,9 @@ def free_port() -> int:
         return port
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat times
+
+
 @dataclass
 class Child:
     """A contender's process; its output goes to a log file for when something goes wrong."""
@@ -171,6 +174,14 @@ class Child:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM in /proc: not Linux?")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process used so far, user and system (its own, not its children's)."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[
+            stat.rindex(")") + 2 :
+        ].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -236,11 +247,20 @@ async def run_to_json(arguments: Sequence[str], timeout: float) -> dict[str, Any
     return result
 
 
-async def drain(queue: str, expected: int, child: Child, timeout: float) -> float:
-    """Messages per second the consumer took out of `queue` (filled with `expected`), polled
-    from outside so every consumer is measured the same way: from the first message taken to
-    the queue holding no ready message."""
+@dataclass(frozen=True)
+class Drained:
+    rate: float  # messages per second
+    # The consumer's CPU time per message over the same span: what it costs, apart from how
+    # long it waited (steadier than the rate on a noisy machine).
+    cpu_seconds_per_message: float
+
+
+async def drain(queue: str, expected: int, child: Child, timeout: float) -> Drained:
+    """How fast the consumer took `queue` (filled with `expected`) down, polled from outside so
+    every consumer is measured the same way: from the first message taken to the queue holding
+    no ready message."""
     started: float | None = None
+    cpu_at_start = 0.0
     remaining_at_start = expected
     deadline = time.monotonic() + timeout
     async with await aio_pika.connect(AMQP_URL) as connection:
@@ -252,9 +272,11 @@ async def drain(queue: str, expected: int, child: Child, timeout: float) -> floa
             ready = declared.declaration_result.message_count or 0
             now = time.perf_counter()
             if started is None and ready < expected:
-                started, remaining_at_start = now, ready
+                started, remaining_at_start, cpu_at_start = now, ready, child.cpu_seconds()
             if started is not None and ready == 0:
-                return remaining_at_start / (now - started) if now > started else 0.0
+                rate = remaining_at_start / (now - started) if now > started else 0.0
+                cpu = (child.cpu_seconds() - cpu_at_start) / max(remaining_at_start, 1)
+                return Drained(rate, cpu)
             await asyncio.sleep(0.05)
     raise RuntimeError(f"{queue} not drained within {timeout:g}s:\n{child.tail()}")
 
