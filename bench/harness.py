@@ -178,9 +178,8 @@ class Child:
     def cpu_seconds(self) -> float:
         """CPU time the process used so far, user and system (its own, not its children's)."""
         stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[
-            stat.rindex(")") + 2 :
-        ].split()  # after the command name, which may hold spaces
+        # The fields after the command name, which may hold spaces: utime and stime are 14, 15.
+        fields = stat[stat.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def tail(self, lines: int = 20) -> str:
@@ -251,7 +250,7 @@ async def run_to_json(arguments: Sequence[str], timeout: float) -> dict[str, Any
 class Drained:
     rate: float  # messages per second
     # The consumer's CPU time per message over the same span: what it costs, apart from how
-    # long it waited (steadier than the rate on a noisy machine).
+    # long it waited (on a shared machine no steadier than the rate: read both).
     cpu_seconds_per_message: float
 
 
