@@ -102,8 +102,8 @@ class StatusReporter:
         # Logged here, in the delivery's own task: its lines carry its log context.
         if outcome.unrecorded is not None:
             _log.warning("could not record the event's status", error=outcome.unrecorded)
-        if outcome.unannounced is None:
-            return True
+        if outcome.unannounced is None or announced is None:
+            return True  # nothing was to be announced (a failure of the batch says so anyway)
         if update.state is DeliveryState.SUCCEEDED and self._subscription.deduplicate:
             _log.warning(
                 "could not publish the completion event; the delivery stays queued",

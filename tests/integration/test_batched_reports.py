@@ -181,3 +181,53 @@ async def test_an_unannounced_completion_is_logged_with_its_own_event_context(
             event_id = line["event_id"]
             assert line.get("event_type") == f"type-{event_id}"
             assert line.get("correlation_id") == f"corr-{event_id}"
+
+
+class _StalledLedger:
+    """A ledger whose writes never finish: the report is still under way when it is stopped."""
+
+    def __init__(self) -> None:
+        self.writing = asyncio.Event()
+
+    async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
+        return False
+
+    def note(self, update: object) -> None:
+        pass
+
+    async def record(self, update: object) -> None:
+        await self.record_many([update])
+
+    async def record_many(self, updates: object) -> None:
+        self.writing.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_success_without_completions_is_acked_when_its_report_is_interrupted(
+    namespace: Namespace, tmp_path: Path
+) -> None:
+    # With completions on, an interrupted report returns a deduplicating subscription's
+    # success (its completion may not have gone out); with nothing to announce, it is acked.
+    async with await aio_pika.connect_robust(namespace.amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        outcomes = {}
+        for completions in (True, False):
+            ledger = _StalledLedger()
+            reporter = StatusReporter(
+                dataclasses.replace(subscription("sub", ("t",), _noop), completions=completions),
+                ledger=ledger,
+                mover=MessageMover(channel, timeout=5.0),
+                topology=namespace.topology,
+            )
+            report = asyncio.create_task(
+                reporter.report(
+                    update(DeliveryState.SUCCEEDED, 1, "s"), correlation_id=None, record=True
+                )
+            )
+            await asyncio.wait_for(ledger.writing.wait(), 5.0)
+            (reporting_task,) = [
+                task for task in asyncio.all_tasks() if task.get_name() == "conveyor-reports-sub"
+            ]
+            reporting_task.cancel()
+            outcomes[completions] = await asyncio.wait_for(report, 5.0)
+    assert outcomes == {True: False, False: True}
