@@ -102,8 +102,8 @@ class StatusReporter:
         # Logged here, in the delivery's own task: its lines carry its log context.
         if outcome.unrecorded is not None:
             _log.warning("could not record the event's status", error=outcome.unrecorded)
-        if outcome.unannounced is None or announced is None:
-            return True  # nothing was to be announced (a failure of the batch says so anyway)
+        if outcome.unannounced is None:
+            return True
         if update.state is DeliveryState.SUCCEEDED and self._subscription.deduplicate:
             _log.warning(
                 "could not publish the completion event; the delivery stays queued",
@@ -206,9 +206,16 @@ class _Report:
 
 
 def _answer_all(reports: list[_Report], outcome: _Outcome) -> None:
+    """Answer each report still waiting with `outcome`'s failures, as far as they concern it: a
+    report with nothing to record or announce (a skip, `completions` off) missed neither."""
     for report in reports:
         if not report.done.done():
-            report.done.set_result(outcome)
+            report.done.set_result(
+                _Outcome(
+                    outcome.unrecorded if report.stored is not None else None,
+                    outcome.unannounced if report.announced is not None else None,
+                )
+            )
 
 
 class StatusOf:
