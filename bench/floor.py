@@ -15,7 +15,9 @@ processes of their own, interleaved round after round with the starting contende
 - `conveyor`: the `worker` role with its defaults (SQLite store, deduplication, completions);
 - `conveyor, no store`: the same without a store (`bench.serve --null-store`);
 - `conveyor, completions off`: the defaults but `completions = false`, the subscription setting
-  for when nobody listens on `{ns}.results`.
+  for when nobody listens on `{ns}.results`;
+- `conveyor, PostgreSQL`: the defaults on a PostgreSQL store (a fresh schema, as a split or
+  scaled-out deployment starts), so a slowdown of that store shows beside SQLite's figure.
 
 Prints each contender's median events/s (min-max), the median of its per-round ratios to
 FastStream, and its process's CPU time per event (median, min-max). docs/performance.md says
@@ -33,8 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders
+from bench.harness import postgres_store
 
 Drain = Callable[[Path, int], Awaitable[dict[str, Any]]]
+
+
+async def _on_postgres(folder: Path, count: int) -> dict[str, Any]:
+    """conveyor's worker on a PostgreSQL store of its own (a fresh schema, dropped after)."""
+    async with postgres_store() as url:
+        return await contenders.conveyor_consume(folder, count, env={"CONVEYOR_STORE_URL": url})
+
 
 CONTENDERS: dict[str, Drain] = {
     "faststream": contenders.faststream_consume,
@@ -48,6 +58,7 @@ CONTENDERS: dict[str, Drain] = {
     "conveyor, completions off": lambda folder, count: contenders.conveyor_consume(
         folder, count, sink_settings="completions = false\n"
     ),
+    "conveyor, PostgreSQL": _on_postgres,
 }
 
 
