@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-__all__ = ["MIGRATIONS", "Statements", "by_statement", "in_chunks", "numbered"]
+__all__ = ["EXPIRING_TABLES", "MIGRATIONS", "Statements", "by_statement", "in_chunks", "numbered"]
 
 _T = TypeVar("_T")
 
@@ -74,6 +74,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ),
     ),
 )
+
+# Every table whose rows carry `expires_at` and are purged once it passed (each has an index
+# on it).
+EXPIRING_TABLES = ("conveyor_idempotency", "conveyor_events", "conveyor_deliveries")
 
 
 class Statements:
@@ -201,10 +205,9 @@ class Statements:
             "AND d.subscription = w.subscription AND d.state = 'succeeded') > ?"
         )
 
-    purge = (
-        "DELETE FROM conveyor_idempotency WHERE expires_at < ?",
-        "DELETE FROM conveyor_events WHERE expires_at < ?",
-        "DELETE FROM conveyor_deliveries WHERE expires_at < ?",
+    purge = tuple(
+        f"DELETE FROM {table} WHERE expires_at < ?"  # noqa: S608 - our own table names
+        for table in EXPIRING_TABLES
     )
 
 

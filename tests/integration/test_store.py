@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
-from service.store import ClaimOutcome, Statements, Store
+from service.store import ClaimOutcome, Statements, Store, Write, open_store
+from service.store.sqlite import PURGE_CHUNK_ROWS
 
 
 def unique() -> str:
@@ -86,3 +88,63 @@ async def test_an_owner_that_never_answered_frees_the_key_when_its_lease_ends(
     replay = await store.claim(scope, "k", "fp", owner="d", lease=60)
     assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b'{"id":"new"}')
     assert await store.purge_expired() == 0  # nothing here has expired
+
+
+async def _expired_and_live_rows(store: Store, expired: int) -> None:
+    """`expired` events' rows in each expiring table, long expired, and one live event's."""
+    past, future = time.time() - 60, time.time() + 3600
+    writes: list[Write] = []
+    for index, expires_at in [*((i, past) for i in range(expired)), (-1, future)]:
+        writes += [
+            (Statements.insert_claim, ("purge", f"k{index}", "fp", "a", expires_at, 0.0)),
+            (Statements.see_event, (f"e{index}", "test-source", "{}", expires_at)),
+            (
+                Statements.put_delivery,
+                (
+                    f"e{index}",
+                    "test-source",
+                    "s",
+                    "succeeded",
+                    3,
+                    0,
+                    1,
+                    None,
+                    None,
+                    past,
+                    past,
+                    past,
+                    expires_at,
+                ),
+            ),
+        ]
+    await store.write(writes)
+
+
+async def test_the_purge_deletes_every_expired_row_and_keeps_the_live_ones(store: Store) -> None:
+    await _expired_and_live_rows(store, PURGE_CHUNK_ROWS * 2 + 7)  # several chunks on SQLite
+
+    assert await store.purge_expired() == 3 * (PURGE_CHUNK_ROWS * 2 + 7)
+    live = await store.claim("purge", "k-1", "fp", owner="b", lease=60)
+    assert live.outcome is ClaimOutcome.IN_PROGRESS  # the live claim is still there
+    assert await store.query(Statements.select_events, "e-1", time.time())
+    assert await store.query(Statements.select_deliveries, "e-1", "test-source", time.time())
+    assert await store.query(Statements.select_events, "e0", 0.0) == []
+    assert await store.purge_expired() == 0
+
+
+async def test_a_claim_asked_during_a_purge_is_not_held_until_the_purge_ends(
+    tmp_path: Path,
+) -> None:
+    """SQLite's one writing thread runs the purge a chunk at a time: a claim queued meanwhile
+    goes between two chunks, instead of after every expired row of every table is deleted."""
+    store = await open_store(f"sqlite:///{tmp_path}/purge.db")
+    try:
+        await _expired_and_live_rows(store, PURGE_CHUNK_ROWS * 4)
+        purge = asyncio.create_task(store.purge_expired())
+        await asyncio.sleep(0)  # the purge hands its first chunk to the thread
+
+        assert await claim(store, unique(), "k") is ClaimOutcome.OWNER
+        assert not purge.done()
+        assert await purge == 3 * PURGE_CHUNK_ROWS * 4
+    finally:
+        await store.close()
