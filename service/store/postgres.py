@@ -31,6 +31,11 @@ _DEADLOCK_RETRIES = 3
 _CLAIMS_PER_STATEMENT = 128  # five parameters each, far under PostgreSQL's 32,767
 # Without these a half-open connection holds a claim or a delivery until TCP gives up.
 _COMMAND_TIMEOUT_SECONDS = 10.0
+# The purge runs in the background, one DELETE a table. Under `_COMMAND_TIMEOUT_SECONDS` a
+# purge of more than some 10 million rows (at the million rows a second measured on the
+# development machine: after a lowered TTL, or a long stop) would be rolled back every time and
+# never shrink the table. PostgreSQL's readers and writers do not wait for it.
+_PURGE_TIMEOUT_SECONDS = 600.0
 
 
 async def _fetch_retrying_deadlocks(
@@ -185,7 +190,7 @@ class PostgresStore:
         now = time.time()
         purged = 0
         for statement in _PURGE:
-            result = await self._pool.execute(statement, now)
+            result = await self._pool.execute(statement, now, timeout=_PURGE_TIMEOUT_SECONDS)
             purged += int(result.rsplit(" ", 1)[-1])
         return purged
 

@@ -7,7 +7,10 @@ import time
 import uuid
 from pathlib import Path
 
-from service.store import ClaimOutcome, Statements, Store, Write, open_store
+import asyncpg
+import pytest
+
+from service.store import ClaimOutcome, Statements, Store, Write, open_store, postgres
 from service.store.sqlite import PURGE_CHUNK_ROWS
 
 
@@ -146,5 +149,34 @@ async def test_a_claim_asked_during_a_purge_is_not_held_until_the_purge_ends(
         assert await claim(store, unique(), "k") is ClaimOutcome.OWNER
         assert not purge.done()
         assert await purge == 3 * PURGE_CHUNK_ROWS * 4
+    finally:
+        await store.close()
+
+
+async def test_a_postgresql_purge_may_outlast_the_command_timeout(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge with much to delete (a lowered TTL, a long stop) runs past the 10 s that bound
+    every other statement: cut off there, it would be rolled back each time and never shrink
+    the tables. Here a trigger makes each deleted row take 0.4 s against a 1 s bound."""
+    monkeypatch.setattr(postgres, "_COMMAND_TIMEOUT_SECONDS", 1.0)
+    store = await open_store(postgres_url)
+    try:
+        await _expired_and_live_rows(store, 4)
+        slow = await asyncpg.connect(postgres_url)
+        try:
+            await slow.execute(
+                "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(0.4); RETURN OLD; END $$"
+            )
+            await slow.execute(
+                "CREATE TRIGGER slow_delete BEFORE DELETE ON conveyor_idempotency "
+                "FOR EACH ROW EXECUTE FUNCTION slow_delete()"
+            )
+        finally:
+            await slow.close()
+
+        assert await store.purge_expired() == 3 * 4
+        assert await store.purge_expired() == 0
     finally:
         await store.close()
