@@ -55,7 +55,9 @@ def check_distinct(requests: Sequence[ClaimRequest]) -> None:
 
 def stored_claim(fingerprint: str, row: tuple[Any, Any, Any] | None) -> Claim | None:
     """What a claimer who did not win learns from the key's row; None: the row is gone."""
-    if row is None:  # released between our insert and select: the caller tries again
+    # No row, or one of NULLs (`select_claims` for a key without a row): released between our
+    # insert and select, so the caller tries again.
+    if row is None or row[0] is None:
         return None
     stored_fingerprint, status, body = row
     if stored_fingerprint != fingerprint:

@@ -76,7 +76,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 # Every table whose rows carry `expires_at` and are purged once it passed (each has an index
-# on it).
+# on it). Each backend deletes them a chunk at a time, in its own dialect.
 EXPIRING_TABLES = ("conveyor_idempotency", "conveyor_events", "conveyor_deliveries")
 
 
@@ -119,7 +119,8 @@ class Statements:
 
     @staticmethod
     def select_claims(count: int) -> str:
-        """`select_claim` for `count` keys at once, each row led by its scope and key.
+        """`select_claim` for `count` keys at once, each row led by its scope and key; a key
+        with no row comes back with NULLs (its fingerprint, NOT NULL in a row, tells).
 
         Correlated subqueries through the primary key, one a column, for the reason given at
         `select_succeeded_among`: as a join, PostgreSQL scanned the whole table for each call
@@ -132,9 +133,8 @@ class Statements:
             for column in ("fingerprint", "status", "body")
         ]
         return (
-            f"SELECT * FROM (WITH wanted (scope, key) AS (VALUES {keys}) "  # noqa: S608 - only placeholders and column names are interpolated
-            f"SELECT w.scope, w.key, {', '.join(found)} FROM wanted w) AS claims "
-            "WHERE fingerprint IS NOT NULL"  # the column is NOT NULL: no row, no claim
+            f"WITH wanted (scope, key) AS (VALUES {keys}) "  # noqa: S608 - only placeholders and column names are interpolated
+            f"SELECT w.scope, w.key, {', '.join(found)} FROM wanted w"
         )
 
     release = (
@@ -204,11 +204,6 @@ class Statements:
             "WHERE d.event_id = w.event_id AND d.source = w.source "
             "AND d.subscription = w.subscription AND d.state = 'succeeded') > ?"
         )
-
-    purge = tuple(
-        f"DELETE FROM {table} WHERE expires_at < ?"  # noqa: S608 - our own table names
-        for table in EXPIRING_TABLES
-    )
 
 
 def by_statement(
