@@ -48,7 +48,7 @@ _CLAIMS_PER_STATEMENT = 128
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # INSERT ... RETURNING, for claim_many
 # Rows a purge deletes in one operation of the thread: a few milliseconds of it.
 PURGE_CHUNK_ROWS = 500
-# `Statements.purge`, a chunk at a time: the expired rows' rowids through the expiry index.
+# The expired rows of each table, a chunk at a time: their rowids through the expiry index.
 _PURGE_CHUNKS = tuple(
     f"DELETE FROM {table} WHERE rowid IN "  # noqa: S608 - our own table names
     f"(SELECT rowid FROM {table} WHERE expires_at < ? LIMIT ?)"

@@ -123,8 +123,11 @@ async def _expired_and_live_rows(store: Store, expired: int) -> None:
     await store.write(writes)
 
 
-async def test_the_purge_deletes_every_expired_row_and_keeps_the_live_ones(store: Store) -> None:
-    await _expired_and_live_rows(store, PURGE_CHUNK_ROWS * 2 + 7)  # several chunks on SQLite
+async def test_the_purge_deletes_every_expired_row_and_keeps_the_live_ones(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres, "PURGE_CHUNK_ROWS", PURGE_CHUNK_ROWS)  # chunks there too
+    await _expired_and_live_rows(store, PURGE_CHUNK_ROWS * 2 + 7)  # several chunks
 
     assert await store.purge_expired() == 3 * (PURGE_CHUNK_ROWS * 2 + 7)
     live = await store.claim("purge", "k-1", "fp", owner="b", lease=60)
@@ -153,13 +156,12 @@ async def test_a_claim_asked_during_a_purge_is_not_held_until_the_purge_ends(
         await store.close()
 
 
-async def test_a_postgresql_purge_may_outlast_the_command_timeout(
+async def test_a_postgresql_purge_longer_than_the_statement_timeout_completes(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A purge with much to delete (a lowered TTL, a long stop) runs past the 10 s that bound
-    every other statement: cut off there, it would be rolled back each time and never shrink
-    the tables. Here a trigger makes each deleted row take 0.4 s against a 1 s bound."""
-    monkeypatch.setattr(postgres, "_COMMAND_TIMEOUT_SECONDS", 1.0)
+    """A purge with much to delete (a lowered TTL, a long stop) goes in chunks that each fit
+    the statement timeout: in one DELETE a table it was cut off and rolled back every time, so
+    the tables never shrank. A trigger makes each deleted row take 0.4 s against a 1 s bound."""
     store = await open_store(postgres_url)
     try:
         await _expired_and_live_rows(store, 4)
@@ -175,6 +177,8 @@ async def test_a_postgresql_purge_may_outlast_the_command_timeout(
             )
         finally:
             await slow.close()
+        monkeypatch.setattr(postgres, "_COMMAND_TIMEOUT_SECONDS", 1.0)
+        monkeypatch.setattr(postgres, "PURGE_CHUNK_ROWS", 1)
 
         assert await store.purge_expired() == 3 * 4
         assert await store.purge_expired() == 0
