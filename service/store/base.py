@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -15,6 +15,7 @@ __all__ = [
     "Store",
     "Write",
     "check_distinct",
+    "purge_in_chunks",
     "stored_claim",
 ]
 
@@ -51,6 +52,22 @@ def check_distinct(requests: Sequence[ClaimRequest]) -> None:
     """`claim_many`'s precondition: one key twice in one statement would make both owners."""
     if len({(request.scope, request.key) for request in requests}) != len(requests):
         raise ValueError("claim_many takes each key once; claim a repeated key in a later call")
+
+
+async def purge_in_chunks(
+    statements: Sequence[str], chunk_rows: int, delete: Callable[[str], Awaitable[int]]
+) -> int:
+    """Each of a backend's purge statements (one a table), run through `delete` until a run
+    deletes fewer than `chunk_rows` rows: the rows purged. The rest, if another process took
+    some of a chunk or rows expired meanwhile, goes at the next purge."""
+    purged = 0
+    for statement in statements:
+        while True:
+            deleted = await delete(statement)
+            purged += deleted
+            if deleted < chunk_rows:
+                break
+    return purged
 
 
 def stored_claim(fingerprint: str, row: tuple[Any, Any, Any] | None) -> Claim | None:

@@ -15,6 +15,7 @@ from service.store.base import (
     ClaimRequest,
     Write,
     check_distinct,
+    purge_in_chunks,
     stored_claim,
 )
 from service.store.sql import (
@@ -201,26 +202,24 @@ class PostgresStore:
         return [tuple(row) for row in rows]
 
     async def purge_expired(self) -> int:
-        now = time.time()
-        purged = 0
-        for statement in PURGE_CHUNKS:
-            while True:
-                async with (
-                    self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection,
-                    connection.transaction(),
-                ):
-                    # On tables without statistics PostgreSQL plans both halves of a chunk as
-                    # scans of the whole table: in chunks, a large purge would be quadratic.
-                    # LOCAL: the setting ends with the transaction.
-                    await connection.execute("SET LOCAL enable_seqscan = off")
-                    result = await connection.execute(
-                        statement, now, PURGE_CHUNK_ROWS, timeout=_COMMAND_TIMEOUT_SECONDS
-                    )
-                deleted = int(result.rsplit(" ", 1)[-1])
-                purged += deleted
-                if deleted < PURGE_CHUNK_ROWS:  # what another process took, or nothing left
-                    break
-        return purged
+        now, rows = time.time(), PURGE_CHUNK_ROWS
+        return await purge_in_chunks(
+            PURGE_CHUNKS, rows, lambda statement: self._delete_chunk(statement, now, rows)
+        )
+
+    async def _delete_chunk(self, statement: str, now: float, rows: int) -> int:
+        async with (
+            self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection,
+            connection.transaction(),
+        ):
+            # On tables without statistics PostgreSQL plans both halves of a chunk as scans of
+            # the whole table: in chunks, a large purge would be quadratic. LOCAL: the setting
+            # ends with the transaction.
+            await connection.execute("SET LOCAL enable_seqscan = off")
+            result = await connection.execute(
+                statement, now, rows, timeout=_COMMAND_TIMEOUT_SECONDS
+            )
+        return int(result.rsplit(" ", 1)[-1])
 
     async def close(self) -> None:
         await self._pool.close()

@@ -34,6 +34,7 @@ from service.store.base import (
     ClaimRequest,
     Write,
     check_distinct,
+    purge_in_chunks,
     stored_claim,
 )
 from service.store.sql import EXPIRING_TABLES, MIGRATIONS, Statements, by_statement, in_chunks
@@ -192,18 +193,13 @@ class SqliteStore:
         200,000 events on the development machine), and every claim and write waited behind
         it: a stall of seconds every purge interval under steady load (issue 7).
         """
-        now = time.time()
-        purged = 0
-        for statement in _PURGE_CHUNKS:
-            while True:
-                deleted = await self._run(self._delete_now, statement, now)
-                purged += deleted
-                if deleted < PURGE_CHUNK_ROWS:
-                    break
-        return purged
+        now, rows = time.time(), PURGE_CHUNK_ROWS
+        return await purge_in_chunks(
+            _PURGE_CHUNKS, rows, lambda statement: self._run(self._delete_now, statement, now, rows)
+        )
 
-    def _delete_now(self, statement: str, now: float) -> int:
-        return int(self._db.execute(statement, (now, PURGE_CHUNK_ROWS)).rowcount)
+    def _delete_now(self, statement: str, now: float, rows: int) -> int:
+        return int(self._db.execute(statement, (now, rows)).rowcount)
 
     async def close(self) -> None:
         if self._closed:
