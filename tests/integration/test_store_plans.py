@@ -12,9 +12,11 @@ on fresh, empty tables: the plan a worker starting on a new schema would keep.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -47,46 +49,54 @@ def _lookups() -> dict[str, tuple[str, str, list[object]]]:
     }
 
 
-async def test_postgresql_plans_each_lookup_through_the_primary_key_on_new_tables(
-    postgres_url: str,
-) -> None:
-    store = await open_store(postgres_url)  # creates the tables: empty, never analyzed
+@contextlib.asynccontextmanager
+async def _new_tables(postgres_url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+    """A connection to the store's tables, created and never analyzed, that plans every
+    prepared statement generically: the plan PostgreSQL may keep for a store's statements."""
+    store = await open_store(postgres_url)
     await store.close()
     connection = await asyncpg.connect(postgres_url)
     try:
         await connection.execute("SET plan_cache_mode = force_generic_plan")
-        for name, (statement, table, parameters) in _lookups().items():
-            handle = name.replace(" ", "_")
-            await connection.execute(f"PREPARE {handle} AS {numbered(statement)}")
-            arguments = ", ".join(_literal(value) for value in parameters)
-            rows = await connection.fetch(f"EXPLAIN EXECUTE {handle}({arguments})")
-            plan = "\n".join(row[0] for row in rows)
-            assert f"Index Scan using {table}_pkey on {table}" in plan, (name, plan)
-            assert "Seq Scan" not in plan, (name, plan)
+        yield connection
     finally:
         await connection.close()
+
+
+async def _plan(
+    connection: asyncpg.Connection[asyncpg.Record],
+    handle: str,
+    statement: str,
+    parameters: list[object],
+) -> str:
+    await connection.execute(f"PREPARE {handle} AS {statement}")
+    arguments = ", ".join(_literal(value) for value in parameters)
+    rows = await connection.fetch(f"EXPLAIN EXECUTE {handle}({arguments})")
+    return "\n".join(row[0] for row in rows)
+
+
+async def test_postgresql_plans_each_lookup_through_the_primary_key_on_new_tables(
+    postgres_url: str,
+) -> None:
+    async with _new_tables(postgres_url) as connection:
+        for name, (statement, table, parameters) in _lookups().items():
+            plan = await _plan(connection, name.replace(" ", "_"), numbered(statement), parameters)
+            assert f"Index Scan using {table}_pkey on {table}" in plan, (name, plan)
+            assert "Seq Scan" not in plan, (name, plan)
 
 
 async def test_postgresql_purges_through_the_expiry_index_on_new_tables(postgres_url: str) -> None:
     """Each chunk of the purge finds the oldest expired rows through the expiry index and
     deletes them by tuple id, as the store runs it (`enable_seqscan` off for its transaction):
     a scan from the table's start would pass over the dead rows of every earlier chunk."""
-    store = await open_store(postgres_url)
-    await store.close()
-    connection = await asyncpg.connect(postgres_url)
-    try:
-        await connection.execute("SET plan_cache_mode = force_generic_plan")
+    async with _new_tables(postgres_url) as connection:
         for table, statement in zip(EXPIRING_TABLES, POSTGRES_PURGE_CHUNKS, strict=True):
             async with connection.transaction():
                 await connection.execute("SET LOCAL enable_seqscan = off")
-                await connection.execute(f"PREPARE purge_{table} AS {statement}")
-                rows = await connection.fetch(f"EXPLAIN EXECUTE purge_{table}({time.time()}, 500)")
-            plan = "\n".join(row[0] for row in rows)
+                plan = await _plan(connection, f"purge_{table}", statement, [time.time(), 500])
             assert f"Index Scan using {table}_expiry on {table}" in plan, plan
             assert f"Tid Scan on {table}" in plan, plan
             assert "Seq Scan" not in plan, plan
-    finally:
-        await connection.close()
 
 
 async def test_sqlite_plans_each_lookup_through_the_primary_key(tmp_path: Path) -> None:
