@@ -1,8 +1,8 @@
 """Which subscriptions an event type reaches: RabbitMQ's topic matching, for the status record.
 
-The ingress records an accepted event as `pending` for each subscription whose patterns match
-its type, or as `unrouted` when none does, the same decision the topic exchange makes with the
-bindings declared from the same subscriptions file.
+The ingress records which subscriptions' patterns match an accepted event's type (each shows as
+`pending` there until its consumer reports), or that none does (`unrouted`): the same decision the
+topic exchange makes with the bindings declared from the same subscriptions file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Event statuses over the store: written by the ingress and the consumers, read by the API.
 
-The ingress records an accepted event (and `pending` for each subscription it routes to) before
-answering 202; consumers report each delivery's progress through `consumers.StatusLedger`.
+The ingress records an accepted event, with the subscriptions it was routed to, before answering
+202: each of them shows as `pending` until its consumer reports the delivery's progress through
+`consumers.StatusLedger`.
 Progress notes (`processing`) are queued without waiting; states a client acts on (retrying,
 succeeded, dead-lettered) are stored before the delivery is acked, so a status never runs ahead
 of what happened, and a redelivery can see that an event already succeeded.
@@ -127,36 +128,31 @@ class StatusBook:
                 changed.set()
 
     def accepted_writes(self, event: OutgoingEvent) -> list[Write]:
-        """What records an event RabbitMQ confirmed: `pending` where it was routed, else
-        unrouted; the caller commits it with its idempotency answer."""
+        """What records an event RabbitMQ confirmed: its attributes and the subscriptions it
+        was routed to (none: unrouted); the caller commits it with its idempotency answer.
+
+        One row. A routed subscription shows as `pending` from `routed` until its consumer
+        writes a row of its own (`lookup`); a `pending` row per subscription, as written before
+        issue 7, said the same at the cost of one more insert an event and subscription, and
+        made the consumer's first report an update instead of an insert.
+        """
         now = time.time()
-        routed = routed_subscriptions(self._subscriptions, event.type)
         attributes = dict(event.attributes)
         if event.datacontenttype is not None:
             attributes["datacontenttype"] = event.datacontenttype
-        writes: list[Write] = [
+        return [
             (
                 Statements.accept_event,
                 (
                     event.id,
                     event.source,
                     orjson.dumps(attributes).decode(),
-                    orjson.dumps(routed).decode(),
+                    orjson.dumps(routed_subscriptions(self._subscriptions, event.type)).decode(),
                     now,
                     now + self._ttl,
                 ),
             )
         ]
-        writes += [
-            _delivery_write(
-                DeliveryUpdate(
-                    event.id, event.source, name, DeliveryState.PENDING, 0, now, attributes
-                ),
-                self._ttl,
-            )
-            for name in routed
-        ]
-        return writes
 
     async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
         return await self._succeeded.get((event_id, source, subscription))
@@ -215,10 +211,11 @@ class StatusBook:
                 if routed is not None
                 else routed_subscriptions(self._subscriptions, attributes_json.get("type", ""))
             )
+            # A routed subscription without a row of its own has not reported yet: pending
+            # since the event was accepted (the ingress writes no row per subscription).
             for name in expected:
-                subscriptions.setdefault(
-                    name, {"state": DeliveryState.PENDING.value, "attempts": 0}
-                )
+                if name not in subscriptions:
+                    subscriptions[name] = _pending_json(accepted_at)
             found.append(
                 EventStatus(
                     attributes=attributes_json,
@@ -277,6 +274,17 @@ def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
             update.at + ttl,
         ),
     )
+
+
+def _pending_json(accepted_at: float | None) -> dict[str, Any]:
+    """A subscription's entry before its consumer reported: what a `pending` row would say."""
+    return {
+        "state": DeliveryState.PENDING.value,
+        "attempts": 0,
+        "first_attempt_at": None,
+        "updated_at": _time(accepted_at),
+        "finished_at": None,
+    }
 
 
 def _delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -13,10 +13,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from consumers import DeliveryState, DeliveryUpdate
+from consumers import DeliveryState, DeliveryUpdate, Subscription
 from consumers.dead_letter import Failure
+from producers import format_timestamp, new_event
 from service.status import StatusBook
 from service.store import BatchWriter, ClaimOutcome, Statements, Store, Write, open_store
+from tests.conftest import subscription
+from tests.support.recorder import Recorder
 
 
 class CountingStore:
@@ -33,7 +36,11 @@ class CountingStore:
 
 @contextlib.asynccontextmanager
 async def open_book(
-    store_url: str, *, ttl: float = 60, dedup_window: float = 60
+    store_url: str,
+    *,
+    ttl: float = 60,
+    dedup_window: float = 60,
+    subscriptions: Sequence[Subscription] = (),
 ) -> AsyncIterator[tuple[StatusBook, CountingStore]]:
     """A status book over a real store, its writer counting the transactions it asks for."""
     store = await open_store(store_url)
@@ -42,7 +49,9 @@ async def open_book(
     writer.start()
     try:
         yield (
-            StatusBook(store, writer, ttl=ttl, dedup_window=dedup_window, subscriptions=()),
+            StatusBook(
+                store, writer, ttl=ttl, dedup_window=dedup_window, subscriptions=subscriptions
+            ),
             (counting),
         )
     finally:
@@ -96,6 +105,45 @@ async def test_a_late_update_never_rolls_a_status_back(
     assert found.subscriptions["sub"]["last_error"] == {"class": "Boom", "message": "went wrong"}
     assert await ledger.succeeded_before("sub", "/s", "e-1")
     assert not await ledger.succeeded_before("other", "/s", "e-1")
+
+
+async def test_an_accepted_event_is_one_row_and_pending_wherever_it_was_routed(
+    store_url: str,
+) -> None:
+    # The ingress writes the event's row only (issue 7: no `pending` row per subscription);
+    # each subscription it was routed to reads as pending, as such a row said, until it reports.
+    routed = [subscription(name, ("order.*",), Recorder()) for name in ("billing", "mail")]
+    async with open_book(store_url, subscriptions=routed) as (book, counting):
+        event = new_event("order.placed", {"n": 1}, source="/shop", id="o-1")
+        await counting.store.write(book.accepted_writes(event))
+        assert await counting.store.query("SELECT count(*) FROM conveyor_deliveries") == [(0,)]
+
+        [accepted] = await book.lookup("o-1")
+        assert accepted.accepted_at is not None
+        pending = {
+            "state": "pending",
+            "attempts": 0,
+            "first_attempt_at": None,
+            "updated_at": format_timestamp(accepted.accepted_at),
+            "finished_at": None,
+        }
+        assert accepted.subscriptions == {"billing": pending, "mail": pending}
+        assert (accepted.state, accepted.done) == ("pending", False)
+
+        await book.record(
+            replace(
+                update(DeliveryState.SUCCEEDED, 1, "o-1"),
+                source="/shop",
+                subscription="billing",
+            )
+        )
+        [later] = await book.lookup("o-1")
+        assert (later.subscriptions["billing"]["state"], later.subscriptions["mail"]) == (
+            "succeeded",
+            pending,
+        )
+        assert (later.state, later.done) == ("in-progress", False)
+        assert await book.succeeded_before("billing", "/shop", "o-1")
 
 
 async def test_notes_and_records_apply_in_order_in_few_transactions(
