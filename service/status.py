@@ -203,19 +203,27 @@ class StatusBook:
             )
             attributes_json = orjson.loads(attributes)
             subscriptions = {row[0]: _delivery_json(row) for row in deliveries}
-            # Not accepted over HTTP (published straight to RabbitMQ, or its accept write
-            # failed): expect the subscriptions this process knows, so that one subscription's
-            # success does not make the event look done while another has not started.
-            expected = (
-                orjson.loads(routed)
-                if routed is not None
-                else routed_subscriptions(self._subscriptions, attributes_json.get("type", ""))
-            )
-            # A routed subscription without a row of its own has not reported yet: pending
-            # since the event was accepted (the ingress writes no row per subscription).
-            for name in expected:
-                if name not in subscriptions:
-                    subscriptions[name] = _pending_json(accepted_at)
+            if routed is not None:
+                # Accepted over HTTP: a subscription it was routed to that has no row of its own
+                # has not reported yet, and is pending since the acceptance (the ingress writes
+                # no row per subscription). In name order, as the rows come.
+                expected = orjson.loads(routed)
+                for name in expected:
+                    if name not in subscriptions:
+                        subscriptions[name] = _pending_json(accepted_at)
+                subscriptions = dict(sorted(subscriptions.items()))
+            else:
+                # Not accepted over HTTP (published straight to RabbitMQ, or its accept write
+                # failed): expect the subscriptions this process knows, so that one
+                # subscription's success does not make the event look done while another has
+                # not started.
+                expected = routed_subscriptions(
+                    self._subscriptions, attributes_json.get("type", "")
+                )
+                for name in expected:
+                    subscriptions.setdefault(
+                        name, {"state": DeliveryState.PENDING.value, "attempts": 0}
+                    )
             found.append(
                 EventStatus(
                     attributes=attributes_json,
@@ -276,8 +284,9 @@ def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
     )
 
 
-def _pending_json(accepted_at: float | None) -> dict[str, Any]:
-    """A subscription's entry before its consumer reported: what a `pending` row would say."""
+def _pending_json(accepted_at: float) -> dict[str, Any]:
+    """A routed subscription's entry before its consumer reported: what the `pending` row the
+    ingress wrote before issue 7 said."""
     return {
         "state": DeliveryState.PENDING.value,
         "attempts": 0,
