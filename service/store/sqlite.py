@@ -46,7 +46,6 @@ _READ_BUSY_TIMEOUT_MS = 50  # on the event loop: a short wait, then the thread
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL}
 # Claims per statement: five parameters each stays under 999, SQLite's limit before 3.32.
 _CLAIMS_PER_STATEMENT = 128
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # INSERT ... RETURNING, for claim_many
 # Rows a purge deletes in one operation of the thread: a few milliseconds of it.
 PURGE_CHUNK_ROWS = 500
 # The expired rows of each table, a chunk at a time: their rowids through the expiry index.
@@ -56,6 +55,7 @@ _PURGE_CHUNKS = tuple(
     for table in EXPIRING_TABLES
 )
 _T = TypeVar("_T")
+_OWNER = Claim(ClaimOutcome.OWNER)
 
 
 class SqliteStore:
@@ -117,11 +117,8 @@ class SqliteStore:
         return await self._run(self._claim_many_now, requests)
 
     def _claim_many_now(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
-        if not _RETURNING:  # an older SQLite: one claim at a time
-            return [self._claim_now(request) for request in requests]
         now = time.time()
-        won: set[tuple[str, str]] = set()
-        stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        claims: dict[tuple[str, str], Claim | None] = {}
         for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
             parameters = [
                 value
@@ -135,23 +132,30 @@ class SqliteStore:
                 )
             ]
             parameters.append(now)
-            rows = self._db.execute(Statements.insert_claims(len(chunk)), parameters).fetchall()
-            won.update((scope, key) for scope, key in rows)
-        lost = [request for request in requests if (request.scope, request.key) not in won]
-        for chunk in in_chunks(lost, _CLAIMS_PER_STATEMENT):
+            statement = Statements.insert_claims(len(chunk), returning=False)
+            if self._db.execute(statement, parameters).rowcount == len(chunk):
+                # Every key was new or expired, the usual case: all claimed, known from the
+                # row count alone. RETURNING the keys made SQLite hand back a row per key, each
+                # a step that lets go of the GIL and waits to get it back (issue 7).
+                claims.update(((request.scope, request.key), _OWNER) for request in chunk)
+                continue
+            # Some keys were live: each row's owner tells whether this statement claimed it.
             keys = [value for request in chunk for value in (request.scope, request.key)]
-            for scope, key, *row in self._db.execute(
-                Statements.select_claims(len(chunk)), keys
-            ).fetchall():
-                stored[scope, key] = (row[0], row[1], row[2])
-        claims = []
+            rows = self._db.execute(Statements.select_claims(len(chunk)), keys).fetchall()
+            stored = {(row[0], row[1]): row[2:] for row in rows}
+            for request in chunk:
+                fingerprint, status, body, owner = stored[request.scope, request.key]
+                claims[request.scope, request.key] = (
+                    _OWNER
+                    if owner is not None and owner == request.owner
+                    else stored_claim(request.fingerprint, (fingerprint, status, body))
+                )
+        answers = []
         for request in requests:
-            if (request.scope, request.key) in won:
-                claims.append(Claim(ClaimOutcome.OWNER))
-            else:
-                claim = stored_claim(request.fingerprint, stored.get((request.scope, request.key)))
-                claims.append(claim if claim is not None else self._claim_now(request))
-        return claims
+            claim = claims[request.scope, request.key]
+            # None: released between our insert and select (another process): try again.
+            answers.append(claim if claim is not None else self._claim_now(request))
+        return answers
 
     async def release(self, scope: str, key: str, owner: str) -> None:
         await self._run(self._db.execute, Statements.release, (scope, key, owner))
