@@ -109,7 +109,7 @@ class Statements:
     @staticmethod
     def insert_claims(count: int, *, returning: bool = True) -> str:
         """`insert_claim` for `count` distinct keys; returns the keys claimed (new or taken over),
-        or, without `returning`, only how many (the statement's row count).
+        or, without `returning`, only how many (the statement's row count: SQLite's batches).
 
         The keys must be distinct: PostgreSQL refuses to touch one row twice in one statement.
         RETURNING needs SQLite 3.35 or later.
@@ -122,7 +122,7 @@ class Statements:
     @staticmethod
     def select_claims(count: int) -> str:
         """`select_claim` for `count` keys at once, each row led by its scope and key and
-        ending with the claim's owner; a key with no row comes back with NULLs (its
+        ending with the claim's owner and expiry; a key with no row comes back with NULLs (its
         fingerprint, NOT NULL in a row, tells).
 
         Correlated subqueries through the primary key, one a column, for the reason given at
@@ -133,7 +133,7 @@ class Statements:
         found = [
             f"(SELECT c.{column} FROM conveyor_idempotency c "  # noqa: S608 - a column name of ours
             f"WHERE c.scope = w.scope AND c.key = w.key) AS {column}"
-            for column in ("fingerprint", "status", "body", "owner")
+            for column in ("fingerprint", "status", "body", "owner", "expires_at")
         ]
         return (
             f"WITH wanted (scope, key) AS (VALUES {keys}) "  # noqa: S608 - only placeholders and column names are interpolated

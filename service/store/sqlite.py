@@ -139,15 +139,19 @@ class SqliteStore:
                 # a step that lets go of the GIL and waits to get it back (issue 7).
                 claims.update(((request.scope, request.key), _OWNER) for request in chunk)
                 continue
-            # Some keys were live: each row's owner tells whether this statement claimed it.
+            # Some keys were live. A row this statement wrote holds the claimer's owner and the
+            # very expiry written for it: a key held before, even by the same owner (which
+            # `Deduplicator` never does, owners being new to each call), keeps its own expiry
+            # and reads as what it is, as `claim` alone would answer.
             keys = [value for request in chunk for value in (request.scope, request.key)]
             rows = self._db.execute(Statements.select_claims(len(chunk)), keys).fetchall()
             stored = {(row[0], row[1]): row[2:] for row in rows}
             for request in chunk:
-                fingerprint, status, body, owner = stored[request.scope, request.key]
+                fingerprint, status, body, owner, expires_at = stored[request.scope, request.key]
+                written = owner == request.owner and expires_at == now + request.lease
                 claims[request.scope, request.key] = (
                     _OWNER
-                    if owner is not None and owner == request.owner
+                    if written
                     else stored_claim(request.fingerprint, (fingerprint, status, body))
                 )
         answers = []

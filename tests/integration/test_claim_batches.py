@@ -99,6 +99,27 @@ async def test_a_burst_of_claims_gets_what_claiming_one_by_one_gets_in_fewer_cal
     assert counting.batches == [205, 5, 1]
 
 
+async def test_a_key_its_owner_still_holds_is_in_progress_in_a_batch_as_alone(
+    store: Store,
+) -> None:
+    # A batch with a live key must not hand that key to whoever holds it, even to the same
+    # owner (a review found SQLite's batch answering OWNER there), and still claims the rest.
+    scope = f"test-{uuid.uuid4().hex}"
+    assert (await store.claim(scope, "held", "fp", owner="o", lease=60)).outcome is (
+        ClaimOutcome.OWNER
+    )
+    keys = ["held", *(f"new-{n}" for n in range(3))]
+    again = await store.claim_many([ClaimRequest(scope, key, "fp", "o", 60) for key in keys])
+    assert [claim.outcome for claim in again] == [
+        ClaimOutcome.IN_PROGRESS,
+        *[ClaimOutcome.OWNER] * 3,
+    ]
+    alone = await store.claim(scope, "held", "fp", owner="o", lease=60)
+    assert alone.outcome is ClaimOutcome.IN_PROGRESS
+    others = await store.claim_many([ClaimRequest(scope, key, "fp", "x", 60) for key in keys])
+    assert {claim.outcome for claim in others} == {ClaimOutcome.IN_PROGRESS}
+
+
 async def test_concurrent_claims_of_one_key_have_exactly_one_owner(store: Store) -> None:
     scope = f"test-{uuid.uuid4().hex}"
     claims = ClaimBatcher(store, max_batch=7)
