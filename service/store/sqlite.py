@@ -118,7 +118,7 @@ class SqliteStore:
 
     def _claim_many_now(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         now = time.time()
-        claims: dict[tuple[str, str], Claim | None] = {}
+        claims: list[Claim | None] = []  # in the order of `requests`, as the chunks come
         for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
             parameters = [
                 value
@@ -137,7 +137,7 @@ class SqliteStore:
                 # Every key was new or expired, the usual case: all claimed, known from the
                 # row count alone. RETURNING the keys made SQLite hand back a row per key, each
                 # a step that lets go of the GIL and waits to get it back (issue 7).
-                claims.update(((request.scope, request.key), _OWNER) for request in chunk)
+                claims += [_OWNER] * len(chunk)
                 continue
             # Some keys were live. A row this statement wrote holds the claimer's owner and the
             # very expiry written for it: a key held before, even by the same owner (which
@@ -149,17 +149,16 @@ class SqliteStore:
             for request in chunk:
                 fingerprint, status, body, owner, expires_at = stored[request.scope, request.key]
                 written = owner == request.owner and expires_at == now + request.lease
-                claims[request.scope, request.key] = (
+                claims.append(
                     _OWNER
                     if written
                     else stored_claim(request.fingerprint, (fingerprint, status, body))
                 )
-        answers = []
-        for request in requests:
-            claim = claims[request.scope, request.key]
-            # None: released between our insert and select (another process): try again.
-            answers.append(claim if claim is not None else self._claim_now(request))
-        return answers
+        # None: released between our insert and select (another process): try again.
+        return [
+            claim if claim is not None else self._claim_now(request)
+            for request, claim in zip(requests, claims, strict=True)
+        ]
 
     async def release(self, scope: str, key: str, owner: str) -> None:
         await self._run(self._db.execute, Statements.release, (scope, key, owner))
