@@ -26,6 +26,7 @@ from producers import Topology
 from service import Settings, build_app
 from service.store import Store, open_store
 from service.tracing import Tracing
+from tests.support.broker_plugins import ensure_consistent_hash
 from tests.support.ledger import ACCOUNTS, HEADER, Account
 from tests.support.processes import launch  # noqa: F401 - a fixture, shared by the process tests
 from tests.support.proxy import FaultProxy
@@ -65,6 +66,15 @@ def amqp_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{host}:{port}/"
     finally:
         container.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def consistent_hash_exchange(amqp_url: str) -> None:
+    """Once per run: the broker has the plugin ordered subscriptions need, or the run stops."""
+    host = URL(amqp_url).host or "127.0.0.1"
+    missing = asyncio.run(ensure_consistent_hash(amqp_url, host))
+    if missing is not None:
+        pytest.exit(missing, returncode=3)
 
 
 def _start_rabbitmq_container() -> Any:
