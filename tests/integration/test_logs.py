@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import structlog
 from structlog.testing import capture_logs
 
 from consumers import RetryPolicy
 from tests.conftest import StartConveyor, subscription
+from tests.support.processes import Process, free_port
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
@@ -40,3 +45,38 @@ async def test_consumer_log_lines_carry_the_event_context(start_conveyor: StartC
     assert failed["attempt_in_delivery"] == 1
     handled = [line for line in logs if line["event"] == "event handled"]
     assert [(line["event_id"], line["subscription"]) for line in handled] == [("log-1", "logged")]
+
+
+async def test_json_logs_are_json_on_every_line_library_lines_included(
+    launch: Callable[..., Awaitable[Process]],
+) -> None:
+    # A broker that refuses connections makes aiormq log through the standard library.
+    process = await launch(
+        wait_ready=False,
+        CONVEYOR_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        CONVEYOR_LOG_FORMAT="json",
+    )
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in process.output.read_text().splitlines()]
+
+    async def aiormq_logged() -> bool:
+        return any(str(line.get("logger", "")).startswith("aiormq") for line in lines())
+
+    await eventually(aiormq_logged, timeout=15, what="a line from aiormq's own logger")
+    library = next(line for line in lines() if str(line.get("logger", "")).startswith("aiormq"))
+    assert {"event", "level", "timestamp"} <= library.keys()
+
+
+async def test_console_logs_have_no_colour_codes_when_not_a_terminal(
+    launch: Callable[..., Awaitable[Process]],
+) -> None:
+    process = await launch(CONVEYOR_LOG_FORMAT="console")
+    await process.post({"type": "slow.fast", "id": "console-1"})
+
+    async def started() -> bool:
+        return "conveyor started" in process.output.read_text()
+
+    await eventually(started, timeout=10, what="the start line")
+    text = process.output.read_text()
+    assert "\x1b[" not in text
