@@ -3,23 +3,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.installed-run-stamp
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 AMQP_URL ?= amqp://guest:guest@localhost:5672/
+CONFIG ?= examples/subscriptions.toml
 
 .PHONY: help install run test test-uvloop test-unit test-integration test-cluster lint format bench chaos clean
 
 help:
-	@echo "make run    - install, then run conveyor with examples/subscriptions.toml on :8080"
-	@echo "make test   - install, lint (ruff, mypy --strict), run every test against RabbitMQ"
-	@echo "make test-uvloop - the in-process tests again, on uvloop (CONVEYOR_EVENT_LOOP=uvloop)"
+	@echo "make run    - install what running needs, then run conveyor with $(CONFIG) on :8080"
+	@echo "make test   - install the test and lint tools, lint (ruff, mypy --strict), run the unit"
+	@echo "              and integration tests against RabbitMQ and PostgreSQL"
+	@echo "make test-uvloop - the unit and integration tests again, on uvloop"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
-	@echo "make bench  - conveyor against raw aio-pika and FastStream on the local broker (~10 min)"
-	@echo "make chaos  - loss-accounting scenarios and fault injection (alarms); needs rabbitmqctl"
+	@echo "make chaos  - the fault scenarios that restart, block or flood the local broker (needs rabbitmqctl)"
 	@echo "make test-cluster - a 3-node RabbitMQ cluster on this machine loses a node mid-stream"
+	@echo "make bench  - conveyor against raw aio-pika and FastStream on the local broker (~10 min)"
 
-$(STAMP): pyproject.toml constraints.txt
+# `make run` installs what running needs (plus uvloop); `make test` the test and lint tools too.
+$(RUN_STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "conveyor needs Python >= 3.11")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[uvloop]'
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,uvloop,otel]'
 	touch $(STAMP)
 
@@ -30,11 +38,24 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint,uvloop,otel,bench]'
 	touch $(BENCH_STAMP)
 
-run: install
+# A development admin token (unless CONVEYOR_ADMIN_TOKEN is set), printed once with the
+# dashboard's address; `conveyor serve` itself never makes one up. Ordered subscriptions need
+# the consistent-hash exchange: enabled here when this machine's rabbitmq-plugins can.
+run: $(RUN_STAMP)
 	@$(BIN)/python -c 'import socket, sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); socket.create_connection((p.hostname, p.port or 5672), 2)' '$(AMQP_URL)' 2>/dev/null \
 		|| { echo "No RabbitMQ answers at $(AMQP_URL). Start one: 'rabbitmq-server -detached' or 'docker run -d -p 5672:5672 rabbitmq:3.13', or set AMQP_URL=..."; exit 1; }
-	CONVEYOR_AMQP_URL='$(AMQP_URL)' CONVEYOR_CONFIG=examples/subscriptions.toml \
-		CONVEYOR_LOG_FORMAT=$${CONVEYOR_LOG_FORMAT:-console} $(BIN)/conveyor serve
+	@if grep -qE '^[[:space:]]*ordered_by' '$(CONFIG)' && command -v rabbitmq-plugins >/dev/null 2>&1; then \
+		rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 \
+		|| echo "Ordered subscriptions need RabbitMQ's consistent-hash exchange; run: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"; \
+	fi
+	@if [ -n "$${CONVEYOR_ADMIN_TOKEN:-}" ]; then token="$$CONVEYOR_ADMIN_TOKEN"; \
+		echo "conveyor: dashboard at http://localhost:$${CONVEYOR_HTTP_PORT:-8080}/ (admin token: your CONVEYOR_ADMIN_TOKEN)"; \
+	else token="dev-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(18))')"; \
+		echo "conveyor: dashboard at http://localhost:$${CONVEYOR_HTTP_PORT:-8080}/  development admin token: $$token"; \
+		echo "          e.g. .venv/bin/conveyor subscriptions --token $$token"; \
+	fi; \
+	CONVEYOR_ADMIN_TOKEN="$$token" CONVEYOR_AMQP_URL='$(AMQP_URL)' CONVEYOR_CONFIG='$(CONFIG)' \
+		CONVEYOR_LOG_FORMAT=$${CONVEYOR_LOG_FORMAT:-console} exec $(BIN)/conveyor serve
 
 lint: install
 	$(BIN)/ruff check .
@@ -51,6 +72,7 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest tests/integration -q
 
+# The unit and integration tests (pyproject's testpaths); the slower tiers have their own targets.
 test: lint
 	$(BIN)/pytest -q -ra
 
@@ -61,7 +83,8 @@ test: lint
 test-uvloop: install
 	CONVEYOR_TEST_EVENT_LOOP=uvloop $(BIN)/pytest tests/unit tests/integration -q -ra -o timeout_method=thread
 
-# Fault injection on the local broker itself (alarms); slower, and never run beside other tests.
+# Fault injection on the local broker itself (restarts, connection cuts, SIGKILL and SIGTERM
+# mid-stream, memory alarms, a flood); slower, and never run beside other tests.
 chaos: install
 	$(BIN)/pytest tests/integration/test_loss_accounting.py tests/chaos -q -ra
 
