@@ -241,7 +241,9 @@ def _print_entry(document: dict[str, Any], out: TextIO) -> None:
     label = "data (base64)" if document.get("data_base64") else "data"
     out.write(f"{label}:\n{indented(data)}\n" if data else f"{label + ':':<15}(empty)\n")
     if isinstance(trace, str) and trace:
-        out.write(f"traceback:\n{indented(trace)}\n")
+        # The header keeps the traceback's tail: say when its start was cut.
+        cut = "" if trace.startswith("Traceback") else "..."
+        out.write(f"traceback:\n{indented(cut + trace)}\n")
     if headers:
         out.write("headers:\n")
         width = max(len(name) for name in headers)

@@ -41,9 +41,12 @@ def cli_environ(conveyor: Running | None) -> dict[str, str]:
     return environ
 
 
-async def run_cli(conveyor: Running | None, *argv: str) -> CliResult:
-    """A client command in this process; stdout and stderr as it printed them."""
-    arguments = build_parser(cli_environ(conveyor)).parse_args(list(argv))
+async def run_cli(
+    conveyor: Running | None, *argv: str, environ: dict[str, str] | None = None
+) -> CliResult:
+    """A client command in this process (`environ` over what `cli_environ` sets); stdout and
+    stderr as it printed them."""
+    arguments = build_parser(cli_environ(conveyor) | (environ or {})).parse_args(list(argv))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err):
         code = await run_client(arguments, out)
@@ -62,7 +65,12 @@ async def run_entry_point(*argv: str, environ: dict[str, str], timeout: float = 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(timeout):
-        out, err = await process.communicate()
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:  # it did not stop by itself: not left running
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return CliResult(process.returncode, out.decode(), err.decode())
