@@ -29,6 +29,7 @@ from service.cli_http import (
     print_table,
 )
 from service.cli_publish import publish_command
+from service.cli_text import printable
 
 __all__ = [
     "EXIT_ANSWERED_ERROR",
@@ -171,7 +172,8 @@ def _print_status(document: dict[str, Any], out: TextIO) -> None:
             line += f"  finished {entry['finished_at']}"
         if entry.get("last_error"):
             error = entry["last_error"]
-            line += f"\n  {'':<24} last error: {error['class']}: {error['message']}"
+            text = printable(f"{error['class']}: {error['message']}")
+            line += f"\n  {'':<24} last error: {text}"
         out.write(line + "\n")
 
 
