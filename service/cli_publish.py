@@ -59,7 +59,7 @@ async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
             continue
         refused += 1
         complain(
-            f"{arguments.file} entry {index} ({documents[index].get('id')}): "
+            f"--file {arguments.file} entry {index} (id {documents[index].get('id')}): "
             f"{problem.get('status')} {problem.get('title')}: {problem.get('detail')}"
         )
     if refused:

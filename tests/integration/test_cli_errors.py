@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.cli_client import EXIT_USAGE
+from service.cli_client import EXIT_ANSWERED_ERROR, EXIT_USAGE
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.cli import CliResult, cli_environ, run_cli, run_entry_point
 from tests.support.processes import free_port
@@ -152,3 +152,32 @@ async def test_serve_refuses_a_store_url_it_cannot_parse(
     assert _one_line_refusal(served) == (
         f"conveyor: CONVEYOR_STORE_URL: expected sqlite:///<path> or postgresql://... ({says})\n"
     )
+
+
+async def test_entries_of_a_batch_the_ingress_refuses_are_named_by_index(
+    start_conveyor: StartConveyor, tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    conveyor = await start_conveyor((subscription("inbox", ("cli.*",), recorder),))
+    first = await run_cli(conveyor, "publish", "--file", _write(tmp_path, _event("k-1", data=1)))
+    # The same id and source with other data: the ingress answers that entry 422, not the rest.
+    batch = _write(tmp_path, [_event("k-2"), _event("k-1", data=2), _event("k-3")])
+
+    mixed = await run_cli(conveyor, "publish", "--file", batch)
+
+    assert first.code == 0
+    assert mixed.code == EXIT_ANSWERED_ERROR
+    assert mixed.out.split() == ["k-2", "/v1/events/k-2", "k-3", "/v1/events/k-3"]
+    refused, summary = mixed.err.splitlines()
+    assert refused.startswith(f"conveyor: --file {batch} entry 1 (id k-1): 422 ")
+    assert summary == "conveyor: 1 of the 3 events were not accepted"
+    events = await recorder.wait_for(3)
+    assert sorted((event.id, event.data) for event in events) == [
+        ("k-1", 1), ("k-2", None), ("k-3", None),
+    ]  # fmt: skip
+
+
+def _write(directory: Path, document: object) -> str:
+    path = directory / f"events-{len(list(directory.iterdir()))}.json"
+    path.write_bytes(orjson.dumps(document))
+    return str(path)
