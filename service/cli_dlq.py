@@ -35,17 +35,18 @@ _ERROR_COLUMN_CHARS = 60
 
 
 def _filters(arguments: argparse.Namespace) -> dict[str, str]:
-    return {
-        key: value
-        for key, value in (
-            ("type", arguments.type),
-            ("error_class", arguments.error_class),
-            ("reason", arguments.reason),
-            ("since", arguments.since),
-            ("until", arguments.until),
-        )
-        if value
+    given = {
+        "type": arguments.type,
+        "error_class": arguments.error_class,
+        "reason": arguments.reason,
+        "since": arguments.since,
+        "until": arguments.until,
     }
+    for name, value in given.items():
+        # An empty value would be no filter at all: refused rather than ignored.
+        if value is not None and not value.strip():
+            raise UsageError(f"--{name.replace('_', '-')}: give a value (--all means all)")
+    return {name: value for name, value in given.items() if value is not None}
 
 
 async def dlq_command(arguments: argparse.Namespace, out: TextIO) -> int:

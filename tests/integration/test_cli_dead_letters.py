@@ -133,12 +133,13 @@ async def test_filters_that_cannot_match_are_usage_errors_naming_the_valid_value
         conveyor, "dlq", "ls", "unrouted", "--reason", "permanent-error", *ADMIN
     )
     since = await run_cli(conveyor, "dlq", "ls", "orders", "--since", "yesterday", *ADMIN)
+    empty = await run_cli(conveyor, "dlq", "ls", "orders", "--error-class", "", *ADMIN)
     known = await run_cli(
         conveyor, "dlq", "ls", "orders", "--reason", "permanent-error", "--type", "order.placed",
         *ADMIN,
     )  # fmt: skip
 
-    for refused in (reason, replay_reason, type_, unrouted, since):
+    for refused in (reason, replay_reason, type_, unrouted, since, empty):
         assert refused.code == EXIT_USAGE
         assert refused.out == ""
         assert refused.err.count("\n") == 1
@@ -149,6 +150,7 @@ async def test_filters_that_cannot_match_are_usage_errors_naming_the_valid_value
     assert "it takes order.*" in type_.err
     assert "unrouted events carry no reason" in unrouted.err
     assert "RFC 3339" in since.err
+    assert empty.err == "conveyor: --error-class: give a value (--all means all)\n"
     # Nothing was replayed or discarded: the entry is still there, and a known filter finds it.
     assert known.code == 0
     assert known.out.splitlines()[0].endswith(
