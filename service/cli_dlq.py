@@ -201,7 +201,7 @@ def _print_listing(
     rows = [("ID", "EVENT", "TYPE", "REASON", "ATTEMPTS", "LAST FAILURE", "ERROR")]
     for entry in entries:
         error = entry["error"]
-        message = one_line(f"{error['class'] or '-'}: {error['message'] or ''}")
+        message = one_line(f"{error['class']}: {error['message'] or ''}") if error["class"] else "-"
         rows.append(
             (
                 entry["id"],

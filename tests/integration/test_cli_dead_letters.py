@@ -156,3 +156,18 @@ async def test_filters_that_cannot_match_are_usage_errors_naming_the_valid_value
     assert known.out.splitlines()[0].endswith(
         ": showing 1 of 1 entries matching the filters, 1 in the queue"
     )
+
+
+async def test_unrouted_entries_list_with_no_reason_or_error(start_conveyor: StartConveyor) -> None:
+    conveyor = await _dead_letters(start_conveyor, [])
+    # Confirmed once the alternate exchange has put it in the unrouted queue.
+    assert (
+        await conveyor.post({"type": "invoice.sent", "id": "u-1", "source": "/b"})
+    ).status == 202
+
+    listed = await run_cli(conveyor, "dlq", "ls", "unrouted", "--type", "invoice.sent", *ADMIN)
+
+    assert listed.code == 0
+    summary, _header, row = listed.out.splitlines()
+    assert summary.endswith(": showing 1 of 1 entries matching the filters, 1 in the queue")
+    assert row.split()[1:] == ["u-1", "invoice.sent", "-", "-", "-", "-"]
