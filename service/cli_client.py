@@ -9,25 +9,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
-import aiohttp
-import orjson
+from service.admin_dead_letters import MAX_PAGE, MAX_RATE
+from service.cli_dlq import REASONS, dlq_command
+from service.cli_http import (
+    EXIT_ANSWERED_ERROR,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Answer,
+    CommandError,
+    ask,
+    check_connection_arguments,
+    complain,
+    print_json,
+    print_table,
+)
+from service.cli_publish import publish_command
+from service.cli_text import printable
 
-from producers import EventClient, PublishError, event_from_json
-from service.broker_addresses import split_broker_urls
+__all__ = [
+    "EXIT_ANSWERED_ERROR",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "add_client_commands",
+    "run_client",
+]
 
-__all__ = ["EXIT_ANSWERED_ERROR", "EXIT_UNREACHABLE", "add_client_commands", "run_client"]
-
-EXIT_ANSWERED_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
 DEFAULT_URL = "http://localhost:8080"
-_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+MAX_OFFSET = 10**9
 
 
 def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
@@ -61,13 +74,26 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     dlq.add_argument("entry", nargs="*", help="entry ids (show: one; replay/discard: these)")
     dlq.add_argument("--type", help="only events of this type")
     dlq.add_argument("--error-class", help="only failures of this class")
-    dlq.add_argument("--reason", help="only this reason (permanent-error, retries-exhausted...)")
+    dlq.add_argument("--reason", help=f"only this reason: {', '.join(REASONS)}")
     dlq.add_argument("--since", help="only failures at or after this RFC 3339 time")
     dlq.add_argument("--until", help="only failures before this RFC 3339 time")
     dlq.add_argument("--all", action="store_true", help="replay/discard: every entry")
-    dlq.add_argument("--rate", type=_positive, help="replay: at most this many per second")
-    dlq.add_argument("--offset", type=int, default=0, help="ls: skip this many matching entries")
-    dlq.add_argument("--limit", type=int, default=100, help="ls: show at most this many (500)")
+    dlq.add_argument(
+        "--rate",
+        type=_bounded(float, 0, MAX_RATE, low_included=False),
+        help=f"replay: at most this many per second (up to {MAX_RATE:g}; default 100)",
+    )
+    dlq.add_argument(
+        "--offset",
+        type=_bounded(int, 0, MAX_OFFSET),
+        default=0,
+        help="ls: skip this many matching entries",
+    )
+    dlq.add_argument(
+        "--limit",
+        type=_bounded(int, 1, MAX_PAGE),
+        help=f"ls: show at most this many (default 100, up to {MAX_PAGE})",
+    )
     publish = commands.add_parser(
         "publish",
         parents=[common],
@@ -93,15 +119,44 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
 
 
 async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if arguments.command == "publish":
-        return await publish_command(arguments, out)
-    if arguments.command == "dlq":
-        return await dlq_command(arguments, out)
-    if arguments.command == "status":
-        path = f"/v1/events/{quote(arguments.event_id, safe='')}"
-        query = {k: v for k, v in (("source", arguments.source), ("wait", arguments.wait)) if v}
-        return await _request(arguments, "GET", path, out, _print_status, query=query)
-    return await _request(arguments, "GET", "/v1/admin/subscriptions", out, _print_subscriptions)
+    try:
+        if not (arguments.command == "publish" and arguments.amqp):
+            check_connection_arguments(arguments)
+        match arguments.command:
+            case "publish":
+                return await publish_command(arguments, out)
+            case "dlq":
+                return await dlq_command(arguments, out)
+            case "status":
+                path = f"/v1/events/{quote(arguments.event_id, safe='')}"
+                query = {
+                    key: value
+                    for key, value in (("source", arguments.source), ("wait", arguments.wait))
+                    if value
+                }
+                answer = await ask(arguments, "GET", path, query=query)
+                return _finish(arguments, answer, out, _print_status)
+        answer = await ask(arguments, "GET", "/v1/admin/subscriptions")
+        return _finish(arguments, answer, out, _print_subscriptions)
+    except CommandError as failure:
+        complain(str(failure))
+        return failure.exit_code
+
+
+def _finish(
+    arguments: argparse.Namespace,
+    answer: Answer,
+    out: TextIO,
+    render: Callable[[dict[str, Any], TextIO], None],
+) -> int:
+    if answer.failed:
+        complain(answer.problem_line())
+        return EXIT_ANSWERED_ERROR
+    if arguments.json:
+        print_json(answer.document, out)
+    else:
+        render(answer.document, out)
+    return 0
 
 
 def _print_status(document: dict[str, Any], out: TextIO) -> None:
@@ -117,7 +172,8 @@ def _print_status(document: dict[str, Any], out: TextIO) -> None:
             line += f"  finished {entry['finished_at']}"
         if entry.get("last_error"):
             error = entry["last_error"]
-            line += f"\n  {'':<24} last error: {error['class']}: {error['message']}"
+            text = printable(f"{error['class']}: {error['message']}")
+            line += f"\n  {'':<24} last error: {text}"
         out.write(line + "\n")
 
 
@@ -136,7 +192,7 @@ def _print_subscriptions(document: dict[str, Any], out: TextIO) -> None:
                 entry["handler"],
             )
         )
-    _print_table(rows, out)
+    print_table(rows, out)
     # An ordered subscription's READY and CONSUMERS add up its partitions: each one here.
     partitions = [("SUBSCRIPTION", "KEY", "PARTITION", "READY", "CONSUMERS")]
     for entry in document["subscriptions"]:
@@ -153,209 +209,22 @@ def _print_subscriptions(document: dict[str, Any], out: TextIO) -> None:
         )
     if len(partitions) > 1:
         out.write("\n")
-        _print_table(partitions, out)
+        print_table(partitions, out)
 
 
-def _print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        out.write("\n")
+def _bounded(
+    kind: Callable[[str], float], low: float, high: float, *, low_included: bool = True
+) -> Callable[[str], Any]:
+    """An argparse type: a number from `low` to `high` (argparse exits 2 naming the option)."""
+    low_text = f"{low:g} or more" if low_included else f"above {low:g}"
 
-
-async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
-    try:
-        documents, batch = _documents(arguments)
-        events = [event_from_json(document) for document in documents]
-    except (OSError, ValueError) as error:  # InvalidEventError is a ValueError
-        _complain(f"{error}")
-        return EXIT_USAGE
-    if arguments.amqp:
+    def parse(text: str) -> Any:
         try:
-            addresses = split_broker_urls(arguments.amqp_url)
-        except ValueError as error:
-            _complain(f"CONVEYOR_AMQP_URL: {error}")
-            return EXIT_USAGE
-        problem: Exception | None = None
-        # Several nodes: the first that takes the connection (nothing is published before).
-        for address in addresses:
-            try:
-                async with EventClient(address, namespace=arguments.namespace) as client:
-                    for event in events:
-                        await client.publish(event)
-            except OSError as error:
-                problem = error
-                continue
-            except PublishError as error:
-                problem = error
-                break
-            out.write("".join(f"{event.id}\n" for event in events))
-            return 0
-        _complain(f"not published: {problem}")
-        return EXIT_UNREACHABLE
-    content_type = "application/cloudevents-batch+json" if batch else "application/cloudevents+json"
-    body = orjson.dumps(documents if batch else documents[0])
-    return await _post(arguments, body, content_type, out)
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, {low_text}") from None
+        if not (low <= value if low_included else low < value) or value > high:
+            raise argparse.ArgumentTypeError(f"expected {low_text}, up to {high:g}")
+        return value
 
-
-def _documents(arguments: argparse.Namespace) -> tuple[list[dict[str, Any]], bool]:
-    if arguments.file is not None:
-        loaded = orjson.loads(arguments.file.read_bytes())
-        if isinstance(loaded, list):
-            return loaded, True
-        return [loaded], False
-    if not arguments.type:
-        raise ValueError("give an event type, or --file")
-    document: dict[str, Any] = {
-        "specversion": "1.0",
-        "type": arguments.type,
-        "source": arguments.source,
-        "id": arguments.id or str(uuid.uuid4()),
-    }
-    if arguments.subject:
-        document["subject"] = arguments.subject
-    if arguments.data is not None:
-        document["data"] = orjson.loads(arguments.data)
-        document["datacontenttype"] = "application/json"
-    return [document], False
-
-
-async def _post(arguments: argparse.Namespace, body: bytes, content_type: str, out: TextIO) -> int:
-    def render(answer: dict[str, Any], out: TextIO) -> None:
-        entries = answer.get("results", [answer])
-        out.write("".join(f"{entry['id']} {entry['location']}\n" for entry in entries))
-
-    return await _request(
-        arguments, "POST", "/v1/events", out, render, raw_body=body, content_type=content_type
-    )
-
-
-async def dlq_command(arguments: argparse.Namespace, out: TextIO) -> int:
-    base = (
-        "/v1/admin/unrouted"
-        if arguments.queue == "unrouted"
-        else f"/v1/admin/subscriptions/{quote(arguments.queue, safe='')}/dead-letters"
-    )
-    filters = {
-        key: value
-        for key, value in (
-            ("type", arguments.type),
-            ("error_class", arguments.error_class),
-            ("reason", arguments.reason),
-            ("since", arguments.since),
-            ("until", arguments.until),
-        )
-        if value
-    }
-    match arguments.action:
-        case "ls":
-            page = {"offset": str(arguments.offset), "limit": str(arguments.limit)}
-            return await _request(
-                arguments, "GET", base, out, _print_dead_letters, query=filters | page
-            )
-        case "show":
-            if len(arguments.entry) != 1:
-                _complain("dlq show takes one entry id")
-                return EXIT_USAGE
-            path = f"{base}/{quote(arguments.entry[0], safe='')}"
-            return await _request(arguments, "GET", path, out, _print_json)
-    chosen = [bool(arguments.entry), bool(filters), arguments.all]
-    if sum(chosen) != 1:
-        _complain("say which entries: ids, filters (--type ...) or --all")
-        return EXIT_USAGE
-    body: dict[str, Any] = (
-        {"ids": arguments.entry}
-        if arguments.entry
-        else {"filter": filters}
-        if filters
-        else {"all": True}
-    )
-    if arguments.action == "replay" and arguments.rate:
-        body["rate"] = arguments.rate
-    return await _request(
-        arguments, "POST", f"{base}/{arguments.action}", out, _print_json, body=body
-    )
-
-
-async def _request(
-    arguments: argparse.Namespace,
-    method: str,
-    path: str,
-    out: TextIO,
-    render: Any,
-    *,
-    query: dict[str, str] | None = None,
-    body: Any = None,
-    raw_body: bytes | None = None,
-    content_type: str | None = None,
-) -> int:
-    headers = {"Authorization": f"Bearer {arguments.token}"} if arguments.token else {}
-    if content_type is not None:
-        headers["Content-Type"] = content_type
-    try:
-        async with (
-            # No overall limit: a replay of many dead letters at a low rate takes its time.
-            aiohttp.ClientSession(timeout=_TIMEOUT) as session,
-            session.request(
-                method,
-                arguments.url.rstrip("/") + path,
-                params=query,
-                json=body,
-                data=raw_body,
-                headers=headers,
-            ) as reply,
-        ):
-            status, raw = reply.status, await reply.read()
-    except aiohttp.ClientError as error:
-        _complain(f"cannot reach {arguments.url}: {type(error).__name__}: {error}")
-        return EXIT_UNREACHABLE
-    except TimeoutError:
-        _complain(f"no answer from {arguments.url}; what was asked may still be under way")
-        return EXIT_ANSWERED_ERROR
-    document = _parse(raw)
-    if status >= 400:  # noqa: PLR2004 - an error answer
-        _complain(f"{status} {document.get('title', '')}: {document.get('detail', '')}")
-        return EXIT_ANSWERED_ERROR
-    if arguments.json:
-        _print_json(document, out)
-    else:
-        render(document, out)
-    return 0
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    """The answer as JSON; a proxy's HTML error page becomes a detail line."""
-    try:
-        document = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        return {"detail": raw[:200].decode(errors="replace")}
-    return document if isinstance(document, dict) else {"results": document}
-
-
-def _print_json(document: Any, out: TextIO) -> None:
-    out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _print_dead_letters(document: dict[str, Any], out: TextIO) -> None:
-    out.write(
-        f"{document['queue']}: {document['matching']} of {document['messages']} entries"
-        f"{' (more than one pass reads)' if document['truncated'] else ''}\n"
-    )
-    for entry in document["entries"]:
-        error = entry["error"]
-        out.write(
-            f"{entry['id']}  {entry['event']['id']}  {entry['event']['type']}  "
-            f"{entry['reason'] or '-'}  {error['class'] or '-'}: {error['message'] or ''}  "
-            f"{entry['last_failure'] or ''}\n"
-        )
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be above 0")
-    return value
-
-
-def _complain(text: str) -> None:
-    print(f"conveyor: {text}", file=sys.stderr)  # noqa: T201 - a CLI reports on stderr
+    return parse

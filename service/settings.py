@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.broker_addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
+from service.store_url import store_url_problem
 
 __all__ = [
     "EventLoop",
@@ -338,10 +339,9 @@ class _Reader:
 
     def store_url(self, name: str, default: str) -> str:
         raw = self._raw(name) or default
-        scheme = raw.split(":", 1)[0]
-        if scheme not in ("sqlite", "postgresql", "postgres") or "://" not in raw:
-            # Never echo the value: a PostgreSQL URL may hold a password.
-            raise SettingError(PREFIX + name, "sqlite:///<path> or postgresql://user@host/db")
+        problem = store_url_problem(raw)
+        if problem is not None:  # never echo the value: a PostgreSQL URL may hold a password
+            raise SettingError(PREFIX + name, f"sqlite:///<path> or postgresql://... ({problem})")
         return raw
 
     def integer(self, name: str, default: int, *, low: int, high: int | None = None) -> int:

@@ -148,19 +148,21 @@ async def test_dlq_commands_list_show_replay_and_discard(
     admin = ("--token", TOKEN)
 
     listed_code, listed = await conveyor_cli(conveyor, "dlq", "ls", "orders", *admin)
-    entry_id = listed.splitlines()[1].split()[0]
-    show_code, shown = await conveyor_cli(conveyor, "dlq", "show", "orders", entry_id, *admin)
+    entry_id = listed.splitlines()[2].split()[0]  # under the summary line and the table header
+    show_code, shown = await conveyor_cli(
+        conveyor, "dlq", "show", "orders", entry_id, "--json", *admin
+    )
     vague, _ = await conveyor_cli(conveyor, "dlq", "replay", "orders", *admin)
     opened["now"] = True
     replay_code, replayed = await conveyor_cli(
-        conveyor, "dlq", "replay", "orders", "--type", "order.paid", *admin
+        conveyor, "dlq", "replay", "orders", "--type", "order.paid", "--json", *admin
     )
     discard_code, discarded = await conveyor_cli(
-        conveyor, "dlq", "discard", "orders", "--all", *admin
+        conveyor, "dlq", "discard", "orders", "--all", "--json", *admin
     )
 
     assert (listed_code, show_code, replay_code, discard_code) == (0, 0, 0, 0)
-    assert listed.splitlines()[0].endswith(": 2 of 2 entries")
+    assert listed.splitlines()[0].endswith(": showing 2 of 2 entries")
     assert orjson.loads(shown)["event"]["id"] == "q-1"
     assert vague == EXIT_USAGE  # replay must say which entries
     assert orjson.loads(replayed)["replayed"] == 1
