@@ -52,7 +52,8 @@ async def test_a_replayed_dead_letter_that_succeeds_shows_succeeded_with_its_fai
     await recorder.wait_for(2)  # the first, failed attempt and the replay
 
     async def succeeded() -> bool:
-        return (await _entry(conveyor, "h-1"))["state"] == "succeeded"
+        state: str = (await _entry(conveyor, "h-1"))["state"]
+        return state == "succeeded"
 
     await eventually(succeeded, what="the replay's success in the status")
     _, found = await conveyor.status("/v1/events/h-1")
