@@ -118,6 +118,9 @@ def _print_status(document: dict[str, Any], out: TextIO) -> None:
         if entry.get("last_error"):
             error = entry["last_error"]
             line += f"\n  {'':<24} last error: {error['class']}: {error['message']}"
+        for earlier in entry.get("history", ()):
+            reason = f" ({earlier['reason']})" if earlier.get("reason") else ""
+            line += f"\n  {'':<24} before a replay: {earlier['state']}{reason} at {earlier['at']}"
         out.write(line + "\n")
 
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from tests.conftest import Running, StartConveyor, subscription
+from tests.integration.test_cli_client import conveyor_cli
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
@@ -62,8 +63,9 @@ async def test_a_replayed_dead_letter_that_succeeds_shows_succeeded_with_its_fai
     assert "last_error" not in entry  # the success is current: no error of its own
     assert entry["attempts"] == 1
     [earlier] = entry["history"]
+    earlier_at = earlier.pop("at")
     # Kept to the microsecond: the same time, written back from whole microseconds.
-    assert abs(_seconds(earlier.pop("at")) - _seconds(failed["finished_at"])) < 2e-6
+    assert abs(_seconds(earlier_at) - _seconds(failed["finished_at"])) < 2e-6
     assert [earlier] == [
         {
             "state": "dead-lettered",
@@ -76,3 +78,9 @@ async def test_a_replayed_dead_letter_that_succeeds_shows_succeeded_with_its_fai
             },
         }
     ]
+    # `conveyor status` shows it the same way.
+    code, text = await conveyor_cli(conveyor, "status", "h-1")
+    _, current, before = text.splitlines()
+    assert code == 0
+    assert current.split()[:2] == ["orders", "succeeded"]
+    assert before.strip() == f"before a replay: dead-lettered (retries-exhausted) at {earlier_at}"
