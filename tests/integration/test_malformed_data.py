@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import aio_pika
 import orjson
 import pytest
 
 from service import Role
 from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
+from tests.support.waiting import eventually
 
 PROBLEM = "application/problem+json"
 STRUCTURED = "application/cloudevents+json"
@@ -122,34 +124,52 @@ async def test_an_amqp_event_dead_lettered_as_malformed_gets_a_final_status(
     conveyor = await start_conveyor(
         (subscription("orders", ("order.*",), recorder),), store_url=store_url
     )
-    # Published straight over AMQP by another service: binary, then structured mode.
-    await namespace.publish_raw(
-        b'{"total": 12.5',
-        routing_key="order.placed",
-        content_type="application/json",
-        headers={"ce-specversion": "1.0", "ce-id": "m-1", "ce-source": "/shop"}
-        | {"ce-type": "order.placed"},
-        message_id="m-1",
-    )
-    structured = _structured(
-        "m-2", datacontenttype="application/json", data_base64=_base64(b"not json")
-    )
-    await namespace.publish_raw(
-        orjson.dumps(structured),
-        routing_key="order.placed",
-        content_type=STRUCTURED,
-        message_id="m-2",
-    )
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        results = await channel.declare_queue(exclusive=True)
+        await results.bind(namespace.topology.results_exchange, routing_key="conveyor.event.#")
+        # Published straight over AMQP by another service: binary, then structured mode.
+        await namespace.publish_raw(
+            b'{"total": 12.5',
+            routing_key="order.placed",
+            content_type="application/json",
+            headers={"ce-specversion": "1.0", "ce-id": "m-1", "ce-source": "/shop"}
+            | {"ce-type": "order.placed"},
+            message_id="m-1",
+        )
+        structured = _structured(
+            "m-2", datacontenttype="application/json", data_base64=_base64(b"not json")
+        )
+        await namespace.publish_raw(
+            orjson.dumps(structured),
+            routing_key="order.placed",
+            content_type=STRUCTURED,
+            message_id="m-2",
+        )
 
-    for event_id in ("m-1", "m-2"):
-        status, found = await conveyor.status(f"/v1/events/{event_id}", wait="10s")
-        assert status == 200, found
-        assert (found["state"], found["done"], found["source"]) == ("dead-lettered", True, "/shop")
-        entry = found["subscriptions"]["orders"]
-        assert (entry["state"], entry["attempts"]) == ("dead-lettered", 0)
-        assert entry["last_error"]["reason"] == "malformed"
-        assert entry["last_error"]["class"] == "MalformedEventError"
-        assert "not valid JSON" in entry["last_error"]["message"]
-    dead = await namespace.take_at_least(namespace.topology.dead_letter_queue("orders"), 2)
-    assert sorted(message.message_id or "" for message in dead) == ["m-1", "m-2"]
-    assert recorder.events == []
+        for event_id in ("m-1", "m-2"):
+            status, found = await conveyor.status(f"/v1/events/{event_id}", wait="10s")
+            assert status == 200, found
+            assert (found["state"], found["done"]) == ("dead-lettered", True)
+            entry = found["subscriptions"]["orders"]
+            assert (entry["state"], entry["attempts"]) == ("dead-lettered", 0)
+            assert entry["last_error"]["reason"] == "malformed"
+            assert entry["last_error"]["class"] == "MalformedEventError"
+            assert "not valid JSON" in entry["last_error"]["message"]
+        dead = await namespace.take_at_least(namespace.topology.dead_letter_queue("orders"), 2)
+        assert sorted(message.message_id or "" for message in dead) == ["m-1", "m-2"]
+        assert recorder.events == []
+
+        # Announced like any other dead letter.
+        announced: list[dict[str, Any]] = []
+
+        async def both_announced() -> bool:
+            while (message := await results.get(no_ack=True, fail=False)) is not None:
+                announced.append(orjson.loads(message.body))
+            return len(announced) >= 2
+
+        await eventually(both_announced, what="two dead-lettered completion events")
+    assert sorted((a["event"]["id"], a["reason"], a["attempts"]) for a in announced) == [
+        ("m-1", "malformed", 0),
+        ("m-2", "malformed", 0),
+    ]
