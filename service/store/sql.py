@@ -85,8 +85,12 @@ EXPIRING_TABLES = ("conveyor_idempotency", "conveyor_events", "conveyor_deliveri
 
 # The round a replay ends, as one JSON object appended to `history`: plain string operations,
 # which SQLite and PostgreSQL share (their JSON functions differ). `last_error` is JSON already.
+# Past MAX_HISTORY_CHARS (at least 48 rounds of the largest errors) it starts over from the
+# round just ended: replays are an operator's, but each one must not grow the row for good.
+MAX_HISTORY_CHARS = 65536
 _HISTORY_WITH_ROUND_ENDED = (
-    "COALESCE(conveyor_deliveries.history || ',', '') "
+    f"COALESCE(CASE WHEN length(conveyor_deliveries.history) <= {MAX_HISTORY_CHARS} "
+    "THEN conveyor_deliveries.history || ',' END, '') "
     '|| \'{"state":"\' || conveyor_deliveries.state '
     '|| \'","replays":\' || conveyor_deliveries.replays '
     "|| ',\"attempts\":' || conveyor_deliveries.attempts "

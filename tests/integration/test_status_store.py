@@ -17,9 +17,9 @@ import pytest
 from consumers import DeliveryState, DeliveryUpdate, Subscription
 from consumers.dead_letter import Failure
 from producers import format_timestamp, new_event
-from service.status import StatusBook
+from service.status import MAX_HISTORY_SHOWN, StatusBook
 from service.store import BatchWriter, ClaimOutcome, Statements, Store, Write, open_store
-from service.store.sql import MIGRATIONS
+from service.store.sql import MAX_HISTORY_CHARS, MIGRATIONS
 from tests.conftest import subscription
 from tests.support.recorder import Recorder
 
@@ -279,6 +279,21 @@ async def test_each_replay_ends_a_round_kept_in_history_and_the_new_one_starts_c
             "last_error": error | {"reason": "permanent-error"},
         },
     ]
+
+
+async def test_the_history_of_many_replays_stays_bounded(
+    book: tuple[StatusBook, CountingStore],
+) -> None:
+    ledger, counting = book
+    longest = Failure("Boom", "x" * 1000, "")  # as long as a DLQ entry keeps a message
+    for replays in range(80):
+        dead = update(DeliveryState.DEAD_LETTERED, 1)
+        await ledger.record(replace(dead, replays=replays, failure=longest, reason="malformed"))
+
+    [found] = await ledger.lookup("e-1")
+    assert len(found.subscriptions["sub"]["history"]) == MAX_HISTORY_SHOWN
+    [(stored,)] = await counting.store.query("SELECT length(history) FROM conveyor_deliveries")
+    assert stored <= MAX_HISTORY_CHARS + 2000  # 79 rounds would take about 85,000
 
 
 async def test_a_batch_cut_short_by_a_timeout_leaves_sqlite_usable(tmp_path: Path) -> None:
