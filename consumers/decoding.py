@@ -15,6 +15,7 @@ import orjson
 
 from consumers.event import Event
 from producers import (
+    MAX_ATTRIBUTE_LENGTH,
     InvalidEventError,
     event_from_json,
     format_time,
@@ -24,7 +25,7 @@ from producers import (
     validate_content_type,
 )
 
-__all__ = ["MalformedEventError", "decode_event"]
+__all__ = ["MalformedEventError", "decode_event", "readable_identity"]
 
 _PREFIXES = ("ce-", "cloudevents_", "cloudevents:")
 _STRUCTURED = "application/cloudevents+json"
@@ -32,7 +33,15 @@ _KNOWN = frozenset(("id", "source", "type", "specversion", "time", "subject", "d
 
 
 class MalformedEventError(ValueError):
-    """The message breaks the contract: it is dead-lettered with this reason, never dropped."""
+    """The message breaks the contract: it is dead-lettered with this reason, never dropped.
+
+    `identity` holds the event's `id` and `source` (and `type`, `specversion` where readable)
+    when they can still be read, so its status can say it was dead-lettered; else None.
+    """
+
+    def __init__(self, message: str, identity: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.identity = identity
 
 
 def decode_event(
@@ -43,6 +52,30 @@ def decode_event(
     correlation_id: str | None = None,
     redelivered: bool = False,
     attempt: int = 1,
+) -> Event:
+    try:
+        return _decode(
+            headers,
+            content_type,
+            body,
+            correlation_id=correlation_id,
+            redelivered=redelivered,
+            attempt=attempt,
+        )
+    except MalformedEventError as error:
+        if error.identity is None:
+            error.identity = readable_identity(headers, content_type, body)
+        raise
+
+
+def _decode(
+    headers: Mapping[str, Any] | None,
+    content_type: str | None,
+    body: bytes,
+    *,
+    correlation_id: str | None,
+    redelivered: bool,
+    attempt: int,
 ) -> Event:
     try:
         if content_type is not None and content_type.lower().startswith(_STRUCTURED):
@@ -117,3 +150,37 @@ def _load_json(body: bytes, what: str) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise MalformedEventError(f"{what} is not valid JSON") from None
+
+
+_IDENTITY = ("id", "source")
+_ALSO_SHOWN = ("type", "specversion")
+
+
+def readable_identity(
+    headers: Mapping[str, Any] | None, content_type: str | None, body: bytes
+) -> dict[str, str] | None:
+    """The `id` and `source` of a message that broke the contract, where both can still be read
+    as printable strings of at most MAX_ATTRIBUTE_LENGTH characters (plus `type` and
+    `specversion`, when they can); None when not: then there is no event to give a status."""
+    found: dict[str, Any] = {}
+    if content_type is not None and content_type.lower().startswith(_STRUCTURED):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            document = orjson.loads(body)
+            if isinstance(document, dict):
+                found = {name: document.get(name) for name in (*_IDENTITY, *_ALSO_SHOWN)}
+    else:
+        for key, value in (headers or {}).items():
+            lowered = key.lower()
+            for prefix in _PREFIXES:
+                name = lowered[len(prefix) :]
+                if lowered.startswith(prefix) and name in (*_IDENTITY, *_ALSO_SHOWN):
+                    with contextlib.suppress(MalformedEventError):
+                        found[name] = _header_string(name, value)
+    readable = {name: value for name, value in found.items() if _readable(value)}
+    if not all(name in readable for name in _IDENTITY):
+        return None
+    return readable
+
+
+def _readable(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ATTRIBUTE_LENGTH and value.isprintable()

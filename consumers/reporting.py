@@ -17,7 +17,7 @@ from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
 from producers import Topology, WireMessage
 
-__all__ = ["StatusOf", "StatusReporter"]
+__all__ = ["StatusOf", "StatusReporter", "malformed_status"]
 
 _log = structlog.get_logger(component="consumer")
 # The status store is a helper, not a gate: past this, a delivery goes on without its answer.
@@ -250,3 +250,24 @@ class StatusOf:
             failure=failure,
             reason=None if reason is None else reason.value,
         )
+
+
+def malformed_status(
+    identity: dict[str, str] | None, subscription: str, replays: int, failure: Failure
+) -> DeliveryUpdate | None:
+    """The final status of a message dead-lettered as malformed whose `id` and `source` could
+    still be read (consumers.decoding); None without them: its DLQ entry is the only record."""
+    if identity is None:
+        return None
+    return DeliveryUpdate(
+        event_id=identity["id"],
+        source=identity["source"],
+        subscription=subscription,
+        state=DeliveryState.DEAD_LETTERED,
+        attempts=0,  # no handler ran
+        at=time.time(),
+        attributes=identity,
+        replays=replays,
+        failure=failure,
+        reason=DeadLetterReason.MALFORMED.value,
+    )

@@ -54,7 +54,7 @@ from consumers.ordering import (
     run_holding_key,
     wait_holding_key,
 )
-from consumers.reporting import StatusOf, StatusReporter
+from consumers.reporting import StatusOf, StatusReporter, malformed_status
 from consumers.settling import (
     SETTLE_RETRY_PAUSE_SECONDS,
     Outcome,
@@ -316,16 +316,20 @@ class SubscriptionConsumer:
                 attempt=attempts_before + 1,
             )
         except Exception as error:  # noqa: BLE001 - decoding is pure: a failure is the message's
-            # No trustworthy identity, so no status record: the DLQ entry says why. An error
-            # other than MalformedEventError is a decoding bug the message found; retrying
-            # cannot help, and its class in the DLQ entry shows it.
-            failure = (
-                Failure("MalformedEventError", str(error), "")
-                if isinstance(error, MalformedEventError)
-                else Failure.from_exception(error)
-            )
+            # The DLQ entry says why; where its id and source can still be read, its status
+            # says so too. An error other than MalformedEventError is a decoding bug the
+            # message found; retrying cannot help, and its class in the DLQ entry shows it.
+            failure, identity = Failure.from_exception(error), None
+            if isinstance(error, MalformedEventError):
+                failure, identity = Failure("MalformedEventError", str(error), ""), error.identity
+            replays = read_int(headers, REPLAYS)
             return self._settler.dead_letter(
-                message, headers, failure, attempts_before, reason=DeadLetterReason.MALFORMED
+                message,
+                headers,
+                failure,
+                attempts_before,
+                reason=DeadLetterReason.MALFORMED,
+                status=malformed_status(identity, self.subscription.name, replays, failure),
             )
         if event.id != message.message_id or event.type != message.routing_key:
             # Bound in `_handle` from the message's properties, which usually say the same.

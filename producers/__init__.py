@@ -9,6 +9,7 @@ from producers.event import (
     new_event,
 )
 from producers.formats import (
+    MAX_ATTRIBUTE_LENGTH,
     InvalidEventError,
     event_from_json,
     is_json_content_type,
@@ -35,6 +36,7 @@ from producers.wire import CE_HEADER_PREFIX, TRACEPARENT_HEADER, to_amqp_message
 __all__ = [
     "BROKER_FAILURES",
     "CE_HEADER_PREFIX",
+    "MAX_ATTRIBUTE_LENGTH",
     "NO_PUBLISH_OBSERVER",
     "SPECVERSION",
     "TRACEPARENT_HEADER",

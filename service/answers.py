@@ -22,6 +22,7 @@ from service.cloudevents_http import (
     UnsupportedMediaTypeError,
 )
 from service.idempotency import (
+    EventIdConflictError,
     IdempotencyConflictError,
     IdempotencyInProgressError,
     InvalidIdempotencyKeyError,
@@ -49,8 +50,12 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - on
             return Problem(415, "unsupported-media-type", "Unsupported media type", str(error))
         case BatchTooLargeError(limit=limit):
             return Problem(413, "batch-too-large", "Batch too large", str(error), {"limit": limit})
-        case IdempotencyConflictError():
-            return Problem(422, "idempotency-conflict", "Idempotency conflict", str(error))
+        case IdempotencyConflictError(key=key):
+            extra = {"idempotency_key": key}
+            return Problem(422, "idempotency-conflict", "Idempotency conflict", str(error), extra)
+        case EventIdConflictError(source=source, event_id=event_id):
+            extra = {"source": source, "id": event_id}
+            return Problem(422, "event-id-conflict", "Event id conflict", str(error), extra)
         case IdempotencyInProgressError():
             return Problem(
                 409,

@@ -174,6 +174,9 @@ def _print_status(document: dict[str, Any], out: TextIO) -> None:
             error = entry["last_error"]
             text = printable(f"{error['class']}: {error['message']}")
             line += f"\n  {'':<24} last error: {text}"
+        for earlier in entry.get("history", ()):
+            reason = f" ({printable(earlier['reason'])})" if earlier.get("reason") else ""
+            line += f"\n  {'':<24} before a replay: {earlier['state']}{reason} at {earlier['at']}"
         out.write(line + "\n")
 
 

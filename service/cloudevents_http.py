@@ -21,6 +21,7 @@ from producers import (
     OutgoingEvent,
     event_from_json,
     format_time,
+    is_json_content_type,
     validate_attributes,
     validate_content_type,
 )
@@ -67,7 +68,7 @@ class ParsedSingle:
 class ParsedBatch:
     """One entry per array element, in order: the event, or why that entry is invalid."""
 
-    entries: tuple[OutgoingEvent | InvalidEventError, ...]
+    entries: tuple[OutgoingEvent | InvalidEventError | MalformedJsonError, ...]
 
 
 def parse_request(
@@ -83,7 +84,7 @@ def parse_request(
     """
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media == STRUCTURED:
-        return ParsedSingle(event_from_json(_load(body)))
+        return ParsedSingle(_structured(_load(body)))
     if media == BATCH:
         return _parse_batch(_load(body), max_batch_events)
     if "ce-specversion" in headers:
@@ -133,11 +134,11 @@ def _parse_batch(document: Any, limit: int) -> ParsedBatch:
         raise InvalidEventError("a batch must be a JSON array of structured events")
     if len(document) > limit:
         raise BatchTooLargeError(limit)
-    entries: list[OutgoingEvent | InvalidEventError] = []
+    entries: list[OutgoingEvent | InvalidEventError | MalformedJsonError] = []
     for element in document:
         try:
-            entries.append(event_from_json(element))
-        except InvalidEventError as error:
+            entries.append(_structured(element))
+        except (InvalidEventError, MalformedJsonError) as error:
             entries.append(error)
     return ParsedBatch(tuple(entries))
 
@@ -160,7 +161,32 @@ def _parse_binary(
     attributes.pop("datacontenttype", None)  # Content-Type is the authority in binary mode
     validate_attributes(attributes)
     validate_content_type(content_type)
-    return OutgoingEvent(attributes=attributes, datacontenttype=content_type, data=body)
+    event = OutgoingEvent(attributes=attributes, datacontenttype=content_type, data=body)
+    return _with_json_data(event, "the body (the event's data)")
+
+
+def _structured(document: Any) -> OutgoingEvent:
+    event = event_from_json(document)
+    if isinstance(document, dict) and document.get("data_base64") is not None:
+        return _with_json_data(event, "the data in data_base64")
+    return event  # `data` was JSON already, and was written back as JSON
+
+
+def _with_json_data(event: OutgoingEvent, what: str) -> OutgoingEvent:
+    """`event`, once its data parses as JSON where its content type says JSON.
+
+    The consumers parse such data before any handler sees it (consumers.decoding) and
+    dead-letter what does not parse: refused here instead, while the client can still fix it.
+    """
+    if event.data and is_json_content_type(event.datacontenttype):
+        try:
+            orjson.loads(event.data)
+        except orjson.JSONDecodeError as error:
+            raise MalformedJsonError(
+                f"{what} is not valid JSON, yet its content type is "
+                f"{event.datacontenttype}: {error}"
+            ) from None
+    return event
 
 
 def _parse_plain(document: Any) -> OutgoingEvent:
@@ -175,4 +201,4 @@ def _parse_plain(document: Any) -> OutgoingEvent:
         "time": format_time(datetime.now(UTC)),
     }
     filled.update(document)
-    return event_from_json(filled)
+    return _structured(filled)

@@ -1,14 +1,16 @@
 """Saying yes once: the Idempotency-Key of a request and the CloudEvents identity of an event.
 
 A repeat within the TTL gets the first answer and publishes nothing; the same key with other
-content is refused; of two concurrent requests with one key, one publishes and the other waits
-for its answer. Only final answers are kept: a failure (5xx, or an exception) releases the claim
-so that the client's retry is not stuck with it.
+content is refused, saying what collided (the Idempotency-Key, or the event's source and id); of
+two concurrent requests with one key, one publishes and the other waits for its answer. Only
+final answers are kept: a failure (5xx, or an exception) releases the claim so that the client's
+retry is not stuck with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import re
@@ -34,7 +36,9 @@ from service.store import (
 __all__ = [
     "IDEMPOTENCY_HEADER",
     "Answer",
+    "Conflict",
     "Deduplicator",
+    "EventIdConflictError",
     "IdempotencyConflictError",
     "IdempotencyInProgressError",
     "InvalidIdempotencyKeyError",
@@ -55,7 +59,28 @@ _LEASE_MARGIN_SECONDS = 30.0
 
 
 class IdempotencyConflictError(Exception):
-    """The key was used before for different content."""
+    """The Idempotency-Key was used before for a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the Idempotency-Key {key!r} was already used for a different request")
+        self.key = key
+
+
+class EventIdConflictError(Exception):
+    """An event with this source and id was accepted before with other content."""
+
+    def __init__(self, source: str, event_id: str) -> None:
+        super().__init__(
+            f"an event with source {source!r} and id {event_id!r} was accepted before with "
+            "other content (attributes or data; time aside); send it with a new id"
+        )
+        self.source = source
+        self.event_id = event_id
+
+
+# What a key used before for other content is refused with: the caller knows what the key
+# stands for (a client's Idempotency-Key, or an event's source and id), the store only its hash.
+Conflict = Callable[[], Exception]
 
 
 class IdempotencyInProgressError(Exception):
@@ -121,7 +146,13 @@ class Deduplicator:
         self._lease = wait + 2 * WRITE_TIMEOUT_SECONDS + _LEASE_MARGIN_SECONDS
 
     async def once(
-        self, scope: str, key: str, fingerprint: str, produce: Callable[[], Awaitable[Answer]]
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        produce: Callable[[], Awaitable[Answer]],
+        *,
+        conflict: Conflict,
     ) -> Answer:
         deadline = asyncio.get_running_loop().time() + self._wait
         owner = _new_owner()
@@ -133,9 +164,7 @@ class Deduplicator:
                 case ClaimOutcome.REPLAY:
                     return Answer(claim.status or 200, claim.body or b"", replayed=True)
                 case ClaimOutcome.CONFLICT:
-                    raise IdempotencyConflictError(
-                        "this key was already used for a different request"
-                    )
+                    raise conflict()
                 case ClaimOutcome.IN_PROGRESS:
                     if asyncio.get_running_loop().time() > deadline:
                         raise IdempotencyInProgressError(
@@ -148,6 +177,8 @@ class Deduplicator:
         scope: str,
         identities: Sequence[tuple[str, str]],
         produce: Callable[[Sequence[int]], Awaitable[Sequence[Answer | Exception]]],
+        *,
+        conflict: Callable[[int], Exception],
     ) -> list[Answer | Exception]:
         """`once` for each (key, fingerprint) of `identities`, in few store statements.
 
@@ -155,7 +186,7 @@ class Deduplicator:
         key is claimed in one statement and the answers are stored in one write; a key repeated
         in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
         """
-        batch = _ManyClaims(scope, identities, owner=_new_owner())
+        batch = _ManyClaims(scope, identities, owner=_new_owner(), conflict=conflict)
         claims = await self._store.claim_many(batch.requests(self._lease))
         owned = batch.sort(claims)
 
@@ -167,7 +198,12 @@ class Deduplicator:
                 return answer
 
             try:
-                batch.results[index] = await self.once(scope, *identities[index], produce_one)
+                batch.results[index] = await self.once(
+                    scope,
+                    *identities[index],
+                    produce_one,
+                    conflict=functools.partial(conflict, index),
+                )
             except Exception as error:  # noqa: BLE001 - the entry's own outcome, as `once` raises it
                 batch.results[index] = error
 
@@ -252,9 +288,17 @@ class Deduplicator:
 class _ManyClaims:
     """The entries of one `once_many`: which are claimed together, and what became of each."""
 
-    def __init__(self, scope: str, identities: Sequence[tuple[str, str]], *, owner: str) -> None:
+    def __init__(
+        self,
+        scope: str,
+        identities: Sequence[tuple[str, str]],
+        *,
+        owner: str,
+        conflict: Callable[[int], Exception],
+    ) -> None:
         self.scope = scope
         self.owner = owner
+        self._conflict = conflict
         self._identities = identities
         self.firsts: dict[str, int] = {}  # each key's first entry: claimed in one statement
         for index, (key, _) in enumerate(identities):
@@ -283,9 +327,7 @@ class _ManyClaims:
                         claim.status or 200, claim.body or b"", replayed=True
                     )
                 case ClaimOutcome.CONFLICT:
-                    self.results[index] = IdempotencyConflictError(
-                        "this key was already used for a different request"
-                    )
+                    self.results[index] = self._conflict(index)
                 case ClaimOutcome.IN_PROGRESS:
                     self.one_by_one.append(index)
         return owned

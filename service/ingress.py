@@ -21,6 +21,7 @@ from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
 from service.answers import INGEST_PATH, RETRY_AFTER_SECONDS, problem_for
 from service.auth import authorize
 from service.cloudevents_http import (
+    MalformedJsonError,
     ParsedBatch,
     ParsedSingle,
     check_header_text,
@@ -30,6 +31,8 @@ from service.idempotency import (
     IDEMPOTENCY_HEADER,
     Answer,
     Deduplicator,
+    EventIdConflictError,
+    IdempotencyConflictError,
     check_key,
     event_fingerprint,
     event_identity,
@@ -129,7 +132,13 @@ async def _admitted(request: web.Request, settings: Settings) -> web.Response:
         answer = await _accept(parse(), publish)  # not through `accept`: one frame fewer
     else:
         fingerprint = request_fingerprint(content_type, headers, body)
-        answer = await deduplicator.once("request", check_key(key), fingerprint, accept)
+        answer = await deduplicator.once(
+            "request",
+            check_key(key),
+            fingerprint,
+            accept,
+            conflict=functools.partial(IdempotencyConflictError, key),
+        )
     response_headers = {CORRELATION_HEADER: correlation_id}
     if answer.status == 503:  # noqa: PLR2004 - the status that tells a client to retry
         response_headers["Retry-After"] = RETRY_AFTER_SECONDS
@@ -203,9 +212,9 @@ def _batch_status(total: int, failures: list[Problem]) -> int:
     return 207
 
 
-def _invalid(error: InvalidEventError) -> Problem:
+def _invalid(error: InvalidEventError | MalformedJsonError) -> Problem:
     problem = problem_for(error)
-    assert problem is not None  # noqa: S101 - problem_for maps every InvalidEventError
+    assert problem is not None  # noqa: S101 - problem_for maps both
     return problem
 
 
@@ -238,6 +247,7 @@ class _Publication:
             event_identity(event),
             event_fingerprint(event),
             functools.partial(self._publish, event),
+            conflict=functools.partial(EventIdConflictError, event.source, event.id),
         )
         if answer.replayed:
             self.metrics.events_deduplicated.inc()
@@ -282,7 +292,12 @@ class _Publication:
         async def produce(indices: Sequence[int]) -> list[Answer | Exception]:
             return await self._publish_many([events[index] for index in indices])
 
-        answers = await self._deduplicator.once_many("event", identities, produce)
+        def conflict(index: int) -> Exception:
+            return EventIdConflictError(events[index].source, events[index].id)
+
+        answers = await self._deduplicator.once_many(
+            "event", identities, produce, conflict=conflict
+        )
         outcomes: list[OutgoingEvent | Problem] = []
         replayed = 0
         for event, answer in zip(events, answers, strict=True):

@@ -36,6 +36,8 @@ MAX_LOOKUPS_PER_QUERY = 256
 # As long as a consumer waits for the answer (consumers.reporting): a query that hangs longer
 # fails its lookups, which then run the handler, and the next batch goes out.
 LOOKUP_TIMEOUT_SECONDS = 5.0
+# Earlier rounds of a delivery shown in its status (each replay from the DLQ ends one).
+MAX_HISTORY_SHOWN = 20
 _SucceededKey = tuple[str, str, str]  # event id, source, subscription
 _EVENT_ROW_STATEMENTS = frozenset(
     (Statements.accept_event, Statements.see_event, Statements.put_delivery)
@@ -297,7 +299,10 @@ def _pending_json(accepted_at: float) -> dict[str, Any]:
 
 
 def _delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    _, state, attempts, next_attempt_at, last_error, first_attempt_at, updated_at, finished = row
+    (_, state, attempts, next_attempt_at, last_error, first_attempt_at, updated_at, finished) = row[
+        :8
+    ]
+    history = row[8]
     entry: dict[str, Any] = {
         "state": state,
         "attempts": attempts,
@@ -309,7 +314,28 @@ def _delivery_json(row: tuple[Any, ...]) -> dict[str, Any]:
         entry["next_attempt_at"] = _time(next_attempt_at)
     if last_error is not None:
         entry["last_error"] = orjson.loads(last_error)
+    if history is not None:
+        entry["history"] = _history_json(history)
     return entry
+
+
+def _history_json(history: str) -> list[dict[str, Any]]:
+    """The earlier rounds (one per replay from the DLQ), oldest first: the last
+    MAX_HISTORY_SHOWN of them."""
+    rounds: list[dict[str, Any]] = orjson.loads(f"[{history}]")
+    shown = []
+    for earlier in rounds[-MAX_HISTORY_SHOWN:]:
+        error = earlier.get("last_error")
+        shown.append(
+            {
+                "state": earlier.get("state"),
+                "attempts": earlier.get("attempts"),
+                "at": _time(earlier["at_us"] / 1_000_000),
+                "reason": error.get("reason") if isinstance(error, dict) else None,
+                "last_error": error,
+            }
+        )
+    return shown
 
 
 def _time(seconds: float | None) -> str | None:

@@ -73,11 +73,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             "ON conveyor_deliveries (expires_at)"
         ),
     ),
+    # 3: a delivery's earlier rounds (before each replay from the DLQ), as comma-separated
+    # JSON objects
+    ("ALTER TABLE conveyor_deliveries ADD COLUMN history TEXT",),
 )
 
 # Every table whose rows carry `expires_at` and are purged once it passed (each has an index
 # on it). Each backend deletes them a chunk at a time, in its own dialect.
 EXPIRING_TABLES = ("conveyor_idempotency", "conveyor_events", "conveyor_deliveries")
+
+
+# The round a replay ends, as one JSON object appended to `history`: plain string operations,
+# which SQLite and PostgreSQL share (their JSON functions differ). `last_error` is JSON already.
+# Past MAX_HISTORY_CHARS (at least 48 rounds of the largest errors) it starts over from the
+# round just ended: replays are an operator's, but each one must not grow the row for good.
+MAX_HISTORY_CHARS = 65536
+_HISTORY_WITH_ROUND_ENDED = (
+    f"COALESCE(CASE WHEN length(conveyor_deliveries.history) <= {MAX_HISTORY_CHARS} "
+    "THEN conveyor_deliveries.history || ',' END, '') "
+    '|| \'{"state":"\' || conveyor_deliveries.state '
+    '|| \'","replays":\' || conveyor_deliveries.replays '
+    "|| ',\"attempts\":' || conveyor_deliveries.attempts "
+    # Whole microseconds: a float's text differs between the two (SQLite keeps 15 digits).
+    "|| ',\"at_us\":' || CAST(ROUND(COALESCE(conveyor_deliveries.finished_at, "
+    "conveyor_deliveries.updated_at) * 1000000) AS BIGINT) "
+    "|| ',\"last_error\":' || COALESCE(conveyor_deliveries.last_error, 'null') || '}'"
+)
 
 
 class Statements:
@@ -161,14 +182,20 @@ class Statements:
     # state for the same attempt. An update that arrives late (another process, a batch
     # behind) never rolls a status back.
     put_delivery = (
-        "INSERT INTO conveyor_deliveries (event_id, source, subscription, state, state_rank, "
+        "INSERT INTO conveyor_deliveries (event_id, source, subscription, state, state_rank, "  # noqa: S608 - only a constant expression of ours is interpolated
         "replays, attempts, next_attempt_at, last_error, first_attempt_at, updated_at, "
         "finished_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (event_id, source, subscription) DO UPDATE SET "
         "state = excluded.state, state_rank = excluded.state_rank, "
         "replays = excluded.replays, "
         "attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, "
-        "last_error = COALESCE(excluded.last_error, conveyor_deliveries.last_error), "
+        # A new round (a replay from the DLQ) starts without an error; the round it ends goes
+        # to `history`. Within a round the last error stays until another replaces it.
+        "last_error = CASE WHEN excluded.replays > conveyor_deliveries.replays "
+        "THEN excluded.last_error "
+        "ELSE COALESCE(excluded.last_error, conveyor_deliveries.last_error) END, "
+        "history = CASE WHEN excluded.replays > conveyor_deliveries.replays "
+        f"THEN {_HISTORY_WITH_ROUND_ENDED} ELSE conveyor_deliveries.history END, "
         "first_attempt_at = COALESCE(conveyor_deliveries.first_attempt_at, "
         "excluded.first_attempt_at), updated_at = excluded.updated_at, "
         "finished_at = excluded.finished_at, expires_at = excluded.expires_at "
@@ -184,7 +211,7 @@ class Statements:
     )
     select_deliveries = (
         "SELECT subscription, state, attempts, next_attempt_at, last_error, first_attempt_at, "
-        "updated_at, finished_at FROM conveyor_deliveries "
+        "updated_at, finished_at, history FROM conveyor_deliveries "
         "WHERE event_id = ? AND source = ? AND expires_at > ? ORDER BY subscription"
     )
 

@@ -56,7 +56,7 @@ async def test_repeats_replays_and_conflicts_in_one_batch_are_answered_each_and_
     assert results[1] == results[2] == {"id": "twice", "location": "/v1/events/twice"}
     assert results[3] == {"id": "earlier", "location": "/v1/events/earlier"}
     assert results[4] == {"id": "new-1", "location": "/v1/events/new-1"}
-    assert results[5]["error"]["type"] == "urn:conveyor:problem:idempotency-conflict"
+    assert results[5]["error"]["type"] == "urn:conveyor:problem:event-id-conflict"
     assert [r["id"] for r in results[6:]] == [f"bulk-{n}" for n in range(50)]
     queue = namespace.topology.queue("items")
     expected = sorted(["earlier", "new-1", "new-1", "twice", *(f"bulk-{n}" for n in range(50))])

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aio_pika
 import aiormq.exceptions
+import orjson
 import pytest
 
 from consumers import Event, PermanentError, RetryableError, RetryPolicy
-from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
+from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
 from tests.support.processes import Process
 from tests.support.proxy import FaultProxy
@@ -236,3 +238,64 @@ async def test_broker_down_at_start_refuses_then_accepts_within_seconds_of_it_co
     assert ready_after < 5.0 + 3.0, ready_after
     assert (account.accepted, account.rejected) == (300, {503: 200})
     assert (account.lost, account.unexpected, account.duplicated) == (0, 0, 0)
+
+
+class _BinaryJsonIngress:
+    """POSTs the ledger's events in binary mode, as `application/json`; every tenth body is not
+    JSON (cut short)."""
+
+    def __init__(self, conveyor: Running) -> None:
+        self._conveyor = conveyor
+
+    async def post_status(self, document: dict[str, Any]) -> int:
+        index = int(document["id"].rsplit("-", 1)[1])
+        body = b'{"total": 12.5' if index % 10 == 0 else orjson.dumps({"total": index})
+        headers = {f"ce-{name}": value for name, value in document.items()}
+        response = await self._conveyor.client.post(
+            "/v1/events",
+            data=body,
+            headers=headers | {"ce-specversion": "1.0", "Content-Type": "application/json"},
+        )
+        return response.status
+
+
+async def test_malformed_json_is_refused_at_the_door_or_dead_lettered_with_a_final_status(
+    start_conveyor: StartConveyor, namespace: Namespace, accounts: list[Account]
+) -> None:
+    ledger = Ledger("malformed JSON: 20 of 200 over HTTP, 20 more over AMQP")
+    conveyor = await start_conveyor(
+        (subscription("strict", ("chaos.*",), ledger.handler(), concurrency=8),)
+    )
+    await ledger.send(_BinaryJsonIngress(conveyor), 200, concurrency=16)
+    # Published straight over AMQP by another service: nobody to answer 400 to.
+    for index in range(20):
+        await namespace.publish_raw(
+            b'{"total": 12.5',
+            routing_key="chaos.event",
+            content_type="application/json",
+            headers={"ce-specversion": "1.0", "ce-id": f"amqp-{index}", "ce-source": "/chaos"}
+            | {"ce-type": "chaos.event"},
+            message_id=f"amqp-{index}",
+        )
+    await ledger.settled()
+
+    async def amqp_ones_dead_lettered() -> bool:
+        await ledger.take_dead_letters(namespace, ["strict"])
+        return len(ledger.dead) == 20
+
+    await eventually(amqp_ones_dead_lettered, what="the 20 malformed AMQP events in the DLQ")
+    final = 0
+    for index in range(20):
+        _, found = await conveyor.status(f"/v1/events/amqp-{index}", wait="10s")
+        entry = found["subscriptions"]["strict"]
+        final += (entry["state"], entry["last_error"]["reason"]) == ("dead-lettered", "malformed")
+    ledger.notes.append(f"20 over AMQP: {len(ledger.dead)} in the DLQ, {final} with a final status")
+    account = ledger.account()
+    accounts.append(account)
+
+    assert account.rejected == {400: 20}  # refused while the client can still fix them
+    assert (account.accepted, account.handled, account.dead_lettered) == (180, 180, 0)
+    assert (account.lost, account.unexpected, account.duplicated) == (0, 0, 0)
+    assert ledger.dead == {f"amqp-{index}" for index in range(20)}
+    assert final == 20
+    await queues_empty(namespace, "strict")

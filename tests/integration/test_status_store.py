@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -16,8 +17,9 @@ import pytest
 from consumers import DeliveryState, DeliveryUpdate, Subscription
 from consumers.dead_letter import Failure
 from producers import format_timestamp, new_event
-from service.status import StatusBook
+from service.status import MAX_HISTORY_SHOWN, StatusBook
 from service.store import BatchWriter, ClaimOutcome, Statements, Store, Write, open_store
+from service.store.sql import MAX_HISTORY_CHARS, MIGRATIONS
 from tests.conftest import subscription
 from tests.support.recorder import Recorder
 
@@ -188,7 +190,7 @@ async def test_an_sqlite_file_from_the_first_schema_is_migrated(tmp_path: Path) 
     try:
         replay = await store.claim("request", "k", "fp", owner="new", lease=60)
         assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b"{}")
-        assert await store.query("SELECT version FROM conveyor_schema") == [(2,)]
+        assert await store.query("SELECT version FROM conveyor_schema") == [(len(MIGRATIONS),)]
         assert await store.query("SELECT count(*) FROM conveyor_deliveries") == [(0,)]
     finally:
         await store.close()
@@ -197,7 +199,7 @@ async def test_an_sqlite_file_from_the_first_schema_is_migrated(tmp_path: Path) 
 async def test_processes_starting_together_on_postgresql_migrate_once(postgres_url: str) -> None:
     stores = await asyncio.gather(*(open_store(postgres_url) for _ in range(4)))
     try:
-        assert await stores[0].query("SELECT version FROM conveyor_schema") == [(2,)]
+        assert await stores[0].query("SELECT version FROM conveyor_schema") == [(len(MIGRATIONS),)]
     finally:
         for store in stores:
             await store.close()
@@ -236,6 +238,62 @@ async def test_a_replay_from_the_dlq_starts_the_status_over(
     assert await state(ledger) == ("succeeded", 1)
     await ledger.record(update(DeliveryState.RETRYING, 14))  # late, from before the replay
     assert await state(ledger) == ("succeeded", 1)
+
+
+async def test_each_replay_ends_a_round_kept_in_history_and_the_new_one_starts_clean(
+    book: tuple[StatusBook, CountingStore],
+) -> None:
+    ledger, _ = book
+    boom = Failure("Boom", "went wrong", "")
+    dead = replace(update(DeliveryState.DEAD_LETTERED, 3), failure=boom, reason="retries-exhausted")
+    await ledger.record(dead)
+    await ledger.record(replace(update(DeliveryState.PROCESSING, 1), replays=1))
+    [found] = await ledger.lookup("e-1")
+    entry = found.subscriptions["sub"]
+    assert (entry["state"], "last_error" in entry) == ("processing", False)
+    await ledger.record(replace(dead, replays=1, at=dead.at + 1, reason="permanent-error"))
+    await ledger.record(replace(update(DeliveryState.SUCCEEDED, 2), replays=2))
+    # Late, from before the replays: neither changes the current round nor adds to history.
+    await ledger.record(update(DeliveryState.RETRYING, 2))
+    await ledger.record(replace(update(DeliveryState.PROCESSING, 1), replays=1))
+
+    [found] = await ledger.lookup("e-1")
+    entry = found.subscriptions["sub"]
+    assert (entry["state"], entry["attempts"], "last_error" in entry) == ("succeeded", 2, False)
+    history = entry["history"]
+    # Times are kept in whole microseconds: the same instant, to the microsecond.
+    times = [datetime.fromisoformat(earlier.pop("at")).timestamp() for earlier in history]
+    assert [round(moment - dead.at, 5) for moment in times] == [0, 1]
+    error = {"class": "Boom", "message": "went wrong"}
+    assert history == [
+        {
+            "state": "dead-lettered",
+            "attempts": 3,
+            "reason": "retries-exhausted",
+            "last_error": error | {"reason": "retries-exhausted"},
+        },
+        {
+            "state": "dead-lettered",
+            "attempts": 3,
+            "reason": "permanent-error",
+            "last_error": error | {"reason": "permanent-error"},
+        },
+    ]
+
+
+async def test_the_history_of_many_replays_stays_bounded(
+    book: tuple[StatusBook, CountingStore],
+) -> None:
+    ledger, counting = book
+    longest = Failure("Boom", "x" * 1000, "")  # as long as a DLQ entry keeps a message
+    for replays in range(80):
+        dead = update(DeliveryState.DEAD_LETTERED, 1)
+        await ledger.record(replace(dead, replays=replays, failure=longest, reason="malformed"))
+
+    [found] = await ledger.lookup("e-1")
+    assert len(found.subscriptions["sub"]["history"]) == MAX_HISTORY_SHOWN
+    [(stored,)] = await counting.store.query("SELECT length(history) FROM conveyor_deliveries")
+    assert stored <= MAX_HISTORY_CHARS + 2000  # 79 rounds would take about 85,000
 
 
 async def test_a_batch_cut_short_by_a_timeout_leaves_sqlite_usable(tmp_path: Path) -> None:

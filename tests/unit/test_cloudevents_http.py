@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 
@@ -164,3 +166,30 @@ def test_an_overlong_attribute_value_is_rejected() -> None:
     with pytest.raises(InvalidEventError) as raised:
         single("application/cloudevents+json", orjson.dumps({**EVENT, "subject": "s" * 5000}))
     assert raised.value.attribute == "subject"
+
+
+BINARY = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "a.b"}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/json", "application/x+json"])
+def test_binary_data_that_says_json_must_parse(content_type: str) -> None:
+    with pytest.raises(MalformedJsonError, match=re.escape(f"its content type is {content_type}")):
+        single(content_type, b'{"total": 12.5', BINARY)
+    # Data that is not said to be JSON, or no data at all, is carried as it is.
+    assert single("text/plain", b'{"total": 12.5', BINARY).data == b'{"total": 12.5'
+    assert single(content_type, b"", BINARY).data == b""
+
+
+def test_data_base64_that_says_json_must_parse_and_fails_alone_in_a_batch() -> None:
+    bad = {**EVENT, "datacontenttype": "application/json", "data_base64": "/w=="}  # b"\xff"
+    fine = {**EVENT, "datacontenttype": "application/json", "data_base64": "e30="}  # b"{}"
+    with pytest.raises(MalformedJsonError, match="the data in data_base64 is not valid JSON"):
+        single("application/cloudevents+json", orjson.dumps(bad))
+    parsed = parse_request(
+        "application/cloudevents-batch+json", {}, orjson.dumps([bad, fine]), max_batch_events=10
+    )
+    assert isinstance(parsed, ParsedBatch)
+    failed, accepted = parsed.entries
+    assert isinstance(failed, MalformedJsonError)
+    assert isinstance(accepted, OutgoingEvent)
+    assert accepted.data == b"{}"

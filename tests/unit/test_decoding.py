@@ -91,3 +91,48 @@ def test_structured_data_254_levels_deep_is_an_event() -> None:
     body += b"[" * 254 + b"]" * 254 + b"}"
     event = decode_event({}, "application/cloudevents+json", body)
     assert event.raw_data.count(b"[") == 254
+
+
+@pytest.mark.parametrize(
+    ("headers", "content_type", "body", "identity"),
+    [
+        # The data breaks the contract; the attributes are all there.
+        (REQUIRED, "application/json", b'{"total": 12.5', {"id": "1", "source": "/s"}),
+        # No type: still an id and a source to give a status to.
+        ({"cloudEvents:id": b"7", "ce-source": "/s"}, "text/plain", b"x", {"id": "7"}),
+        (
+            None,
+            "application/cloudevents+json",
+            orjson.dumps({"id": "9", "source": "/s", "type": 5}),
+            {"id": "9"},
+        ),
+    ],
+)
+def test_a_malformed_event_carries_its_identity_where_it_can_be_read(
+    headers: dict[str, object] | None, content_type: str, body: bytes, identity: dict[str, str]
+) -> None:
+    with pytest.raises(MalformedEventError) as raised:
+        decode_event(headers, content_type, body)
+    found = raised.value.identity
+    assert found is not None
+    assert {name: found[name] for name in identity} == identity
+    assert found["source"] == "/s"
+
+
+@pytest.mark.parametrize(
+    ("headers", "content_type", "body"),
+    [
+        ({**REQUIRED, "ce-id": ""}, "application/json", b"{}"),  # empty id
+        ({"ce-specversion": "1.0", "ce-source": "/s", "ce-type": "t"}, None, b""),  # no id
+        ({**REQUIRED, "ce-source": b"\xff"}, None, b""),  # a source that is not text
+        ({**REQUIRED, "ce-id": "a\nb"}, None, b""),  # a control character
+        (None, "application/cloudevents+json", b'{"id": "1", "source": "/s"'),  # cut short
+        (None, "application/cloudevents+json", b'{"id": 1, "source": "/s"}'),  # not a string
+    ],
+)
+def test_a_malformed_event_without_a_readable_id_and_source_has_no_identity(
+    headers: dict[str, object] | None, content_type: str | None, body: bytes
+) -> None:
+    with pytest.raises(MalformedEventError) as raised:
+        decode_event(headers, content_type, body)
+    assert raised.value.identity is None
