@@ -48,7 +48,7 @@ class RateSample:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "time": round(self.time, 3),
+            "time": self.time,  # unrounded: `since` compares it as given back
             "seconds": round(self.seconds, 3),
             "subscriptions": {
                 name: {
