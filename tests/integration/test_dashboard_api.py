@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,9 +22,9 @@ async def admin_get(conveyor: Running, path: str) -> Any:
     return await response.json()
 
 
-def total(samples: list[dict[str, Any]], rate: Any) -> float:
+def total(samples: list[dict[str, Any]], rate: Callable[[dict[str, Any]], float]) -> float:
     """What the rates add up to over the samples: a count."""
-    return sum(rate(sample) * sample["seconds"] for sample in samples)
+    return sum(rate(sample) * float(sample["seconds"]) for sample in samples)
 
 
 async def test_the_history_adds_up_to_what_went_through_and_gives_newer_samples_on_asking(
