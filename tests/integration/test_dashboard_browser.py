@@ -110,6 +110,7 @@ async def test_dashboard_renders_subscriptions_and_a_replay_click_moves_messages
                 "refused (403): this token is not an admin token"
             )
             await expect(page.locator("#login")).to_be_visible()
+            await expect(page.locator("#overview")).to_be_hidden()  # nothing behind a bad token
             await page.fill("#token", TOKEN)
             await page.click("#login-form button")
             card = page.locator('[data-subscription="orders"]')
