@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import Running, StartConveyor, subscription
+from service import Settings, build_app
+from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
 TOKEN = "ops-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 HISTORY = "/v1/admin/dashboard/history"
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def admin_get(conveyor: Running, path: str) -> Any:
@@ -103,3 +115,32 @@ async def test_the_icon_needs_no_token_and_comes_with_the_dashboard(
     assert icon.content_type == "image/svg+xml"
     assert (await icon.read()).startswith(b"<svg")
     assert missing.status == 404
+
+
+async def test_the_history_takes_its_times_from_the_clock_the_app_is_built_with(
+    amqp_url: str, namespace: Namespace, tmp_path: Path
+) -> None:
+    settings = replace(
+        Settings(),
+        amqp_url=amqp_url,
+        namespace=namespace.name,
+        admin_tokens=(("ops", TOKEN),),
+        store_url=f"sqlite:///{tmp_path}/clock.db",
+    )
+    clock = Clock(5000.0)
+    app = build_app(settings, history_interval=0.05, clock=clock)
+    async with TestClient(TestServer(app)) as client:
+
+        async def a_sample() -> bool:
+            clock.now += 60.0  # a minute between readings, whenever the sampler reads
+            response = await client.get(HISTORY, headers=ADMIN)
+            return bool((await response.json())["samples"])
+
+        await eventually(a_sample, what="a sample")
+        history = await (await client.get(HISTORY, headers=ADMIN)).json()
+
+    assert history["time"] == clock.now
+    for sample in history["samples"]:
+        assert (sample["time"] - 5000.0) % 60.0 == 0.0
+        assert sample["seconds"] % 60.0 == 0.0
+        assert sample["seconds"] > 0.0
