@@ -6,7 +6,10 @@ token (by its name) did what.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -17,20 +20,50 @@ from aiohttp import web
 from consumers import Subscription, delay_label, subscription_queue_names
 from producers import Topology
 from service.auth import authorize_admin
-from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
-from service.problems import json_response
+from service.cancellation import STOP_SECONDS, stop_task
+from service.keys import LINK, METRICS, RATE_HISTORY, SETTINGS, SUBSCRIPTIONS
+from service.problems import Problem, json_response, problem_response
 from service.queue_stats import read_queue_stats
+from service.rate_history import INTERVAL_SECONDS, Clock, RateHistory
 
-__all__ = ["ADMIN_PREFIX", "add_admin_routes", "admin_operation"]
+__all__ = ["ADMIN_PREFIX", "add_admin_routes", "admin_operation", "rate_history_context"]
 
 _log = structlog.get_logger(component="admin")
 ADMIN_PREFIX = "/v1/admin"
+# A conveyor belt: a dark tile, a blue belt, two parcels.
+_FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    b'<rect width="32" height="32" rx="6" fill="#1d2330"/>'
+    b'<rect x="4" y="20" width="24" height="5" rx="2.5" fill="#3b6fd6"/>'
+    b'<rect x="7" y="11" width="7" height="8" rx="1" fill="#f6f7f9"/>'
+    b'<rect x="17" y="13" width="7" height="6" rx="1" fill="#f6f7f9"/>'
+    b"</svg>"
+)
 
 
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get(f"{ADMIN_PREFIX}/subscriptions", list_subscriptions)
     app.router.add_get(f"{ADMIN_PREFIX}/dashboard", dashboard_data)
+    app.router.add_get(f"{ADMIN_PREFIX}/dashboard/history", dashboard_history)
     app.router.add_get("/", dashboard_page)
+    app.router.add_get("/favicon.ico", favicon)
+
+
+def rate_history_context(
+    interval: float = INTERVAL_SECONDS, clock: Clock = time.time
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The dashboard's ring of recent rates, sampled by a task for as long as the app runs."""
+
+    async def sample_while_running(app: web.Application) -> AsyncIterator[None]:
+        names = [subscription.name for subscription in app[SUBSCRIPTIONS]]
+        app[RATE_HISTORY] = history = RateHistory(
+            app[METRICS], names, interval=interval, clock=clock
+        )
+        task = asyncio.create_task(history.run(), name="conveyor-rate-history")
+        yield
+        await stop_task(task, STOP_SECONDS)
+
+    return sample_while_running
 
 
 def admin_operation(request: web.Request, operation: str, **details: Any) -> str:
@@ -64,10 +97,44 @@ async def dashboard_data(request: web.Request) -> web.Response:
             }
             for failure in metrics.recent_failures.get(name, ())
         ]
+    ingest = None
+    if request.app[SETTINGS].role.runs_ingress:
+        accepted, refused = metrics.ingest_totals()
+        ingest = {"accepted": int(accepted), "refused": {k: int(v) for k, v in refused.items()}}
     document = {
         "subscriptions": entries,
         "broker_connected": request.app[LINK].status().connected,
-        "time": time.time(),
+        "ingest": ingest,
+        "time": request.app[RATE_HISTORY].clock(),
+    }
+    return json_response(document)
+
+
+async def dashboard_history(request: web.Request) -> web.Response:
+    """The ring of recent rates the sparklines start from; `?since=` for the newer ones only."""
+    authorize_admin(request, request.app[SETTINGS].admin_tokens)  # polled: not audit-logged
+    since_text = request.query.get("since")
+    since = None
+    if since_text is not None:
+        try:
+            since = float(since_text)  # aiohttp bounds the request line: no huge texts
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since) or since < 0:
+            return problem_response(
+                Problem(
+                    400,
+                    "invalid-admin-request",
+                    "Invalid request",
+                    "since must be a time in Unix seconds (a number from 0)",
+                )
+            )
+    history = request.app[RATE_HISTORY]
+    document = {
+        "interval_seconds": history.interval,
+        "span_seconds": history.span,
+        "time": history.clock(),
+        "samples": [sample.to_json() for sample in history.since(since)],
     }
     return json_response(document)
 
@@ -86,6 +153,15 @@ async def dashboard_page(_request: web.Request) -> web.Response:
             "X-Frame-Options": "DENY",
             "Cache-Control": "no-store",
         },
+    )
+
+
+async def favicon(_request: web.Request) -> web.Response:
+    # Browsers ask for it on their own, without the token: nothing in it is secret.
+    return web.Response(
+        body=_FAVICON,
+        content_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
     )
 
 

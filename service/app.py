@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
@@ -10,7 +11,7 @@ from aiohttp import web
 
 from consumers import Subscription
 from producers import AmqpPublisher
-from service.admin_api import add_admin_routes
+from service.admin_api import add_admin_routes, rate_history_context
 from service.admin_dead_letters import add_dead_letter_routes
 from service.admission import Admission
 from service.answers import answers_middleware
@@ -36,6 +37,8 @@ from service.metrics import Metrics
 from service.metrics_api import metrics_endpoint
 from service.openapi_api import add_openapi_route
 from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
+from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
+from service.rate_history import Clock
 from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
@@ -55,6 +58,8 @@ def build_app(
     max_backoff: float = 5.0,
     queue_poll_interval: float = QUEUE_POLL_SECONDS,
     tracing: Tracing | None = None,
+    history_interval: float = HISTORY_INTERVAL_SECONDS,
+    clock: Clock = time.time,
 ) -> web.Application:
     """The whole process as an aiohttp app; nothing connects until the app starts."""
     app = web.Application(
@@ -87,6 +92,7 @@ def build_app(
     if settings.admin_tokens:
         add_admin_routes(app)
         add_dead_letter_routes(app)
+        app.cleanup_ctx.append(rate_history_context(history_interval, clock))
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher

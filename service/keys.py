@@ -12,6 +12,7 @@ from service.admission import Admission
 from service.broker import BrokerLink
 from service.idempotency import Deduplicator
 from service.metrics import Metrics
+from service.rate_history import RateHistory
 from service.settings import Settings
 from service.status import StatusBook
 from service.tracing import Tracing
@@ -23,6 +24,7 @@ __all__ = [
     "LINK",
     "METRICS",
     "PUBLISHER",
+    "RATE_HISTORY",
     "SETTINGS",
     "STATUS_BOOK",
     "SUBSCRIPTIONS",
@@ -46,5 +48,6 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
 METRICS = web.AppKey("metrics", Metrics)
+RATE_HISTORY = web.AppKey("rate_history", RateHistory)
 SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])
 TRACING = web.AppKey("tracing", Tracing)

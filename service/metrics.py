@@ -221,5 +221,24 @@ class Metrics:
                         totals[key] = sample.value
         return totals
 
+    def ingest_totals(self) -> tuple[float, dict[str, float]]:
+        """Events the ingress accepted, and those it refused by reason, since it started."""
+        accepted = next(
+            (
+                sample.value
+                for family in self.events_accepted.collect()
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            ),
+            0.0,
+        )
+        refused = {
+            sample.labels["reason"]: sample.value
+            for family in self.events_rejected.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+        return accepted, refused
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -69,6 +69,25 @@ async def test_status_needs_a_key_when_keys_are_set(start_conveyor: StartConveyo
     assert allowed.status == 404
 
 
+async def test_an_admin_token_reads_statuses_too_but_publishes_nothing(
+    start_conveyor: StartConveyor,
+) -> None:
+    admin = {"Authorization": "Bearer admin-token-0123456789"}
+    conveyor = await start_conveyor(
+        api_keys=frozenset({"s3cret"}), admin_tokens=(("ops", "admin-token-0123456789"),)
+    )
+
+    read = await conveyor.client.get("/v1/events/x", headers=admin)
+    wrong = await conveyor.client.get("/v1/events/x", headers={"Authorization": "Bearer nope"})
+    publish = await conveyor.client.post(
+        "/v1/events", json={"id": "a", "source": "/s", "type": "t"}, headers=admin
+    )
+
+    assert read.status == 404  # past authentication: no such event
+    assert wrong.status == 401
+    assert publish.status == 401
+
+
 async def test_a_replayed_answer_carries_the_location_too(start_conveyor: StartConveyor) -> None:
     conveyor = await start_conveyor(role=Role.INGRESS)
     headers = {"Idempotency-Key": "loc-1"}
