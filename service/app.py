@@ -16,6 +16,7 @@ from service.admission import Admission
 from service.answers import answers_middleware
 from service.broker import BrokerLink
 from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
+from service.clock import SYSTEM_CLOCK, Clock
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
 from service.ingress import INGEST_PATH, ingest
@@ -55,8 +56,12 @@ def build_app(
     max_backoff: float = 5.0,
     queue_poll_interval: float = QUEUE_POLL_SECONDS,
     tracing: Tracing | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> web.Application:
-    """The whole process as an aiohttp app; nothing connects until the app starts."""
+    """The whole process as an aiohttp app; nothing connects until the app starts.
+
+    `clock` is where the store, statuses and idempotency read the time (expiry, leases).
+    """
     app = web.Application(
         middlewares=[answers_middleware],
         client_max_size=settings.max_body_bytes,
@@ -96,7 +101,7 @@ def build_app(
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
     add_openapi_route(app)  # last: the document it serves lists the routes above
     # The store closes last: consumers record their final states while the link drains.
-    app.cleanup_ctx.append(_store(subscriptions))
+    app.cleanup_ctx.append(_store(subscriptions, clock))
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
@@ -118,11 +123,11 @@ def _handler_resources(
 
 
 def _store(
-    subscriptions: Sequence[Subscription],
+    subscriptions: Sequence[Subscription], clock: Clock
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def open_and_close(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        store = await open_store(settings.store_url)
+        store = await open_store(settings.store_url, clock=clock)
         writer = BatchWriter(store)
         book = StatusBook(
             store,
@@ -130,6 +135,7 @@ def _store(
             ttl=settings.status_ttl,
             dedup_window=settings.idempotency_ttl,
             subscriptions=subscriptions,
+            clock=clock,
         )
         writer.on_written = book.wake_waiters
         writer.start()
@@ -138,7 +144,11 @@ def _store(
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
         claims = ClaimBatcher(store)
         app[DEDUPLICATOR] = Deduplicator(
-            claims, writer, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
+            claims,
+            writer,
+            ttl=settings.idempotency_ttl,
+            wait=settings.publish_timeout + 1.0,
+            clock=clock,
         )
         purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
         yield

@@ -24,6 +24,7 @@ from yarl import URL
 from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
+from service.clock import SYSTEM_CLOCK, Clock
 from service.store import Store, open_store
 from service.tracing import Tracing
 from tests.support.broker_plugins import ensure_consistent_hash
@@ -141,6 +142,21 @@ class Namespace:
         await eventually(enough, timeout=timeout, what=f"{count} messages in {queue}")
         return taken
 
+    async def take_until(
+        self, queue: str, sentinel_id: str, timeout: float = 10.0
+    ) -> list[AbstractIncomingMessage]:
+        """Take messages from `queue` until the one with message id `sentinel_id`, sent after
+        everything under test, has arrived: every message taken but the sentinel. What was
+        enqueued before the sentinel is all there, so a missing extra did not happen."""
+        taken: list[AbstractIncomingMessage] = []
+
+        async def arrived() -> bool:
+            taken.extend(await self.take_all(queue))
+            return any(message.message_id == sentinel_id for message in taken)
+
+        await eventually(arrived, timeout=timeout, what=f"sentinel {sentinel_id} in {queue}")
+        return [message for message in taken if message.message_id != sentinel_id]
+
     async def publish_raw(self, body: bytes, *, routing_key: str, **properties: Any) -> None:
         async with await aio_pika.connect(self.amqp_url) as connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -210,6 +226,19 @@ class Running:
 StartConveyor = Callable[..., Awaitable[Running]]
 
 
+async def take_published(
+    conveyor: Running, namespace: Namespace, queue: str, *, sentinel_type: str
+) -> list[AbstractIncomingMessage]:
+    """Everything conveyor published into `queue` (a queue of an ingress without consumers)
+    for the requests that have answered. A request answers only once RabbitMQ confirmed what
+    it published, so all of it is enqueued before a sentinel event posted now, which routes to
+    `queue` by `sentinel_type`: taking until the sentinel sees every wrong extra."""
+    sentinel = {"type": sentinel_type, "id": f"sentinel-{uuid.uuid4().hex}", "source": "/tests"}
+    response = await conveyor.post(sentinel)
+    assert response.status == 202, await response.text()
+    return await namespace.take_until(queue, sentinel["id"])
+
+
 def subscription(
     name: str,
     events: tuple[str, ...],
@@ -246,6 +275,7 @@ async def start_conveyor(
         wait_ready: bool = True,
         amqp_url_override: str | None = None,
         tracing: Tracing | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         **overrides: Any,
     ) -> Running:
         defaults: dict[str, Any] = {
@@ -263,7 +293,12 @@ async def start_conveyor(
         for declared in subscriptions:
             namespace.register(declared)
         app = build_app(
-            settings, subscriptions, max_backoff=0.3, queue_poll_interval=0.2, tracing=tracing
+            settings,
+            subscriptions,
+            max_backoff=0.3,
+            queue_poll_interval=0.2,
+            tracing=tracing,
+            clock=clock,
         )
         client = TestClient(TestServer(app))
         await client.start_server()

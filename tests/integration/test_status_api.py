@@ -9,6 +9,7 @@ import pytest
 from service import Role
 from service.routing import routed_subscriptions
 from tests.conftest import Namespace, StartConveyor, subscription
+from tests.support.clock import ShiftedClock
 from tests.support.recorder import Recorder
 
 PROBLEM = "urn:conveyor:problem:"
@@ -82,11 +83,14 @@ async def test_a_replayed_answer_carries_the_location_too(start_conveyor: StartC
 
 
 async def test_statuses_expire_after_the_status_ttl(start_conveyor: StartConveyor) -> None:
-    conveyor = await start_conveyor(role=Role.INGRESS, status_ttl=0.5)
+    clock = ShiftedClock()
+    conveyor = await start_conveyor(role=Role.INGRESS, status_ttl=60, clock=clock)
     await conveyor.post({"type": "t.x", "id": "short-lived", "source": "/s"})
     assert (await conveyor.status("/v1/events/short-lived"))[0] == 200
 
-    await asyncio.sleep(0.7)
+    clock.advance(50)
+    assert (await conveyor.status("/v1/events/short-lived"))[0] == 200
+    clock.advance(11)
 
     assert (await conveyor.status("/v1/events/short-lived"))[0] == 404
 
