@@ -119,6 +119,11 @@ class StatusBook:
     async def close(self) -> None:
         await self._succeeded.close()
 
+    @property
+    def waiting(self) -> int:
+        """Long-polls holding on right now (`wait`)."""
+        return self._waiters
+
     def wake_waiters(self, writes: Sequence[Write]) -> None:
         """Called after each committed batch: waiters on the events it touched look again."""
         if not self._changed:

@@ -25,6 +25,7 @@ from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
 from service.clock import SYSTEM_CLOCK, Clock
+from service.keys import STATUS_BOOK
 from service.store import Store, open_store
 from service.tracing import Tracing
 from tests.support.broker_plugins import ensure_consistent_hash
@@ -221,6 +222,17 @@ class Running:
         """GET a status URL: (HTTP status, JSON or problem body)."""
         response = await self.client.get(location, params=query)
         return response.status, await response.json(content_type=None)
+
+    async def long_polling(self, count: int = 1) -> None:
+        """Wait until `count` status requests with ?wait= hold on in this process: each has
+        looked the event up and found it not done."""
+        app = self.client.app
+        assert app is not None
+
+        async def holding() -> bool:
+            return app[STATUS_BOOK].waiting == count
+
+        await eventually(holding, what=f"{count} long-polls holding on")
 
 
 StartConveyor = Callable[..., Awaitable[Running]]

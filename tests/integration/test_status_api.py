@@ -112,7 +112,7 @@ async def test_two_processes_on_one_postgresql_store_agree(
 
     # The ingress process waits for an outcome only the other process produces.
     waiting = asyncio.create_task(ingress.status("/v1/events/x-1", wait="20s"))
-    await asyncio.sleep(0.3)
+    await ingress.long_polling()
     assert not waiting.done()
     recorder.release.set()
     status, seen_by_ingress = await asyncio.wait_for(waiting, timeout=15)
