@@ -158,6 +158,17 @@ class Namespace:
         await eventually(arrived, timeout=timeout, what=f"sentinel {sentinel_id} in {queue}")
         return [message for message in taken if message.message_id != sentinel_id]
 
+    async def sentinel_into(self, queue: str) -> str:
+        """Publish a sentinel straight into `queue` (through the default exchange), behind
+        everything confirmed before: its message id, for `take_until`."""
+        sentinel_id = f"sentinel-{uuid.uuid4().hex}"
+        async with await aio_pika.connect(self.amqp_url) as connection:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"", message_id=sentinel_id), routing_key=queue
+            )
+        return sentinel_id
+
     async def publish_raw(self, body: bytes, *, routing_key: str, **properties: Any) -> None:
         async with await aio_pika.connect(self.amqp_url) as connection:
             channel = await connection.channel(publisher_confirms=True)
