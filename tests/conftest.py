@@ -18,6 +18,7 @@ import aiormq.exceptions
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
@@ -237,7 +238,7 @@ class Running:
     async def long_polling(self, count: int = 1) -> None:
         """Wait until `count` status requests with ?wait= hold on in this process: each has
         looked the event up and found it not done."""
-        app = self.client.app
+        app: web.Application | None = self.client.app
         assert app is not None
 
         async def holding() -> bool:
