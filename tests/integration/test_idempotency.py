@@ -14,6 +14,7 @@ from tests.conftest import (
     take_published,
     url_with_port,
 )
+from tests.support.clock import ShiftedClock
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 
@@ -45,6 +46,32 @@ async def test_a_repeated_key_returns_the_first_answer_and_publishes_nothing(
     assert "Idempotent-Replayed" not in first.headers
     ids = await settle(conveyor, namespace)
     assert ids == [(await first.json())["id"]]
+
+
+async def test_a_key_is_forgotten_after_the_idempotency_ttl(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    clock = ShiftedClock()
+    clock.advance(86_400)  # a day ahead of the machine's: only the clock given to the app counts
+    conveyor = await start_conveyor(
+        (subscription("once", ("#",), Recorder()),),
+        role=Role.INGRESS,
+        idempotency_ttl=3600,
+        clock=clock,
+    )
+    document = {"type": "pay.charge", "data": {"cents": 500}}
+    first = await post(conveyor, document, key="monthly")
+    clock.advance(3599)
+    replayed = await post(conveyor, document, key="monthly")
+    clock.advance(2)
+    again = await post(conveyor, document, key="monthly")
+
+    assert first.status == replayed.status == again.status == 202
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in again.headers  # past the TTL: a new request
+    first_id, again_id = (await first.json())["id"], (await again.json())["id"]
+    assert first_id != again_id
+    assert await settle(conveyor, namespace) == [first_id, again_id]
 
 
 async def test_the_same_key_with_another_body_is_422(
