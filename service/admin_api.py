@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
@@ -21,10 +20,11 @@ from consumers import Subscription, delay_label, subscription_queue_names
 from producers import Topology
 from service.auth import authorize_admin
 from service.cancellation import STOP_SECONDS, stop_task
+from service.clock import SYSTEM_CLOCK, Clock
 from service.keys import LINK, METRICS, RATE_HISTORY, SETTINGS, SUBSCRIPTIONS
 from service.problems import Problem, json_response, problem_response
 from service.queue_stats import read_queue_stats
-from service.rate_history import INTERVAL_SECONDS, Clock, RateHistory
+from service.rate_history import INTERVAL_SECONDS, RateHistory
 
 __all__ = ["ADMIN_PREFIX", "add_admin_routes", "admin_operation", "rate_history_context"]
 
@@ -50,7 +50,7 @@ def add_admin_routes(app: web.Application) -> None:
 
 
 def rate_history_context(
-    interval: float = INTERVAL_SECONDS, clock: Clock = time.time
+    interval: float = INTERVAL_SECONDS, clock: Clock = SYSTEM_CLOCK
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The dashboard's ring of recent rates, sampled by a task for as long as the app runs."""
 
@@ -105,7 +105,7 @@ async def dashboard_data(request: web.Request) -> web.Response:
         "subscriptions": entries,
         "broker_connected": request.app[LINK].status().connected,
         "ingest": ingest,
-        "time": request.app[RATE_HISTORY].clock(),
+        "time": request.app[RATE_HISTORY].clock.now(),
     }
     return json_response(document)
 
@@ -133,7 +133,7 @@ async def dashboard_history(request: web.Request) -> web.Response:
     document = {
         "interval_seconds": history.interval,
         "span_seconds": history.span,
-        "time": history.clock(),
+        "time": history.clock.now(),
         "samples": [sample.to_json() for sample in history.since(since)],
     }
     return json_response(document)

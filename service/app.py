@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
@@ -17,6 +16,7 @@ from service.admission import Admission
 from service.answers import answers_middleware
 from service.broker import BrokerLink
 from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
+from service.clock import SYSTEM_CLOCK, Clock
 from service.health import livez, readyz
 from service.idempotency import Deduplicator
 from service.ingress import INGEST_PATH, ingest
@@ -38,7 +38,6 @@ from service.metrics_api import metrics_endpoint
 from service.openapi_api import add_openapi_route
 from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
-from service.rate_history import Clock
 from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
@@ -59,9 +58,12 @@ def build_app(
     queue_poll_interval: float = QUEUE_POLL_SECONDS,
     tracing: Tracing | None = None,
     history_interval: float = HISTORY_INTERVAL_SECONDS,
-    clock: Clock = time.time,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> web.Application:
-    """The whole process as an aiohttp app; nothing connects until the app starts."""
+    """The whole process as an aiohttp app; nothing connects until the app starts.
+
+    `clock` is where the store, statuses and idempotency read the time (expiry, leases).
+    """
     app = web.Application(
         middlewares=[answers_middleware],
         client_max_size=settings.max_body_bytes,
@@ -102,7 +104,7 @@ def build_app(
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
     add_openapi_route(app)  # last: the document it serves lists the routes above
     # The store closes last: consumers record their final states while the link drains.
-    app.cleanup_ctx.append(_store(subscriptions))
+    app.cleanup_ctx.append(_store(subscriptions, clock))
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
@@ -124,11 +126,11 @@ def _handler_resources(
 
 
 def _store(
-    subscriptions: Sequence[Subscription],
+    subscriptions: Sequence[Subscription], clock: Clock
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def open_and_close(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        store = await open_store(settings.store_url)
+        store = await open_store(settings.store_url, clock=clock)
         writer = BatchWriter(store)
         book = StatusBook(
             store,
@@ -136,6 +138,7 @@ def _store(
             ttl=settings.status_ttl,
             dedup_window=settings.idempotency_ttl,
             subscriptions=subscriptions,
+            clock=clock,
         )
         writer.on_written = book.wake_waiters
         writer.start()
@@ -144,7 +147,11 @@ def _store(
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
         claims = ClaimBatcher(store)
         app[DEDUPLICATOR] = Deduplicator(
-            claims, writer, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
+            claims,
+            writer,
+            ttl=settings.idempotency_ttl,
+            wait=settings.publish_timeout + 1.0,
+            clock=clock,
         )
         purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
         yield

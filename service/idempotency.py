@@ -14,7 +14,6 @@ import functools
 import hashlib
 import random
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import orjson
 import structlog
 
 from producers import OutgoingEvent
+from service.clock import SYSTEM_CLOCK, Clock
 from service.store import (
     WRITE_TIMEOUT_SECONDS,
     BatchWriter,
@@ -136,9 +136,16 @@ def event_fingerprint(event: OutgoingEvent) -> str:
 
 class Deduplicator:
     def __init__(
-        self, store: IdempotencyStore, writer: BatchWriter, *, ttl: float, wait: float
+        self,
+        store: IdempotencyStore,
+        writer: BatchWriter,
+        *,
+        ttl: float,
+        wait: float,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock  # when a kept answer expires
         self._writer = writer  # answers are stored with the status writes, in one transaction
         self._ttl = ttl
         self._wait = wait  # how long a duplicate waits for the first request's answer
@@ -251,7 +258,7 @@ class Deduplicator:
         """After producing: release each key whose answer failed (an exception or a 5xx), so a
         retry is not stuck with it, and store the other answers, with the writes that go with
         them, in one write."""
-        expires_at = time.time() + self._ttl
+        expires_at = self._clock.now() + self._ttl
         writes: list[Write] = []
         releases = []
         for key, answer in produced:

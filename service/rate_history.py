@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.clock import SYSTEM_CLOCK, Clock
 from service.metrics import Metrics
 
-__all__ = ["INTERVAL_SECONDS", "SPAN_SECONDS", "Clock", "RateHistory", "RateSample"]
+__all__ = ["INTERVAL_SECONDS", "SPAN_SECONDS", "RateHistory", "RateSample"]
 
 INTERVAL_SECONDS = 2.0
 SPAN_SECONDS = 600.0
-
-Clock = Callable[[], float]  # Unix seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +74,7 @@ class RateHistory:
         *,
         interval: float = INTERVAL_SECONDS,
         span: float = SPAN_SECONDS,
-        clock: Clock = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if not 0 < interval <= span:
             msg = f"the interval ({interval}) must be positive and at most the span ({span})"
@@ -91,7 +89,7 @@ class RateHistory:
 
     def sample(self) -> RateSample | None:
         """Read the counters now; the rates since the last reading, kept in the ring."""
-        now = self.clock()
+        now = self.clock.now()
         counters = self._read()
         last, self._last = self._last, (now, counters)
         # The first reading is only a base; a clock set back starts a new one.

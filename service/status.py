@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 
 from consumers import DeliveryState, DeliveryUpdate, Subscription
 from producers import OutgoingEvent, format_timestamp
+from service.clock import SYSTEM_CLOCK, Clock
 from service.routing import routed_subscriptions
 from service.store import BatchWriter, Coalescer, Statements, Store, Write
 
@@ -96,8 +96,10 @@ class StatusBook:
         dedup_window: float,
         subscriptions: Sequence[Subscription],
         lookup_timeout: float = LOOKUP_TIMEOUT_SECONDS,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock  # acceptance times, and what has expired or left the dedup window
         self._writer = writer
         self._ttl = ttl
         # A success counts for dedup only this long: the ingress refuses an id reused for other
@@ -119,6 +121,11 @@ class StatusBook:
     async def close(self) -> None:
         await self._succeeded.close()
 
+    @property
+    def waiting(self) -> int:
+        """Long-polls holding on right now (`wait`)."""
+        return self._waiters
+
     def wake_waiters(self, writes: Sequence[Write]) -> None:
         """Called after each committed batch: waiters on the events it touched look again."""
         if not self._changed:
@@ -138,7 +145,7 @@ class StatusBook:
         issue 7, said the same at the cost of one more insert an event and subscription, and
         made the consumer's first report an update instead of an insert.
         """
-        now = time.time()
+        now = self._clock.now()
         attributes = dict(event.attributes)
         if event.datacontenttype is not None:
             attributes["datacontenttype"] = event.datacontenttype
@@ -163,7 +170,7 @@ class StatusBook:
         # Padded to a power of two with repeats of the last key: a handful of statement shapes
         # stay in the drivers' statement caches instead of one per batch size.
         padded = [*keys, *[keys[-1]] * ((1 << (len(keys) - 1).bit_length()) - len(keys))]
-        since = time.time() - self._dedup_window
+        since = self._clock.now() - self._dedup_window
         parameters = [value for key in padded for value in key]
         rows = await self._store.query(
             Statements.select_succeeded_among(len(padded)), *parameters, since
@@ -194,7 +201,7 @@ class StatusBook:
 
     async def lookup(self, event_id: str, source: str | None = None) -> list[EventStatus]:
         """The statuses of events with this id (one per source), or of the one from `source`."""
-        now = time.time()
+        now = self._clock.now()
         rows = await self._store.query(Statements.select_events, event_id, now)
         found = []
         for _, row_source, attributes, routed, accepted_at in rows:

@@ -18,12 +18,15 @@ import aiormq.exceptions
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
+from service.clock import SYSTEM_CLOCK, Clock
+from service.keys import STATUS_BOOK
 from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.store import Store, open_store
 from service.tracing import Tracing
@@ -142,6 +145,32 @@ class Namespace:
         await eventually(enough, timeout=timeout, what=f"{count} messages in {queue}")
         return taken
 
+    async def take_until(
+        self, queue: str, sentinel_id: str, timeout: float = 10.0
+    ) -> list[AbstractIncomingMessage]:
+        """Take messages from `queue` until the one with message id `sentinel_id`, sent after
+        everything under test, has arrived: every message taken but the sentinel. What was
+        enqueued before the sentinel is all there, so a missing extra did not happen."""
+        taken: list[AbstractIncomingMessage] = []
+
+        async def arrived() -> bool:
+            taken.extend(await self.take_all(queue))
+            return any(message.message_id == sentinel_id for message in taken)
+
+        await eventually(arrived, timeout=timeout, what=f"sentinel {sentinel_id} in {queue}")
+        return [message for message in taken if message.message_id != sentinel_id]
+
+    async def sentinel_into(self, queue: str) -> str:
+        """Publish a sentinel straight into `queue` (through the default exchange), behind
+        everything confirmed before: its message id, for `take_until`."""
+        sentinel_id = f"sentinel-{uuid.uuid4().hex}"
+        async with await aio_pika.connect(self.amqp_url) as connection:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"", message_id=sentinel_id), routing_key=queue
+            )
+        return sentinel_id
+
     async def publish_raw(self, body: bytes, *, routing_key: str, **properties: Any) -> None:
         async with await aio_pika.connect(self.amqp_url) as connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -207,8 +236,32 @@ class Running:
         response = await self.client.get(location, params=query)
         return response.status, await response.json(content_type=None)
 
+    async def long_polling(self, count: int = 1) -> None:
+        """Wait until `count` status requests with ?wait= hold on in this process: each has
+        looked the event up and found it not done."""
+        app: web.Application | None = self.client.app
+        assert app is not None
+
+        async def holding() -> bool:
+            return app[STATUS_BOOK].waiting == count
+
+        await eventually(holding, what=f"{count} long-polls holding on")
+
 
 StartConveyor = Callable[..., Awaitable[Running]]
+
+
+async def take_published(
+    conveyor: Running, namespace: Namespace, queue: str, *, sentinel_type: str
+) -> list[AbstractIncomingMessage]:
+    """Everything conveyor published into `queue` (a queue of an ingress without consumers)
+    for the requests that have answered. A request answers only once RabbitMQ confirmed what
+    it published, so all of it is enqueued before a sentinel event posted now, which routes to
+    `queue` by `sentinel_type`: taking until the sentinel sees every wrong extra."""
+    sentinel = {"type": sentinel_type, "id": f"sentinel-{uuid.uuid4().hex}", "source": "/tests"}
+    response = await conveyor.post(sentinel)
+    assert response.status == 202, await response.text()
+    return await namespace.take_until(queue, sentinel["id"])
 
 
 def subscription(
@@ -248,6 +301,7 @@ async def start_conveyor(
         amqp_url_override: str | None = None,
         tracing: Tracing | None = None,
         history_interval: float = HISTORY_INTERVAL_SECONDS,
+        clock: Clock = SYSTEM_CLOCK,
         **overrides: Any,
     ) -> Running:
         defaults: dict[str, Any] = {
@@ -271,6 +325,7 @@ async def start_conveyor(
             queue_poll_interval=0.2,
             tracing=tracing,
             history_interval=history_interval,
+            clock=clock,
         )
         client = TestClient(TestServer(app))
         await client.start_server()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from yarl import URL
 
+from service.clock import SYSTEM_CLOCK, Clock
 from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencyStore, Store, Write
 from service.store.batching import WRITE_TIMEOUT_SECONDS, BatchWriter, WriterClosedError
 from service.store.claims import ClaimBatcher
@@ -31,10 +32,10 @@ __all__ = [
 ]
 
 
-async def open_store(url: str) -> Store:
+async def open_store(url: str, *, clock: Clock = SYSTEM_CLOCK) -> Store:
     """Open (and create or migrate) the store named by CONVEYOR_STORE_URL."""
     parsed = URL(url)
     if parsed.scheme == "sqlite":
         # sqlite:///./var/conveyor.db is relative, sqlite:////abs/path.db absolute.
-        return await SqliteStore.open(Path(url.removeprefix("sqlite:///")))
-    return await PostgresStore.open(url)
+        return await SqliteStore.open(Path(url.removeprefix("sqlite:///")), clock=clock)
+    return await PostgresStore.open(url, clock=clock)

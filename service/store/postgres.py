@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
+from service.clock import SYSTEM_CLOCK, Clock
 from service.store.base import (
     Claim,
     ClaimOutcome,
@@ -85,11 +85,12 @@ def _row_key(row: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 class PostgresStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._pool = pool
+        self._clock = clock  # expiry of claims and leases, and of what a purge deletes
 
     @classmethod
-    async def open(cls, dsn: str) -> PostgresStore:
+    async def open(cls, dsn: str, *, clock: Clock = SYSTEM_CLOCK) -> PostgresStore:
         pool = await asyncpg.create_pool(
             dsn,
             min_size=1,
@@ -102,12 +103,12 @@ class PostgresStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool)
+        return cls(pool, clock=clock)
 
     async def claim(
         self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
     ) -> Claim:
-        now = time.time()
+        now = self._clock.now()
         async with self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection:
             inserted = await connection.fetchval(
                 _INSERT_CLAIM, scope, key, fingerprint, owner, now + lease, now
@@ -125,7 +126,7 @@ class PostgresStore:
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         check_distinct(requests)
-        now = time.time()
+        now = self._clock.now()
         won: set[tuple[str, str]] = set()
         stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         # Keys in order, as in `write`: two processes claiming overlapping keys then lock their
@@ -202,7 +203,7 @@ class PostgresStore:
         return [tuple(row) for row in rows]
 
     async def purge_expired(self) -> int:
-        now, rows = time.time(), PURGE_CHUNK_ROWS
+        now, rows = self._clock.now(), PURGE_CHUNK_ROWS
         return await purge_in_chunks(
             PURGE_CHUNKS, rows, lambda statement: self._delete_chunk(statement, now, rows)
         )

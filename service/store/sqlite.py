@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.clock import SYSTEM_CLOCK, Clock
 from service.store.base import (
     Claim,
     ClaimOutcome,
@@ -60,15 +60,21 @@ _OWNER = Claim(ClaimOutcome.OWNER)
 
 class SqliteStore:
     def __init__(
-        self, thread: ThreadPoolExecutor, connection: sqlite3.Connection, reader: sqlite3.Connection
+        self,
+        thread: ThreadPoolExecutor,
+        connection: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._thread = thread  # one worker: the only one to touch `connection`
         self._db = connection
         self._reader = reader  # read-only, used on the event loop's thread only
         self._closed = False
+        self._clock = clock  # expiry of claims and leases, and of what a purge deletes
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-sqlite")
         loop = asyncio.get_running_loop()
@@ -83,7 +89,7 @@ class SqliteStore:
             await loop.run_in_executor(thread, connection.close)
             thread.shutdown(wait=False)
             raise
-        return cls(thread, connection, reader)
+        return cls(thread, connection, reader, clock=clock)
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         # Shielded: a caller's timeout or cancellation cannot stop a function the thread runs
@@ -98,7 +104,7 @@ class SqliteStore:
 
     def _claim_now(self, request: ClaimRequest) -> Claim:
         while True:
-            now = time.time()
+            now = self._clock.now()
             cursor = self._db.execute(
                 Statements.insert_claim,
                 (request.scope, request.key, request.fingerprint, request.owner,
@@ -117,7 +123,7 @@ class SqliteStore:
         return await self._run(self._claim_many_now, requests)
 
     def _claim_many_now(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
-        now = time.time()
+        now = self._clock.now()
         claims: list[Claim | None] = []  # in the order of `requests`, as the chunks come
         for chunk in in_chunks(requests, _CLAIMS_PER_STATEMENT):
             parameters = [
@@ -200,7 +206,7 @@ class SqliteStore:
         200,000 events on the development machine), and every claim and write waited behind
         it: a stall of seconds every purge interval under steady load (issue 7).
         """
-        now, rows = time.time(), PURGE_CHUNK_ROWS
+        now, rows = self._clock.now(), PURGE_CHUNK_ROWS
         return await purge_in_chunks(
             _PURGE_CHUNKS, rows, lambda statement: self._run(self._delete_now, statement, now, rows)
         )

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from service import Role
-from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
+from tests.conftest import (
+    Namespace,
+    Running,
+    StartConveyor,
+    subscription,
+    take_published,
+    url_with_port,
+)
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 
@@ -23,11 +29,9 @@ def _event(event_id: str, data: Any = 1, source: str = "/batch") -> dict[str, An
     }
 
 
-async def _ids_in(namespace: Namespace, queue: str, expected: int) -> list[str]:
-    """The ids in `queue` once `expected` arrived, after a pause that lets a wrong extra show."""
-    taken = await namespace.take_at_least(queue, expected)
-    await asyncio.sleep(0.3)
-    taken += await namespace.take_all(queue)
+async def _ids_in(conveyor: Running, namespace: Namespace, queue: str) -> list[str]:
+    """The ids in `queue`, up to a sentinel posted after the requests answered."""
+    taken = await take_published(conveyor, namespace, queue, sentinel_type="batch.sentinel")
     return sorted(message.message_id or "" for message in taken)
 
 
@@ -60,7 +64,7 @@ async def test_repeats_replays_and_conflicts_in_one_batch_are_answered_each_and_
     assert [r["id"] for r in results[6:]] == [f"bulk-{n}" for n in range(50)]
     queue = namespace.topology.queue("items")
     expected = sorted(["earlier", "new-1", "new-1", "twice", *(f"bulk-{n}" for n in range(50))])
-    assert await _ids_in(namespace, queue, len(expected)) == expected
+    assert await _ids_in(conveyor, namespace, queue) == expected
 
 
 async def test_a_batch_while_the_broker_is_away_is_503_for_every_entry_and_can_be_sent_again(
@@ -93,5 +97,5 @@ async def test_a_batch_while_the_broker_is_away_is_503_for_every_entry_and_can_b
     # The claims of the refused entries were released: sent again, they are published again.
     assert again.status == 202
     assert [r["id"] for r in (await again.json())["results"]] == [f"stalled-{n}" for n in range(30)]
-    ids = await _ids_in(namespace, namespace.topology.queue("items"), 30)
+    ids = await _ids_in(conveyor, namespace, namespace.topology.queue("items"))
     assert set(ids) == {f"stalled-{n}" for n in range(30)}

@@ -18,6 +18,7 @@ from service.store import (
     Store,
     open_store,
 )
+from tests.support.waiting import eventually
 
 
 class CountingStore:
@@ -152,7 +153,11 @@ async def test_a_claim_whose_claimer_gave_up_while_it_was_taken_is_released(stor
     counting.gate.clear()
     claims = ClaimBatcher(counting)  # type: ignore[arg-type]  # claim_many and release are all it uses
     impatient = asyncio.create_task(claims.claim(scope, "k", "fp", owner="gone", lease=60))
-    await asyncio.sleep(0.05)  # its batch is on its way to the store
+
+    async def on_its_way() -> bool:
+        return counting.batches == [1]
+
+    await eventually(on_its_way, what="its batch on its way to the store")
     impatient.cancel()
     counting.gate.set()
     with pytest.raises(asyncio.CancelledError):

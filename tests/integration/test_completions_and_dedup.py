@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +13,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from consumers import Event, PermanentError
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.integration.test_metrics import scrape, value
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
@@ -27,16 +26,37 @@ class ResultsProbe:
     queue: AbstractQueue
     received: list[AbstractIncomingMessage]
 
-    async def take(self, count: int) -> list[AbstractIncomingMessage]:
-        async def enough() -> bool:
-            while (message := await self.queue.get(fail=False, no_ack=True)) is not None:
-                self.received.append(message)
-            return len(self.received) >= count
-
-        await eventually(enough, what=f"{count} completion events")
-        await asyncio.sleep(0.3)  # room for a wrong extra one to show
-        await enough()
+    async def drain(self) -> list[AbstractIncomingMessage]:
+        """Every completion received so far; called once what announces them has settled."""
+        while (message := await self.queue.get(fail=False, no_ack=True)) is not None:
+            self.received.append(message)
         return self.received
+
+    async def through(self, sentinel_id: str) -> list[AbstractIncomingMessage]:
+        """The completions up to the sentinel's (left out). A delivery is acked only after its
+        completion was confirmed: of a subscription that takes one delivery at a time, the
+        sentinel's completion comes after every one announced for the deliveries before it."""
+
+        async def arrived() -> bool:
+            await self.drain()
+            return any(subject(message) == sentinel_id for message in self.received)
+
+        await eventually(arrived, what=f"the completion of {sentinel_id}")
+        return [message for message in self.received if subject(message) != sentinel_id]
+
+
+def subject(message: AbstractIncomingMessage) -> object:
+    return (message.headers or {}).get("ce-subject")
+
+
+async def settled(conveyor: Running, subscription: str) -> float:
+    """The deliveries `subscription` settled, whatever their outcome."""
+    samples = await scrape(conveyor)
+    return sum(
+        count
+        for (name, labels), count in samples.items()
+        if name == "conveyor_deliveries_total" and ("subscription", subscription) in labels
+    )
 
 
 @pytest.fixture
@@ -72,15 +92,19 @@ async def test_results_exchange_receives_succeeded_and_dead_lettered_events(
         if getattr(event, "type", "") == "order.refused":
             raise PermanentError("refused by policy")
 
-    conveyor = await start_conveyor((subscription("orders", ("order.*",), handle),))
+    conveyor = await start_conveyor(
+        (subscription("orders", ("order.*",), handle, prefetch=1, concurrency=1),)
+    )
     for document in (
         {"type": "order.placed", "id": "ok-1", "source": "/shop"},
         {"type": "order.refused", "id": "bad-1", "source": "/shop"},
+        {"type": "order.placed", "id": "sentinel", "source": "/shop"},
     ):
         assert (await conveyor.post(document)).status == 202
 
-    received = await results.take(2)
+    received = await results.through("sentinel")
 
+    assert len(received) == 2
     by_key = {message.routing_key or "": message for message in received}
     assert sorted(by_key) == [
         "conveyor.event.dead_lettered.orders",
@@ -108,7 +132,9 @@ async def test_a_duplicate_of_a_succeeded_event_is_acked_without_running_the_han
     start_conveyor: StartConveyor, namespace: Namespace, results: ResultsProbe
 ) -> None:
     recorder = Recorder()
-    conveyor = await start_conveyor((subscription("orders", ("order.*",), recorder),))
+    conveyor = await start_conveyor(
+        (subscription("orders", ("order.*",), recorder, prefetch=1, concurrency=1),)
+    )
     await publish(namespace, "dup-1", 1)
     await recorder.wait_for(1)
     _, first = await conveyor.status("/v1/events/dup-1", wait="10s")
@@ -116,10 +142,11 @@ async def test_a_duplicate_of_a_succeeded_event_is_acked_without_running_the_han
 
     # The same event again, as a duplicate publish or a redelivery after a crash would bring it.
     await publish(namespace, "dup-1", 2)
-    completions = await results.take(3)
+    await publish(namespace, "sentinel", 1)  # handled after both duplicates were settled
+    completions = await results.through("sentinel")
     assert len(completions) == 3
 
-    assert recorder.ids() == ["dup-1"]
+    assert recorder.ids() == ["dup-1", "sentinel"]
     assert await namespace.depth(namespace.topology.queue("orders")) == 0
     # Each delivery announced the outcome, all under one id, so a receiver can drop repeats.
     assert len({(message.headers or {})["ce-id"] for message in completions}) == 1
@@ -141,6 +168,8 @@ async def test_a_subscription_that_opts_out_runs_the_handler_for_every_delivery(
                 handler_path=sub.handler_path,
                 retry=sub.retry,
                 deduplicate=False,
+                prefetch=1,  # one at a time: the sentinel is handled after the duplicates
+                concurrency=1,
             ),
         )
     )
@@ -149,9 +178,10 @@ async def test_a_subscription_that_opts_out_runs_the_handler_for_every_delivery(
 
     await publish(namespace, "dup-2", 2)
 
-    await recorder.wait_for(3)
-    await asyncio.sleep(0.3)  # room for a wrong extra one to show
-    assert recorder.ids() == ["dup-2"] * 3
+    await publish(namespace, "sentinel", 1)
+
+    await recorder.wait_for(4)
+    assert recorder.ids() == ["dup-2"] * 3 + ["sentinel"]
 
 
 async def test_a_subscription_without_completions_records_outcomes_and_announces_none(
@@ -179,8 +209,14 @@ async def test_a_subscription_without_completions_records_outcomes_and_announces
     ):
         assert (await conveyor.post(document)).status == 202
 
-    # Only the subscription that keeps its completions announces its two outcomes.
-    completions = await results.take(2)
+    # Only the subscription that keeps its completions announces its two outcomes. A delivery
+    # is counted settled after its completion was confirmed: once both subscriptions settled
+    # both events, every completion announced is in the probe's queue.
+    async def both_settled() -> bool:
+        return await settled(conveyor, "quiet") == await settled(conveyor, "loud") == 2
+
+    await eventually(both_settled, what="both events settled in both subscriptions")
+    completions = await results.drain()
     assert sorted(message.routing_key or "" for message in completions) == [
         "conveyor.event.dead_lettered.loud",
         "conveyor.event.succeeded.loud",
@@ -202,9 +238,13 @@ async def test_a_subscription_without_completions_records_outcomes_and_announces
             == 1
         )
 
+    async def loud_settled_it_too() -> bool:
+        return await settled(conveyor, "loud") == 3
+
     await eventually(skipped, what="the duplicate skipped")
+    await eventually(loud_settled_it_too, what="the duplicate settled by loud too")
     assert sorted(quiet_handled.ids()) == ["q-bad", "q-ok"]
-    assert len(await results.take(3)) == 3  # loud announced its skip; quiet nothing
+    assert len(await results.drain()) == 3  # loud announced its skip; quiet nothing
     # Every delivery was acked: stopped, conveyor's channels close and whatever they held
     # unacked would be ready in its queue again.
     await conveyor.client.close()

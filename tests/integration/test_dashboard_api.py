@@ -22,10 +22,10 @@ HISTORY = "/v1/admin/dashboard/history"
 
 class Clock:
     def __init__(self, now: float) -> None:
-        self.now = now
+        self.at = now
 
-    def __call__(self) -> float:
-        return self.now
+    def now(self) -> float:
+        return self.at
 
 
 async def admin_get(conveyor: Running, path: str) -> Any:
@@ -132,14 +132,14 @@ async def test_the_history_takes_its_times_from_the_clock_the_app_is_built_with(
     async with TestClient(TestServer(app)) as client:
 
         async def a_sample() -> bool:
-            clock.now += 60.0  # a minute between readings, whenever the sampler reads
+            clock.at += 60.0  # a minute between readings, whenever the sampler reads
             response = await client.get(HISTORY, headers=ADMIN)
             return bool((await response.json())["samples"])
 
         await eventually(a_sample, what="a sample")
         history = await (await client.get(HISTORY, headers=ADMIN)).json()
 
-    assert history["time"] == clock.now
+    assert history["time"] == clock.at
     for sample in history["samples"]:
         assert (sample["time"] - 5000.0) % 60.0 == 0.0
         assert sample["seconds"] % 60.0 == 0.0

@@ -18,6 +18,7 @@ from consumers.reporting import StatusReporter
 from service.status import MAX_LOOKUPS_PER_QUERY, StatusBook
 from service.store import BatchWriter, Store, Write, open_store
 from tests.conftest import Namespace, subscription
+from tests.support.waiting import eventually
 
 
 class QueryCountingStore:
@@ -145,7 +146,11 @@ async def test_a_hanging_lookup_query_times_out_for_its_waiters_and_the_next_bat
         await book.record(update("done", "sub", DeliveryState.SUCCEEDED))
         counting.hang_next = True
         stuck = [asyncio.create_task(book.succeeded_before("sub", "/s", "done")) for _ in range(5)]
-        await asyncio.sleep(0.05)  # the first query went out and hangs
+
+        async def hanging() -> bool:
+            return counting.lookup_sizes == [1]
+
+        await eventually(hanging, what="the first query out and hanging")
         # Asked while it hangs: these wait for the next query, which goes out once it gave up.
         queued = [asyncio.create_task(book.succeeded_before("sub", "/s", "done")) for _ in range(5)]
         results = await asyncio.gather(*stuck, *queued, return_exceptions=True)

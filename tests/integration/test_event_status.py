@@ -119,7 +119,7 @@ async def test_long_poll_returns_once_the_event_completes(
     assert (status, still_running["done"]) == (200, False)  # the wait ran out first
 
     waiting = asyncio.create_task(conveyor.status(location, wait="20s"))
-    await asyncio.sleep(0.2)
+    await conveyor.long_polling()
     assert not waiting.done()
     recorder.release.set()
     status, finished = await asyncio.wait_for(waiting, timeout=15)

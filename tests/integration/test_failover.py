@@ -19,6 +19,7 @@ from consumers import Event
 from service.cli import build_parser
 from service.cli_client import run_client
 from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
+from tests.integration.test_metrics import scrape
 from tests.support.ledger import Account, Ledger
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
@@ -62,6 +63,18 @@ async def node_in_use(nodes: tuple[FaultProxy, FaultProxy]) -> tuple[FaultProxy,
 def take_down(node: FaultProxy) -> None:
     node.accepting = False
     node.cut_all()
+
+
+async def settled(conveyor: Running, subscription: str, outcome: str | None = None) -> float:
+    """Deliveries of `subscription` this process settled (with `outcome`, or any)."""
+    samples = await scrape(conveyor)
+    return sum(
+        count
+        for (name, labels), count in samples.items()
+        if name == "conveyor_deliveries_total"
+        and ("subscription", subscription) in labels
+        and (outcome is None or ("outcome", outcome) in labels)
+    )
 
 
 async def readiness(conveyor: Running) -> tuple[int, dict[str, str]]:
@@ -135,19 +148,31 @@ async def _at_least(ledger: Ledger, count: int) -> bool:
     return len(ledger.succeeded) >= count
 
 
-async def test_a_delivery_held_across_the_switch_is_not_acked_on_the_new_connection(
+async def test_a_delivery_held_across_the_switch_is_not_acked_on_the_new_connection(  # noqa: PLR0915 - one scenario, step by step
     nodes: TwoNodes,
     start_conveyor: StartConveyor,
     namespace: Namespace,
 ) -> None:
     ledger = Ledger("held across the switch")
-    holding = asyncio.Event()
-    release = asyncio.Event()
+    holding, release = asyncio.Event(), asyncio.Event()
+    sentinel_holding, sentinel_release = asyncio.Event(), asyncio.Event()
+    first_ended = asyncio.Event()
+    first_returned: list[bool] = []
+    calls = 0
 
     async def hold_the_first(event: Event) -> None:
-        if not holding.is_set():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
             holding.set()
-            await release.wait()  # returns only after conveyor moved to the other node
+            try:
+                await release.wait()  # returns only after conveyor moved to the other node
+                first_returned.append(True)
+            finally:
+                first_ended.set()  # returned, or cancelled with its channel
+        elif calls == 3:  # the sentinel, unacked on the new channel while the first settles
+            sentinel_holding.set()
+            await sentinel_release.wait()
 
     conveyor = await start_conveyor(
         (subscription("held", ("chaos.*",), ledger.handler(hold_the_first)),),
@@ -165,18 +190,42 @@ async def test_a_delivery_held_across_the_switch_is_not_acked_on_the_new_connect
         return remaining.open_links == 1 and (await readiness(conveyor))[0] == 200
 
     await eventually(moved, timeout=20, what="conveyor ready on the other node")
+
+    async def redelivered() -> bool:
+        return ledger.calls[held_id] == 2 and await settled(conveyor, "held") == 1
+
+    await eventually(redelivered, timeout=20, what="the held event redelivered and acked")
+    await ledger.send(conveyor, 1, concurrency=1)
+    (sentinel_id,) = ledger.accepted - {held_id}
+    await asyncio.wait_for(sentinel_holding.wait(), timeout=10)
     release.set()  # its ack would name a delivery tag of the dead channel
 
+    await asyncio.wait_for(first_ended.wait(), timeout=10)
+
+    async def first_settled() -> bool:
+        # The redelivery's, and the first one's if its handler returned (it may be cancelled).
+        return await settled(conveyor, "held") == 1 + len(first_returned)
+
+    await eventually(first_settled, what="the first delivery settled if it returned")
+    # Its ack, had it gone to the new channel, went before the sentinel's: a PRECONDITION_FAILED
+    # would close that channel under the unacked sentinel, whose ack then goes nowhere.
+    sentinel_release.set()
     await ledger.settled(timeout=20)
     # Handled twice: once on the old connection (its ack could not be sent), once redelivered.
     assert ledger.calls[held_id] == 2
-    await asyncio.sleep(0.5)  # a PRECONDITION_FAILED would close the new channel by now
+    assert ledger.calls[sentinel_id] == 1
+
+    async def sentinel_acked() -> bool:
+        return await settled(conveyor, "held") == 2 + len(first_returned)
+
+    await eventually(sentinel_acked, what="the sentinel settled")
+    assert await settled(conveyor, "held", "acked") == 2  # the redelivery and the sentinel
     status, checks = await readiness(conveyor)
     assert (status, checks["subscription:held"]) == (200, "consuming")
     await ledger.send(conveyor, 20, concurrency=4)
     await ledger.settled(timeout=20)
     account = ledger.account()
-    assert (account.handled, account.lost) == (21, 0)
+    assert (account.handled, account.lost) == (22, 0)
     assert await namespace.depth(namespace.topology.queue("held")) == 0
 
 

@@ -20,15 +20,27 @@ async def test_a_transient_failure_is_retried_in_process_and_then_acked(
 ) -> None:
     recorder = Recorder(fail=lambda event: event.attempt == 1)
     conveyor = await start_conveyor(
-        (subscription("flaky", ("flaky.*",), recorder, retry=RetryPolicy(in_process=3)),)
+        (
+            subscription(
+                "flaky",
+                ("flaky.*",),
+                recorder,
+                retry=RetryPolicy(in_process=3),
+                prefetch=1,
+                concurrency=1,
+            ),
+        )
     )
 
     assert (await conveyor.post({"type": "flaky.op", "id": "f-1"})).status == 202
 
     attempts = await recorder.wait_for(2)
     assert [(event.id, event.attempt) for event in attempts] == [("f-1", 1), ("f-1", 2)]
-    await asyncio.sleep(0.3)  # room for a wrong third attempt or a DLQ copy to show up
-    assert len(recorder.events) == 2
+    # One delivery at a time: the sentinel comes once f-1's delivery was settled, behind a
+    # wrong third attempt in process, a DLQ copy (published before the ack) or a requeue.
+    assert (await conveyor.post({"type": "flaky.op", "id": "sentinel"})).status == 202
+    await recorder.wait_for(4)
+    assert recorder.ids() == ["f-1", "f-1", "sentinel", "sentinel"]
     assert await namespace.depth(namespace.topology.dead_letter_queue("flaky")) == 0
     assert await namespace.depth(namespace.topology.queue("flaky")) == 0
 
@@ -36,9 +48,13 @@ async def test_a_transient_failure_is_retried_in_process_and_then_acked(
 async def test_an_always_failing_handler_goes_round_the_ladder_then_into_the_dlq_once(
     start_conveyor: StartConveyor, namespace: Namespace
 ) -> None:
-    recorder = Recorder(fail=lambda _event: True)
+    recorder = Recorder(fail=lambda event: event.id != "sentinel")
     conveyor = await start_conveyor(
-        (subscription("broken", ("work.*",), recorder, retry=FAST_LADDER),)
+        (
+            subscription(
+                "broken", ("work.*",), recorder, retry=FAST_LADDER, prefetch=1, concurrency=1
+            ),
+        )
     )
 
     response = await conveyor.post(
@@ -64,9 +80,12 @@ async def test_an_always_failing_handler_goes_round_the_ladder_then_into_the_dlq
     assert headers["x-conveyor-original-exchange"] == namespace.topology.events_exchange
     assert headers["x-conveyor-original-routing-key"] == "work.item"
     assert {death["reason"] for death in headers["x-death"]} == {"expired"}  # RabbitMQ's own
-    await asyncio.sleep(0.5)
+    # One delivery at a time: the sentinel comes once the last delivery of "doomed" was acked,
+    # behind a second DLQ copy (published before the ack) or a requeue of it.
+    assert (await conveyor.post({"type": "work.item", "id": "sentinel"})).status == 202
+    await recorder.wait_for(7)
     assert await namespace.depth(namespace.topology.dead_letter_queue("broken")) == 0  # one only
-    assert len(recorder.events) == 6
+    assert recorder.ids() == ["doomed"] * 6 + ["sentinel"]
 
 
 async def test_the_ladder_waits_each_tier_on_the_broker(

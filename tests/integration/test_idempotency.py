@@ -6,7 +6,15 @@ import asyncio
 from typing import Any
 
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
+from tests.conftest import (
+    Namespace,
+    Running,
+    StartConveyor,
+    subscription,
+    take_published,
+    url_with_port,
+)
+from tests.support.clock import ShiftedClock
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 
@@ -18,11 +26,10 @@ async def post(
     return await conveyor.client.post("/v1/events", json=document, headers=headers)
 
 
-async def settle(namespace: Namespace, queue: str, expected: int) -> list[str]:
-    """The ids in `queue` once `expected` arrived, after a pause that lets a wrong extra show."""
-    taken = await namespace.take_at_least(queue, expected)
-    await asyncio.sleep(0.3)
-    taken += await namespace.take_all(queue)
+async def settle(conveyor: Running, namespace: Namespace) -> list[str]:
+    """The ids in the `once` queue, up to a sentinel posted after the requests answered."""
+    queue = namespace.topology.queue("once")
+    taken = await take_published(conveyor, namespace, queue, sentinel_type="test.sentinel")
     return [message.message_id or "" for message in taken]
 
 
@@ -37,8 +44,34 @@ async def test_a_repeated_key_returns_the_first_answer_and_publishes_nothing(
     assert await first.json() == await again.json()
     assert again.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
-    ids = await settle(namespace, namespace.topology.queue("once"), 1)
+    ids = await settle(conveyor, namespace)
     assert ids == [(await first.json())["id"]]
+
+
+async def test_a_key_is_forgotten_after_the_idempotency_ttl(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    clock = ShiftedClock()
+    clock.advance(86_400)  # a day ahead of the machine's: only the clock given to the app counts
+    conveyor = await start_conveyor(
+        (subscription("once", ("#",), Recorder()),),
+        role=Role.INGRESS,
+        idempotency_ttl=3600,
+        clock=clock,
+    )
+    document = {"type": "pay.charge", "data": {"cents": 500}}
+    first = await post(conveyor, document, key="monthly")
+    clock.advance(3599)
+    replayed = await post(conveyor, document, key="monthly")
+    clock.advance(2)
+    again = await post(conveyor, document, key="monthly")
+
+    assert first.status == replayed.status == again.status == 202
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in again.headers  # past the TTL: a new request
+    first_id, again_id = (await first.json())["id"], (await again.json())["id"]
+    assert first_id != again_id
+    assert await settle(conveyor, namespace) == [first_id, again_id]
 
 
 async def test_the_same_key_with_another_body_is_422(
@@ -52,7 +85,7 @@ async def test_the_same_key_with_another_body_is_422(
     assert conflict.status == 422
     body = await conflict.json(content_type="application/problem+json")
     assert body["type"] == "urn:conveyor:problem:idempotency-conflict"
-    assert len(await settle(namespace, namespace.topology.queue("once"), 1)) == 1
+    assert len(await settle(conveyor, namespace)) == 1
 
 
 async def test_concurrent_requests_with_one_key_publish_once(
@@ -65,7 +98,7 @@ async def test_concurrent_requests_with_one_key_publish_once(
 
     assert {response.status for response in responses} == {202}
     assert {(await response.json())["id"] for response in responses} == {"c-1"}
-    assert await settle(namespace, namespace.topology.queue("once"), 1) == ["c-1"]
+    assert await settle(conveyor, namespace) == ["c-1"]
 
 
 async def test_an_event_repeated_by_source_and_id_is_published_once(
@@ -82,7 +115,7 @@ async def test_an_event_repeated_by_source_and_id_is_published_once(
 
     assert other_source.status == 202  # ids are unique per source only
     assert changed.status == 422
-    assert sorted(await settle(namespace, namespace.topology.queue("once"), 2)) == ["e-7", "e-7"]
+    assert sorted(await settle(conveyor, namespace)) == ["e-7", "e-7"]
 
 
 async def test_a_failed_publish_releases_the_key_so_a_retry_goes_through(
@@ -131,4 +164,4 @@ async def test_two_processes_sharing_postgresql_publish_a_repeated_key_once(
 
     assert {answer.status for answer in answers} == {202}
     assert len({(await answer.json())["id"] for answer in answers}) == 1
-    assert len(await settle(namespace, namespace.topology.queue("once"), 1)) == 1
+    assert len(await settle(second, namespace)) == 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 
 from service import Role
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
+
+ADMIN_TOKEN = "ops-token-0123456789"
 
 
 async def test_ingress_and_worker_processes_split_the_pipeline(
@@ -38,17 +40,23 @@ async def test_concurrency_bounds_the_handlers_running_at_once(
 ) -> None:
     recorder = Recorder()
     recorder.release.clear()  # handlers start, then wait until released
+    bounded = subscription("bounded", ("bounded.*",), recorder, prefetch=4, concurrency=2)
+    # Without the dedup lookup, a delivery goes from arriving to a handler slot (or, were the
+    # bound broken, into the handler) without giving up the event loop: once the process
+    # holds all four, the third and fourth have met the bound.
     conveyor = await start_conveyor(
-        (subscription("bounded", ("bounded.*",), recorder, prefetch=4, concurrency=2),)
+        (dataclasses.replace(bounded, deduplicate=False),), admin_tokens=(("ops", ADMIN_TOKEN),)
     )
     for n in range(10):
         assert (await conveyor.post({"type": "bounded.job", "id": f"j{n}"})).status == 202
 
-    async def two_running() -> bool:
-        return recorder.started == 2
+    async def holding_the_prefetch() -> bool:
+        response = await conveyor.client.get(
+            "/v1/admin/subscriptions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        return bool((await response.json())["subscriptions"][0]["unacked_here"] == 4)
 
-    await eventually(two_running, timeout=5, what="two handlers to start")
-    await asyncio.sleep(0.3)  # give a third one every chance to start if the bound were broken
+    await eventually(holding_the_prefetch, timeout=5, what="four deliveries held")
     assert recorder.started == 2
     # prefetch = 4: the broker holds back everything beyond the four delivered.
     assert await namespace.depth(namespace.topology.queue("bounded")) == 6

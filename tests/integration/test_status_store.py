@@ -17,10 +17,12 @@ import pytest
 from consumers import DeliveryState, DeliveryUpdate, Subscription
 from consumers.dead_letter import Failure
 from producers import format_timestamp, new_event
+from service.clock import SYSTEM_CLOCK, Clock
 from service.status import MAX_HISTORY_SHOWN, StatusBook
 from service.store import BatchWriter, ClaimOutcome, Statements, Store, Write, open_store
 from service.store.sql import MAX_HISTORY_CHARS, MIGRATIONS
 from tests.conftest import subscription
+from tests.support.clock import ShiftedClock
 from tests.support.recorder import Recorder
 
 
@@ -43,16 +45,23 @@ async def open_book(
     ttl: float = 60,
     dedup_window: float = 60,
     subscriptions: Sequence[Subscription] = (),
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[tuple[StatusBook, CountingStore]]:
-    """A status book over a real store, its writer counting the transactions it asks for."""
-    store = await open_store(store_url)
+    """A status book over a real store, its writer counting the transactions it asks for;
+    both read the time from `clock`."""
+    store = await open_store(store_url, clock=clock)
     counting = CountingStore(store)
     writer = BatchWriter(counting)  # type: ignore[arg-type]  # only write() is used by the writer
     writer.start()
     try:
         yield (
             StatusBook(
-                store, writer, ttl=ttl, dedup_window=dedup_window, subscriptions=subscriptions
+                store,
+                writer,
+                ttl=ttl,
+                dedup_window=dedup_window,
+                subscriptions=subscriptions,
+                clock=clock,
             ),
             (counting),
         )
@@ -166,10 +175,12 @@ async def test_notes_and_records_apply_in_order_in_few_transactions(
 
 
 async def test_expired_statuses_are_purged(store_url: str) -> None:
-    async with open_book(store_url, ttl=0.2) as (ledger, counting):
+    clock = ShiftedClock()
+    async with open_book(store_url, ttl=60, clock=clock) as (ledger, counting):
         await ledger.record(update(DeliveryState.SUCCEEDED, 1, "old"))
         assert await ledger.lookup("old")
-        await asyncio.sleep(0.3)
+        assert await counting.store.purge_expired() == 0  # not yet expired
+        clock.advance(61)
         assert await ledger.lookup("old") == []  # hidden at once
         assert await counting.store.purge_expired() >= 2  # and deleted by the purge
 
@@ -220,10 +231,11 @@ async def test_processes_starting_together_on_postgresql_migrate_once(postgres_u
 
 
 async def test_a_success_counts_for_dedup_only_within_the_window(store_url: str) -> None:
-    async with open_book(store_url, dedup_window=0.3) as (ledger, _):
+    clock = ShiftedClock()
+    async with open_book(store_url, dedup_window=60, clock=clock) as (ledger, _):
         await ledger.record(update(DeliveryState.SUCCEEDED, 1, "w-1"))
         assert await ledger.succeeded_before("sub", "/s", "w-1")
-        await asyncio.sleep(0.4)  # past the idempotency TTL the same id may be a new event
+        clock.advance(61)  # past the idempotency TTL the same id may be a new event
         assert not await ledger.succeeded_before("sub", "/s", "w-1")
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from service.clock import SYSTEM_CLOCK, Clock
 from service.store import ClaimOutcome, Statements, Store, Write, open_store, postgres
 from service.store.sqlite import PURGE_CHUNK_ROWS
+from tests.support.clock import ShiftedClock
 
 
 def unique() -> str:
@@ -31,11 +34,27 @@ async def claim(
 
 
 async def complete(
-    store: Store, scope: str, key: str, body: bytes, *, owner: str = "a", ttl: float = 60
+    store: Store,
+    scope: str,
+    key: str,
+    body: bytes,
+    *,
+    owner: str = "a",
+    ttl: float = 60,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """Store the owner's answer as the Deduplicator does (through a status batch)."""
-    answer = (202, body, time.time() + ttl, scope, key, owner)
+    answer = (202, body, clock.now() + ttl, scope, key, owner)
     await store.write([(Statements.complete, answer)])
+
+
+@pytest.fixture
+async def clocked(store_url: str) -> AsyncIterator[tuple[Store, ShiftedClock]]:
+    """A store on each backend whose clock the test moves past expiries and leases."""
+    clock = ShiftedClock()
+    opened = await open_store(store_url, clock=clock)
+    yield opened, clock
+    await opened.close()
 
 
 async def test_the_first_claim_owns_the_key_and_a_repeat_replays_its_answer(
@@ -66,28 +85,32 @@ async def test_a_released_claim_can_be_claimed_again(store: Store) -> None:
     assert await claim(store, scope, "k", owner="b") is ClaimOutcome.OWNER
 
 
-async def test_an_expired_answer_is_forgotten(store: Store) -> None:
+async def test_an_expired_answer_is_forgotten(clocked: tuple[Store, ShiftedClock]) -> None:
+    store, clock = clocked
     scope = unique()
     assert await claim(store, scope, "k") is ClaimOutcome.OWNER
-    await complete(store, scope, "k", b"{}", ttl=0.05)
-    await asyncio.sleep(0.1)
+    await complete(store, scope, "k", b"{}", ttl=60, clock=clock)
+    clock.advance(50)
+    assert await claim(store, scope, "k", "different", owner="b") is ClaimOutcome.CONFLICT
+    clock.advance(11)
     assert await claim(store, scope, "k", "different", owner="b") is ClaimOutcome.OWNER
 
 
 async def test_an_owner_that_never_answered_frees_the_key_when_its_lease_ends(
-    store: Store,
+    clocked: tuple[Store, ShiftedClock],
 ) -> None:
+    store, clock = clocked
     scope = unique()
-    assert await claim(store, scope, "k", lease=0.05) is ClaimOutcome.OWNER
+    assert await claim(store, scope, "k", lease=60) is ClaimOutcome.OWNER
     assert await claim(store, scope, "k", owner="b") is ClaimOutcome.IN_PROGRESS
-    await asyncio.sleep(0.1)  # the owner stalled or died mid-request: no answer, no release
+    clock.advance(61)  # the owner stalled or died mid-request: no answer, no release
     assert await claim(store, scope, "k", owner="b") is ClaimOutcome.OWNER
 
     # The stale owner wakes up: its answer and its release are void, the new owner's stand.
-    await complete(store, scope, "k", b'{"id":"stale"}', owner="a")
+    await complete(store, scope, "k", b'{"id":"stale"}', owner="a", clock=clock)
     await store.release(scope, "k", "a")
     assert await claim(store, scope, "k", owner="c") is ClaimOutcome.IN_PROGRESS
-    await complete(store, scope, "k", b'{"id":"new"}', owner="b")
+    await complete(store, scope, "k", b'{"id":"new"}', owner="b", clock=clock)
     replay = await store.claim(scope, "k", "fp", owner="d", lease=60)
     assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b'{"id":"new"}')
     assert await store.purge_expired() == 0  # nothing here has expired

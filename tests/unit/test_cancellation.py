@@ -26,6 +26,7 @@ from service.broker import BrokerLink
 from service.metrics import Metrics
 from service.queue_stats import poll_queue_stats
 from service.settings import Settings
+from tests.support.waiting import eventually
 
 
 class _GiveUpError(BaseException):
@@ -108,9 +109,12 @@ async def test_failed_polls_alone_do_not_stop_the_poller() -> None:
 
     poller = _poller(_Connection(refuse))
     try:
-        await asyncio.sleep(0.2)
+
+        async def tried_five_times() -> bool:
+            return calls >= 5  # tried again every interval
+
+        await eventually(tried_five_times, what="five failed polls")
         assert not poller.done()
-        assert calls >= 5  # tried again every interval
     finally:
         poller.cancel()
         with pytest.raises(asyncio.CancelledError):

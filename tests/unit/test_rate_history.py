@@ -10,10 +10,10 @@ from service.rate_history import RateHistory
 
 class Clock:
     def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
+        self.at = now
 
-    def __call__(self) -> float:
-        return self.now
+    def now(self) -> float:
+        return self.at
 
 
 def test_a_sample_holds_the_rates_since_the_last_one_from_the_processs_counters() -> None:
@@ -32,7 +32,7 @@ def test_a_sample_holds_the_rates_since_the_last_one_from_the_processs_counters(
     metrics.event_rejected("invalid-event")
     metrics.event_rejected("invalid-event")
     metrics.event_rejected("malformed-json")
-    clock.now += 2.0
+    clock.at += 2.0
     history.sample()
 
     # 7 settled in 2 s (a returned delivery was not handled), two handler runs of 500 ms on
@@ -52,7 +52,7 @@ def test_a_sample_holds_the_rates_since_the_last_one_from_the_processs_counters(
         }
     ]
 
-    clock.now += 2.0
+    clock.at += 2.0
     history.sample()
     quiet = history.since(1002.0)
     assert len(quiet) == 1
@@ -64,7 +64,7 @@ def test_the_ring_keeps_only_the_span_and_since_gives_the_newer_samples() -> Non
     history = RateHistory(Metrics(), ["orders"], interval=5.0, span=60.0, clock=clock)
     for _ in range(30):
         history.sample()
-        clock.now += 5.0
+        clock.at += 5.0
 
     kept = history.since()
     assert len(kept) == 12  # 60 s at 5 s
@@ -78,11 +78,11 @@ def test_a_clock_set_back_starts_a_new_base_instead_of_a_negative_interval() -> 
     clock = Clock(100.0)
     history = RateHistory(metrics, ["orders"], interval=1.0, clock=clock)
     history.sample()
-    clock.now = 50.0
+    clock.at = 50.0
     metrics.delivery_settled("orders", "acked")
 
     assert history.sample() is None
-    clock.now = 51.0
+    clock.at = 51.0
     sample = history.sample()
 
     assert sample is not None
