@@ -273,7 +273,7 @@ async def dlq_command(arguments: argparse.Namespace, out: TextIO) -> int:
     if arguments.action == "replay" and arguments.rate:
         body["rate"] = arguments.rate
     return await _request(
-        arguments, "POST", f"{base}/{arguments.action}", out, _print_json, body=body
+        arguments, "POST", f"{base}/{arguments.action}", out, _print_pass, body=body
     )
 
 
@@ -336,6 +336,12 @@ def _print_json(document: Any, out: TextIO) -> None:
     out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _print_pass(document: dict[str, Any], out: TextIO) -> None:
+    _print_json(document, out)
+    if document.get("skipped"):
+        _complain(f"{document['skipped']} entries skipped, still in the queue: see skipped_entries")
+
+
 def _print_dead_letters(document: dict[str, Any], out: TextIO) -> None:
     out.write(
         f"{document['queue']}: {document['matching']} of {document['messages']} entries"
@@ -348,6 +354,19 @@ def _print_dead_letters(document: dict[str, Any], out: TextIO) -> None:
             f"{entry['reason'] or '-'}  {error['class'] or '-'}: {error['message'] or ''}  "
             f"{entry['last_failure'] or ''}\n"
         )
+    _print_skipped(document, out)
+
+
+def _print_skipped(document: dict[str, Any], out: TextIO) -> None:
+    """The entries a pass could not handle as asked; they are all still in the queue."""
+    skipped = document.get("skipped", 0)
+    if not skipped:
+        return
+    out.write(f"skipped {skipped} (still in the queue):\n")
+    out.writelines(
+        f"{entry['id']}  {entry['event']['id']}  {entry['why']}\n"
+        for entry in document.get("skipped_entries", [])
+    )
 
 
 def _positive(text: str) -> float:
