@@ -75,7 +75,7 @@ async def test_a_permanent_failure_of_an_uncopyable_event_runs_once_and_dead_let
     await namespace.publish_raw(b"{}", routing_key="big.x", headers=ce_headers("after", "big.x"))
 
     _, status = await conveyor.status("/v1/events/after", wait="10s")
-    assert status["state"] == "succeeded"
+    assert status.get("state") == "succeeded"
     assert ran == ["big-1", "after"]  # the handler ran once for it
     _, dead = await conveyor.status("/v1/events/big-1", wait="10s")
     big = dead["subscriptions"]["big"]
@@ -105,7 +105,7 @@ async def test_a_retryable_failure_of_an_uncopyable_event_does_not_loop(
     await namespace.publish_raw(b"{}", routing_key="big.x", headers=ce_headers("after", "big.x"))
 
     _, status = await conveyor.status("/v1/events/after", wait="10s")
-    assert status["state"] == "succeeded"
+    assert status.get("state") == "succeeded"
     # Its two attempts in process, and no more: the retry tier could not take a copy.
     assert recorder.ids() == ["big-2", "big-2", "after"]
     _, dead = await conveyor.status("/v1/events/big-2", wait="10s")
