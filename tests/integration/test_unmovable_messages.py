@@ -12,8 +12,11 @@ from typing import Any
 
 import aio_pika
 import orjson
+import pytest
+from pamqp.commands import Basic
 
 from consumers import Event, PermanentError, RetryPolicy
+from producers import ChannelPipeline, WireMessage
 from service.cli import build_parser
 from service.cli_client import run_client
 from tests.conftest import Namespace, Running, StartConveyor, subscription
@@ -54,7 +57,9 @@ async def publish_filling(
             await events.publish(message, routing_key=event_type)
         else:
             await channel.default_exchange.publish(message, routing_key=exchange)
-    return len((message.headers or {})[PADDING_HEADER])
+    padding = (message.headers or {})[PADDING_HEADER]
+    assert isinstance(padding, str)
+    return len(padding)
 
 
 async def test_a_permanent_failure_of_an_uncopyable_event_runs_once_and_dead_letters_it(
@@ -115,6 +120,54 @@ async def test_a_retryable_failure_of_an_uncopyable_event_does_not_loop(
     [entry] = await namespace.take_at_least(namespace.topology.dead_letter_queue("big"), 1)
     assert entry.message_id == "big-2"
     assert await namespace.depth(namespace.topology.retry_queue("big", "200ms")) == 0
+
+
+async def test_a_retry_tier_that_returns_the_copy_dead_letters_the_event_once(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    recorder = Recorder(fail=lambda event: event.id == "t-1")
+    retry = RetryPolicy(in_process=1, delays=(0.2,))
+    conveyor = await start_conveyor(
+        (subscription("tiered", ("tier.*",), recorder, prefetch=1, concurrency=1, retry=retry),)
+    )
+    # Deleted from outside: RabbitMQ returns the copy, as it would every time.
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        await channel.queue_delete(namespace.topology.retry_queue("tiered", "200ms"))
+    for event_id in ("t-1", "t-2"):
+        document = {"type": "tier.x", "id": event_id, "source": "/tiers"}
+        assert (await conveyor.post(document)).status == 202
+
+    _, after = await conveyor.status("/v1/events/t-2", wait="10s")
+    assert after.get("state") == "succeeded"
+    assert recorder.ids() == ["t-1", "t-2"]  # t-1 was not handed back and handled again
+    _, dead = await conveyor.status("/v1/events/t-1", wait="10s")
+    tiered = dead["subscriptions"]["tiered"]
+    assert (tiered["state"], tiered["last_error"]["reason"]) == ("dead-lettered", "unmovable")
+    [entry] = await namespace.take_at_least(namespace.topology.dead_letter_queue("tiered"), 1)
+    assert entry.message_id == "t-1"
+
+
+async def test_a_header_frame_past_frame_max_is_refused_before_it_is_sent(
+    amqp_url: str, queue_name: str
+) -> None:
+    frame_max = await negotiated_frame_max(amqp_url)
+    async with await aio_pika.connect(amqp_url) as connection:
+        pipeline = await ChannelPipeline(
+            await connection.channel(publisher_confirms=True)
+        ).current()
+        too_large = WireMessage(b"x", headers={PADDING_HEADER: "j" * frame_max})
+        with pytest.raises(ValueError, match="more than one frame"):
+            _ = pipeline.publish(too_large, exchange="", routing_key=queue_name, mandatory=True)
+        # RabbitMQ would have closed the whole connection for it: this one still works.
+        confirmation = await pipeline.publish(
+            WireMessage(b"y", message_id="after"),
+            exchange="",
+            routing_key=queue_name,
+            mandatory=True,
+        )
+        pipeline.close()
+    assert isinstance(confirmation, Basic.Ack)
 
 
 async def call(conveyor: Running, method: str, path: str, body: Any = None) -> tuple[int, Any]:
