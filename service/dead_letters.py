@@ -309,7 +309,7 @@ async def _ready(channel: AbstractRobustChannel, queue_name: str) -> int:
 class _Step:
     """What became of one entry taken from the queue."""
 
-    action: Action | None  # what was done, or None: not acked (held, or handed back)
+    action: Action | None  # what was done (a held entry counts as kept); None: nacked back
     skipped: str | None = None  # why it was not handled as asked
     stop: str | None = None  # why the pass must end here
     held: bool = False  # left unacked, to be handed back when the pass ends
