@@ -48,6 +48,9 @@ class DeadLetterReason(enum.StrEnum):
     RETRIES_EXHAUSTED = "retries-exhausted"
     PERMANENT = "permanent-error"
     MALFORMED = "malformed"
+    # No copy could be made (it does not fit one frame, or RabbitMQ refused it): the queue's own
+    # dead-lettering took the message as it is, without conveyor's headers.
+    UNMOVABLE = "unmovable"
 
 
 @dataclass(frozen=True, slots=True)

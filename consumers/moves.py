@@ -7,6 +7,7 @@ never a loss.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import decimal
 import math
 from collections.abc import Mapping, Sequence
@@ -20,8 +21,9 @@ from pamqp.commands import Basic
 from consumers.dead_letter import ERROR_MESSAGE, ERROR_TRACEBACK
 from consumers.delivery import Inbound
 from producers import BROKER_FAILURES, ChannelPipeline, SameIdGate, WireMessage
+from producers.frames import content_header_frame
 
-__all__ = ["MessageMover", "MoveFailedError", "UncopyableMessageError"]
+__all__ = ["CopyRefusedError", "MessageMover", "MoveFailedError", "UncopyableMessageError"]
 
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 # What writing a message can raise for a value it cannot encode.
@@ -29,7 +31,7 @@ _UNENCODABLE: tuple[type[Exception], ...] = (TypeError, ValueError, OverflowErro
 _UNPUBLISHABLE: tuple[type[Exception], ...] = (*_UNREACHABLE, *_UNENCODABLE)
 # RabbitMQ's default frame_max is 131072 bytes and the whole header table must fit one frame
 # with the other properties; a copy whose headers grew past this would make the broker close
-# the connection.
+# the connection. A broker that negotiated a smaller frame_max gets less (`fit_to_frame`).
 MAX_HEADER_TABLE_BYTES = 120_000
 _FLOAT32_MAX = 3.4e38
 
@@ -41,6 +43,10 @@ class MoveFailedError(Exception):
 class UncopyableMessageError(MoveFailedError):
     """The message itself cannot be copied (headers too large, or not writable again): trying
     again cannot help."""
+
+
+class CopyRefusedError(MoveFailedError):
+    """RabbitMQ took the copy and refused it: nacked it, or returned it (no queue to take it)."""
 
 
 def _announce_outcome(confirmation: asyncio.Future[Any]) -> MoveFailedError | None:
@@ -74,16 +80,28 @@ def _encodable(value: Any) -> Any:
     return value
 
 
-def fit_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+def fit_headers(
+    headers: Mapping[str, Any], max_table_bytes: int = MAX_HEADER_TABLE_BYTES
+) -> dict[str, Any]:
     """Headers ready to publish: encodable, and within one frame (trimming our own text first)."""
     fitted = {str(k): _encodable(v) for k, v in headers.items()}
     for trimmable in (ERROR_TRACEBACK, ERROR_MESSAGE):
-        if len(encode.field_table(fitted)) <= MAX_HEADER_TABLE_BYTES:
+        if len(encode.field_table(fitted)) <= max_table_bytes:
             return fitted
         fitted.pop(trimmable, None)
-    if len(encode.field_table(fitted)) > MAX_HEADER_TABLE_BYTES:
+    if len(encode.field_table(fitted)) > max_table_bytes:
         raise UncopyableMessageError("the message's own headers leave no room in one AMQP frame")
     return fitted
+
+
+def fit_to_frame(message: WireMessage, frame_max: int) -> WireMessage:
+    """`message` with headers that keep its content header frame within `frame_max` bytes (0: no
+    limit but ours); raises UncopyableMessageError when even the trimmed headers do not fit."""
+    budget = MAX_HEADER_TABLE_BYTES
+    if frame_max > 0:
+        without_headers = len(content_header_frame(0, dataclasses.replace(message, headers=None)))
+        budget = min(budget, frame_max - without_headers)
+    return dataclasses.replace(message, headers=fit_headers(message.headers or {}, budget))
 
 
 class MessageMover:
@@ -108,7 +126,7 @@ class MessageMover:
         try:
             copy = WireMessage(
                 message.body,
-                headers=fit_headers(headers),
+                headers={str(name): _encodable(value) for name, value in headers.items()},
                 content_type=message.content_type,
                 content_encoding=message.content_encoding,
                 message_id=message.message_id,
@@ -132,17 +150,20 @@ class MessageMover:
             async with asyncio.timeout(self._timeout), self._same_id.turn(message.message_id):
                 pipeline = await self._pipeline.current()
                 confirmation = await pipeline.publish(
-                    message, exchange=exchange, routing_key=routing_key, mandatory=True
+                    fit_to_frame(message, pipeline.frame_max),
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    mandatory=True,
                 )
         except DeliveryError:
-            raise MoveFailedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
+            raise CopyRefusedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
         except _UNREACHABLE as error:
             raise MoveFailedError(f"{type(error).__name__} moving to {routing_key!r}") from None
         except _UNENCODABLE as error:
             # Headers another publisher sent that cannot be written back as they are.
             raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
         if not isinstance(confirmation, Basic.Ack):
-            raise MoveFailedError(f"RabbitMQ returned the copy: no queue for {routing_key!r}")
+            raise CopyRefusedError(f"RabbitMQ returned the copy: no queue for {routing_key!r}")
 
     async def announce_many(
         self, messages: Sequence[tuple[WireMessage, str]], *, exchange: str

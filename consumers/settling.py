@@ -2,7 +2,9 @@
 
 Nothing is acked before its handler returned or a confirmed copy sits in the retry tier or the
 dead-letter queue; whatever is unsettled when the channel closes goes back to the queue, so a
-crash or shutdown yields a redelivery, never a loss.
+crash or shutdown yields a redelivery, never a loss. A message no copy can be made of (its own
+headers leave no room for ours in one frame, or RabbitMQ refuses the copy) is rejected instead:
+the queue's own dead-lettering puts it, as it is, in the dead-letter queue, once.
 
 An ordered subscription never gives a delivery back with a nack: measured on RabbitMQ 3.10.8, a
 quorum queue redelivers nacked messages in nack order, ahead of the rest, while later events of
@@ -26,7 +28,12 @@ from aio_pika.exceptions import ChannelInvalidStateError
 from consumers.acking import AckCoalescer
 from consumers.dead_letter import DeadLetterReason, Failure, failure_headers
 from consumers.delivery import Inbound
-from consumers.moves import MessageMover, MoveFailedError, UncopyableMessageError
+from consumers.moves import (
+    CopyRefusedError,
+    MessageMover,
+    MoveFailedError,
+    UncopyableMessageError,
+)
 from consumers.observe import DeliveryObserver, FailureReport
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
@@ -159,7 +166,7 @@ class Settler:
         return Verdict(Outcome.RETRY_SCHEDULED, Move("", tier, copy_headers, label), retrying)
 
     async def settle(self, message: Inbound, verdict: Verdict) -> None:
-        outcome = await self._carry_out(message, verdict)
+        outcome, done = await self._carry_out(message, verdict)
         while (
             outcome is Outcome.RETURNED
             and verdict.outcome is not Outcome.RETURNED
@@ -170,11 +177,11 @@ class Settler:
             # Ordered: the key waits here until its event is settled (a nack would let later
             # events of the key overtake it).
             await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
-            outcome = await self._carry_out(message, verdict)
+            outcome, done = await self._carry_out(message, verdict)
         name = self._subscription.name
         self._observer.delivery_settled(name, outcome.value)
-        status = verdict.status
-        if outcome is verdict.outcome and status is not None and status.failure is not None:
+        status = done.status
+        if outcome is done.outcome and status is not None and status.failure is not None:
             report = FailureReport(
                 event_id=status.event_id,
                 event_type=status.attributes.get("type", ""),
@@ -184,11 +191,12 @@ class Settler:
                 at=status.at,
             )
             self._observer.failure_seen(name, report)
-        if outcome is Outcome.RETRY_SCHEDULED and verdict.move and verdict.move.tier:
-            self._observer.retry_scheduled(name, verdict.move.tier)
+        if outcome is Outcome.RETRY_SCHEDULED and done.move and done.move.tier:
+            self._observer.retry_scheduled(name, done.move.tier)
 
-    async def _carry_out(self, message: Inbound, verdict: Verdict) -> Outcome:
-        """Settle the delivery as `verdict` says; return what actually happened to it."""
+    async def _carry_out(self, message: Inbound, verdict: Verdict) -> tuple[Outcome, Verdict]:
+        """Settle the delivery as `verdict` says: what actually happened to it, and the verdict
+        carried out (a move no copy could be made for becomes a rejection into the DLQ)."""
         outcome = verdict.outcome
         rejected = False  # settled already, by the queue's own dead-lettering
         try:
@@ -196,9 +204,9 @@ class Settler:
                 # Handled past the loss of its channel (an ordered handler runs on): the broker
                 # has the delivery back and its redelivery decides again; a copy now would be
                 # a second one in the tier or DLQ.
-                return Outcome.RETURNED
+                return Outcome.RETURNED, verdict
             if verdict.move is not None:
-                outcome, rejected = await self._move(message, verdict.move, outcome)
+                verdict, outcome, rejected = await self._move(message, verdict, verdict.move)
             if outcome is not Outcome.RETURNED and verdict.status is not None:
                 announced = await self._reporter.report(
                     verdict.status,
@@ -220,42 +228,71 @@ class Settler:
                 outcome=outcome.value,
                 error_class=type(error).__name__,
             )
-            return Outcome.RETURNED
+            return Outcome.RETURNED, verdict
         except Exception:  # noqa: BLE001 - a delivery must never stay unsettled on a live channel
             _log.exception("settling failed unexpectedly; returning the event to its queue")
             with contextlib.suppress(*BROKER_FAILURES):
                 await self._give_back(message)
-            return Outcome.RETURNED
+            return Outcome.RETURNED, verdict
         if outcome is Outcome.ACKED:
             _log.debug("event handled")
-        return outcome
+        return outcome, verdict
 
-    async def _move(self, message: Inbound, move: Move, outcome: Outcome) -> tuple[Outcome, bool]:
-        """Copy the delivery where `move` says: the outcome, and whether the delivery is
-        settled already (rejected into the queue's own dead-lettering)."""
+    async def _move(
+        self, message: Inbound, verdict: Verdict, move: Move
+    ) -> tuple[Verdict, Outcome, bool]:
+        """Copy the delivery where `move` says: the verdict carried out, the outcome, and whether
+        the delivery is settled already. A copy that can never be made (it does not fit one
+        frame, or RabbitMQ refuses it) leaves the delivery to the queue's own dead-lettering."""
         try:
             await self._mover.copy(
                 message, exchange=move.exchange, routing_key=move.routing_key, headers=move.headers
             )
+        except (UncopyableMessageError, CopyRefusedError) as error:
+            # Trying again cannot help, and each try would run the handler again: rejected, the
+            # queue's dead-letter exchange puts the message, as it is, in the DLQ (at-least-once
+            # dead-lettering holds it in the queue until the DLQ confirmed it).
+            _log.error(
+                "could not move event; rejected into its dead-letter queue as it is",
+                error=str(error),
+                intended="retry" if move.tier else "dead-letter",
+                reason=DeadLetterReason.UNMOVABLE.value,
+            )
+            await message.reject(requeue=False)
+            self.acks.settled(message)
+            return _rejected_instead(verdict), Outcome.DEAD_LETTERED, True
         except MoveFailedError as error:
-            if self._subscription.ordering is not None and isinstance(
-                error, UncopyableMessageError
-            ):
-                # Ordered, trying again would block its key for good: the queue's own
-                # dead-lettering takes it instead (x-death, without our headers).
-                _log.error("could not copy event; rejected to the DLQ", error=str(error))
-                await message.reject(requeue=False)
-                self.acks.settled(message)
-                return outcome, True
             # The copy is not safe yet: leave the original in the queue to come back, after a
             # pause so a broker in trouble is not hammered with redeliveries.
             _log.warning("could not move event; it stays queued", error=str(error))
             await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
-            return Outcome.RETURNED, False
-        return outcome, False
+            return verdict, Outcome.RETURNED, False
+        return verdict, verdict.outcome, False
 
     async def _give_back(self, message: Inbound) -> None:
         if self._subscription.ordering is None:
             await message.nack(requeue=True)
             self.acks.settled(message)
         # Ordered: left unsettled; it goes back, in order, when the channel closes.
+
+
+def _rejected_instead(verdict: Verdict) -> Verdict:
+    """What a move became once the queue's own dead-lettering took the delivery: dead-lettered
+    (reason `unmovable`), with the handler's failure, for the status record and its announcement."""
+    update = verdict.status
+    if update is not None:
+        update = DeliveryUpdate(
+            update.event_id,
+            update.source,
+            update.subscription,
+            DeliveryState.DEAD_LETTERED,
+            update.attempts,
+            update.at,
+            update.attributes,
+            update.replays,
+            None,
+            update.failure,
+            DeadLetterReason.UNMOVABLE.value,
+            update.first_attempt_at,
+        )
+    return Verdict(Outcome.DEAD_LETTERED, verdict.move, update)

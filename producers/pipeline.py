@@ -38,6 +38,9 @@ class ConfirmPipeline:
         self.channel = channel
         self._number = channel.number
         self._max_body_frame = channel.max_content_size
+        # The largest frame the broker takes (0: no limit); past it RabbitMQ closes the whole
+        # connection, every channel on it with it.
+        self.frame_max: int = channel.connection.connection_tune.frame_max
         self._methods: dict[tuple[str, str, bool], bytes] = {}
         self._pending: list[bytes] = []
         self._ready = asyncio.Event()
@@ -66,14 +69,21 @@ class ConfirmPipeline:
 
         Synchronous up to the returned future, so concurrent callers' frames and delivery tags
         are in the same order. Raises ValueError, before anything is queued, for a message that
-        cannot be written (a short string over 255 bytes, a header pamqp cannot encode).
+        cannot be written (a short string over 255 bytes, a header pamqp cannot encode, headers
+        that do not fit one frame).
         """
         channel = self.channel
         if not self.usable:
             raise aiormq.exceptions.ChannelInvalidStateError("the publishing channel is closed")
+        header = content_header_frame(self._number, message)
+        if 0 < self.frame_max < len(header):
+            raise ValueError(
+                f"the message's properties and headers take {len(header)} bytes, more than "
+                f"one frame ({self.frame_max})"
+            )
         frames = (
             self._method(exchange, routing_key, mandatory=mandatory)
-            + content_header_frame(self._number, message)
+            + header
             + body_frames(self._number, message.body, self._max_body_frame)
         )
         channel.delivery_tag += 1

@@ -155,6 +155,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
             "truncated": result.truncated,
             "matching": len(matching),
             "entries": matching[offset : offset + limit],
+            **_skipped(result),
         }
     )
 
@@ -217,6 +218,7 @@ async def _act(request: web.Request, action: Action) -> web.Response:
         replayed=result.replayed,
         discarded=result.discarded,
         kept=result.kept,
+        skipped=result.skipped,
         stopped=result.stopped,
     )
     counts = {
@@ -225,6 +227,7 @@ async def _act(request: web.Request, action: Action) -> web.Response:
         "discarded": result.discarded,
         "kept": result.kept,
         "truncated": result.truncated,
+        **_skipped(result),
     }
     if result.stopped is not None:
         # Part of the work is done (the counts say how much); nothing was lost.
@@ -249,6 +252,13 @@ async def _guarded_pass(
 ) -> PassResult | web.Response:
     try:
         result = await _pass(request, target, decide, rate)
+        if result.skipped:
+            _log.warning(
+                "dead-letter entries skipped; they stay in the queue",
+                queue=target.queue,
+                skipped=result.skipped,
+                why=result.skipped_entries[0].why,
+            )
     except _TargetMissingError as error:
         return problem_response(
             Problem(
@@ -260,6 +270,14 @@ async def _guarded_pass(
             )
         )
     return result
+
+
+def _skipped(result: PassResult) -> dict[str, Any]:
+    """The entries the pass could not handle as asked (all still in the queue), and why."""
+    return {
+        "skipped": result.skipped,
+        "skipped_entries": [entry.summary() for entry in result.skipped_entries],
+    }
 
 
 def _stopped(result: PassResult) -> web.Response:

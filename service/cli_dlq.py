@@ -162,6 +162,7 @@ def _finish(
             _print_entry(document, out)
         case _:
             out.write(_counts(document, arguments.action) + "\n")
+            _print_skipped(document, out)
             acted = document.get("replayed", 0) + document.get("discarded", 0)
             if arguments.entry and acted < len(set(arguments.entry)):
                 missing = len(set(arguments.entry)) - acted
@@ -196,8 +197,12 @@ def _print_listing(
     out.write(f"{document['queue']}: {head}\n")
     if document["truncated"]:
         out.write(f"  counted over the first {document['messages']} messages of a longer queue\n")
-    if not entries:
-        return
+    if entries:
+        _print_entries(entries, out)
+    _print_skipped(document, out)
+
+
+def _print_entries(entries: list[dict[str, Any]], out: TextIO) -> None:
     rows = [("ID", "EVENT", "TYPE", "REASON", "ATTEMPTS", "LAST FAILURE", "ERROR")]
     for entry in entries:
         error = entry["error"]
@@ -215,6 +220,18 @@ def _print_listing(
             )
         )
     print_table(rows, out)
+
+
+def _print_skipped(document: dict[str, Any], out: TextIO) -> None:
+    """The entries a pass could not handle as asked; they are all still in the queue."""
+    skipped = document.get("skipped", 0)
+    if not skipped:
+        return
+    out.write(f"skipped {skipped} (still in the queue):\n")
+    out.writelines(
+        f"  {entry['id']}  {one_line(entry['event']['id'] or '-')}  {one_line(entry['why'])}\n"
+        for entry in document.get("skipped_entries", [])
+    )
 
 
 def _print_entry(document: dict[str, Any], out: TextIO) -> None:

@@ -7,11 +7,17 @@ dead-letter exchange of its own drops the message. So every operation is one pas
 queue's head instead: each message taken is either copied to the tail of the same queue (kept),
 copied to where it is replayed to, or (discard) neither; the original is acked only after its
 copy is confirmed. A crash mid-pass leaves a duplicate at worst, never a gap.
+
+An entry no copy can be made of (its headers leave no room for ours in one frame, or cannot be
+written again) is skipped, not a reason to stop: a replay of it keeps it instead, and one that
+cannot even be put back at the tail is held unacked until the pass ends, then handed back with
+a nack (to the head; its delivery count goes up by one). Each skip is reported with why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 from collections.abc import Callable
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import aiormq.abc
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
 from consumers import MessageMover, MoveFailedError
@@ -34,7 +41,8 @@ from consumers.dead_letter import (
     read_int,
     replay_headers,
 )
-from producers import parse_time
+from consumers.moves import UncopyableMessageError
+from producers import BROKER_FAILURES, parse_time
 
 __all__ = [
     "Action",
@@ -42,11 +50,15 @@ __all__ = [
     "PassResult",
     "ReplayTarget",
     "Selection",
+    "SkippedEntry",
     "pass_over",
     "read_dead_letter",
 ]
 
 MAX_PASS_MESSAGES = 10_000  # one pass looks at most at this many messages from the head
+MAX_SKIPPED_LISTED = 100  # skipped entries a pass names (it counts them all)
+HAND_BACK_POLLS = 100  # about two seconds at most
+HAND_BACK_POLL_SECONDS = 0.02
 ENTRY_ID = "x-conveyor-entry-id"
 
 
@@ -182,13 +194,33 @@ def _moment(text: str | None) -> datetime | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class SkippedEntry:
+    """An entry a pass could not handle as asked; it is still in the queue."""
+
+    entry_id: str
+    event: dict[str, str | None]
+    why: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.entry_id, "event": self.event, "why": self.why}
+
+
 @dataclass(slots=True)
 class PassResult:
-    kept: int = 0
+    kept: int = 0  # still in the queue after the pass (skipped ones included)
     replayed: int = 0
     discarded: int = 0
     truncated: bool = False  # the queue held more than one pass looks at
     stopped: str | None = None  # why the pass ended early (a copy RabbitMQ did not confirm)
+    skipped: int = 0  # entries not handled as asked (see `skipped_entries`), all still queued
+    skipped_entries: list[SkippedEntry] = field(default_factory=list)  # the first ones
+
+    def skip(self, letter: DeadLetter, why: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_entries) < MAX_SKIPPED_LISTED:
+            event = {"id": letter.event_id, "source": letter.source, "type": letter.type}
+            self.skipped_entries.append(SkippedEntry(letter.entry_id, event, why))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,39 +244,89 @@ async def pass_over(
     """Take each message now in the queue once and keep, replay or discard it as `decide` says.
 
     `decide` sees every message (a listing collects what it wants from it there, so a pass
-    never holds ten thousand bodies). A copy RabbitMQ does not confirm ends the pass: a failed
-    replay is kept instead, and a failed keep leaves that one message unacked, handed back
-    with a nack, the only way left.
+    never holds ten thousand bodies). An entry no copy can be made of is skipped (see the module
+    docstring). A copy RabbitMQ does not confirm ends the pass: a failed replay is kept
+    instead, and a failed keep leaves that one message unacked, handed back with a nack, the
+    only way left.
     """
     queue = await channel.declare_queue(queue_name, passive=True, robust=False)
     count = queue.declaration_result.message_count or 0
     result = PassResult(truncated=count > MAX_PASS_MESSAGES)
     pause = 1.0 / rate if rate else 0.0
-    for _ in range(min(count, MAX_PASS_MESSAGES)):
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:  # someone else took the rest
-            break
-        letter = read_dead_letter(message)
-        action = decide(letter)
-        # Shielded: once a copy is confirmed, the ack must follow even if the request is
-        # cancelled meanwhile (shutdown), or the entry would be both replayed and still here.
-        step = _move(
-            message, letter, action, mover=mover, queue_name=queue_name, replay_to=replay_to
-        )
-        done = await asyncio.shield(step)
-        match done:
-            case Action.REPLAY:
-                result.replayed += 1
-            case Action.DISCARD:
-                result.discarded += 1
-            case Action.KEEP:
-                result.kept += 1
-            case str(reason):
-                result.stopped = reason
+    held: list[tuple[aiormq.abc.AbstractChannel, int]] = []  # skipped, unacked: by tag, no body
+    try:
+        for _ in range(min(count, MAX_PASS_MESSAGES)):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:  # someone else took the rest
                 break
-        if done is Action.REPLAY and pause:
-            await asyncio.sleep(pause)  # after the ack: a cancelled pause loses nothing
+            letter = read_dead_letter(message)
+            action = decide(letter)
+            # Shielded: once a copy is confirmed, the ack must follow even if the request is
+            # cancelled meanwhile (shutdown), or the entry would be both replayed and still here.
+            step = _move(
+                message, letter, action, mover=mover, queue_name=queue_name, replay_to=replay_to
+            )
+            done = await asyncio.shield(step)
+            if done.held and message.delivery_tag is not None:
+                with contextlib.suppress(*BROKER_FAILURES):  # closed: handed back already
+                    held.append((message.channel, message.delivery_tag))
+            _tally(result, letter, done)
+            if done.stop is not None:
+                break
+            if done.action is Action.REPLAY and pause:
+                await asyncio.sleep(pause)  # after the ack: a cancelled pause loses nothing
+    finally:
+        await _hand_back(channel, queue_name, held)
     return result
+
+
+async def _hand_back(
+    channel: AbstractRobustChannel,
+    queue_name: str,
+    held: list[tuple[aiormq.abc.AbstractChannel, int]],
+) -> None:
+    """Back in the queue, at its head; a closed channel has handed them back already."""
+    if not held:
+        return
+    with contextlib.suppress(*BROKER_FAILURES):
+        before = await _ready(channel, queue_name)
+        for underlay, tag in held:
+            await underlay.basic_nack(tag, requeue=True)
+        # A nack has no answer, and a quorum queue counts the message again only a moment
+        # later: wait a little for it, or a pass right after this one would not see it.
+        for _ in range(HAND_BACK_POLLS):
+            if await _ready(channel, queue_name) >= before + len(held):
+                return
+            await asyncio.sleep(HAND_BACK_POLL_SECONDS)
+
+
+async def _ready(channel: AbstractRobustChannel, queue_name: str) -> int:
+    queue = await channel.declare_queue(queue_name, passive=True, robust=False)
+    return queue.declaration_result.message_count or 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """What became of one entry taken from the queue."""
+
+    action: Action | None  # what was done (a held entry counts as kept); None: nacked back
+    skipped: str | None = None  # why it was not handled as asked
+    stop: str | None = None  # why the pass must end here
+    held: bool = False  # left unacked, to be handed back when the pass ends
+
+
+def _tally(result: PassResult, letter: DeadLetter, done: _Step) -> None:
+    if done.skipped is not None:
+        result.skip(letter, done.skipped)
+    match done.action:
+        case Action.REPLAY:
+            result.replayed += 1
+        case Action.DISCARD:
+            result.discarded += 1
+        case Action.KEEP:
+            result.kept += 1
+    if done.stop is not None:
+        result.stopped = done.stop
 
 
 async def _move(
@@ -255,9 +337,9 @@ async def _move(
     mover: MessageMover,
     queue_name: str,
     replay_to: ReplayTarget,
-) -> Action | str:
-    """Copy (unless discarding), then ack; the action done, or why the pass must stop."""
-    stop = None
+) -> _Step:
+    """Copy (unless discarding), then ack; what was done, or why the pass must stop."""
+    stop = skipped = None
     try:
         if action is Action.REPLAY:
             try:
@@ -267,6 +349,8 @@ async def _move(
                     routing_key=replay_to.routing_key(letter),
                     headers=replay_headers(letter.headers),
                 )
+            except UncopyableMessageError as error:
+                skipped, action = f"not replayed, kept: {error}", Action.KEEP
             except MoveFailedError as error:
                 stop, action = f"replay not confirmed: {error}", Action.KEEP
         if action is Action.KEEP:
@@ -274,8 +358,13 @@ async def _move(
             await mover.copy(
                 message, exchange="", routing_key=queue_name, headers=letter.kept_headers()
             )
+    except UncopyableMessageError as error:
+        # No copy of it can ever go to the tail: it stays where it is, unacked until the pass
+        # ends, and the pass goes on with the others.
+        why = f"left in place at the head of the queue, it cannot be copied: {error}"
+        return _Step(Action.KEEP, why, stop, held=True)
     except MoveFailedError as error:
         await message.nack(requeue=True)
-        return f"could not put an entry back in its place: {error}"
+        return _Step(None, stop=f"could not put an entry back in its place: {error}")
     await message.ack()
-    return stop or action
+    return _Step(action, skipped, stop)
