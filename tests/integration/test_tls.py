@@ -15,11 +15,11 @@ from tests.conftest import Running, StartConveyor, subscription
 from tests.support.ledger import Account, Ledger
 from tests.support.proxy import FaultProxy
 from tests.support.tls import Certificates, make_certificates
+from tests.support.waiting import eventually
 
 # /readyz shows why the broker is not connected only to an admin.
 ADMIN_TOKEN = "tls-admin-token-0123456789"
 READING_THE_PROBLEM = {"admin_tokens": (("ops", ADMIN_TOKEN),)}
-from tests.support.waiting import eventually
 
 TlsBroker = Callable[..., Awaitable[FaultProxy]]
 
@@ -52,7 +52,7 @@ def amqps(port: int, host: str = "localhost") -> str:
 
 
 async def broker_problem(conveyor: Running) -> str:
-    """What /readyz says about the broker (to an admin) once it has tried (and failed) to connect."""
+    """What /readyz tells an admin about the broker once it has tried (and failed) to connect."""
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     async def tried() -> bool:
