@@ -24,6 +24,7 @@ from yarl import URL
 from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
+from service.app import PURGE_INTERVAL_SECONDS
 from service.store import Store, open_store
 from service.tracing import Tracing
 from tests.support.broker_plugins import ensure_consistent_hash
@@ -246,6 +247,7 @@ async def start_conveyor(
         wait_ready: bool = True,
         amqp_url_override: str | None = None,
         tracing: Tracing | None = None,
+        purge_interval: float = PURGE_INTERVAL_SECONDS,
         **overrides: Any,
     ) -> Running:
         defaults: dict[str, Any] = {
@@ -263,7 +265,12 @@ async def start_conveyor(
         for declared in subscriptions:
             namespace.register(declared)
         app = build_app(
-            settings, subscriptions, max_backoff=0.3, queue_poll_interval=0.2, tracing=tracing
+            settings,
+            subscriptions,
+            max_backoff=0.3,
+            queue_poll_interval=0.2,
+            purge_interval=purge_interval,
+            tracing=tracing,
         )
         client = TestClient(TestServer(app))
         await client.start_server()
