@@ -90,6 +90,8 @@ def attribute_string(name: str, value: Any) -> str:
         raise InvalidEventError(f"attribute {name!r} must be a string", name)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 35.0 is the Integer 35 in JSON (and to JSON Schema)
     if isinstance(value, int):
         if not _INT32[0] <= value <= _INT32[1]:
             raise InvalidEventError(f"attribute {name!r} is outside the 32-bit Integer range", name)
