@@ -9,6 +9,7 @@ from aiohttp import web
 from service.auth import authorize
 from service.keys import SETTINGS, STATUS_BOOK
 from service.problems import Problem, json_response, problem_response
+
 __all__ = ["MAX_WAIT_SECONDS", "WAIT_PATTERN", "event_status"]
 
 MAX_WAIT_SECONDS = 60.0
