@@ -1,4 +1,5 @@
-"""Schemathesis against GET /openapi.json: no 5xx, answers as documented, errors problem+json.
+"""Schemathesis against GET /openapi.json: no 5xx, answers as documented, valid requests accepted,
+invalid ones refused, errors problem+json.
 
 Schemathesis calls the in-process conveyor with `requests`, which blocks: it runs in a worker
 thread while the test's event loop serves the requests.
