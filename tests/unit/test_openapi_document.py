@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
+from producers.formats import BASE64_PATTERN
 from service import Role, Settings, build_app
 from service.openapi_api import load_document, served_routes
 from service.status_api import WAIT_PATTERN
@@ -45,3 +46,9 @@ def test_the_wait_pattern_is_the_one_the_server_checks() -> None:
     (wait,) = [parameter for parameter in parameters if parameter["name"] == "wait"]
 
     assert wait["schema"]["pattern"] == WAIT_PATTERN
+
+
+def test_the_base64_pattern_is_the_one_the_server_checks() -> None:
+    members = load_document()["components"]["schemas"]["EventMembers"]["properties"]
+
+    assert members["data_base64"]["pattern"] == BASE64_PATTERN
