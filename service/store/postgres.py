@@ -38,7 +38,7 @@ _DEADLOCK_RETRIES = 3
 _CLAIMS_PER_STATEMENT = 128  # five parameters each, far under PostgreSQL's 32,767
 # Without these a half-open connection holds a claim or a delivery until TCP gives up.
 _COMMAND_TIMEOUT_SECONDS = 10.0
-# A count of the idempotency rows reads the whole table: some seconds at tens of millions.
+# A count of the idempotency rows reads the whole table, which may outlast a single command.
 _COUNT_TIMEOUT_SECONDS = 60.0
 # Rows a purge deletes in one statement and transaction: tens of milliseconds of PostgreSQL's.
 PURGE_CHUNK_ROWS = 10_000
