@@ -18,6 +18,7 @@ import orjson
 from producers.event import SPECVERSION, OutgoingEvent
 
 __all__ = [
+    "BASE64_PATTERN",
     "MAX_ATTRIBUTES",
     "InvalidEventError",
     "event_from_json",
@@ -41,6 +42,10 @@ MAX_SHORT_STRING_BYTES = 255
 # JSON format; only extension attributes may also be Boolean or Integer.
 _STRING_ATTRIBUTES = frozenset((*REQUIRED, "datacontenttype", "dataschema", "subject", "time"))
 _INT32 = (-(2**31), 2**31 - 1)
+# Padded standard base64 and nothing else (b64decode alone also takes surplus padding): the
+# pattern the OpenAPI document gives data_base64.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_BASE64 = re.compile(BASE64_PATTERN)
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 # The spec: names are lower-case ASCII letters or digits; 20 characters is a SHOULD we enforce
 # loosely (AMQP and HTTP carry longer ones fine), so allow up to 64.
@@ -90,6 +95,8 @@ def attribute_string(name: str, value: Any) -> str:
         raise InvalidEventError(f"attribute {name!r} must be a string", name)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 35.0 is the Integer 35 in JSON (and to JSON Schema)
     if isinstance(value, int):
         if not _INT32[0] <= value <= _INT32[1]:
             raise InvalidEventError(f"attribute {name!r} is outside the 32-bit Integer range", name)
@@ -208,6 +215,8 @@ def _json_data(data: Any) -> bytes:
 def _decode_base64(value: Any) -> bytes:
     if not isinstance(value, str):
         raise InvalidEventError("data_base64 must be a base64 string", "data_base64")
+    if _BASE64.fullmatch(value) is None:
+        raise InvalidEventError("data_base64 is not valid base64", "data_base64")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

@@ -39,6 +39,9 @@ MAX_IDS = 1000
 DEFAULT_RATE = 100.0
 MAX_RATE = 1000.0
 _FILTERS = ("type", "error_class", "reason", "since", "until")
+# Not the POST-only actions beside it: a GET or OPTIONS there is a 405 with `Allow: POST`, not
+# the lookup of an entry named "replay".
+_ENTRY_ID = "/{entry_id:(?!(?:replay|discard)$)[^/]+}"
 _LOCKS = web.AppKey("dead_letter_locks", dict[str, asyncio.Lock])
 _log = structlog.get_logger(component="admin")
 
@@ -51,7 +54,7 @@ def add_dead_letter_routes(app: web.Application) -> None:
     app[_LOCKS] = {}
     for base in (f"{ADMIN_PREFIX}/subscriptions/{{name}}/dead-letters", f"{ADMIN_PREFIX}/unrouted"):
         app.router.add_get(base, list_dead_letters)
-        app.router.add_get(base + "/{entry_id}", show_dead_letter)
+        app.router.add_get(base + _ENTRY_ID, show_dead_letter)
         app.router.add_post(base + "/replay", replay_dead_letters)
         app.router.add_post(base + "/discard", discard_dead_letters)
 

@@ -41,13 +41,13 @@ from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
-from service.store import BatchWriter, ClaimBatcher, IdempotencyStore, open_store
+from service.store import BatchWriter, ClaimBatcher, Store, open_store
 from service.tracing import NoTracing, Tracing
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
 
-__all__ = ["build_app"]
+__all__ = ["PURGE_INTERVAL_SECONDS", "build_app"]
 
 
 def build_app(
@@ -56,6 +56,7 @@ def build_app(
     *,
     max_backoff: float = 5.0,
     queue_poll_interval: float = QUEUE_POLL_SECONDS,
+    purge_interval: float = PURGE_INTERVAL_SECONDS,
     tracing: Tracing | None = None,
     history_interval: float = HISTORY_INTERVAL_SECONDS,
     clock: Clock = SYSTEM_CLOCK,
@@ -104,7 +105,7 @@ def build_app(
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
     add_openapi_route(app)  # last: the document it serves lists the routes above
     # The store closes last: consumers record their final states while the link drains.
-    app.cleanup_ctx.append(_store(subscriptions, clock))
+    app.cleanup_ctx.append(_store(subscriptions, clock, purge_interval))
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
@@ -126,7 +127,7 @@ def _handler_resources(
 
 
 def _store(
-    subscriptions: Sequence[Subscription], clock: Clock
+    subscriptions: Sequence[Subscription], clock: Clock, purge_interval: float
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def open_and_close(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -153,7 +154,9 @@ def _store(
             wait=settings.publish_timeout + 1.0,
             clock=clock,
         )
-        purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
+        purge = asyncio.create_task(
+            _purge_expired(store, app[METRICS], purge_interval), name="conveyor-store-purge"
+        )
         yield
         await stop_task(purge, STOP_SECONDS)
         await claims.close()
@@ -164,14 +167,27 @@ def _store(
     return open_and_close
 
 
-async def _purge_expired(store: IdempotencyStore) -> None:
+async def _purge_expired(store: Store, metrics: Metrics, interval: float) -> None:
     while True:
-        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        await _count_keys(store, metrics)
+        await asyncio.sleep(interval)
         try:
             await store.purge_expired()
         except Exception as error:  # noqa: BLE001 - a failed purge is retried next round
             stop_if_cancelled(error)  # a cancellation the driver turned into its own error
             _log.exception("purging expired idempotency keys and statuses failed")
+
+
+async def _count_keys(store: Store, metrics: Metrics) -> None:
+    """The idempotency rows kept (a whole-table count: here, not on each scrape)."""
+    try:
+        counts = await store.count_keys()
+    except Exception as error:  # noqa: BLE001 - the gauge keeps its last value until next round
+        stop_if_cancelled(error)
+        _log.warning("counting idempotency keys failed", error=str(error))
+        return
+    for scope in ("request", "event"):
+        metrics.idempotency_keys.labels(scope).set(counts.get(scope, 0))
 
 
 async def _broker_link(app: web.Application) -> AsyncIterator[None]:

@@ -1,10 +1,16 @@
-"""GET /livez (the loop answers) and GET /readyz (the broker link and every consumer are up)."""
+"""GET /livez (the loop answers) and GET /readyz (the broker link and every consumer are up).
+
+A check's state is a phrase, optionally followed by ': ' and its detail (why the broker is not
+connected: addresses, user, vhost, TLS errors). Only a caller with an admin token sees the
+detail; probes and everyone else get the phrase.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from service.keys import LIFECYCLE, LINK
+from service.auth import ForbiddenError, UnauthorizedError, authorize_admin
+from service.keys import LIFECYCLE, LINK, SETTINGS
 from service.problems import json_response
 
 __all__ = ["livez", "readyz"]
@@ -29,5 +35,15 @@ async def readyz(request: web.Request) -> web.Response:
         for name in link.missing_subscriptions():
             checks[f"subscription:{name}"] = "consumer not started"
     missing = [name for name, state in checks.items() if state not in ("connected", "consuming")]
+    if not _shows_detail(request):
+        checks = {name: state.partition(": ")[0] for name, state in checks.items()}
     document = {"status": "not ready" if missing else "ready", "checks": checks, "missing": missing}
     return json_response(document, 503 if missing else 200)
+
+
+def _shows_detail(request: web.Request) -> bool:
+    try:
+        authorize_admin(request, request.app[SETTINGS].admin_tokens)
+    except (UnauthorizedError, ForbiddenError):
+        return False
+    return True

@@ -145,6 +145,13 @@ class Metrics:
             "1 while RabbitMQ blocks publishing (memory or disk alarm)",
             registry=registry,
         )
+        self.idempotency_keys = Gauge(
+            "conveyor_idempotency_keys",
+            "Rows kept in the store's idempotency table, by scope (request: Idempotency-Key "
+            "headers; event: CloudEvents source and id), counted at start and at each purge",
+            ("scope",),
+            registry=registry,
+        )
         self.broker_connected = Gauge(
             "conveyor_broker_connected",
             "1 while the broker connection and channels are up",

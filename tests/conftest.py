@@ -25,6 +25,7 @@ from yarl import URL
 from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
+from service.app import PURGE_INTERVAL_SECONDS
 from service.clock import SYSTEM_CLOCK, Clock
 from service.keys import STATUS_BOOK
 from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
@@ -302,6 +303,7 @@ async def start_conveyor(
         tracing: Tracing | None = None,
         history_interval: float = HISTORY_INTERVAL_SECONDS,
         clock: Clock = SYSTEM_CLOCK,
+        purge_interval: float = PURGE_INTERVAL_SECONDS,
         **overrides: Any,
     ) -> Running:
         defaults: dict[str, Any] = {
@@ -326,6 +328,7 @@ async def start_conveyor(
             tracing=tracing,
             history_interval=history_interval,
             clock=clock,
+            purge_interval=purge_interval,
         )
         client = TestClient(TestServer(app))
         await client.start_server()

@@ -38,6 +38,8 @@ _DEADLOCK_RETRIES = 3
 _CLAIMS_PER_STATEMENT = 128  # five parameters each, far under PostgreSQL's 32,767
 # Without these a half-open connection holds a claim or a delivery until TCP gives up.
 _COMMAND_TIMEOUT_SECONDS = 10.0
+# A count of the idempotency rows reads the whole table, which may outlast a single command.
+_COUNT_TIMEOUT_SECONDS = 60.0
 # Rows a purge deletes in one statement and transaction: tens of milliseconds of PostgreSQL's.
 PURGE_CHUNK_ROWS = 10_000
 # The expired rows of each table, the oldest first, a chunk at a time. In one DELETE a table, a
@@ -201,6 +203,10 @@ class PostgresStore:
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
         rows = await self._pool.fetch(_numbered(statement), *params)
         return [tuple(row) for row in rows]
+
+    async def count_keys(self) -> dict[str, int]:
+        rows = await self._pool.fetch(Statements.count_keys, timeout=_COUNT_TIMEOUT_SECONDS)
+        return {str(scope): int(count) for scope, count in rows}
 
     async def purge_expired(self) -> int:
         now, rows = self._clock.now(), PURGE_CHUNK_ROWS

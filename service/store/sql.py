@@ -117,6 +117,8 @@ class Statements:
         "body = NULL, expires_at = excluded.expires_at "
         "WHERE conveyor_idempotency.expires_at < ?"
     )
+    # Rows kept per scope (`request`: Idempotency-Key headers; `event`: CloudEvents identities).
+    count_keys = "SELECT scope, COUNT(*) FROM conveyor_idempotency GROUP BY scope"
     select_claim = (
         "SELECT fingerprint, status, body FROM conveyor_idempotency WHERE scope = ? AND key = ?"
     )

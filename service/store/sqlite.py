@@ -64,12 +64,14 @@ class SqliteStore:
         thread: ThreadPoolExecutor,
         connection: sqlite3.Connection,
         reader: sqlite3.Connection,
+        path: Path,
         *,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._thread = thread  # one worker: the only one to touch `connection`
         self._db = connection
         self._reader = reader  # read-only, used on the event loop's thread only
+        self._path = path
         self._closed = False
         self._clock = clock  # expiry of claims and leases, and of what a purge deletes
 
@@ -89,7 +91,7 @@ class SqliteStore:
             await loop.run_in_executor(thread, connection.close)
             thread.shutdown(wait=False)
             raise
-        return cls(thread, connection, reader, clock=clock)
+        return cls(thread, connection, reader, path, clock=clock)
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         # Shielded: a caller's timeout or cancellation cannot stop a function the thread runs
@@ -198,6 +200,13 @@ class SqliteStore:
     def _query_now(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         return _rows(self._db, statement, params)
 
+    async def count_keys(self) -> dict[str, int]:
+        # A scan of the whole table: neither on the loop nor in the writer's thread, but in a
+        # thread over a read-only connection of its own (in WAL mode the writer goes on).
+        if self._closed:
+            raise sqlite3.ProgrammingError("the store is closed")
+        return dict(await asyncio.to_thread(_count_keys, self._path))
+
     async def purge_expired(self) -> int:
         """Delete expired rows, `PURGE_CHUNK_ROWS` at a time, each chunk an operation of its own
         in the thread: claims and status writes asked for meanwhile go between two chunks.
@@ -245,6 +254,14 @@ def _rows(
     connection: sqlite3.Connection, statement: str, params: tuple[Any, ...]
 ) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in connection.execute(statement, params).fetchall()]
+
+
+def _count_keys(path: Path) -> list[tuple[str, int]]:
+    reader = _connect_reader(path)
+    try:
+        return [(str(scope), int(rows)) for scope, rows in reader.execute(Statements.count_keys)]
+    finally:
+        reader.close()
 
 
 def _connect_reader(path: Path) -> sqlite3.Connection:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from yarl import URL
+
 from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
+
+READYZ_ADMIN_TOKEN = "readyz-admin-token-0123"
 
 
 async def readiness(conveyor: Running) -> tuple[int, dict[str, Any]]:
@@ -98,3 +102,32 @@ async def test_a_stalled_link_answers_503_within_the_publish_timeout(
     body = await response.json(content_type="application/problem+json")
     assert body["type"] == "urn:conveyor:problem:publish-timeout"
     proxy.stalled = False
+
+
+async def test_only_an_admin_token_sees_why_the_broker_is_not_connected(
+    start_conveyor: StartConveyor, proxy: FaultProxy, amqp_url: str
+) -> None:
+    proxy.accepting = False
+    # Two addresses: when neither answers, the problem names each one.
+    address = URL(url_with_port(amqp_url, proxy.port)).with_path("/private-vhost")
+    conveyor = await start_conveyor(
+        wait_ready=False,
+        amqp_url_override=f"{address},{address}",
+        admin_tokens=(("ops", READYZ_ADMIN_TOKEN),),
+    )
+
+    async def broker_state(headers: dict[str, str]) -> tuple[int, str]:
+        response = await conveyor.client.get("/readyz", headers=headers)
+        return response.status, (await response.json())["checks"]["broker"]
+
+    async def tried() -> bool:
+        _, state = await broker_state({"Authorization": f"Bearer {READYZ_ADMIN_TOKEN}"})
+        return "NoBrokerAnsweredError" in state
+
+    await eventually(tried, timeout=15, what="a connection attempt")
+    status, detail = await broker_state({"Authorization": f"Bearer {READYZ_ADMIN_TOKEN}"})
+    assert status == 503
+    assert f"127.0.0.1:{proxy.port}/private-vhost" in detail, detail
+    assert "guest:guest" not in detail  # the password stays redacted even here
+    for headers in ({}, {"Authorization": "Bearer not-the-admin-token-at-all"}):
+        assert await broker_state(headers) == (503, "not connected")

@@ -6,6 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumers import Event, PermanentError, RetryPolicy
 from tests.conftest import Running, StartConveyor, subscription
+from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
 
@@ -77,3 +78,40 @@ async def test_metrics_count_what_was_sent_and_what_became_of_it(
     assert value(samples, "conveyor_queue_messages", subscription="m", queue="main") == 0
     assert value(samples, "conveyor_queue_consumers", subscription="m") == 1
     assert value(samples, "conveyor_broker_connected") == 1
+
+
+async def test_the_idempotency_rows_kept_are_counted_at_each_purge(
+    start_conveyor: StartConveyor,
+) -> None:
+    await assert_kept_keys_counted(start_conveyor)
+
+
+async def test_the_idempotency_rows_kept_in_postgresql_are_counted_too(
+    start_conveyor: StartConveyor, postgres_url: str
+) -> None:
+    await assert_kept_keys_counted(start_conveyor, store_url=postgres_url)
+
+
+async def assert_kept_keys_counted(start_conveyor: StartConveyor, **store: str) -> None:
+    conveyor = await start_conveyor(
+        (subscription("kept", ("k.*",), Recorder()),), purge_interval=0.2, **store
+    )
+    sent = [("key-1", "k-1"), ("key-2", "k-2"), ("key-3", "k-3"), ("key-1", "k-1"), (None, "k-4")]
+    for key, event_id in sent:
+        response = await conveyor.client.post(
+            "/v1/events",
+            json={"type": "k.x", "id": event_id, "source": "/k"},
+            headers={"Idempotency-Key": key} if key else {},
+        )
+        assert response.status == 202
+
+    async def counted() -> bool:
+        samples = await scrape(conveyor)
+        kept = {
+            scope: value(samples, "conveyor_idempotency_keys", scope=scope)
+            for scope in ("request", "event")
+        }
+        # Three keys (the fourth request repeated the first) and four events.
+        return kept == {"request": 3, "event": 4}
+
+    await eventually(counted, what="the kept keys to be counted")

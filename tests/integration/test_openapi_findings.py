@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
 import pytest
 
+from service.openapi_api import load_document
 from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 
@@ -201,3 +203,58 @@ async def test_replay_refuses_a_boolean_rate_and_ids_that_are_not_strings(
     assert response.status == 400
     body = await response.json(content_type=PROBLEM)
     assert body["type"] == "urn:conveyor:problem:invalid-admin-request"
+
+
+def _documented(path: str, method: str) -> dict[str, Any]:
+    operation: dict[str, Any] = load_document()["paths"][path][method]
+    return operation
+
+
+WAITS = [
+    *("0", "2.5", "07s", "60", "60s", "60.000s", "500ms", "59999.5ms", "60000ms"),
+    # The document allowed these up to 99 s, which the server refused.
+    *("60.001s", "61s", "79.561s", "99s", "99.999s", "60001ms", "99999ms"),
+    # The server took these, which the document did not allow.
+    *("1m", "0.5m", "0.01h", " 5s", "5s ", "5 s"),
+    *("1h", "-1s", "soon", "", "10S", "٣s", ".5s"),
+]
+
+
+async def test_the_server_takes_exactly_the_waits_the_document_allows(conveyor: Running) -> None:
+    parameters = _documented("/v1/events/{event_id}", "get")["parameters"]
+    (wait,) = [parameter for parameter in parameters if parameter["name"] == "wait"]
+    documented = re.compile(wait["schema"]["pattern"])
+    # A finished event: any wait the server takes is answered at once.
+    posted = await conveyor.client.post(
+        "/v1/events", json={"type": "w.x", "id": "w-1"}, headers=INGEST
+    )
+    assert posted.status == 202
+    done = await conveyor.client.get("/v1/events/w-1", params={"wait": "10s"}, headers=INGEST)
+    assert (await done.json())["done"]
+
+    answered = {}
+    for text in WAITS:
+        query = {"wait": text}
+        response = await conveyor.client.get("/v1/events/w-1", params=query, headers=INGEST)
+        answered[text] = response.status
+
+    expected = {text: 200 if documented.fullmatch(text) else 400 for text in WAITS}
+    assert answered == expected
+
+
+async def test_only_the_documented_methods_are_allowed_on_each_path(conveyor: Running) -> None:
+    concrete = {"{name}": "all", "{entry_id}": "e-1", "{event_id}": "x"}
+    allowed = {}
+    documented = {}
+    for template, item in load_document()["paths"].items():
+        path = template
+        for name, value in concrete.items():
+            path = path.replace(name, value)
+        response = await conveyor.client.request("PUT", path)
+        assert response.status == 405, (template, response.status)
+        allowed[template] = set(response.headers["Allow"].split(","))
+        methods = {method.upper() for method in item}
+        documented[template] = methods | ({"HEAD"} if "GET" in methods else set())
+
+    # Was GET,HEAD,POST on .../replay and .../discard: .../{entry_id} matched them too.
+    assert allowed == documented

@@ -17,6 +17,10 @@ from tests.support.proxy import FaultProxy
 from tests.support.tls import Certificates, make_certificates
 from tests.support.waiting import eventually
 
+# /readyz shows why the broker is not connected only to an admin.
+ADMIN_TOKEN = "tls-admin-token-0123456789"
+READING_THE_PROBLEM = {"admin_tokens": (("ops", ADMIN_TOKEN),)}
+
 TlsBroker = Callable[..., Awaitable[FaultProxy]]
 
 
@@ -48,15 +52,16 @@ def amqps(port: int, host: str = "localhost") -> str:
 
 
 async def broker_problem(conveyor: Running) -> str:
-    """What /readyz says about the broker once it has tried (and failed) to connect."""
+    """What /readyz tells an admin about the broker once it has tried (and failed) to connect."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     async def tried() -> bool:
-        body = await (await conveyor.client.get("/readyz")).json()
+        body = await (await conveyor.client.get("/readyz", headers=admin)).json()
         state: str = body["checks"]["broker"]
         return state != "not connected: connecting"
 
     await eventually(tried, timeout=15, what="a connection attempt")
-    response = await conveyor.client.get("/readyz")
+    response = await conveyor.client.get("/readyz", headers=admin)
     assert response.status == 503
     problem: str = (await response.json())["checks"]["broker"]
     return problem
@@ -91,7 +96,10 @@ async def test_a_client_certificate_the_broker_requires_is_presented(
     ledger = Ledger("client certificate")
     proxy = await tls_broker(require_client_cert=True)
     without = await start_conveyor(
-        amqp_url_override=amqps(proxy.port), amqp_ca_file=certificates.ca, wait_ready=False
+        amqp_url_override=amqps(proxy.port),
+        amqp_ca_file=certificates.ca,
+        wait_ready=False,
+        **READING_THE_PROBLEM,
     )
     assert "not connected" in await broker_problem(without)
 
@@ -113,7 +121,10 @@ async def test_a_broker_certificate_from_another_ca_is_refused(
 ) -> None:
     proxy = await tls_broker()
     conveyor = await start_conveyor(
-        amqp_url_override=amqps(proxy.port), amqp_ca_file=certificates.other_ca, wait_ready=False
+        amqp_url_override=amqps(proxy.port),
+        amqp_ca_file=certificates.other_ca,
+        wait_ready=False,
+        **READING_THE_PROBLEM,
     )
     problem = await broker_problem(conveyor)
     assert "CERTIFICATE_VERIFY_FAILED" in problem
@@ -129,6 +140,7 @@ async def test_the_hostname_is_checked_unless_turned_off(
         amqp_url_override=amqps(proxy.port, host="127.0.0.1"),
         amqp_ca_file=certificates.ca,
         wait_ready=False,
+        **READING_THE_PROBLEM,
     )
     assert "mismatch" in await broker_problem(checked)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
+from producers.formats import BASE64_PATTERN
 from service import Role, Settings, build_app
 from service.openapi_api import load_document, served_routes
+from service.status_api import WAIT_PATTERN
 
 
 def documented(document: dict[str, Any]) -> set[tuple[str, str]]:
@@ -37,3 +39,16 @@ def test_every_error_answer_is_documented_as_problem_json() -> None:
                     continue
                 answer = shared[given["$ref"].rsplit("/", 1)[1]] if "$ref" in given else given
                 assert list(answer["content"]) == ["application/problem+json"], (method, path)
+
+
+def test_the_wait_pattern_is_the_one_the_server_checks() -> None:
+    parameters = load_document()["paths"]["/v1/events/{event_id}"]["get"]["parameters"]
+    (wait,) = [parameter for parameter in parameters if parameter["name"] == "wait"]
+
+    assert wait["schema"]["pattern"] == WAIT_PATTERN
+
+
+def test_the_base64_pattern_is_the_one_the_server_checks() -> None:
+    members = load_document()["components"]["schemas"]["EventMembers"]["properties"]
+
+    assert members["data_base64"]["pattern"] == BASE64_PATTERN
