@@ -28,6 +28,7 @@ from service.keys import (
     PUBLISHER,
     SETTINGS,
     STATUS_BOOK,
+    STORE_CHECK,
     SUBSCRIPTIONS,
     TRACING,
     Lifecycle,
@@ -39,7 +40,7 @@ from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
-from service.store import BatchWriter, ClaimBatcher, IdempotencyStore, open_store
+from service.store import BatchWriter, ClaimBatcher, IdempotencyStore, StoreCheck, open_store
 from service.tracing import NoTracing, Tracing
 
 _log = structlog.get_logger(component="store")
@@ -138,11 +139,17 @@ def _store(
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
         claims = ClaimBatcher(store)
         app[DEDUPLICATOR] = Deduplicator(
-            claims, writer, ttl=settings.idempotency_ttl, wait=settings.publish_timeout + 1.0
+            claims,
+            writer,
+            ttl=settings.idempotency_ttl,
+            wait=settings.publish_timeout + 1.0,
+            store_timeout=settings.store_timeout,
         )
+        app[STORE_CHECK] = check = StoreCheck(store.probe, timeout=settings.store_timeout)
         purge = asyncio.create_task(_purge_expired(store), name="conveyor-store-purge")
         yield
         await stop_task(purge, STOP_SECONDS)
+        await check.close()
         await claims.close()
         await book.close()
         await writer.close()

@@ -1,10 +1,11 @@
-"""GET /livez (the loop answers) and GET /readyz (the broker link and every consumer are up)."""
+"""GET /livez (the loop answers) and GET /readyz (the broker link and every consumer are up, and
+the store takes writes)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from service.keys import LIFECYCLE, LINK
+from service.keys import LIFECYCLE, LINK, STORE_CHECK
 from service.problems import json_response
 
 __all__ = ["livez", "readyz"]
@@ -28,6 +29,9 @@ async def readyz(request: web.Request) -> web.Response:
             checks[key] = "consuming" if attached else "consumer not attached"
         for name in link.missing_subscriptions():
             checks[f"subscription:{name}"] = "consumer not started"
-    missing = [name for name, state in checks.items() if state not in ("connected", "consuming")]
+    store_problem = await request.app[STORE_CHECK].problem()
+    checks["store"] = "writable" if store_problem is None else f"not writable: {store_problem}"
+    passed = ("connected", "consuming", "writable")
+    missing = [name for name, state in checks.items() if state not in passed]
     document = {"status": "not ready" if missing else "ready", "checks": checks, "missing": missing}
     return json_response(document, 503 if missing else 200)

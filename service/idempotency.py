@@ -29,6 +29,8 @@ from service.store import (
     IdempotencyStore,
     Statements,
     Write,
+    describe,
+    within,
 )
 
 __all__ = [
@@ -111,9 +113,18 @@ def event_fingerprint(event: OutgoingEvent) -> str:
 
 class Deduplicator:
     def __init__(
-        self, store: IdempotencyStore, writer: BatchWriter, *, ttl: float, wait: float
+        self,
+        store: IdempotencyStore,
+        writer: BatchWriter,
+        *,
+        ttl: float,
+        wait: float,
+        store_timeout: float,
     ) -> None:
         self._store = store
+        # Each wait for the store is bounded: a claim not answered in time fails the request
+        # with StoreUnavailableError (503) before anything is published.
+        self._store_timeout = store_timeout
         self._writer = writer  # answers are stored with the status writes, in one transaction
         self._ttl = ttl
         self._wait = wait  # how long a duplicate waits for the first request's answer
@@ -126,7 +137,10 @@ class Deduplicator:
         deadline = asyncio.get_running_loop().time() + self._wait
         owner = _new_owner()
         while True:
-            claim = await self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease)
+            claim = await within(
+                self._store_timeout,
+                self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease),
+            )
             match claim.outcome:
                 case ClaimOutcome.OWNER:
                     return await self._produce(scope, key, owner, produce)
@@ -156,7 +170,9 @@ class Deduplicator:
         in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
         """
         batch = _ManyClaims(scope, identities, owner=_new_owner())
-        claims = await self._store.claim_many(batch.requests(self._lease))
+        claims = await within(
+            self._store_timeout, self._store.claim_many(batch.requests(self._lease))
+        )
         owned = batch.sort(claims)
 
         async def alone(index: int) -> None:
@@ -229,7 +245,9 @@ class Deduplicator:
         if not writes:
             return
         try:
-            await self._writer.store(*writes)
+            # Past the bound the writes stay queued in the writer and land when the store
+            # answers again; the request does not wait for them.
+            await within(self._store_timeout, self._writer.store(*writes))
         except Exception as error:  # noqa: BLE001 - the answers stand; only their replay is lost
             # What was produced happened (events are in RabbitMQ): answer it. A repeat within
             # the lease waits and gets 409; after it, it is treated as new. A status written
@@ -239,14 +257,14 @@ class Deduplicator:
                 scope=scope,
                 answers=len(produced) - len(releases),
                 writes_with_them=len(writes),
-                error=str(error),
+                error=describe(error),
             )
 
     async def _release(self, scope: str, key: str, owner: str) -> None:
         try:
-            await self._store.release(scope, key, owner)
+            await within(self._store_timeout, self._store.release(scope, key, owner))
         except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
-            _log.warning("could not release an idempotency key", scope=scope, error=str(error))
+            _log.warning("could not release an idempotency key", scope=scope, error=describe(error))
 
 
 class _ManyClaims:

@@ -14,6 +14,7 @@ from service.idempotency import Deduplicator
 from service.metrics import Metrics
 from service.settings import Settings
 from service.status import StatusBook
+from service.store import StoreCheck
 from service.tracing import Tracing
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "PUBLISHER",
     "SETTINGS",
     "STATUS_BOOK",
+    "STORE_CHECK",
     "SUBSCRIPTIONS",
     "TRACING",
     "Lifecycle",
@@ -45,6 +47,7 @@ LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
+STORE_CHECK = web.AppKey("store_check", StoreCheck)
 METRICS = web.AppKey("metrics", Metrics)
 SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])
 TRACING = web.AppKey("tracing", Tracing)
