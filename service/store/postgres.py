@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -57,7 +57,8 @@ _UNAVAILABLE = (
 _PROBE = "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
 _OWNER = Claim(ClaimOutcome.OWNER)
 _T = TypeVar("_T")
-_Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+if TYPE_CHECKING:  # generic for the type checker only
+    _Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
 _CLAIMS_PER_STATEMENT = 128  # five parameters each, far under PostgreSQL's 32,767
 # Without these a half-open connection holds a claim or a delivery until TCP gives up.
 _COMMAND_TIMEOUT_SECONDS = 10.0
