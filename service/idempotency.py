@@ -28,6 +28,7 @@ from service.store import (
     ClaimRequest,
     IdempotencyStore,
     Statements,
+    StoreUnavailableError,
     Write,
     describe,
     within,
@@ -125,6 +126,7 @@ class Deduplicator:
         # Each wait for the store is bounded: a claim not answered in time fails the request
         # with StoreUnavailableError (503) before anything is published.
         self._store_timeout = store_timeout
+        self._releasing: set[asyncio.Task[None]] = set()  # see _release_later
         self._writer = writer  # answers are stored with the status writes, in one transaction
         self._ttl = ttl
         self._wait = wait  # how long a duplicate waits for the first request's answer
@@ -137,10 +139,14 @@ class Deduplicator:
         deadline = asyncio.get_running_loop().time() + self._wait
         owner = _new_owner()
         while True:
-            claim = await within(
-                self._store_timeout,
-                self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease),
-            )
+            try:
+                claim = await within(
+                    self._store_timeout,
+                    self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease),
+                )
+            except StoreUnavailableError:
+                self._release_later(scope, [key], owner)
+                raise
             match claim.outcome:
                 case ClaimOutcome.OWNER:
                     return await self._produce(scope, key, owner, produce)
@@ -170,9 +176,12 @@ class Deduplicator:
         in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
         """
         batch = _ManyClaims(scope, identities, owner=_new_owner())
-        claims = await within(
-            self._store_timeout, self._store.claim_many(batch.requests(self._lease))
-        )
+        requests = batch.requests(self._lease)
+        try:
+            claims = await within(self._store_timeout, self._store.claim_many(requests))
+        except StoreUnavailableError:
+            self._release_later(scope, [request.key for request in requests], batch.owner)
+            raise
         owned = batch.sort(claims)
 
         async def alone(index: int) -> None:
@@ -259,6 +268,17 @@ class Deduplicator:
                 writes_with_them=len(writes),
                 error=describe(error),
             )
+
+    def _release_later(self, scope: str, keys: Sequence[str], owner: str) -> None:
+        """Free keys whose claim failed or was given up, in case the store took it anyway
+        (it finishes what it started, or the connection broke after the commit): the client's
+        retry would otherwise wait out the lease. Not awaited: the request answers at once."""
+        task = asyncio.create_task(self._release_all(scope, keys, owner))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_all(self, scope: str, keys: Sequence[str], owner: str) -> None:
+        await asyncio.gather(*(self._release(scope, key, owner) for key in keys))
 
     async def _release(self, scope: str, key: str, owner: str) -> None:
         try:

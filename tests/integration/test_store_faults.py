@@ -30,6 +30,7 @@ from tests.support.waiting import eventually
 
 STORE_TIMEOUT = 0.5  # the setting, short so that the test does not wait out the default
 PROBLEM = "urn:conveyor:problem:store-unavailable"
+BATCH = "application/cloudevents-batch+json"
 
 
 async def readiness(conveyor: Running) -> tuple[int, dict[str, Any]]:
@@ -84,11 +85,15 @@ async def test_a_store_locked_from_outside_answers_503_at_once_and_is_not_ready(
     )
     await ledger.send(conveyor, 5, concurrency=5)
     refused = f"refused-{uuid.uuid4().hex[:8]}"
+    batch = [{**event(f"{refused}-{n}"), "specversion": "1.0"} for n in range(2)]
 
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN EXCLUSIVE")  # another process takes the write lock and keeps it
     try:
         await assert_refused_as_unavailable(conveyor, refused)
+        response = await conveyor.post(batch, BATCH)
+        body = await response.json(content_type=None)
+        assert (response.status, body["type"]) == (503, PROBLEM), body
         await assert_store_not_ready(conveyor, f"no answer within {STORE_TIMEOUT:g} s")
         await ledger.send(conveyor, 10, concurrency=5)
     finally:
@@ -100,13 +105,15 @@ async def test_a_store_locked_from_outside_answers_503_at_once_and_is_not_ready(
     # accepted (not 409) and handled once.
     response = await conveyor.post(event(refused))
     assert response.status == 202
-    ledger.answers[refused] = 202
+    response = await conveyor.post(batch, BATCH)
+    assert response.status == 202, await response.text()
+    for refused_id in (refused, *(entry["id"] for entry in batch)):
+        ledger.answers[refused_id] = 202
     await ledger.send(conveyor, 5, concurrency=5)  # after the lock: their handling comes last
     await ledger.settled()
     account = settle(ledger, accounts)
     assert account.rejected == {503: 10}
-    assert (account.accepted, account.handled, account.recovered) == (11, 11, 0)
-    assert ledger.succeeded[refused] == 1
+    assert (account.accepted, account.handled, account.recovered) == (13, 13, 0)
 
 
 @pytest.fixture
