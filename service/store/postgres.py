@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,7 +55,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,
     TimeoutError,
 )
-_PROBE = "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+_PROBE = numbered(Statements.probe)
+_PROBE_TTL = 60.0  # the probe's row is purged with the expired claims
 _OWNER = Claim(ClaimOutcome.OWNER)
 _T = TypeVar("_T")
 if TYPE_CHECKING:  # generic for the type checker only
@@ -227,8 +229,14 @@ class PostgresStore:
                     except _BROKEN:
                         # Closed here: a connection left mid-operation must not go back to
                         # the pool ("cannot switch to state ...; another operation is in
-                        # progress" for whoever gets it next).
-                        connection.terminate()
+                        # progress" for whoever gets it next). One that closed itself is
+                        # already out of the pool.
+                        with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+                            connection.terminate()
+                        # Whatever cut this one (a restart, terminated backends) may have cut
+                        # the idle ones too, unnoticed yet: each is replaced when next taken,
+                        # so the next attempt runs on a new connection.
+                        await self._pool.expire_connections()
                         raise
             except _BROKEN as error:
                 if attempt == attempts:
@@ -266,13 +274,14 @@ class PostgresStore:
         return [tuple(row) for row in rows]
 
     async def probe(self) -> str | None:
-        """Why the store cannot take writes now (None: it can): no connection, or a server
-        that only reads (a standby, or read-only transactions by default)."""
+        """Why the store cannot take writes now (None: it can): no connection, or a write
+        refused (a read-only server or standby, a full disk)."""
+        expires_at = time.time() + _PROBE_TTL
         try:
-            read_only = await self._use(lambda connection: connection.fetchval(_PROBE))
+            await self._use(lambda connection: connection.execute(_PROBE, expires_at))
         except StoreUnavailableError as error:
             return describe(error)
-        return "the server is read-only" if read_only else None
+        return None
 
     async def purge_expired(self) -> int:
         now, rows = time.time(), PURGE_CHUNK_ROWS

@@ -57,8 +57,7 @@ _UNAVAILABLE_CODES = _BUSY_CODES | {
 # Less free space than this reads as a full disk: a write that only reuses the write-ahead
 # log's pages would not notice it, the next one that grows the log fails.
 MIN_FREE_BYTES = 1024 * 1024
-# The readiness probe's write: one row rewritten as it is, committed.
-_PROBE = ("UPDATE conveyor_schema SET version = version", ())
+_PROBE_TTL = 60.0  # the probe's row is purged with the expired claims
 # Claims per statement: five parameters each stays under 999, SQLite's limit before 3.32.
 _CLAIMS_PER_STATEMENT = 128
 # Rows a purge deletes in one operation of the thread: a few milliseconds of it.
@@ -239,7 +238,7 @@ class SqliteStore:
 
     async def probe(self) -> str | None:
         """Why the store cannot take writes now, None when it can: its file gone or replaced,
-        its disk (nearly) full, or a committed write failing (locked, read-only)."""
+        its disk (nearly) full, or a committed write failing (locked, read-only, I/O errors)."""
         if self._closed:
             return "the store is closed"
         try:
@@ -251,7 +250,7 @@ class SqliteStore:
         if disk.f_bavail * disk.f_frsize < MIN_FREE_BYTES:
             return f"the disk is full (less than {MIN_FREE_BYTES // 1024} KiB free)"
         try:
-            await self._run(self._transaction, [_PROBE])
+            await self._run(self._transaction, [(Statements.probe, (time.time() + _PROBE_TTL,))])
         except StoreUnavailableError as error:
             return describe(error)
         return None

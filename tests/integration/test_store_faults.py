@@ -177,6 +177,52 @@ async def test_a_full_disk_answers_503_and_is_not_ready_until_there_is_room(
     assert (account.accepted, account.handled, account.recovered) == (10, 10, 0)
 
 
+@contextlib.contextmanager
+def read_only(*files: Path) -> Iterator[None]:
+    """`files` made immutable (chattr +i): as root, a file's mode would not stop a write. The
+    shared-memory index stays writable: SQLite maps it, and a write to a mapped immutable file
+    would kill the process (SIGBUS) rather than fail a call."""
+    done: list[Path] = []
+    try:
+        for file in files:
+            made = subprocess.run(  # noqa: S603 - fixed arguments
+                ["/usr/bin/chattr", "+i", str(file)], capture_output=True, check=False
+            )
+            if made.returncode != 0:
+                pytest.skip(f"cannot make a file immutable here: {made.stderr.decode().strip()}")
+            done.append(file)
+        yield
+    finally:
+        for file in done:
+            subprocess.run(["/usr/bin/chattr", "-i", str(file)], check=True)  # noqa: S603
+
+
+async def test_a_read_only_store_answers_503_and_is_not_ready_until_writable(
+    start_conveyor: StartConveyor, tmp_path: Path, accounts: list[Account]
+) -> None:
+    ledger = Ledger("SQLite files read-only")
+    path = tmp_path / "read-only.db"
+    conveyor = await start_conveyor(
+        (subscription("steady", ("chaos.*",), ledger.handler()),),
+        store_url=f"sqlite:///{path}",
+        store_timeout=STORE_TIMEOUT,
+    )
+    await ledger.send(conveyor, 5, concurrency=5)
+    await ledger.settled()
+
+    with read_only(path, Path(f"{path}-wal")):
+        await assert_store_not_ready(conveyor, "disk I/O error")
+        await assert_refused_as_unavailable(conveyor, f"read-only-{uuid.uuid4().hex[:8]}")
+        await ledger.send(conveyor, 10, concurrency=5)
+
+    await conveyor.ready()
+    await ledger.send(conveyor, 5, concurrency=5)
+    await ledger.settled()
+    account = settle(ledger, accounts)
+    assert account.rejected == {503: 10}
+    assert (account.accepted, account.handled, account.recovered) == (10, 10, 0)
+
+
 async def test_a_deleted_store_file_makes_conveyor_not_ready(
     start_conveyor: StartConveyor, tmp_path: Path, accounts: list[Account]
 ) -> None:
