@@ -53,7 +53,6 @@ _UNAVAILABLE = (
     *_BROKEN,
     asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
     asyncpg.exceptions.ReadOnlySQLTransactionError,
-    TimeoutError,
 )
 _PROBE = numbered(Statements.probe)
 _PROBE_TTL = 60.0  # the probe's row is purged with the expired claims
@@ -226,6 +225,8 @@ class PostgresStore:
                             return await work(connection)
                         async with connection.transaction():
                             return await work(connection)
+                    except TimeoutError:  # an OSError, yet the connection is whole
+                        raise
                     except _BROKEN:
                         # Closed here: a connection left mid-operation must not go back to
                         # the pool ("cannot switch to state ...; another operation is in
@@ -238,11 +239,13 @@ class PostgresStore:
                         # so the next attempt runs on a new connection.
                         await self._pool.expire_connections()
                         raise
+            except TimeoutError as error:  # no answer in time: not tried again
+                raise StoreUnavailableError(f"PostgreSQL: {describe(error)}") from error
             except _BROKEN as error:
                 if attempt == attempts:
-                    raise StoreUnavailableError(f"the store failed: {describe(error)}") from error
+                    raise StoreUnavailableError(f"PostgreSQL: {describe(error)}") from error
             except _UNAVAILABLE as error:
-                raise StoreUnavailableError(f"the store failed: {describe(error)}") from error
+                raise StoreUnavailableError(f"PostgreSQL: {describe(error)}") from error
         raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def write(self, writes: Sequence[Write]) -> None:

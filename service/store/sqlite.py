@@ -116,7 +116,7 @@ class SqliteStore:
             )
         except sqlite3.OperationalError as error:
             if error.sqlite_errorcode & 0xFF in _UNAVAILABLE_CODES:  # the primary code
-                raise StoreUnavailableError(f"the store refused: {describe(error)}") from error
+                raise StoreUnavailableError(f"SQLite: {describe(error)}") from error
             raise
 
     async def claim(
