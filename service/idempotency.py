@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
+from consumers.deadlines import SharedTimeout
 from producers import OutgoingEvent
 from service.store import (
     WRITE_TIMEOUT_SECONDS,
@@ -125,7 +126,7 @@ class Deduplicator:
         self._store = store
         # Each wait for the store is bounded: a claim not answered in time fails the request
         # with StoreUnavailableError (503) before anything is published.
-        self._store_timeout = store_timeout
+        self._store_timeout = SharedTimeout(store_timeout)
         self._releasing: set[asyncio.Task[None]] = set()  # see _release_later
         self._writer = writer  # answers are stored with the status writes, in one transaction
         self._ttl = ttl
