@@ -62,11 +62,13 @@ class StoreCheck:
             self._running = asyncio.create_task(self._probe(), name="conveyor-store-probe")
             # Retrieved here too: every caller may have stopped waiting before it failed.
             self._running.add_done_callback(lambda task: task.cancelled() or task.exception())
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await asyncio.shield(self._running)
-        except TimeoutError:
+        running = self._running
+        # Waited for, not cancelled, when the time is up: the next caller waits for it again.
+        await asyncio.wait({running}, timeout=self._timeout)
+        if not running.done():
             return f"no answer within {self._timeout:g} s"
+        try:
+            return running.result()
         except Exception as error:  # noqa: BLE001 - a probe that fails is the answer
             return describe(error)
 
