@@ -53,7 +53,7 @@ class StatusReporter:
         except Exception as error:  # noqa: BLE001 - the store being away must not stop delivery
             # Without the answer, run the handler: at-least-once still holds.
             _log.warning(
-                "could not ask the store whether the event already succeeded", error=str(error)
+                "could not ask the store whether the event already succeeded", error=_why(error)
             )
             return False
 
@@ -121,7 +121,7 @@ class StatusReporter:
                     await self._report_together(batch)
                 except Exception as error:  # noqa: BLE001 - each report must get an answer
                     _log.exception("reporting failed unexpectedly")
-                    _answer_all(batch, _Outcome(str(error), str(error)))
+                    _answer_all(batch, _Outcome(_why(error), _why(error)))
                 except BaseException:
                     _answer_all(batch, _INTERRUPTED)
                     raise
@@ -174,7 +174,7 @@ class StatusReporter:
             # others unrecorded: each on its own, then.
             return await self._record_one_by_one(pending)
         except Exception as error:  # noqa: BLE001 - a stale status must not lose the event
-            return {index: str(error) for index, _ in pending}
+            return {index: _why(error) for index, _ in pending}
         return {}
 
     async def _record_one_by_one(self, pending: list[tuple[int, DeliveryUpdate]]) -> dict[int, str]:
@@ -184,7 +184,7 @@ class StatusReporter:
                 async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
                     await self._ledger.record(update)
             except Exception as error:  # noqa: BLE001 - as in _record
-                unrecorded[index] = str(error)
+                unrecorded[index] = _why(error)
         return unrecorded
 
 
@@ -203,6 +203,11 @@ class _Report:
     announced: DeliveryUpdate | None  # the terminal state to announce, if any
     correlation_id: str | None
     done: asyncio.Future[_Outcome]
+
+
+def _why(error: Exception) -> str:
+    # Never empty in a log line: a bare TimeoutError (the store's time ran out) has no message.
+    return str(error) or type(error).__name__
 
 
 def _answer_all(reports: list[_Report], outcome: _Outcome) -> None:

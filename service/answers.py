@@ -30,6 +30,7 @@ from service.idempotency import (
 from service.keys import METRICS, SETTINGS
 from service.metrics_api import count_answer
 from service.problems import Problem, problem_response
+from service.store import StoreUnavailableError
 
 __all__ = ["INGEST_PATH", "RETRY_AFTER_SECONDS", "answers_middleware", "problem_for"]
 
@@ -76,6 +77,15 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - on
                 str(error),
                 {"limit": error.limit},
                 headers={"Retry-After": "1"},
+            )
+        case StoreUnavailableError():
+            # Claims come before publishing: nothing was published, the retry loses nothing.
+            return Problem(
+                503,
+                "store-unavailable",
+                "Store unavailable",
+                f"the store cannot take the request now: {error}; retry later",
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
         case PublishError(reason=reason):
             return Problem(

@@ -29,6 +29,7 @@ from service.keys import (
     PUBLISHER,
     SETTINGS,
     STATUS_BOOK,
+    STORE_CHECK,
     SUBSCRIPTIONS,
     TRACING,
     Lifecycle,
@@ -41,7 +42,7 @@ from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.settings import Settings
 from service.status import StatusBook
 from service.status_api import event_status
-from service.store import BatchWriter, ClaimBatcher, Store, open_store
+from service.store import BatchWriter, ClaimBatcher, Store, StoreCheck, open_store
 from service.tracing import NoTracing, Tracing
 
 _log = structlog.get_logger(component="store")
@@ -153,12 +154,15 @@ def _store(
             ttl=settings.idempotency_ttl,
             wait=settings.publish_timeout + 1.0,
             clock=clock,
+            store_timeout=settings.store_timeout,
         )
+        app[STORE_CHECK] = check = StoreCheck(store.probe, timeout=settings.store_timeout)
         purge = asyncio.create_task(
             _purge_expired(store, app[METRICS], purge_interval), name="conveyor-store-purge"
         )
         yield
         await stop_task(purge, STOP_SECONDS)
+        await check.close()
         await claims.close()
         await book.close()
         await writer.close()

@@ -1,8 +1,9 @@
-"""GET /livez (the loop answers) and GET /readyz (the broker link and every consumer are up).
+"""GET /livez (the loop answers) and GET /readyz (the broker link and every consumer are up, and
+the store takes writes).
 
 A check's state is a phrase, optionally followed by ': ' and its detail (why the broker is not
-connected: addresses, user, vhost, TLS errors). Only a caller with an admin token sees the
-detail; probes and everyone else get the phrase.
+connected: addresses, user, vhost, TLS errors; why the store takes no writes). Only a caller
+with an admin token sees the detail; probes and everyone else get the phrase.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.auth import ForbiddenError, UnauthorizedError, authorize_admin
-from service.keys import LIFECYCLE, LINK, SETTINGS
+from service.keys import LIFECYCLE, LINK, SETTINGS, STORE_CHECK
 from service.problems import json_response
 
 __all__ = ["livez", "readyz"]
@@ -34,7 +35,10 @@ async def readyz(request: web.Request) -> web.Response:
             checks[key] = "consuming" if attached else "consumer not attached"
         for name in link.missing_subscriptions():
             checks[f"subscription:{name}"] = "consumer not started"
-    missing = [name for name, state in checks.items() if state not in ("connected", "consuming")]
+    store_problem = await request.app[STORE_CHECK].problem()
+    checks["store"] = "writable" if store_problem is None else f"not writable: {store_problem}"
+    passed = ("connected", "consuming", "writable")
+    missing = [name for name, state in checks.items() if state not in passed]
     if not _shows_detail(request):
         checks = {name: state.partition(": ")[0] for name, state in checks.items()}
     document = {"status": "not ready" if missing else "ready", "checks": checks, "missing": missing}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
+from consumers.deadlines import SharedTimeout
 from producers import OutgoingEvent
 from service.clock import SYSTEM_CLOCK, Clock
 from service.store import (
@@ -30,7 +31,10 @@ from service.store import (
     ClaimRequest,
     IdempotencyStore,
     Statements,
+    StoreUnavailableError,
     Write,
+    describe,
+    within,
 )
 
 __all__ = [
@@ -142,10 +146,15 @@ class Deduplicator:
         *,
         ttl: float,
         wait: float,
+        store_timeout: float,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
         self._clock = clock  # when a kept answer expires
+        # Each wait for the store is bounded: a claim not answered in time fails the request
+        # with StoreUnavailableError (503) before anything is published.
+        self._store_timeout = SharedTimeout(store_timeout)
+        self._releasing: set[asyncio.Task[None]] = set()  # see _release_later
         self._writer = writer  # answers are stored with the status writes, in one transaction
         self._ttl = ttl
         self._wait = wait  # how long a duplicate waits for the first request's answer
@@ -164,7 +173,14 @@ class Deduplicator:
         deadline = asyncio.get_running_loop().time() + self._wait
         owner = _new_owner()
         while True:
-            claim = await self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease)
+            try:
+                claim = await within(
+                    self._store_timeout,
+                    self._store.claim(scope, key, fingerprint, owner=owner, lease=self._lease),
+                )
+            except StoreUnavailableError:
+                self._release_later(scope, [key], owner)
+                raise
             match claim.outcome:
                 case ClaimOutcome.OWNER:
                     return await self._produce(scope, key, owner, produce)
@@ -194,7 +210,12 @@ class Deduplicator:
         in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
         """
         batch = _ManyClaims(scope, identities, owner=_new_owner(), conflict=conflict)
-        claims = await self._store.claim_many(batch.requests(self._lease))
+        requests = batch.requests(self._lease)
+        try:
+            claims = await within(self._store_timeout, self._store.claim_many(requests))
+        except StoreUnavailableError:
+            self._release_later(scope, [request.key for request in requests], batch.owner)
+            raise
         owned = batch.sort(claims)
 
         async def alone(index: int) -> None:
@@ -272,7 +293,9 @@ class Deduplicator:
         if not writes:
             return
         try:
-            await self._writer.store(*writes)
+            # Past the bound the writes stay queued in the writer and land when the store
+            # answers again; the request does not wait for them.
+            await within(self._store_timeout, self._writer.store(*writes))
         except Exception as error:  # noqa: BLE001 - the answers stand; only their replay is lost
             # What was produced happened (events are in RabbitMQ): answer it. A repeat within
             # the lease waits and gets 409; after it, it is treated as new. A status written
@@ -282,14 +305,25 @@ class Deduplicator:
                 scope=scope,
                 answers=len(produced) - len(releases),
                 writes_with_them=len(writes),
-                error=str(error),
+                error=describe(error),
             )
+
+    def _release_later(self, scope: str, keys: Sequence[str], owner: str) -> None:
+        """Free keys whose claim failed or was given up, in case the store took it anyway
+        (it finishes what it started, or the connection broke after the commit): the client's
+        retry would otherwise wait out the lease. Not awaited: the request answers at once."""
+        task = asyncio.create_task(self._release_all(scope, keys, owner))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_all(self, scope: str, keys: Sequence[str], owner: str) -> None:
+        await asyncio.gather(*(self._release(scope, key, owner) for key in keys))
 
     async def _release(self, scope: str, key: str, owner: str) -> None:
         try:
-            await self._store.release(scope, key, owner)
+            await within(self._store_timeout, self._store.release(scope, key, owner))
         except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
-            _log.warning("could not release an idempotency key", scope=scope, error=str(error))
+            _log.warning("could not release an idempotency key", scope=scope, error=describe(error))
 
 
 class _ManyClaims:

@@ -15,6 +15,7 @@ from service.metrics import Metrics
 from service.rate_history import RateHistory
 from service.settings import Settings
 from service.status import StatusBook
+from service.store import StoreCheck
 from service.tracing import Tracing
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "RATE_HISTORY",
     "SETTINGS",
     "STATUS_BOOK",
+    "STORE_CHECK",
     "SUBSCRIPTIONS",
     "TRACING",
     "Lifecycle",
@@ -47,6 +49,7 @@ LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
+STORE_CHECK = web.AppKey("store_check", StoreCheck)
 METRICS = web.AppKey("metrics", Metrics)
 RATE_HISTORY = web.AppKey("rate_history", RateHistory)
 SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])

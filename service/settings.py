@@ -33,12 +33,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MIN_ADMIN_TOKEN_LENGTH = 16
 MAX_WORKERS = 64
-_FLAGS = {"1": True, "true": True, "yes": True, "on": True} | {
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-}
+_FLAGS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
+    ("0", "false", "no", "off"), False
+)
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _E = TypeVar("_E", bound=enum.StrEnum)
 
@@ -105,6 +102,8 @@ class Settings:
     drain_delay: float = 0.0
     api_keys: frozenset[str] = field(default=frozenset(), repr=False)
     store_url: str = field(default="sqlite:///./var/conveyor.db", repr=False)
+    # Longest ingest waits for the store (a claim, its answer's write); past it, 503.
+    store_timeout: float = 2.0
     idempotency_ttl: float = 24 * 3600.0
     status_ttl: float = 7 * 24 * 3600.0
     # (name it is logged under, token) pairs; none: the admin API is off
@@ -178,6 +177,7 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc("DRAIN_DELAY", "0s", "time /readyz answers 503 before the listener closes"),
     SettingDoc("API_KEYS", "(none)", "comma-separated keys; when set, ingest needs a Bearer key"),
     SettingDoc("STORE_URL", "sqlite:///./var/conveyor.db", "sqlite:///path or postgresql://..."),
+    SettingDoc("STORE_TIMEOUT", "2s", "longest wait for the store before ingest answers 503"),
     SettingDoc("IDEMPOTENCY_TTL", "24h", "how long a repeated request or event id is recognised"),
     SettingDoc("STATUS_TTL", "7d", "how long GET /v1/events/{id} knows an event's status"),
     SettingDoc(
@@ -238,6 +238,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         drain_delay=reader.duration("DRAIN_DELAY", _DEFAULTS.drain_delay, allow_zero=True),
         api_keys=reader.keys("API_KEYS"),
         store_url=reader.store_url("STORE_URL", _DEFAULTS.store_url),
+        store_timeout=reader.duration("STORE_TIMEOUT", _DEFAULTS.store_timeout),
         idempotency_ttl=reader.duration("IDEMPOTENCY_TTL", _DEFAULTS.idempotency_ttl),
         status_ttl=reader.duration("STATUS_TTL", _DEFAULTS.status_ttl),
         admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),

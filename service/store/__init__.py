@@ -11,6 +11,7 @@ from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencySto
 from service.store.batching import WRITE_TIMEOUT_SECONDS, BatchWriter, WriterClosedError
 from service.store.claims import ClaimBatcher
 from service.store.coalescing import Coalescer
+from service.store.faults import StoreCheck, StoreUnavailableError, describe, within
 from service.store.postgres import PostgresStore
 from service.store.sql import Statements
 from service.store.sqlite import SqliteStore
@@ -26,9 +27,13 @@ __all__ = [
     "IdempotencyStore",
     "Statements",
     "Store",
+    "StoreCheck",
+    "StoreUnavailableError",
     "Write",
     "WriterClosedError",
+    "describe",
     "open_store",
+    "within",
 ]
 
 

@@ -122,4 +122,7 @@ class Store(IdempotencyStore, Protocol):
 
     async def count_keys(self) -> dict[str, int]:
         """Idempotency rows kept, by scope (a whole-table count: for the periodic purge)."""
+
+    async def probe(self) -> str | None:
+        """Why the store cannot take writes now (for /readyz); None when it can."""
         ...

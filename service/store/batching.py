@@ -16,6 +16,7 @@ import structlog
 
 from service.cancellation import STOP_SECONDS, stop_task
 from service.store.base import Store, Write
+from service.store.faults import describe
 
 __all__ = ["BatchWriter", "WriterClosedError"]
 
@@ -101,7 +102,7 @@ class BatchWriter:
                 async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
                     await self._store.write(writes)
         except Exception as error:  # noqa: BLE001 - handed to each waiter; the loop goes on
-            _log.warning("status writes failed", writes=len(writes), error=str(error))
+            _log.warning("status writes failed", writes=len(writes), error=describe(error))
             for _, done in batch:
                 if done is not None and not done.done():
                     done.set_exception(error)

@@ -17,6 +17,7 @@ import structlog
 
 from service.cancellation import STOP_SECONDS, stop_task
 from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencyStore
+from service.store.faults import describe
 
 __all__ = ["ClaimBatcher"]
 
@@ -113,7 +114,7 @@ class ClaimBatcher:
         try:
             await self._store.release(request.scope, request.key, request.owner)
         except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
-            _log.warning("could not release an abandoned claim", error=str(error))
+            _log.warning("could not release an abandoned claim", error=describe(error))
 
     @staticmethod
     def _fail(batch: list[_Entry], error: BaseException) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -18,6 +19,7 @@ from service.store.base import (
     purge_in_chunks,
     stored_claim,
 )
+from service.store.faults import StoreUnavailableError, describe
 from service.store.sql import (
     EXPIRING_TABLES,
     MIGRATIONS,
@@ -35,6 +37,29 @@ _RELEASE = numbered(Statements.release)
 _MIGRATION_LOCK = 7311023
 _numbered = functools.lru_cache(maxsize=64)(numbered)
 _DEADLOCK_RETRIES = 3
+# A connection whose server went away (its backend terminated, the server restarting, the
+# network cut) or whose protocol broke mid-operation: it is closed, never handed out again,
+# and an operation safe to repeat goes again on a new one, this many times more.
+_BROKEN = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # terminated, crash or admin shutdown
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
+_BROKEN_RETRIES = 2
+# What else says the server cannot take the operation now, rather than that it is wrong.
+_UNAVAILABLE = (
+    *_BROKEN,
+    asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
+_PROBE = numbered(Statements.probe)
+_PROBE_TTL = 60.0  # the probe's row is purged with the expired claims
+_OWNER = Claim(ClaimOutcome.OWNER)
+_T = TypeVar("_T")
+if TYPE_CHECKING:  # generic for the type checker only
+    _Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
 _CLAIMS_PER_STATEMENT = 128  # five parameters each, far under PostgreSQL's 32,767
 # Without these a half-open connection holds a claim or a delivery until TCP gives up.
 _COMMAND_TIMEOUT_SECONDS = 10.0
@@ -56,7 +81,7 @@ PURGE_CHUNKS = tuple(
 
 
 async def _fetch_retrying_deadlocks(
-    connection: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], statement: str, *parameters: Any
+    connection: _Connection, statement: str, *parameters: Any
 ) -> list[asyncpg.Record]:
     """One statement; a deadlock (PostgreSQL rolled the statement back) is tried again."""
     for attempt in range(_DEADLOCK_RETRIES + 1):
@@ -111,20 +136,23 @@ class PostgresStore:
         self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
     ) -> Claim:
         now = self._clock.now()
-        async with self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection:
+
+        async def take(connection: _Connection) -> Claim | None:
             inserted = await connection.fetchval(
                 _INSERT_CLAIM, scope, key, fingerprint, owner, now + lease, now
             )
             if inserted == 1:
-                return Claim(ClaimOutcome.OWNER)
+                return _OWNER
             row = await connection.fetchrow(_SELECT_CLAIM, scope, key)
-        if row is None:
+            found = None if row is None else (row["fingerprint"], row["status"], row["body"])
+            return stored_claim(fingerprint, found)
+
+        # Not repeated on a broken connection: a claim that was taken before the connection
+        # broke would read as in progress, held by this very claimer.
+        claim = await self._use(take, attempts=1)
+        if claim is None:  # released between our insert and select: try again
             return await self.claim(scope, key, fingerprint, owner=owner, lease=lease)
-        if row["fingerprint"] != fingerprint:
-            return Claim(ClaimOutcome.CONFLICT)
-        if row["status"] is None:
-            return Claim(ClaimOutcome.IN_PROGRESS)
-        return Claim(ClaimOutcome.REPLAY, int(row["status"]), bytes(row["body"]))
+        return claim
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         check_distinct(requests)
@@ -134,7 +162,8 @@ class PostgresStore:
         # Keys in order, as in `write`: two processes claiming overlapping keys then lock their
         # rows in the same order instead of deadlocking.
         ordered = sorted(requests, key=lambda request: (request.scope, request.key))
-        async with self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection:
+
+        async def take(connection: _Connection) -> None:
             for chunk in in_chunks(ordered, _CLAIMS_PER_STATEMENT):
                 parameters: list[Any] = []
                 for request in chunk:
@@ -159,6 +188,8 @@ class PostgresStore:
                         row["status"],
                         row["body"],
                     )
+
+        await self._use(take, attempts=1)  # not repeated, as in `claim`
         claims = []
         for request in requests:
             if (request.scope, request.key) in won:
@@ -177,7 +208,48 @@ class PostgresStore:
         return claims
 
     async def release(self, scope: str, key: str, owner: str) -> None:
-        await self._pool.execute(_RELEASE, scope, key, owner)
+        await self._use(lambda connection: connection.execute(_RELEASE, scope, key, owner))
+
+    async def _use(
+        self,
+        work: Callable[[_Connection], Awaitable[_T]],
+        *,
+        attempts: int = 1 + _BROKEN_RETRIES,
+        transaction: bool = False,
+    ) -> _T:
+        """`work` on a pooled connection (in a transaction of its own if asked), again on a new
+        connection when one breaks, up to `attempts` times in all. The store's failures that
+        say it cannot work now become `StoreUnavailableError`."""
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection:
+                    try:
+                        if not transaction:
+                            return await work(connection)
+                        async with connection.transaction():
+                            return await work(connection)
+                    except TimeoutError:  # an OSError, yet the connection is whole
+                        raise
+                    except _BROKEN:
+                        # Closed here: a connection left mid-operation must not go back to
+                        # the pool ("cannot switch to state ...; another operation is in
+                        # progress" for whoever gets it next). One that closed itself is
+                        # already out of the pool.
+                        with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+                            connection.terminate()
+                        # Whatever cut this one (a restart, terminated backends) may have cut
+                        # the idle ones too, unnoticed yet: each is replaced when next taken,
+                        # so the next attempt runs on a new connection.
+                        await self._pool.expire_connections()
+                        raise
+            except TimeoutError as error:  # no answer in time: not tried again
+                raise StoreUnavailableError(f"PostgreSQL: {describe(error)}") from error
+            except _BROKEN as error:
+                if attempt == attempts:
+                    raise StoreUnavailableError(f"PostgreSQL: {describe(error)}") from error
+            except _UNAVAILABLE as error:
+                raise StoreUnavailableError(f"PostgreSQL: {describe(error)}") from error
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def write(self, writes: Sequence[Write]) -> None:
         # Rows in key order: two processes writing overlapping rows then lock them in the same
@@ -186,14 +258,17 @@ class PostgresStore:
         groups = [
             (statement, sorted(rows, key=_row_key)) for statement, rows in by_statement(writes)
         ]
+        # A write whose connection broke goes again on a new one (`_use`): it may have been
+        # committed already, and applying it twice leaves the same rows (every status statement
+        # is an upsert that keeps the furthest state, or an update to the same values).
+
+        async def apply(connection: _Connection) -> None:
+            for statement, rows in groups:
+                await connection.executemany(_numbered(statement), rows)
+
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
-                async with (
-                    self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection,
-                    connection.transaction(),
-                ):
-                    for statement, rows in groups:
-                        await connection.executemany(_numbered(statement), rows)
+                await self._use(apply, transaction=True)
             except asyncpg.exceptions.DeadlockDetectedError:
                 if attempt == _DEADLOCK_RETRIES:
                     raise
@@ -201,12 +276,22 @@ class PostgresStore:
                 return
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
-        rows = await self._pool.fetch(_numbered(statement), *params)
+        rows = await self._use(lambda connection: connection.fetch(_numbered(statement), *params))
         return [tuple(row) for row in rows]
 
     async def count_keys(self) -> dict[str, int]:
         rows = await self._pool.fetch(Statements.count_keys, timeout=_COUNT_TIMEOUT_SECONDS)
         return {str(scope): int(count) for scope, count in rows}
+
+    async def probe(self) -> str | None:
+        """Why the store cannot take writes now (None: it can): no connection, or a write
+        refused (a read-only server or standby, a full disk)."""
+        expires_at = self._clock.now() + _PROBE_TTL
+        try:
+            await self._use(lambda connection: connection.execute(_PROBE, expires_at))
+        except StoreUnavailableError as error:
+            return describe(error)
+        return None
 
     async def purge_expired(self) -> int:
         now, rows = self._clock.now(), PURGE_CHUNK_ROWS
@@ -215,17 +300,14 @@ class PostgresStore:
         )
 
     async def _delete_chunk(self, statement: str, now: float, rows: int) -> int:
-        async with (
-            self._pool.acquire(timeout=_COMMAND_TIMEOUT_SECONDS) as connection,
-            connection.transaction(),
-        ):
+        async def delete(connection: _Connection) -> str:
             # On tables without statistics PostgreSQL plans both halves of a chunk as scans of
             # the whole table: in chunks, a large purge would be quadratic. LOCAL: the setting
             # ends with the transaction.
             await connection.execute("SET LOCAL enable_seqscan = off")
-            result = await connection.execute(
-                statement, now, rows, timeout=_COMMAND_TIMEOUT_SECONDS
-            )
+            return await connection.execute(statement, now, rows, timeout=_COMMAND_TIMEOUT_SECONDS)
+
+        result = await self._use(delete, transaction=True)
         return int(result.rsplit(" ", 1)[-1])
 
     async def close(self) -> None:

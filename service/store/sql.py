@@ -163,6 +163,14 @@ class Statements:
             f"SELECT w.scope, w.key, {', '.join(found)} FROM wanted w"
         )
 
+    # The readiness probe's write: one row of its own scope, its expiry moved on each time, so
+    # that the page really changes (SQLite skips writing a row rewritten as it was).
+    probe = (
+        "INSERT INTO conveyor_idempotency (scope, key, fingerprint, owner, status, body, "
+        "expires_at) VALUES ('conveyor-probe', 'readyz', '', NULL, NULL, NULL, ?) "
+        "ON CONFLICT (scope, key) DO UPDATE SET expires_at = excluded.expires_at"
+    )
+
     release = (
         "DELETE FROM conveyor_idempotency "
         "WHERE scope = ? AND key = ? AND owner = ? AND status IS NULL"

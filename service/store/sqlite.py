@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from service.store.base import (
     purge_in_chunks,
     stored_claim,
 )
+from service.store.faults import StoreUnavailableError, describe
 from service.store.sql import EXPIRING_TABLES, MIGRATIONS, Statements, by_statement, in_chunks
 
 __all__ = ["SqliteStore"]
@@ -44,6 +46,18 @@ __all__ = ["SqliteStore"]
 _BUSY_TIMEOUT_MS = 10_000  # another process on the same file (a second conveyor, a migration)
 _READ_BUSY_TIMEOUT_MS = 50  # on the event loop: a short wait, then the thread
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL}
+# Failures of the file, not of a statement: another process holds it, it cannot be written, the
+# disk is full or failing. They pass once the fault does; the caller may try again later.
+_UNAVAILABLE_CODES = _BUSY_CODES | {
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+}
+# Less free space than this reads as a full disk: a write that only reuses the write-ahead
+# log's pages would not notice it, the next one that grows the log fails.
+MIN_FREE_BYTES = 1024 * 1024
+_PROBE_TTL = 60.0  # the probe's row is purged with the expired claims
 # Claims per statement: five parameters each stays under 999, SQLite's limit before 3.32.
 _CLAIMS_PER_STATEMENT = 128
 # Rows a purge deletes in one operation of the thread: a few milliseconds of it.
@@ -71,9 +85,11 @@ class SqliteStore:
         self._thread = thread  # one worker: the only one to touch `connection`
         self._db = connection
         self._reader = reader  # read-only, used on the event loop's thread only
-        self._path = path
         self._closed = False
         self._clock = clock  # expiry of claims and leases, and of what a purge deletes
+        self._path = path.resolve()
+        # The file opened: one deleted or replaced meanwhile is no longer where writes go.
+        self._file = _identity(self._path)
 
     @classmethod
     async def open(cls, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> SqliteStore:
@@ -97,7 +113,14 @@ class SqliteStore:
         # Shielded: a caller's timeout or cancellation cannot stop a function the thread runs
         # already; the transaction then finishes, or rolls back, on its own.
         call = functools.partial(function, *args)
-        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._thread, call))
+        try:
+            return await asyncio.shield(
+                asyncio.get_running_loop().run_in_executor(self._thread, call)
+            )
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF in _UNAVAILABLE_CODES:  # the primary code
+                raise StoreUnavailableError(f"SQLite: {describe(error)}") from error
+            raise
 
     async def claim(
         self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
@@ -223,6 +246,27 @@ class SqliteStore:
     def _delete_now(self, statement: str, now: float, rows: int) -> int:
         return int(self._db.execute(statement, (now, rows)).rowcount)
 
+    async def probe(self) -> str | None:
+        """Why the store cannot take writes now, None when it can: its file gone or replaced,
+        its disk (nearly) full, or a committed write failing (locked, read-only, I/O errors)."""
+        if self._closed:
+            return "the store is closed"
+        try:
+            if _identity(self._path) != self._file:
+                return "the database file was replaced"
+        except FileNotFoundError:
+            return "the database file is gone (deleted or moved)"
+        disk = os.statvfs(self._path.parent)
+        if disk.f_bavail * disk.f_frsize < MIN_FREE_BYTES:
+            return f"the disk is full (less than {MIN_FREE_BYTES // 1024} KiB free)"
+        try:
+            await self._run(
+                self._transaction, [(Statements.probe, (self._clock.now() + _PROBE_TTL,))]
+            )
+        except StoreUnavailableError as error:
+            return describe(error)
+        return None
+
     async def close(self) -> None:
         if self._closed:
             return  # closing twice is harmless, as it was through aiosqlite
@@ -248,6 +292,11 @@ def _connect(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_dev, found.st_ino
 
 
 def _rows(
