@@ -32,6 +32,7 @@ from service.keys import (
     TRACING,
     Lifecycle,
 )
+from service.memory import MemoryReturn, glibc_trim
 from service.metrics import Metrics
 from service.metrics_api import metrics_endpoint
 from service.openapi_api import add_openapi_route
@@ -90,7 +91,15 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher
-        app[ADMISSION] = Admission(settings.max_concurrent_requests)
+        memory = MemoryReturn(glibc_trim())
+
+        def bytes_changed(in_flight: int) -> None:
+            metrics.ingest_bytes(in_flight)
+            memory.note(in_flight)
+
+        app[ADMISSION] = Admission(
+            settings.max_concurrent_requests, settings.max_ingest_bytes, on_bytes=bytes_changed
+        )
         app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
