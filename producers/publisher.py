@@ -250,7 +250,7 @@ class AmqpPublisher:
                 )
                 for index in indices
             ]
-            await asyncio.wait(confirmations, timeout=max(0.0, deadline - loop.time()))
+            await _wait_by(confirmations, deadline)
             outcomes = [self._outcome(confirmation) for confirmation in confirmations]
         seconds = time.perf_counter() - started
         for outcome in outcomes:
@@ -274,11 +274,18 @@ class AmqpPublisher:
         return _unless_acked(confirmation.result())
 
     async def _publish(self, message: WireMessage, event: OutgoingEvent) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
+            async with asyncio.timeout_at(deadline) as scope, self._same_id.turn(event.id):
                 pipeline = await self._state.pipeline()
-                confirmation = await pipeline.publish(
-                    message, exchange=self._exchange, routing_key=event.type, mandatory=True
+                # From here the confirm's own wait keeps the deadline (`_settle_by`).
+                scope.reschedule(None)
+                confirmation = await _settle_by(
+                    pipeline.publish(
+                        message, exchange=self._exchange, routing_key=event.type, mandatory=True
+                    ),
+                    deadline,
                 )
         except TimeoutError:
             raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None
@@ -293,6 +300,35 @@ class AmqpPublisher:
             raise BrokerUnavailableError("connection dropped while awaiting the confirm") from None
         if (failure := _unless_acked(confirmation)) is not None:
             raise failure
+
+
+async def _wait_by(confirmations: Sequence[asyncio.Future[Any]], deadline: float) -> None:
+    """Wait for `confirmations` until `deadline` (event-loop time), counting only time the loop
+    could watch for them.
+
+    A loop held up past the deadline (a handler that blocked it) may have the confirms unread
+    in the socket when its timer fires: the wait goes on for as long again as the loop was
+    late, so they are read before a publish is called timed out.
+    """
+    loop = asyncio.get_running_loop()
+    _, pending = await asyncio.wait(confirmations, timeout=max(0.0, deadline - loop.time()))
+    late = loop.time() - deadline
+    if pending and late > 0:
+        await asyncio.wait(pending, timeout=late)
+
+
+async def _settle_by(confirmation: asyncio.Future[Any], deadline: float) -> Any:
+    """`confirmation`'s result once it settles by `deadline` (as `_wait_by` counts it); else
+    cancel it (aiormq ignores the late confirm) and raise TimeoutError."""
+    try:
+        await _wait_by((confirmation,), deadline)
+    except asyncio.CancelledError:
+        confirmation.cancel()  # as awaiting it would have: nobody reads its outcome now
+        raise
+    if not confirmation.done():
+        confirmation.cancel()
+        raise TimeoutError
+    return confirmation.result()
 
 
 def _failure_of(error: BaseException) -> PublishError | None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import structlog
 from aiohttp import web
 
-from consumers import Subscription
+from consumers import HandlerSteps, Subscription
 from producers import AmqpPublisher
 from service.admin_api import add_admin_routes
 from service.admin_dead_letters import add_dead_letter_routes
@@ -32,6 +32,7 @@ from service.keys import (
     TRACING,
     Lifecycle,
 )
+from service.loop_lag import LoopLagMonitor, loop_lag_context
 from service.memory import MemoryReturn, glibc_trim
 from service.metrics import Metrics
 from service.metrics_api import metrics_endpoint
@@ -73,6 +74,8 @@ def build_app(
     app[SUBSCRIPTIONS] = tuple(subscriptions)
     app[TRACING] = tracing = tracing or NoTracing()
     app[LIFECYCLE] = Lifecycle()
+    # Every handler step timed, so a stall of the loop can be pinned on the handler that held it.
+    steps = HandlerSteps()
     app[LINK] = BrokerLink(
         settings,
         publisher=publisher,
@@ -80,6 +83,7 @@ def build_app(
         consume=settings.role.runs_workers,
         metrics=metrics,
         tracer=tracing,
+        steps=steps,
         max_backoff=max_backoff,
         queue_poll_interval=queue_poll_interval,
     )
@@ -109,6 +113,10 @@ def build_app(
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
+    lag = LoopLagMonitor(
+        steps=steps, observe=metrics.event_loop_lag.observe, warn_after=settings.loop_lag_warning
+    )
+    app.cleanup_ctx.append(loop_lag_context(lag))
     return app
 
 
