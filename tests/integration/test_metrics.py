@@ -77,3 +77,16 @@ async def test_metrics_count_what_was_sent_and_what_became_of_it(
     assert value(samples, "conveyor_queue_messages", subscription="m", queue="main") == 0
     assert value(samples, "conveyor_queue_consumers", subscription="m") == 1
     assert value(samples, "conveyor_broker_connected") == 1
+
+
+async def test_metrics_include_the_process_and_the_interpreter(
+    start_conveyor: StartConveyor,
+) -> None:
+    conveyor = await start_conveyor()
+    samples = await scrape(conveyor)
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_open_fds") > 0
+    platform = [labels for name, labels in samples if name == "python_info"]
+    assert len(platform) == 1
+    assert ("implementation", "CPython") in platform[0]
+    assert any(name == "python_gc_objects_collected_total" for name, _ in samples)
