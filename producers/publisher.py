@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
+from producers.deadlines import settle_by, wait_by
 from producers.event import OutgoingEvent
 from producers.frames import WireMessage
 from producers.observe import NO_PUBLISH_OBSERVER, PublishObserver
@@ -250,7 +251,7 @@ class AmqpPublisher:
                 )
                 for index in indices
             ]
-            await _wait_by(confirmations, deadline)
+            await wait_by(confirmations, deadline)
             outcomes = [self._outcome(confirmation) for confirmation in confirmations]
         seconds = time.perf_counter() - started
         for outcome in outcomes:
@@ -279,9 +280,9 @@ class AmqpPublisher:
         try:
             async with asyncio.timeout_at(deadline) as scope, self._same_id.turn(event.id):
                 pipeline = await self._state.pipeline()
-                # From here the confirm's own wait keeps the deadline (`_settle_by`).
+                # From here the confirm's own wait keeps the deadline (`settle_by`).
                 scope.reschedule(None)
-                confirmation = await _settle_by(
+                confirmation = await settle_by(
                     pipeline.publish(
                         message, exchange=self._exchange, routing_key=event.type, mandatory=True
                     ),
@@ -300,35 +301,6 @@ class AmqpPublisher:
             raise BrokerUnavailableError("connection dropped while awaiting the confirm") from None
         if (failure := _unless_acked(confirmation)) is not None:
             raise failure
-
-
-async def _wait_by(confirmations: Sequence[asyncio.Future[Any]], deadline: float) -> None:
-    """Wait for `confirmations` until `deadline` (event-loop time), counting only time the loop
-    could watch for them.
-
-    A loop held up past the deadline (a handler that blocked it) may have the confirms unread
-    in the socket when its timer fires: the wait goes on for as long again as the loop was
-    late, so they are read before a publish is called timed out.
-    """
-    loop = asyncio.get_running_loop()
-    _, pending = await asyncio.wait(confirmations, timeout=max(0.0, deadline - loop.time()))
-    late = loop.time() - deadline
-    if pending and late > 0:
-        await asyncio.wait(pending, timeout=late)
-
-
-async def _settle_by(confirmation: asyncio.Future[Any], deadline: float) -> Any:
-    """`confirmation`'s result once it settles by `deadline` (as `_wait_by` counts it); else
-    cancel it (aiormq ignores the late confirm) and raise TimeoutError."""
-    try:
-        await _wait_by((confirmation,), deadline)
-    except asyncio.CancelledError:
-        confirmation.cancel()  # as awaiting it would have: nobody reads its outcome now
-        raise
-    if not confirmation.done():
-        confirmation.cancel()
-        raise TimeoutError
-    return confirmation.result()
 
 
 def _failure_of(error: BaseException) -> PublishError | None:

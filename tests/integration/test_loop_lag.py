@@ -22,7 +22,7 @@ STALL_WARNING = (
 
 
 def _in_flight(conveyor: Running) -> float:
-    registry = conveyor.client.server.app[METRICS].registry
+    registry = conveyor.client.app[METRICS].registry
     return registry.get_sample_value("conveyor_publishes_in_flight") or 0.0
 
 
