@@ -75,6 +75,7 @@ class Admission:
         self.byte_budget = byte_budget
         self.in_flight = 0
         self.bytes_in_flight = 0
+        self.peak_bytes = 0  # the most held at once since the start
         self._on_bytes = on_bytes  # told the bytes in flight after every change
         self._wait = wait
         self._waiting: deque[asyncio.Future[None]] = deque()
@@ -127,6 +128,7 @@ class Admission:
 
     def _add(self, amount: int) -> None:
         self.bytes_in_flight += amount
+        self.peak_bytes = max(self.peak_bytes, self.bytes_in_flight)
         self._on_bytes(self.bytes_in_flight)
 
     def _release(self, amount: int) -> None:
@@ -164,6 +166,13 @@ class Ticket:
         admission.in_flight -= 1
         admission._release(self.held)  # noqa: SLF001 - the ticket is the admission's own part
         self.held = 0
+
+    def take(self, amount: int) -> bool:
+        """Hold `amount` more bytes if they fit now (no coroutine for the usual case)."""
+        if self._admission._take(amount):  # noqa: SLF001 - see __exit__
+            self.held += amount
+            return True
+        return False
 
     async def reserve(self, amount: int) -> None:
         """Hold `amount` more bytes until the request ends; OverloadedError if they do not

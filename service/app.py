@@ -95,15 +95,13 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher
-        memory = MemoryReturn(glibc_trim())
-
-        def bytes_changed(in_flight: int) -> None:
-            metrics.ingest_bytes(in_flight)
-            memory.note(in_flight)
-
-        app[ADMISSION] = Admission(
-            settings.max_concurrent_requests, settings.max_ingest_bytes, on_bytes=bytes_changed
+        admission = Admission(
+            settings.max_concurrent_requests,
+            settings.max_ingest_bytes,
+            on_bytes=MemoryReturn(glibc_trim()).note,
         )
+        metrics.watch_ingest_bytes(lambda: admission.bytes_in_flight, lambda: admission.peak_bytes)
+        app[ADMISSION] = admission
         app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)

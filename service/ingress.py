@@ -58,16 +58,16 @@ async def _read_body(
     length = request.content_length
     if length is not None and length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
-    if length is not None:
-        # Reserved before a byte is read: a request that does not fit is refused unread.
-        await ticket.reserve(length * BODY_COPIES)
+    # Reserved before a byte is read: a request that does not fit is refused unread.
+    if length is not None and not ticket.take(charge := length * BODY_COPIES):
+        await ticket.reserve(charge)
     # client_max_size (set to the same limit) stops a chunked body that grows past it.
     if request.content.is_eof():
         # The whole body came with the headers (the usual small event): reading it cannot
         # wait, so no timer to arm and cancel (issue 7, a cost per request).
         body = await request.read()
-        if length is None:
-            await ticket.reserve(len(body) * BODY_COPIES)
+        if length is None and not ticket.take(charge := len(body) * BODY_COPIES):
+            await ticket.reserve(charge)
         return body
     try:
         async with asyncio.timeout(read_timeout):
@@ -89,7 +89,8 @@ async def _read_chunked(request: web.Request, limit: int, ticket: Ticket) -> byt
         size += len(chunk)
         if size > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-        await ticket.reserve(len(chunk) * BODY_COPIES)
+        if not ticket.take(charge := len(chunk) * BODY_COPIES):
+            await ticket.reserve(charge)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -127,7 +128,9 @@ async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) ->
     body = await _read_body(request, settings.max_body_bytes, settings.http_read_timeout, ticket)
     content_type = request.headers.get("Content-Type")
     # The events' own memory, reserved before they are parsed.
-    await ticket.reserve(events_bound(content_type, body, settings.max_batch_events) * EVENT_BYTES)
+    charge = events_bound(content_type, body, settings.max_batch_events) * EVENT_BYTES
+    if not ticket.take(charge):
+        await ticket.reserve(charge)
     headers = {name.lower(): value for name, value in request.headers.items()}
     check_header_text(content_type, headers)  # before the fingerprint encodes them
     correlation_id = _correlation_id(request)

@@ -8,6 +8,7 @@ not from the management plugin, which a deployment may not have.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -176,7 +177,6 @@ class Metrics:
             "The most bytes ingest requests held at once since the process started",
             registry=registry,
         )
-        self._ingest_bytes_peak = 0
         self.event_loop_lag = Histogram(
             "conveyor_event_loop_lag_seconds",
             "How late the event loop ran a timer, measured every tick of the lag monitor",
@@ -184,11 +184,10 @@ class Metrics:
             registry=registry,
         )
 
-    def ingest_bytes(self, in_flight: int) -> None:
-        self.ingest_bytes_in_flight.set(in_flight)
-        if in_flight > self._ingest_bytes_peak:
-            self._ingest_bytes_peak = in_flight
-            self.ingest_bytes_peak.set(in_flight)
+    def watch_ingest_bytes(self, in_flight: Callable[[], float], peak: Callable[[], float]) -> None:
+        """Read the ingest bytes held (now, and at most) when scraped: no cost per request."""
+        self.ingest_bytes_in_flight.set_function(in_flight)
+        self.ingest_bytes_peak.set_function(peak)
 
     def http_answered(self, route: str, method: str, status: int) -> None:
         _child(self._answered, self.http_requests, route, method, str(status)).inc()
