@@ -79,13 +79,16 @@ async def test_a_publish_confirmed_while_a_handler_blocked_the_loop_is_accepted(
     """The publish timeout fires late, when the loop is back, with the confirm read or about to
     be: the event is accepted, and nothing is logged or counted as a publish timeout."""
     done = asyncio.Event()
+    answered = asyncio.Event()
     conveyor: Running | None = None
 
     async def blocking(event: Event) -> None:
         if event.type != "lag.block":
             return
         assert conveyor is not None
-        # Block only once a publish is waiting for its confirm, so its deadline passes meanwhile.
+        # Block only once a load publish is waiting for its confirm, so its deadline passes
+        # meanwhile (this event's own publish may still count until its answer is out).
+        await answered.wait()
         while _in_flight(conveyor) < 1:  # noqa: ASYNC110 - a gauge has no event to wait on
             await asyncio.sleep(0.001)
         time.sleep(1.5)  # noqa: ASYNC251 - the fault under test: a handler blocking the loop
@@ -107,6 +110,7 @@ async def test_a_publish_confirmed_while_a_handler_blocked_the_loop_is_accepted(
     with capture_logs() as logs:
         response = await conveyor.post({"type": "lag.block", "id": "block", "source": "/t"})
         assert response.status == 202
+        answered.set()
         await asyncio.wait_for(
             asyncio.gather(*(keep_posting(lane) for lane in range(8))), timeout=30
         )
