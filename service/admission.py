@@ -84,20 +84,26 @@ class Admission:
         """One request's admission: `with admission.admit() as ticket:`."""
         return Ticket(self)
 
-    def _take(self, amount: int) -> bool:
-        if self.bytes_in_flight + amount > self.byte_budget or (self._waiting and amount > 0):
+    def _take(self, amount: int, *, holding: bool) -> bool:
+        over = self.bytes_in_flight + amount > self.byte_budget
+        if over or (self._waiting and not holding and amount > 0):
             return False
         self._add(amount)
         return True
 
-    async def _reserve(self, amount: int) -> None:
-        if self._take(amount):
+    async def _reserve(self, amount: int, *, holding: bool) -> None:
+        if self._take(amount, holding=holding):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
         # First come, first served: a large request is not starved by a stream of small ones.
+        # A request that holds bytes already goes first: it finishes and releases them, where
+        # newcomers waiting for those very bytes would hold it up.
         waiter = loop.create_future()
-        self._waiting.append(waiter)
+        if holding:
+            self._waiting.appendleft(waiter)
+        else:
+            self._waiting.append(waiter)
         try:
             while (
                 self.bytes_in_flight + amount > self.byte_budget or self._waiting[0] is not waiter
@@ -169,7 +175,7 @@ class Ticket:
 
     def take(self, amount: int) -> bool:
         """Hold `amount` more bytes if they fit now (no coroutine for the usual case)."""
-        if self._admission._take(amount):  # noqa: SLF001 - see __exit__
+        if self._admission._take(amount, holding=self.held > 0):  # noqa: SLF001 - see __exit__
             self.held += amount
             return True
         return False
@@ -177,5 +183,5 @@ class Ticket:
     async def reserve(self, amount: int) -> None:
         """Hold `amount` more bytes until the request ends; OverloadedError if they do not
         become free within a moment."""
-        await self._admission._reserve(amount)  # noqa: SLF001 - see __exit__
+        await self._admission._reserve(amount, holding=self.held > 0)  # noqa: SLF001 - see __exit__
         self.held += amount

@@ -72,3 +72,34 @@ def test_a_batch_is_charged_for_as_many_events_as_it_has_objects_at_most() -> No
     assert events_bound("application/cloudevents-batch+json", batch, 1) == 2
     assert events_bound("application/cloudevents+json", batch, 1000) == 1
     assert events_bound("application/cloudevents-batch+json", b"[]", 1000) == 1
+
+
+async def test_a_request_holding_bytes_goes_before_newcomers_waiting_for_them() -> None:
+    admission = Admission(4, 100, wait=5.0)
+    order: list[str] = []
+    holder = admission.admit()
+    holder.__enter__()
+    await holder.reserve(60)  # its body, say
+    other = admission.admit()
+    other.__enter__()
+    await other.reserve(30)
+
+    async def newcomer() -> None:
+        with admission.admit() as ticket:
+            await ticket.reserve(50)
+            order.append("newcomer")
+
+    waiting = asyncio.create_task(newcomer())
+    await asyncio.sleep(0)
+    # The holder's next reservation (its events) waits for `other`, ahead of the newcomer,
+    # which could only get in once the holder is done.
+    events = asyncio.create_task(holder.reserve(20))
+    await asyncio.sleep(0)
+    assert not events.done()
+    other.__exit__(None, None, None)
+    await events
+    order.append("holder")
+    holder.__exit__(None, None, None)
+    await waiting
+    assert order == ["holder", "newcomer"]
+    assert admission.bytes_in_flight == 0
