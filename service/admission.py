@@ -69,6 +69,7 @@ class Admission:
         byte_budget: int,
         *,
         on_bytes: Callable[[int], None] = lambda _bytes: None,
+        on_quiet: Callable[[int], None] = lambda _refused: None,
         wait: float = BUDGET_WAIT_SECONDS,
     ) -> None:
         self.limit = limit
@@ -77,6 +78,9 @@ class Admission:
         self.bytes_in_flight = 0
         self.peak_bytes = 0  # the most held at once since the start
         self._on_bytes = on_bytes  # told the bytes in flight after every change
+        # Told, when the last request in flight ends, how many were refused since the last time.
+        self._on_quiet = on_quiet
+        self._refused = 0
         self._wait = wait
         self._waiting: deque[asyncio.Future[None]] = deque()
 
@@ -110,6 +114,7 @@ class Admission:
             ):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    self._refused += 1
                     raise OverloadedError(
                         self.byte_budget,
                         f"{self.bytes_in_flight} of {self.byte_budget} bytes are held by ingest "
@@ -131,6 +136,10 @@ class Admission:
         fresh: asyncio.Future[None] = loop.create_future()
         self._waiting[self._waiting.index(waiter)] = fresh
         return fresh
+
+    def _quiet(self) -> None:
+        refused, self._refused = self._refused, 0
+        self._on_quiet(refused)
 
     def _add(self, amount: int) -> None:
         self.bytes_in_flight += amount
@@ -159,6 +168,7 @@ class Ticket:
     def __enter__(self) -> Self:
         admission = self._admission
         if admission.in_flight >= admission.limit:
+            admission._refused += 1  # noqa: SLF001 - see __exit__
             raise OverloadedError(
                 admission.limit,
                 f"{admission.limit} ingest requests are being handled already "
@@ -171,6 +181,8 @@ class Ticket:
         admission = self._admission
         admission.in_flight -= 1
         admission._release(self.held)  # noqa: SLF001 - the ticket is the admission's own part
+        if not admission.in_flight:
+            admission._quiet()  # noqa: SLF001 - as above
         self.held = 0
 
     def take(self, amount: int) -> bool:

@@ -95,10 +95,12 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher
+        memory = MemoryReturn(glibc_trim())
         admission = Admission(
             settings.max_concurrent_requests,
             settings.max_ingest_bytes,
-            on_bytes=MemoryReturn(glibc_trim()).note,
+            on_bytes=memory.note,
+            on_quiet=memory.quiet,
         )
         metrics.watch_ingest_bytes(lambda: admission.bytes_in_flight, lambda: admission.peak_bytes)
         app[ADMISSION] = admission
