@@ -31,6 +31,7 @@ from consumers.topology import (
     declare_subscription_queues,
     subscription_queue_names,
 )
+from consumers.watch import HandlerSteps, LongStep
 
 __all__ = [
     "COMPLETION_SOURCE",
@@ -47,7 +48,9 @@ __all__ = [
     "Event",
     "FailureReport",
     "Handler",
+    "HandlerSteps",
     "HandlerTracer",
+    "LongStep",
     "MalformedEventError",
     "MessageMover",
     "MoveFailedError",

@@ -20,7 +20,14 @@ from pamqp.commands import Basic
 
 from consumers.dead_letter import ERROR_MESSAGE, ERROR_TRACEBACK
 from consumers.delivery import Inbound
-from producers import BROKER_FAILURES, ChannelPipeline, SameIdGate, WireMessage
+from producers import (
+    BROKER_FAILURES,
+    ChannelPipeline,
+    SameIdGate,
+    WireMessage,
+    settle_by,
+    wait_by,
+)
 from producers.frames import content_header_frame
 
 __all__ = ["CopyRefusedError", "MessageMover", "MoveFailedError", "UncopyableMessageError"]
@@ -146,14 +153,22 @@ class MessageMover:
     async def _publish_copy(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:
         """Publish `message`, mandatory; return once RabbitMQ confirmed it, else raise
         MoveFailedError."""
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout), self._same_id.turn(message.message_id):
+            async with (
+                asyncio.timeout_at(deadline) as scope,
+                self._same_id.turn(message.message_id),
+            ):
                 pipeline = await self._pipeline.current()
-                confirmation = await pipeline.publish(
-                    fit_to_frame(message, pipeline.frame_max),
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    mandatory=True,
+                scope.reschedule(None)  # the confirm's own wait keeps the deadline
+                confirmation = await settle_by(
+                    pipeline.publish(
+                        fit_to_frame(message, pipeline.frame_max),
+                        exchange=exchange,
+                        routing_key=routing_key,
+                        mandatory=True,
+                    ),
+                    deadline,
                 )
         except DeliveryError:
             raise CopyRefusedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
@@ -196,7 +211,7 @@ class MessageMover:
                 outcomes[index] = MoveFailedError(f"{type(error).__name__} publishing")
         waiting = [confirmation for confirmation in confirmations if confirmation is not None]
         if waiting:
-            await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()))
+            await wait_by(waiting, deadline)
         for index, confirmation in enumerate(confirmations):
             if confirmation is not None:
                 outcomes[index] = _announce_outcome(confirmation)

@@ -64,6 +64,7 @@ from consumers.settling import (
 )
 from consumers.status import DeliveryState, StatusLedger
 from consumers.subscription import Subscription
+from consumers.watch import HandlerSteps, WatchedHandler
 from producers import BROKER_FAILURES, TRACEPARENT_HEADER, Topology
 
 __all__ = ["SubscriptionConsumer"]
@@ -92,8 +93,16 @@ class SubscriptionConsumer:
         ledger: StatusLedger,
         observer: DeliveryObserver = NO_DELIVERY_OBSERVER,
         tracer: HandlerTracer = NO_HANDLER_TRACER,
+        steps: HandlerSteps | None = None,
     ) -> None:
         self.subscription = subscription
+        # The handler as it runs: its steps timed (for the loop-lag warning), its returns checked.
+        self._handler = WatchedHandler(
+            subscription.name,
+            subscription.handler_path,
+            subscription.handler,
+            steps or HandlerSteps(),
+        )
         self._topology = topology
         self._channel = channel
         self._queues = queues
@@ -397,7 +406,7 @@ class SubscriptionConsumer:
         process (None: interrupted by a shutdown or a lost channel; nothing to settle)."""
         if self.subscription.ordering is None:
             result = await run_attempts(
-                self.subscription.handler,
+                self._handler,
                 event,
                 policy=self.subscription.retry,
                 timeout=self._handler_timeout,
@@ -425,7 +434,7 @@ class SubscriptionConsumer:
             return await wait_holding_key(holding, delay, self._stop)
 
         held = await run_holding_key(
-            self.subscription.handler,
+            self._handler,
             event,
             policy=self.subscription.retry,
             timeout=self._handler_timeout,

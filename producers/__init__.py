@@ -1,6 +1,7 @@
 """Publishing events to RabbitMQ: the wire contract, the confirm-tracking publisher, a client."""
 
 from producers.client import EventClient
+from producers.deadlines import settle_by, wait_by
 from producers.event import (
     SPECVERSION,
     OutgoingEvent,
@@ -62,8 +63,10 @@ __all__ = [
     "is_json_content_type",
     "new_event",
     "parse_time",
+    "settle_by",
     "to_amqp_message",
     "to_wire_message",
     "validate_attributes",
     "validate_content_type",
+    "wait_by",
 ]

@@ -19,14 +19,21 @@ import asyncio
 from typing import Any, cast
 
 import aiormq
+import structlog
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import ChannelFrame, ConfirmationFrameType
+from pamqp.commands import Basic
 
 from producers.frames import WireMessage, body_frames, content_header_frame, publish_method_frame
 
 __all__ = ["ChannelPipeline", "ConfirmPipeline"]
 
 _METHOD_CACHE_SIZE = 1024  # destinations (exchange, routing key, mandatory) kept marshalled
+_log = structlog.get_logger(component="publisher")
+
+
+def _is_ack(frame: ConfirmationFrameType) -> bool:
+    return isinstance(frame, Basic.Ack)
 
 
 class ConfirmPipeline:
@@ -115,10 +122,19 @@ class ConfirmPipeline:
 
     def _settle(self, tag: int, frame: ConfirmationFrameType) -> None:
         channel = self.channel
+        waiting = channel.confirmations.get(tag)
         channel._confirm_delivery(tag, frame)  # noqa: SLF001 - see __init__
         message_id = self._message_ids.pop(tag, None)
         if message_id is not None and channel.message_id_delivery_tag.get(message_id) == tag:
             del channel.message_id_delivery_tag[message_id]
+        if isinstance(waiting, asyncio.Future) and waiting.cancelled() and _is_ack(frame):
+            # Its publisher stopped waiting (a timeout, a cancelled request) and reported a
+            # failure: say that RabbitMQ has the message after all.
+            _log.warning(
+                "RabbitMQ confirmed a message after its publish was given up; it was published",
+                message_id=message_id,
+                delivery_tag=tag,
+            )
 
     def _on_channel_closed(self, closing: asyncio.Future[Any]) -> None:
         self.close()

@@ -12,6 +12,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
+from producers.deadlines import settle_by, wait_by
 from producers.event import OutgoingEvent
 from producers.frames import WireMessage
 from producers.observe import NO_PUBLISH_OBSERVER, PublishObserver
@@ -250,7 +251,7 @@ class AmqpPublisher:
                 )
                 for index in indices
             ]
-            await asyncio.wait(confirmations, timeout=max(0.0, deadline - loop.time()))
+            await wait_by(confirmations, deadline)
             outcomes = [self._outcome(confirmation) for confirmation in confirmations]
         seconds = time.perf_counter() - started
         for outcome in outcomes:
@@ -274,11 +275,18 @@ class AmqpPublisher:
         return _unless_acked(confirmation.result())
 
     async def _publish(self, message: WireMessage, event: OutgoingEvent) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout), self._same_id.turn(event.id):
+            async with asyncio.timeout_at(deadline) as scope, self._same_id.turn(event.id):
                 pipeline = await self._state.pipeline()
-                confirmation = await pipeline.publish(
-                    message, exchange=self._exchange, routing_key=event.type, mandatory=True
+                # From here the confirm's own wait keeps the deadline (`settle_by`).
+                scope.reschedule(None)
+                confirmation = await settle_by(
+                    pipeline.publish(
+                        message, exchange=self._exchange, routing_key=event.type, mandatory=True
+                    ),
+                    deadline,
                 )
         except TimeoutError:
             raise PublishTimeoutError(f"no confirm within {self._timeout:g}s") from None

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import structlog
 from aiohttp import web
 
-from consumers import Subscription
+from consumers import HandlerSteps, Subscription
 from producers import AmqpPublisher
 from service.admin_api import add_admin_routes, rate_history_context
 from service.admin_dead_letters import add_dead_letter_routes
@@ -34,6 +34,8 @@ from service.keys import (
     TRACING,
     Lifecycle,
 )
+from service.loop_lag import LoopLagMonitor, loop_lag_context
+from service.memory import MemoryReturn, glibc_trim
 from service.metrics import Metrics
 from service.metrics_api import metrics_endpoint
 from service.openapi_api import add_openapi_route
@@ -81,6 +83,8 @@ def build_app(
     app[SUBSCRIPTIONS] = tuple(subscriptions)
     app[TRACING] = tracing = tracing or NoTracing()
     app[LIFECYCLE] = Lifecycle()
+    # Every handler step timed, so a stall of the loop can be pinned on the handler that held it.
+    steps = HandlerSteps()
     app[LINK] = BrokerLink(
         settings,
         publisher=publisher,
@@ -88,6 +92,7 @@ def build_app(
         consume=settings.role.runs_workers,
         metrics=metrics,
         tracer=tracing,
+        steps=steps,
         max_backoff=max_backoff,
         queue_poll_interval=queue_poll_interval,
     )
@@ -100,7 +105,15 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
         app[PUBLISHER] = publisher
-        app[ADMISSION] = Admission(settings.max_concurrent_requests)
+        memory = MemoryReturn(glibc_trim())
+        admission = Admission(
+            settings.max_concurrent_requests,
+            settings.max_ingest_bytes,
+            on_bytes=memory.note,
+            on_quiet=memory.quiet,
+        )
+        metrics.watch_ingest_bytes(lambda: admission.bytes_in_flight, lambda: admission.peak_bytes)
+        app[ADMISSION] = admission
         app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
@@ -110,6 +123,10 @@ def build_app(
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
+    lag = LoopLagMonitor(
+        steps=steps, observe=metrics.event_loop_lag.observe, warn_after=settings.loop_lag_warning
+    )
+    app.cleanup_ctx.append(loop_lag_context(lag))
     return app
 
 

@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustCon
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from consumers import (
+    HandlerSteps,
     HandlerTracer,
     MessageMover,
     StatusLedger,
@@ -82,6 +83,7 @@ class BrokerLink:
         consume: bool,
         metrics: Metrics,
         tracer: HandlerTracer,
+        steps: HandlerSteps | None = None,
         max_backoff: float = 5.0,
         queue_poll_interval: float = 10.0,
     ) -> None:
@@ -93,6 +95,7 @@ class BrokerLink:
         self._max_backoff = max_backoff
         self._metrics = metrics
         self._tracer = tracer
+        self._steps = steps if steps is not None else HandlerSteps()
         self._queue_poll_interval = queue_poll_interval
         self._addresses = AddressRotation(settings.amqp_addresses)
         self._tls = settings.amqp_tls_context()
@@ -345,6 +348,7 @@ class BrokerLink:
                 ledger=self._ledger,
                 observer=self._metrics,
                 tracer=self._tracer,
+                steps=self._steps,
             )
             await consumer.start()
             consumers.append(consumer)

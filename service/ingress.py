@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
+from service.admission import BODY_COPIES, EVENT_BYTES, Ticket, events_bound
 from service.answers import INGEST_PATH, RETRY_AFTER_SECONDS, problem_for
 from service.auth import authorize
 from service.cloudevents_http import (
@@ -54,22 +55,47 @@ _CORRELATION = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-async def _read_body(request: web.Request, limit: int, read_timeout: float) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+async def _read_body(
+    request: web.Request, limit: int, read_timeout: float, ticket: Ticket
+) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
+    # Reserved before a byte is read: a request that does not fit is refused unread.
+    if length is not None and not ticket.take(charge := length * BODY_COPIES):
+        await ticket.reserve(charge)
     # client_max_size (set to the same limit) stops a chunked body that grows past it.
     if request.content.is_eof():
         # The whole body came with the headers (the usual small event): reading it cannot
         # wait, so no timer to arm and cancel (issue 7, a cost per request).
-        return await request.read()
+        body = await request.read()
+        if length is None and not ticket.take(charge := len(body) * BODY_COPIES):
+            await ticket.reserve(charge)
+        return body
     try:
         async with asyncio.timeout(read_timeout):
-            return await request.read()
+            if length is not None:
+                return await request.read()
+            return await _read_chunked(request, limit, ticket)
     except TimeoutError:
         # A client trickling its body (slow loris) holds an admission slot: bound it.
         raise web.HTTPRequestTimeout(
             text=f"the body did not arrive within {read_timeout:g} s (CONVEYOR_HTTP_READ_TIMEOUT)"
         ) from None
+
+
+async def _read_chunked(request: web.Request, limit: int, ticket: Ticket) -> bytes:
+    """A body of unknown length, its bytes reserved as they arrive."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        if not ticket.take(charge := len(chunk) * BODY_COPIES):
+            await ticket.reserve(charge)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _correlation_id(request: web.Request) -> str:
@@ -97,14 +123,18 @@ async def ingest(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     with app[TRACING].ingest(request):
         authorize(request, settings.api_keys)
-        with app[ADMISSION].admit():
-            return await _admitted(request, settings)
+        with app[ADMISSION].admit() as ticket:
+            return await _admitted(request, settings, ticket)
 
 
-async def _admitted(request: web.Request, settings: Settings) -> web.Response:
-    body = await _read_body(request, settings.max_body_bytes, settings.http_read_timeout)
-    headers = {name.lower(): value for name, value in request.headers.items()}
+async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) -> web.Response:
+    body = await _read_body(request, settings.max_body_bytes, settings.http_read_timeout, ticket)
     content_type = request.headers.get("Content-Type")
+    # The events' own memory, reserved before they are parsed.
+    charge = events_bound(content_type, body, settings.max_batch_events) * EVENT_BYTES
+    if not ticket.take(charge):
+        await ticket.reserve(charge)
+    headers = {name.lower(): value for name, value in request.headers.items()}
     check_header_text(content_type, headers)  # before the fingerprint encodes them
     correlation_id = _correlation_id(request)
     traceparent = request.headers.get("traceparent", "").strip().lower()

@@ -8,10 +8,20 @@ not from the management plugin, which a deployment may not have.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from consumers import FailureReport
@@ -29,6 +39,7 @@ class QueueRates:
 
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _HANDLER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -62,6 +73,11 @@ class Metrics:
         self.rates: dict[str, QueueRates] = {}
         self.registry = CollectorRegistry()
         registry = self.registry
+        # process_* (memory, CPU, open files), python_info and python_gc_*, as the default
+        # registry has them.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         self.http_requests = Counter(
             "conveyor_http_requests",
             "HTTP requests answered, by route, method and status",
@@ -157,6 +173,28 @@ class Metrics:
             "1 while the broker connection and channels are up",
             registry=registry,
         )
+
+        self.ingest_bytes_in_flight = Gauge(
+            "conveyor_ingest_bytes_in_flight",
+            "Bytes reserved by ingest requests in flight (bodies, parsed events, frames)",
+            registry=registry,
+        )
+        self.ingest_bytes_peak = Gauge(
+            "conveyor_ingest_bytes_peak",
+            "The most bytes ingest requests held at once since the process started",
+            registry=registry,
+        )
+        self.event_loop_lag = Histogram(
+            "conveyor_event_loop_lag_seconds",
+            "How late the event loop ran a timer, measured every tick of the lag monitor",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+
+    def watch_ingest_bytes(self, in_flight: Callable[[], float], peak: Callable[[], float]) -> None:
+        """Read the ingest bytes held (now, and at most) when scraped: no cost per request."""
+        self.ingest_bytes_in_flight.set_function(in_flight)
+        self.ingest_bytes_peak.set_function(peak)
 
     def http_answered(self, route: str, method: str, status: int) -> None:
         _child(self._answered, self.http_requests, route, method, str(status)).inc()

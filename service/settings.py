@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import enum
 import importlib.util
-import os
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
+from service.admission import request_bytes_bound
 from service.broker_addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
-from service.store_url import store_url_problem
+from service.settings_reader import (
+    LOG_LEVELS,
+    MIN_ADMIN_TOKEN_LENGTH,
+    NAMESPACE_PATTERN,
+    PREFIX,
+    SettingError,
+    parse_duration,
+)
+from service.settings_reader import Reader as _Reader
 
 __all__ = [
+    "LOG_LEVELS",
+    "MIN_ADMIN_TOKEN_LENGTH",
+    "NAMESPACE_PATTERN",
+    "PREFIX",
     "EventLoop",
     "LogFormat",
     "Role",
@@ -26,28 +36,7 @@ __all__ = [
     "redact_url",
 ]
 
-PREFIX = "CONVEYOR_"
-NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-MIN_ADMIN_TOKEN_LENGTH = 16
 MAX_WORKERS = 64
-_FLAGS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
-    ("0", "false", "no", "off"), False
-)
-_TOKEN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_E = TypeVar("_E", bound=enum.StrEnum)
-
-
-class SettingError(ValueError):
-    """A setting has a value the service cannot use; the message names it and what it accepts."""
-
-    def __init__(self, name: str, accepts: str, got: str | None = None) -> None:
-        self.name = name
-        self.accepts = accepts
-        shown = "" if got is None else f" (got {got!r})"
-        super().__init__(f"{name}: expected {accepts}{shown}")
 
 
 class Role(enum.StrEnum):
@@ -113,6 +102,11 @@ class Settings:
     amqp_heartbeat: float = 15.0
     # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
     max_concurrent_requests: int = 256
+    # Bytes ingest requests in flight may reserve (bodies, parsed events, frames): past it, a
+    # request waits a moment, then 503 (see service.admission).
+    max_ingest_bytes: int = 256 * 1024 * 1024
+    # The event loop stalled this long (a handler blocking it): a warning naming the handler.
+    loop_lag_warning: float = 0.5
     # Processes serving one port (SO_REUSEPORT) under a supervisor: ingest across more cores.
     workers: int = 1
     event_loop: EventLoop = EventLoop.ASYNCIO
@@ -193,6 +187,15 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
         "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
     ),
     SettingDoc(
+        "MAX_INGEST_BYTES",
+        "268435456",
+        "bytes ingest requests in flight may hold (bodies, parsed events, frames);"
+        " past it, 503 overloaded",
+    ),
+    SettingDoc(
+        "LOOP_LAG_WARNING", "500ms", "a stall of the event loop this long logs the handler running"
+    ),
+    SettingDoc(
         "HTTP_READ_TIMEOUT",
         "75s",
         "longest wait for a request head (then the connection closes) or body (then 408);"
@@ -206,14 +209,6 @@ SETTINGS_HELP: tuple[SettingDoc, ...] = (
     SettingDoc("AMQP_KEY_FILE", "(in the cert file)", "amqps://: PEM key of the certificate"),
     SettingDoc("AMQP_VERIFY_HOSTNAME", "1", "amqps://: 0 skips the name check (not the chain)"),
 )
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from '250ms', '5s', '1.5m', '2h', '7d' or a bare number of seconds."""
-    match = _DURATION.fullmatch(text)
-    if match is None:
-        raise ValueError(text)
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 _DEFAULTS = Settings()
@@ -249,6 +244,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         max_concurrent_requests=reader.integer(
             "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
         ),
+        max_ingest_bytes=reader.integer("MAX_INGEST_BYTES", _DEFAULTS.max_ingest_bytes, low=1),
+        loop_lag_warning=reader.duration("LOOP_LAG_WARNING", _DEFAULTS.loop_lag_warning),
         http_read_timeout=reader.duration("HTTP_READ_TIMEOUT", _DEFAULTS.http_read_timeout),
         amqp_failover_after=reader.duration("AMQP_FAILOVER_AFTER", _DEFAULTS.amqp_failover_after),
         amqp_ca_file=reader.readable_file("AMQP_CA_FILE"),
@@ -268,7 +265,20 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             PREFIX + "EVENT_LOOP", "asyncio: uvloop is not installed (the uvloop extra)"
         )
     _check_tls(settings)
+    _check_ingest_bytes(settings)
     return settings
+
+
+def _check_ingest_bytes(settings: Settings) -> None:
+    """The byte budget holds at least one request of the largest size, or none could ever pass."""
+    needed = request_bytes_bound(settings.max_body_bytes, settings.max_batch_events)
+    if settings.max_ingest_bytes < needed:
+        raise SettingError(
+            PREFIX + "MAX_INGEST_BYTES",
+            f"at least {needed}, what one request of CONVEYOR_MAX_BODY_BYTES with "
+            "CONVEYOR_MAX_BATCH_EVENTS events may reserve",
+            str(settings.max_ingest_bytes),
+        )
 
 
 def _check_tls(settings: Settings) -> None:
@@ -310,140 +320,3 @@ def _ca_loads(ca_file: Path | None) -> bool:
     except (ssl.SSLError, OSError):
         return False
     return True
-
-
-class _Reader:
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def _raw(self, name: str) -> str | None:
-        value = self._environ.get(PREFIX + name)
-        if value is None or value.strip() == "":
-            return None
-        return value.strip()
-
-    def text(self, name: str, default: str) -> str:
-        return self._raw(name) or default
-
-    def amqp_url(self, name: str, default: str) -> str:
-        raw = self._raw(name) or default
-        try:
-            split_broker_urls(raw)
-        except ValueError as error:
-            # Never echo the value: it may hold the broker password.
-            raise SettingError(
-                PREFIX + name,
-                "an amqp:// or amqps:// URL with a host, or several: comma-separated URLs or "
-                f"amqp://user:pass@host1,host2:port/vhost ({error})",
-            ) from None
-        return raw
-
-    def store_url(self, name: str, default: str) -> str:
-        raw = self._raw(name) or default
-        problem = store_url_problem(raw)
-        if problem is not None:  # never echo the value: a PostgreSQL URL may hold a password
-            raise SettingError(PREFIX + name, f"sqlite:///<path> or postgresql://... ({problem})")
-        return raw
-
-    def integer(self, name: str, default: int, *, low: int, high: int | None = None) -> int:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        bounds = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingError(PREFIX + name, bounds, raw) from None
-        if value < low or (high is not None and value > high):
-            raise SettingError(PREFIX + name, bounds, raw)
-        return value
-
-    def duration(self, name: str, default: float, *, allow_zero: bool = False) -> float:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        accepts = "a duration such as 500ms, 5s, 2m (a bare number is seconds)"
-        try:
-            value = parse_duration(raw)
-        except ValueError:
-            raise SettingError(PREFIX + name, accepts, raw) from None
-        if value <= 0 and not allow_zero:
-            raise SettingError(PREFIX + name, "a duration above zero", raw)
-        return value
-
-    def path(self, name: str) -> Path | None:
-        raw = self._raw(name)
-        if raw is None:
-            return None
-        path = Path(raw)
-        if not path.is_file():
-            raise SettingError(PREFIX + name, "the path of a readable TOML file", raw)
-        return path
-
-    def readable_file(self, name: str) -> Path | None:
-        raw = self._raw(name)
-        if raw is None:
-            return None
-        path = Path(raw)
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise SettingError(PREFIX + name, "the path of a readable file", raw)
-        return path
-
-    def namespace(self, name: str, default: str) -> str:
-        raw = self._raw(name) or default
-        if not NAMESPACE_PATTERN.fullmatch(raw):
-            raise SettingError(
-                PREFIX + name, "1-64 characters of a-z, 0-9, '_' or '-', starting alphanumeric", raw
-            )
-        return raw
-
-    def choice(self, name: str, kind: type[_E], default: _E) -> _E:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            return kind(raw.lower())
-        except ValueError:
-            accepts = "one of " + ", ".join(member.value for member in kind)
-            raise SettingError(PREFIX + name, accepts, raw) from None
-
-    def level(self, name: str, default: str) -> str:
-        raw = (self._raw(name) or default).lower()
-        if raw not in LOG_LEVELS:
-            raise SettingError(PREFIX + name, "one of " + ", ".join(LOG_LEVELS), raw)
-        return raw
-
-    def flag(self, name: str, *, default: bool) -> bool:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        value = raw.strip().lower()
-        if value not in _FLAGS:
-            raise SettingError(PREFIX + name, "1 or 0 (true/false, yes/no, on/off)", raw)
-        return _FLAGS[value]
-
-    def admin_tokens(self, name: str) -> tuple[tuple[str, str], ...]:
-        raw = self._raw(name)
-        if raw is None:
-            return ()
-        tokens: list[tuple[str, str]] = []
-        for entry in (part.strip() for part in raw.split(",")):
-            # Names hold no ':', tokens may: a token with a ':' is given as name:token.
-            who, _, token = entry.partition(":") if ":" in entry else ("admin", "", entry)
-            if not _TOKEN_NAME.fullmatch(who) or len(token) < MIN_ADMIN_TOKEN_LENGTH:
-                raise SettingError(
-                    PREFIX + name,
-                    f"a token of at least {MIN_ADMIN_TOKEN_LENGTH} characters, or "
-                    "comma-separated name:token pairs (names: letters, digits, . _ -)",
-                )
-            tokens.append((who, token))
-        return tuple(tokens)
-
-    def keys(self, name: str) -> frozenset[str]:
-        raw = self._raw(name)
-        if raw is None:
-            return frozenset()
-        keys = frozenset(key.strip() for key in raw.split(",") if key.strip())
-        if not keys:
-            raise SettingError(PREFIX + name, "comma-separated non-empty keys")
-        return keys

@@ -115,3 +115,16 @@ async def assert_kept_keys_counted(start_conveyor: StartConveyor, **store: str) 
         return kept == {"request": 3, "event": 4}
 
     await eventually(counted, what="the kept keys to be counted")
+
+
+async def test_metrics_include_the_process_and_the_interpreter(
+    start_conveyor: StartConveyor,
+) -> None:
+    conveyor = await start_conveyor()
+    samples = await scrape(conveyor)
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_open_fds") > 0
+    platform = [labels for name, labels in samples if name == "python_info"]
+    assert len(platform) == 1
+    assert ("implementation", "CPython") in platform[0]
+    assert any(name == "python_gc_objects_collected_total" for name, _ in samples)

@@ -10,6 +10,7 @@ import aio_pika
 import aiormq
 import pytest
 from pamqp.commands import Basic
+from structlog.testing import capture_logs
 
 from producers import ChannelPipeline, WireMessage
 
@@ -145,3 +146,34 @@ async def test_a_closed_channel_fails_what_waits_and_refuses_new_publishes(
             _ = current.publish(
                 WireMessage(b"late"), exchange="", routing_key=queue_name, mandatory=True
             )
+
+
+async def test_a_confirm_after_the_publish_was_given_up_is_logged_as_published(
+    amqp_url: str, queue_name: str
+) -> None:
+    """A publisher that stopped waiting (its timeout, a cancelled request) reported a failure;
+    the confirm that comes after says the message is in RabbitMQ after all."""
+
+    def message(message_id: str) -> WireMessage:
+        return WireMessage(b"x", message_id=message_id, headers={}, content_type="text/plain")
+
+    async with await aio_pika.connect(amqp_url) as connection:
+        pipeline = ChannelPipeline(await connection.channel(publisher_confirms=True))
+        current = await pipeline.current()
+        with capture_logs() as logs:
+            given_up = current.publish(
+                message("given-up"), exchange="", routing_key=queue_name, mandatory=True
+            )
+            given_up.cancel()  # as a publish timeout does, before the confirm could come
+            # Confirms come in publish order: once the next one is in, so was the first one's.
+            waited = await current.publish(
+                message("waited"), exchange="", routing_key=queue_name, mandatory=True
+            )
+        pipeline.close()
+    assert isinstance(waited, Basic.Ack)
+    late = [line for line in logs if line["event"].startswith("RabbitMQ confirmed a message")]
+    assert [line["message_id"] for line in late] == ["given-up"]
+    assert [message.message_id for message in await _take(amqp_url, queue_name, 2)] == [
+        "given-up",
+        "waited",
+    ]

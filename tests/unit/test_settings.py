@@ -161,3 +161,27 @@ def test_scaling_settings_refuse_what_cannot_work(environ: dict[str, str], named
     with pytest.raises(SettingError) as raised:
         load_settings(environ)
     assert raised.value.name == named
+
+
+def test_the_ingest_byte_budget_and_the_loop_lag_warning_are_read() -> None:
+    defaults = load_settings({})
+    assert (defaults.max_ingest_bytes, defaults.loop_lag_warning) == (256 * 1024 * 1024, 0.5)
+    settings = load_settings(
+        {"CONVEYOR_MAX_INGEST_BYTES": "67108864", "CONVEYOR_LOOP_LAG_WARNING": "2s"}
+    )
+    assert (settings.max_ingest_bytes, settings.loop_lag_warning) == (64 * 1024 * 1024, 2.0)
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        # Smaller than one request of the largest body with the most events may reserve.
+        {"CONVEYOR_MAX_INGEST_BYTES": "1048576"},
+        {"CONVEYOR_MAX_INGEST_BYTES": "67108864", "CONVEYOR_MAX_BODY_BYTES": "16777216"},
+        {"CONVEYOR_MAX_INGEST_BYTES": "many"},
+    ],
+)
+def test_a_byte_budget_no_request_could_fit_is_refused(environ: dict[str, str]) -> None:
+    with pytest.raises(SettingError) as raised:
+        load_settings(environ)
+    assert raised.value.name == "CONVEYOR_MAX_INGEST_BYTES"
