@@ -1,4 +1,5 @@
-"""Settings: one frozen object, built once from the environment at the entry point."""
+"""Settings: one frozen object, built once from the environment at the entry point. Each field
+declares its CONVEYOR_* variable; `conveyor serve --help` and the README's table follow them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from service.settings_reader import (
     MIN_ADMIN_TOKEN_LENGTH,
     NAMESPACE_PATTERN,
     PREFIX,
-    Setting,
+    DeclaredSetting,
     SettingError,
     choice,
     declared,
@@ -38,10 +39,10 @@ __all__ = [
     "MIN_ADMIN_TOKEN_LENGTH",
     "NAMESPACE_PATTERN",
     "PREFIX",
+    "DeclaredSetting",
     "EventLoop",
     "LogFormat",
     "Role",
-    "Setting",
     "SettingError",
     "Settings",
     "load_settings",
@@ -278,7 +279,7 @@ class Settings:
 
 
 _DECLARED_BY_FIELD = declared(fields(Settings))
-DECLARED_SETTINGS: tuple[Setting, ...] = tuple(_DECLARED_BY_FIELD.values())
+DECLARED_SETTINGS: tuple[DeclaredSetting, ...] = tuple(_DECLARED_BY_FIELD.values())
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:

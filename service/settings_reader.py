@@ -20,7 +20,7 @@ __all__ = [
     "MIN_ADMIN_TOKEN_LENGTH",
     "NAMESPACE_PATTERN",
     "PREFIX",
-    "Setting",
+    "DeclaredSetting",
     "SettingError",
     "UnusableValueError",
     "admin_tokens",
@@ -82,7 +82,7 @@ class UnusableValueError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Setting:
+class DeclaredSetting:
     """One CONVEYOR_* variable: what the help output and the README's settings table show of it,
     and how its value is parsed. A secret one is kept out of repr and out of error messages."""
 
@@ -113,7 +113,7 @@ def setting(
 ) -> _T:
     """A Settings field declared with its variable, parser, default (written as a user would set
     it, and parsed by the same parser), help text, and whether it is secret."""
-    declaration = Setting(name, default, help_text, secret, parse)
+    declaration = DeclaredSetting(name, default, help_text, secret, parse)
     value: _T = dataclasses.field(
         default=parse(default), repr=not secret, metadata={_DECLARATION: declaration}
     )
@@ -130,14 +130,14 @@ def optional(
     secret: bool = False,
 ) -> _T | _U:
     """A Settings field whose default is no value (`unset`), shown in the help as `shown`."""
-    declaration = Setting(name, shown, help_text, secret, parse)
+    declaration = DeclaredSetting(name, shown, help_text, secret, parse)
     value: _T | _U = dataclasses.field(
         default=unset, repr=not secret, metadata={_DECLARATION: declaration}
     )
     return value
 
 
-def declared(fields: tuple[dataclasses.Field[Any], ...]) -> dict[str, Setting]:
+def declared(fields: tuple[dataclasses.Field[Any], ...]) -> dict[str, DeclaredSetting]:
     """Each field's declaration, by field name; a field declared without one is a bug."""
     return {field.name: field.metadata[_DECLARATION] for field in fields}
 
