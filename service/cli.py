@@ -29,8 +29,8 @@ from service.cli_client import (
 from service.keys import LIFECYCLE
 from service.logs import configure_logging
 from service.settings import (
+    DECLARED_SETTINGS,
     PREFIX,
-    SETTINGS_HELP,
     EventLoop,
     Role,
     SettingError,
@@ -54,7 +54,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     settings = "\n".join(
-        f"  {PREFIX}{doc.name:<18} {doc.help} (default: {doc.default})" for doc in SETTINGS_HELP
+        f"  {PREFIX}{declared.name:<18} {declared.help} (default: {declared.default})"
+        for declared in DECLARED_SETTINGS
     )
     serve_parser = commands.add_parser(
         "serve",

@@ -1,4 +1,5 @@
-"""Settings: one frozen object, built once from the environment at the entry point."""
+"""Settings: one frozen object, built once from the environment at the entry point. Each field
+declares its CONVEYOR_* variable; `conveyor serve --help` and the README's table follow them."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import enum
 import importlib.util
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
+from service import settings_reader
 from service.admission import request_bytes_bound
 from service.broker_addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
 from service.settings_reader import (
@@ -16,16 +19,27 @@ from service.settings_reader import (
     MIN_ADMIN_TOKEN_LENGTH,
     NAMESPACE_PATTERN,
     PREFIX,
+    DeclaredSetting,
     SettingError,
+    choice,
+    declared,
+    duration,
+    flag,
+    integer,
+    optional,
     parse_duration,
+    readable_file,
+    setting,
+    toml_file,
 )
-from service.settings_reader import Reader as _Reader
 
 __all__ = [
+    "DECLARED_SETTINGS",
     "LOG_LEVELS",
     "MIN_ADMIN_TOKEN_LENGTH",
     "NAMESPACE_PATTERN",
     "PREFIX",
+    "DeclaredSetting",
     "EventLoop",
     "LogFormat",
     "Role",
@@ -58,10 +72,7 @@ class Role(enum.StrEnum):
 class EventLoop(enum.StrEnum):
     """Which event loop runs the process.
 
-    uvloop is opt-in. It used to leave the link down for good when a broker reset the connection
-    during the AMQP handshake (fixed: service.broker.HandshakeCutError), and on the 2-core
-    benchmark machine it was no faster than asyncio's loop in two later runs (README,
-    Performance), after 1.20 x single ingest and 1.11 x consume in an earlier one.
+    uvloop is opt-in: it has not proved faster than asyncio's loop here (docs/performance.md).
     """
 
     ASYNCIO = "asyncio"
@@ -75,52 +86,176 @@ class LogFormat(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    amqp_url: str = field(default="amqp://guest:guest@localhost:5672/", repr=False)
+    """Every setting, each declared once here: its variable (CONVEYOR_ + name), parser, default as
+    a user writes it, help text, and whether it is secret (kept out of repr and errors). The help
+    output and the README's settings table come from these declarations."""
+
+    amqp_url: str = setting(
+        "AMQP_URL",
+        settings_reader.amqp_url,
+        "amqp://guest:guest@localhost:5672/",
+        "RabbitMQ URL (amqp:// or amqps://); several nodes: comma-separated URLs, or "
+        "amqp://u:p@h1,h2:5673,h3/vhost",
+        secret=True,
+    )
     # A service in a container listens on every interface.
-    http_host: str = "0.0.0.0"  # noqa: S104
-    http_port: int = 8080
-    config_path: Path | None = None
-    namespace: str = "conveyor"
-    role: Role = Role.ALL
-    log_format: LogFormat = LogFormat.JSON
-    log_level: str = "info"
-    max_body_bytes: int = 1024 * 1024
-    max_batch_events: int = 1000
-    publish_timeout: float = 5.0
-    shutdown_timeout: float = 30.0
-    drain_delay: float = 0.0
-    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
-    store_url: str = field(default="sqlite:///./var/conveyor.db", repr=False)
-    # Longest ingest waits for the store (a claim, its answer's write); past it, 503.
-    store_timeout: float = 2.0
-    idempotency_ttl: float = 24 * 3600.0
-    status_ttl: float = 7 * 24 * 3600.0
+    http_host: str = setting(
+        "HTTP_HOST",
+        settings_reader.text,
+        "0.0.0.0",  # noqa: S104 - see above
+        "address the HTTP ingress listens on",
+    )
+    http_port: int = setting(
+        "HTTP_PORT", integer(low=0, high=65535), "8080", "port of the HTTP ingress, 0-65535"
+    )
+    config_path: Path | None = optional(
+        "CONFIG", toml_file, None, "none", "path of a TOML file with [[subscriptions]]"
+    )
+    namespace: str = setting(
+        "NAMESPACE",
+        settings_reader.namespace,
+        "conveyor",
+        "prefix of every exchange and queue: [a-z0-9][a-z0-9_-]*",
+    )
+    role: Role = setting("ROLE", choice(Role), "all", "all | ingress | worker")
+    log_format: LogFormat = setting("LOG_FORMAT", choice(LogFormat), "json", "json | console")
+    log_level: str = setting(
+        "LOG_LEVEL", settings_reader.log_level, "info", "debug | info | warning | error | critical"
+    )
+    max_body_bytes: int = setting(
+        "MAX_BODY_BYTES", integer(low=1), "1048576", "largest accepted HTTP body in bytes"
+    )
+    max_batch_events: int = setting(
+        "MAX_BATCH_EVENTS", integer(low=1), "1000", "most events in one batch request"
+    )
+    publish_timeout: float = setting(
+        "PUBLISH_TIMEOUT", duration(), "5s", "longest wait for RabbitMQ's confirm before a 503"
+    )
+    shutdown_timeout: float = setting(
+        "SHUTDOWN_TIMEOUT", duration(), "30s", "time running handlers get to finish on SIGTERM"
+    )
+    drain_delay: float = setting(
+        "DRAIN_DELAY",
+        duration(allow_zero=True),
+        "0s",
+        "time /readyz answers 503 before the listener closes",
+    )
+    api_keys: frozenset[str] = optional(
+        "API_KEYS",
+        settings_reader.api_keys,
+        frozenset(),
+        "none",
+        "comma-separated keys; when set, ingest needs a Bearer key",
+        secret=True,
+    )
+    store_url: str = setting(
+        "STORE_URL",
+        settings_reader.store_url,
+        "sqlite:///./var/conveyor.db",
+        "sqlite:///path or postgresql://...",
+        secret=True,
+    )
+    store_timeout: float = setting(
+        "STORE_TIMEOUT", duration(), "2s", "longest wait for the store before ingest answers 503"
+    )
+    idempotency_ttl: float = setting(
+        "IDEMPOTENCY_TTL",
+        duration(),
+        "24h",
+        "how long a repeated request or event id is recognised",
+    )
+    status_ttl: float = setting(
+        "STATUS_TTL", duration(), "7d", "how long GET /v1/events/{id} knows an event's status"
+    )
     # (name it is logged under, token) pairs; none: the admin API is off
-    admin_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    otel: bool = False  # OpenTelemetry spans, exported over OTLP (the `otel` extra)
-    # RabbitMQ's heartbeat timeout: a link silent for this long (two missed heartbeats) is dead.
-    amqp_heartbeat: float = 15.0
-    # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
-    max_concurrent_requests: int = 256
-    # Bytes ingest requests in flight may reserve (bodies, parsed events, frames): past it, a
-    # request waits a moment, then 503 (see service.admission).
-    max_ingest_bytes: int = 256 * 1024 * 1024
-    # The event loop stalled this long (a handler blocking it): a warning naming the handler.
-    loop_lag_warning: float = 0.5
+    admin_tokens: tuple[tuple[str, str], ...] = optional(
+        "ADMIN_TOKEN",
+        settings_reader.admin_tokens,
+        (),
+        "none",
+        "token, or name:token,... for /v1/admin; unset turns it off",
+        secret=True,
+    )
+    otel: bool = setting(
+        "OTEL",
+        flag,
+        "0",
+        "1: OpenTelemetry spans over OTLP (OTEL_* variables configure the export)",
+    )
+    # RabbitMQ's heartbeat timeout: two missed heartbeats.
+    amqp_heartbeat: float = setting(
+        "AMQP_HEARTBEAT", duration(), "15s", "a broker link silent this long is cut and reconnected"
+    )
+    # Past it, 503 before the body is read: memory stays bounded.
+    max_concurrent_requests: int = setting(
+        "MAX_CONCURRENT_REQUESTS",
+        integer(low=1),
+        "256",
+        "ingest requests at once; past it, 503 overloaded",
+    )
+    # What ingest requests in flight may reserve: see service.admission.
+    max_ingest_bytes: int = setting(
+        "MAX_INGEST_BYTES",
+        integer(low=1),
+        "268435456",
+        "bytes ingest requests in flight may hold (bodies, parsed events, frames);"
+        " past it, 503 overloaded",
+    )
+    loop_lag_warning: float = setting(
+        "LOOP_LAG_WARNING",
+        duration(),
+        "500ms",
+        "a stall of the event loop this long logs the handler running",
+    )
     # Processes serving one port (SO_REUSEPORT) under a supervisor: ingest across more cores.
-    workers: int = 1
-    event_loop: EventLoop = EventLoop.ASYNCIO
-    # Longest a request head or body may take to arrive, and how long an idle keep-alive
-    # connection stays open (aiohttp closes both on one timer). Above the 60 s idle timeout of
-    # common load balancers, so they never reuse a connection conveyor just closed.
-    http_read_timeout: float = 75.0
-    # With several broker addresses: a link down this long on one node moves to the next.
-    amqp_failover_after: float = 3.0
+    workers: int = setting(
+        "WORKERS",
+        integer(low=1, high=MAX_WORKERS),
+        "1",
+        "processes sharing the HTTP port (SO_REUSEPORT); --workers N",
+    )
+    event_loop: EventLoop = setting(
+        "EVENT_LOOP",
+        choice(EventLoop),
+        "asyncio",
+        "asyncio | uvloop (the uvloop extra; see the README)",
+    )
+    # aiohttp closes a slow head and an idle keep-alive connection on one timer. Above the 60 s
+    # idle timeout of common load balancers, so they never reuse a connection conveyor closed.
+    http_read_timeout: float = setting(
+        "HTTP_READ_TIMEOUT",
+        duration(),
+        "75s",
+        "longest wait for a request head (then the connection closes) or body (then 408);"
+        " also the idle keep-alive time",
+    )
+    amqp_failover_after: float = setting(
+        "AMQP_FAILOVER_AFTER",
+        duration(),
+        "3s",
+        "several nodes: a link down this long moves to the next",
+    )
     # TLS for amqps:// addresses (none set: aiormq's defaults and the URL's own query options).
-    amqp_ca_file: Path | None = None
-    amqp_cert_file: Path | None = None
-    amqp_key_file: Path | None = None
-    amqp_verify_hostname: bool = True
+    amqp_ca_file: Path | None = optional(
+        "AMQP_CA_FILE",
+        readable_file,
+        None,
+        "system CAs",
+        "amqps://: PEM file of the CA(s) to trust",
+    )
+    amqp_cert_file: Path | None = optional(
+        "AMQP_CERT_FILE", readable_file, None, "none", "amqps://: PEM client certificate (chain)"
+    )
+    amqp_key_file: Path | None = optional(
+        "AMQP_KEY_FILE",
+        readable_file,
+        None,
+        "in the cert file",
+        "amqps://: PEM key of the certificate",
+    )
+    amqp_verify_hostname: bool = setting(
+        "AMQP_VERIFY_HOSTNAME", flag, "1", "amqps://: 0 skips the name check (not the chain)"
+    )
 
     @property
     def amqp_addresses(self) -> tuple[str, ...]:
@@ -143,118 +278,19 @@ class Settings:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class SettingDoc:
-    name: str
-    default: str
-    help: str
-
-
-SETTINGS_HELP: tuple[SettingDoc, ...] = (
-    SettingDoc(
-        "AMQP_URL",
-        "amqp://guest:guest@localhost:5672/",
-        "RabbitMQ URL (amqp:// or amqps://); several nodes: comma-separated URLs, or "
-        "amqp://u:p@h1,h2:5673,h3/vhost",
-    ),
-    SettingDoc("HTTP_HOST", "0.0.0.0", "address the HTTP ingress listens on"),  # noqa: S104 - documents the default
-    SettingDoc("HTTP_PORT", "8080", "port of the HTTP ingress, 0-65535"),
-    SettingDoc("CONFIG", "(none)", "path of a TOML file with [[subscriptions]]"),
-    SettingDoc("NAMESPACE", "conveyor", "prefix of every exchange and queue: [a-z0-9][a-z0-9_-]*"),
-    SettingDoc("ROLE", "all", "all | ingress | worker"),
-    SettingDoc("LOG_FORMAT", "json", "json | console"),
-    SettingDoc("LOG_LEVEL", "info", "debug | info | warning | error | critical"),
-    SettingDoc("MAX_BODY_BYTES", "1048576", "largest accepted HTTP body in bytes"),
-    SettingDoc("MAX_BATCH_EVENTS", "1000", "most events in one batch request"),
-    SettingDoc("PUBLISH_TIMEOUT", "5s", "longest wait for RabbitMQ's confirm before a 503"),
-    SettingDoc("SHUTDOWN_TIMEOUT", "30s", "time running handlers get to finish on SIGTERM"),
-    SettingDoc("DRAIN_DELAY", "0s", "time /readyz answers 503 before the listener closes"),
-    SettingDoc("API_KEYS", "(none)", "comma-separated keys; when set, ingest needs a Bearer key"),
-    SettingDoc("STORE_URL", "sqlite:///./var/conveyor.db", "sqlite:///path or postgresql://..."),
-    SettingDoc("STORE_TIMEOUT", "2s", "longest wait for the store before ingest answers 503"),
-    SettingDoc("IDEMPOTENCY_TTL", "24h", "how long a repeated request or event id is recognised"),
-    SettingDoc("STATUS_TTL", "7d", "how long GET /v1/events/{id} knows an event's status"),
-    SettingDoc(
-        "OTEL", "0", "1: OpenTelemetry spans over OTLP (OTEL_* variables configure the export)"
-    ),
-    SettingDoc(
-        "ADMIN_TOKEN", "(none)", "token, or name:token,... for /v1/admin; unset turns it off"
-    ),
-    SettingDoc("WORKERS", "1", "processes sharing the HTTP port (SO_REUSEPORT); --workers N"),
-    SettingDoc("EVENT_LOOP", "asyncio", "asyncio | uvloop (the uvloop extra; see the README)"),
-    SettingDoc("AMQP_HEARTBEAT", "15s", "a broker link silent this long is cut and reconnected"),
-    SettingDoc(
-        "MAX_CONCURRENT_REQUESTS", "256", "ingest requests at once; past it, 503 overloaded"
-    ),
-    SettingDoc(
-        "MAX_INGEST_BYTES",
-        "268435456",
-        "bytes ingest requests in flight may hold (bodies, parsed events, frames);"
-        " past it, 503 overloaded",
-    ),
-    SettingDoc(
-        "LOOP_LAG_WARNING", "500ms", "a stall of the event loop this long logs the handler running"
-    ),
-    SettingDoc(
-        "HTTP_READ_TIMEOUT",
-        "75s",
-        "longest wait for a request head (then the connection closes) or body (then 408);"
-        " also the idle keep-alive time",
-    ),
-    SettingDoc(
-        "AMQP_FAILOVER_AFTER", "3s", "several nodes: a link down this long moves to the next"
-    ),
-    SettingDoc("AMQP_CA_FILE", "(system CAs)", "amqps://: PEM file of the CA(s) to trust"),
-    SettingDoc("AMQP_CERT_FILE", "(none)", "amqps://: PEM client certificate (chain)"),
-    SettingDoc("AMQP_KEY_FILE", "(in the cert file)", "amqps://: PEM key of the certificate"),
-    SettingDoc("AMQP_VERIFY_HOSTNAME", "1", "amqps://: 0 skips the name check (not the chain)"),
-)
-
-
-_DEFAULTS = Settings()
+_DECLARED_BY_FIELD = declared(fields(Settings))
+DECLARED_SETTINGS: tuple[DeclaredSetting, ...] = tuple(_DECLARED_BY_FIELD.values())
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build Settings from CONVEYOR_* variables; raise SettingError naming the first bad one."""
-    reader = _Reader(environ)
-    settings = Settings(
-        amqp_url=reader.amqp_url("AMQP_URL", _DEFAULTS.amqp_url),
-        http_host=reader.text("HTTP_HOST", _DEFAULTS.http_host),
-        http_port=reader.integer("HTTP_PORT", _DEFAULTS.http_port, low=0, high=65535),
-        config_path=reader.path("CONFIG"),
-        namespace=reader.namespace("NAMESPACE", _DEFAULTS.namespace),
-        role=reader.choice("ROLE", Role, _DEFAULTS.role),
-        log_format=reader.choice("LOG_FORMAT", LogFormat, _DEFAULTS.log_format),
-        log_level=reader.level("LOG_LEVEL", _DEFAULTS.log_level),
-        max_body_bytes=reader.integer("MAX_BODY_BYTES", _DEFAULTS.max_body_bytes, low=1),
-        max_batch_events=reader.integer("MAX_BATCH_EVENTS", _DEFAULTS.max_batch_events, low=1),
-        publish_timeout=reader.duration("PUBLISH_TIMEOUT", _DEFAULTS.publish_timeout),
-        shutdown_timeout=reader.duration("SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout),
-        drain_delay=reader.duration("DRAIN_DELAY", _DEFAULTS.drain_delay, allow_zero=True),
-        api_keys=reader.keys("API_KEYS"),
-        store_url=reader.store_url("STORE_URL", _DEFAULTS.store_url),
-        store_timeout=reader.duration("STORE_TIMEOUT", _DEFAULTS.store_timeout),
-        idempotency_ttl=reader.duration("IDEMPOTENCY_TTL", _DEFAULTS.idempotency_ttl),
-        status_ttl=reader.duration("STATUS_TTL", _DEFAULTS.status_ttl),
-        admin_tokens=reader.admin_tokens("ADMIN_TOKEN"),
-        otel=reader.flag("OTEL", default=_DEFAULTS.otel),
-        amqp_heartbeat=reader.duration("AMQP_HEARTBEAT", _DEFAULTS.amqp_heartbeat),
-        workers=reader.integer("WORKERS", _DEFAULTS.workers, low=1, high=MAX_WORKERS),
-        event_loop=reader.choice("EVENT_LOOP", EventLoop, _DEFAULTS.event_loop),
-        max_concurrent_requests=reader.integer(
-            "MAX_CONCURRENT_REQUESTS", _DEFAULTS.max_concurrent_requests, low=1
-        ),
-        max_ingest_bytes=reader.integer("MAX_INGEST_BYTES", _DEFAULTS.max_ingest_bytes, low=1),
-        loop_lag_warning=reader.duration("LOOP_LAG_WARNING", _DEFAULTS.loop_lag_warning),
-        http_read_timeout=reader.duration("HTTP_READ_TIMEOUT", _DEFAULTS.http_read_timeout),
-        amqp_failover_after=reader.duration("AMQP_FAILOVER_AFTER", _DEFAULTS.amqp_failover_after),
-        amqp_ca_file=reader.readable_file("AMQP_CA_FILE"),
-        amqp_cert_file=reader.readable_file("AMQP_CERT_FILE"),
-        amqp_key_file=reader.readable_file("AMQP_KEY_FILE"),
-        amqp_verify_hostname=reader.flag(
-            "AMQP_VERIFY_HOSTNAME", default=_DEFAULTS.amqp_verify_hostname
-        ),
-    )
+    # Any: each declaration's parser returns its own field's type (they are declared together).
+    given: dict[str, Any] = {
+        name: value
+        for name, declaration in _DECLARED_BY_FIELD.items()
+        if (value := declaration.read(environ)) is not None
+    }
+    settings = Settings(**given)
     if settings.workers > 1 and settings.http_port == 0:
         # Each process would listen on a random port of its own instead of sharing one.
         raise SettingError(

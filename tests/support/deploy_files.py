@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import yaml  # type: ignore[import-untyped]  # no stubs installed; documents are checked as plain data
 
-from service.settings import SETTINGS_HELP, parse_duration
+from service.settings import DECLARED_SETTINGS, parse_duration
 
 Manifest = dict[str, Any]
 
@@ -35,7 +35,7 @@ CLUSTER_SCOPED = frozenset(("Namespace",))
 
 def setting_defaults() -> dict[str, str]:
     """Every CONVEYOR_* variable conveyor reads, with its default."""
-    return {f"CONVEYOR_{doc.name}": doc.default for doc in SETTINGS_HELP}
+    return {declared.variable: declared.default for declared in DECLARED_SETTINGS}
 
 
 def worst_case_shutdown(env: Mapping[str, str]) -> float:
