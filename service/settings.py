@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.admission import request_bytes_bound
-from service.broker_addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
+from service.broker.addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
+from service.http.admission import request_bytes_bound
 from service.settings_reader import (
     LOG_LEVELS,
     MIN_ADMIN_TOKEN_LENGTH,
@@ -59,7 +59,7 @@ class EventLoop(enum.StrEnum):
     """Which event loop runs the process.
 
     uvloop is opt-in. It used to leave the link down for good when a broker reset the connection
-    during the AMQP handshake (fixed: service.broker.HandshakeCutError), and on the 2-core
+    during the AMQP handshake (fixed: service.broker.link.HandshakeCutError), and on the 2-core
     benchmark machine it was no faster than asyncio's loop in two later runs (README,
     Performance), after 1.20 x single ingest and 1.11 x consume in an earlier one.
     """
@@ -103,7 +103,7 @@ class Settings:
     # Ingest requests handled at once; past it, 503 before the body is read (memory stays bounded).
     max_concurrent_requests: int = 256
     # Bytes ingest requests in flight may reserve (bodies, parsed events, frames): past it, a
-    # request waits a moment, then 503 (see service.admission).
+    # request waits a moment, then 503 (see service.http.admission).
     max_ingest_bytes: int = 256 * 1024 * 1024
     # The event loop stalled this long (a handler blocking it): a warning naming the handler.
     loop_lag_warning: float = 0.5

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from service.broker_addresses import split_broker_urls
+from service.broker.addresses import split_broker_urls
 from service.store_url import store_url_problem
 
 __all__ = [

@@ -37,11 +37,11 @@ from producers import (
     declare_events_exchange,
     declare_results_exchange,
 )
-from service.broker_addresses import AddressRotation, redact_url
+from service.broker.addresses import AddressRotation, redact_url
+from service.broker.queue_stats import poll_queue_stats
+from service.broker.watchdog import watch_for_silence
 from service.cancellation import stop_if_cancelled, stop_task
-from service.link_watchdog import watch_for_silence
-from service.metrics import Metrics
-from service.queue_stats import poll_queue_stats
+from service.observability.metrics import Metrics
 from service.settings import Settings
 
 __all__ = ["BrokerLink", "LinkStatus", "NoBrokerAnsweredError"]
