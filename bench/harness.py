@@ -31,7 +31,7 @@ import orjson
 from consumers import RetryPolicy, Subscription, builtin
 from consumers.topology import subscription_queue_arguments
 from producers import Topology
-from service.topology_plan import apply_topology, plan_topology
+from service.broker.topology_plan import apply_topology, plan_topology
 
 __all__ = [
     "AMQP_URL",

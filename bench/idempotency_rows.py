@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from service.idempotency import check_key
+from service.http.idempotency import check_key
 from service.store import Statements, open_store
 
 ROWS = 20_000

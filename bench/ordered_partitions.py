@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from consumers import Event, Ordering, RetryPolicy, Subscription
 from producers import EventClient, Topology
 from service import Role, Settings, build_app
-from service.topology_plan import apply_topology
+from service.broker.topology_plan import apply_topology
 
 KEYS = 64
 PER_KEY = 64

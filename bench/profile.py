@@ -44,8 +44,8 @@ async def record(child: Child, seconds: float, raw: Path, svg: Path | None) -> N
 # Self time by where the code on top lives: a first cut at "what does the time go to".
 BUCKETS = (
     ("store (aiosqlite, asyncpg, service/store, idempotency, status)",
-     ("aiosqlite/", "asyncpg/", "service/store/", "service/idempotency.py", "service/status.py",
-      "consumers/status.py", "sqlite3/")),
+     ("aiosqlite/", "asyncpg/", "service/store/", "service/http/idempotency.py",
+      "service/http/status_book.py", "consumers/status.py", "sqlite3/")),
     ("AMQP client (aio_pika, aiormq, pamqp)", ("aio_pika/", "aiormq/", "pamqp/")),
     ("HTTP (aiohttp, multidict, yarl)", ("aiohttp/", "multidict/", "yarl/")),
     ("logging (structlog, logging)", ("structlog/", "logging/")),

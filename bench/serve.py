@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from unittest import mock
 
-from service.cli import main as conveyor
+from service.cli.main import main as conveyor
 from service.store import Claim, ClaimOutcome, ClaimRequest
 
 NULL_STORE = "--null-store"

@@ -1,4 +1,4 @@
-"""The conveyor process: settings, app assembly, HTTP ingress, health, lifecycle."""
+"""The conveyor process: settings, assembly (`app`), and the packages it assembles by concern."""
 
 from service.app import build_app
 from service.settings import Role, SettingError, Settings, load_settings

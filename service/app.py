@@ -10,17 +10,10 @@ from aiohttp import web
 
 from consumers import HandlerSteps, Subscription
 from producers import AmqpPublisher
-from service.admin_api import add_admin_routes, rate_history_context
-from service.admin_dead_letters import add_dead_letter_routes
-from service.admission import Admission
-from service.answers import answers_middleware
-from service.broker import BrokerLink
-from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
-from service.clock import SYSTEM_CLOCK, Clock
-from service.health import livez, readyz
-from service.idempotency import Deduplicator
-from service.ingress import INGEST_PATH, ingest
-from service.keys import (
+from service.admin.api import add_admin_routes, rate_history_context
+from service.admin.dead_letter_routes import add_dead_letter_routes
+from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
+from service.app_keys import (
     ADMISSION,
     DEDUPLICATOR,
     LIFECYCLE,
@@ -34,18 +27,25 @@ from service.keys import (
     TRACING,
     Lifecycle,
 )
-from service.loop_lag import LoopLagMonitor, loop_lag_context
-from service.memory import MemoryReturn, glibc_trim
-from service.metrics import Metrics
-from service.metrics_api import metrics_endpoint
-from service.openapi_api import add_openapi_route
-from service.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
-from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
+from service.broker.link import BrokerLink
+from service.broker.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
+from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
+from service.clock import SYSTEM_CLOCK, Clock
+from service.http.admission import Admission
+from service.http.answers import answers_middleware
+from service.http.health import livez, readyz
+from service.http.idempotency import Deduplicator
+from service.http.ingress import INGEST_PATH, ingest
+from service.http.memory import MemoryReturn, glibc_trim
+from service.http.metrics_route import metrics_endpoint
+from service.http.openapi_route import add_openapi_route
+from service.http.status_book import StatusBook
+from service.http.status_route import event_status
+from service.observability.loop_lag import LoopLagMonitor, loop_lag_context
+from service.observability.metrics import Metrics
+from service.observability.tracing import NoTracing, Tracing
 from service.settings import Settings
-from service.status import StatusBook
-from service.status_api import event_status
 from service.store import BatchWriter, ClaimBatcher, Store, StoreCheck, open_store
-from service.tracing import NoTracing, Tracing
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600

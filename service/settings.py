@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from service import settings_reader
-from service.admission import request_bytes_bound
-from service.broker_addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
+from service.broker.addresses import build_tls_context, redact_url, redact_urls, split_broker_urls
+from service.http.admission import request_bytes_bound
 from service.settings_reader import (
     LOG_LEVELS,
     MIN_ADMIN_TOKEN_LENGTH,
@@ -193,7 +193,7 @@ class Settings:
         "256",
         "ingest requests at once; past it, 503 overloaded",
     )
-    # What ingest requests in flight may reserve: see service.admission.
+    # What ingest requests in flight may reserve: see service.http.admission.
     max_ingest_bytes: int = setting(
         "MAX_INGEST_BYTES",
         integer(low=1),

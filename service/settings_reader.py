@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.broker_addresses import split_broker_urls
+from service.broker.addresses import split_broker_urls
 from service.store_url import store_url_problem
 
 __all__ = [

@@ -25,12 +25,12 @@ from yarl import URL
 from consumers import Handler, RetryPolicy, Subscription, delay_label
 from producers import Topology
 from service import Settings, build_app
+from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.app import PURGE_INTERVAL_SECONDS
+from service.app_keys import STATUS_BOOK
 from service.clock import SYSTEM_CLOCK, Clock
-from service.keys import STATUS_BOOK
-from service.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
+from service.observability.tracing import Tracing
 from service.store import Store, open_store
-from service.tracing import Tracing
 from tests.support.broker_plugins import ensure_consistent_hash
 from tests.support.ledger import ACCOUNTS, HEADER, Account
 from tests.support.processes import launch  # noqa: F401 - a fixture, shared by the process tests

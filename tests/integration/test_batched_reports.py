@@ -20,7 +20,7 @@ from consumers import DeliveryState, MessageMover
 from consumers.dead_letter import Failure
 from consumers.reporting import StatusReporter
 from producers import declare_results_exchange
-from service.status import StatusBook
+from service.http.status_book import StatusBook
 from tests.conftest import Namespace, subscription
 from tests.integration.test_status_store import CountingStore, open_book, state, update
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 
 from consumers import Event, PermanentError
-from service.cli import build_parser
-from service.cli_client import EXIT_ANSWERED_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, run_client
+from service.cli.client import EXIT_ANSWERED_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, run_client
+from service.cli.main import build_parser
 from tests.conftest import Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 

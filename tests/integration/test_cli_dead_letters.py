@@ -7,7 +7,7 @@ import orjson
 
 from consumers import Event, PermanentError
 from consumers.dead_letter import DeadLetterReason
-from service.cli_client import EXIT_USAGE
+from service.cli.client import EXIT_USAGE
 from tests.conftest import Running, StartConveyor, subscription
 from tests.support.cli import run_cli
 from tests.support.waiting import eventually

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.cli_client import EXIT_ANSWERED_ERROR, EXIT_USAGE
+from service.cli.client import EXIT_ANSWERED_ERROR, EXIT_USAGE
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.cli import CliResult, cli_environ, run_cli, run_entry_point
 from tests.support.processes import free_port

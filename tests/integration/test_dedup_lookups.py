@@ -15,7 +15,7 @@ from consumers import DeliveryState, DeliveryUpdate, Event
 from consumers.dead_letter import Failure
 from consumers.moves import MessageMover
 from consumers.reporting import StatusReporter
-from service.status import MAX_LOOKUPS_PER_QUERY, StatusBook
+from service.http.status_book import MAX_LOOKUPS_PER_QUERY, StatusBook
 from service.store import BatchWriter, Store, Write, open_store
 from tests.conftest import Namespace, subscription
 from tests.support.waiting import eventually

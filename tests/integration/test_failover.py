@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from consumers import Event
-from service.cli import build_parser
-from service.cli_client import run_client
+from service.cli.client import run_client
+from service.cli.main import build_parser
 from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
 from tests.integration.test_metrics import scrape
 from tests.support.ledger import Account, Ledger

@@ -1,6 +1,6 @@
 """Abusive HTTP clients against a real `conveyor serve`: slow loris, header floods, and memory.
 
-The limits on the request head live in the process's AppRunner (service/cli.py), so these run
+The limits on the request head live in the process's AppRunner (service/cli/main.py), so these run
 the real process and speak raw HTTP over sockets where a client library would not misbehave.
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from consumers import Event
-from service.admission import BODY_COPIES, request_bytes_bound
+from service.http.admission import BODY_COPIES, request_bytes_bound
 from tests.conftest import Running, StartConveyor, subscription
 from tests.integration.test_metrics import scrape, value
 from tests.support.waiting import eventually

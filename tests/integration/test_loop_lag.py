@@ -10,7 +10,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from consumers import Event
-from service.keys import METRICS
+from service.app_keys import METRICS
 from tests.conftest import Running, StartConveyor, subscription
 from tests.integration.test_metrics import scrape, value
 from tests.support.waiting import eventually

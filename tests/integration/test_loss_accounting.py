@@ -189,7 +189,7 @@ async def test_a_stalled_link_is_cut_within_two_heartbeats_and_nothing_is_lost(
 
 
 # On uvloop a connection reset mid-handshake once ended the connect retries silently: the link
-# never came up (service.broker.HandshakeCutError). Both loops go through the same scenario.
+# never came up (service.broker.link.HandshakeCutError). Both loops go through the same scenario.
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 async def test_broker_down_at_start_refuses_then_accepts_within_seconds_of_it_coming_up(
     launch: Callable[..., Awaitable[Process]],

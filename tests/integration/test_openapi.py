@@ -31,9 +31,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service import Role
-from service.openapi_api import load_document
+from service.http.openapi_route import load_document
+from service.http.status_route import MAX_WAIT_SECONDS
 from service.settings import parse_duration
-from service.status_api import MAX_WAIT_SECONDS
 from tests.conftest import StartConveyor, subscription
 from tests.support.recorder import Recorder
 

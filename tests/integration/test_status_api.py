@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from service import Role
-from service.routing import routed_subscriptions
+from service.broker.routing import routed_subscriptions
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.clock import ShiftedClock
 from tests.support.recorder import Recorder

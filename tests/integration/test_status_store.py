@@ -18,7 +18,7 @@ from consumers import DeliveryState, DeliveryUpdate, Subscription
 from consumers.dead_letter import Failure
 from producers import format_timestamp, new_event
 from service.clock import SYSTEM_CLOCK, Clock
-from service.status import MAX_HISTORY_SHOWN, StatusBook
+from service.http.status_book import MAX_HISTORY_SHOWN, StatusBook
 from service.store import BatchWriter, ClaimOutcome, Statements, Store, Write, open_store
 from service.store.sql import MAX_HISTORY_CHARS, MIGRATIONS
 from tests.conftest import subscription

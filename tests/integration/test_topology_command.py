@@ -10,7 +10,7 @@ import aio_pika
 import orjson
 
 from consumers import Ordering, RetryPolicy
-from service.cli import topology_command
+from service.cli.main import topology_command
 from service.settings import Settings
 from tests.conftest import Namespace, subscription
 from tests.support.recorder import Recorder

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from consumers import PermanentError
-from service.otel import OtelTracing
+from service.observability.otel_spans import OtelTracing
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually

@@ -17,8 +17,8 @@ from pamqp.commands import Basic
 
 from consumers import Event, PermanentError, RetryPolicy
 from producers import ChannelPipeline, WireMessage
-from service.cli import build_parser
-from service.cli_client import run_client
+from service.cli.client import run_client
+from service.cli.main import build_parser
 from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.frames import PADDING_HEADER, frame_filling, negotiated_frame_max
 from tests.support.recorder import Gate, Recorder

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.cli import build_parser
-from service.cli_client import run_client
+from service.cli.client import run_client
+from service.cli.main import build_parser
 
 if TYPE_CHECKING:  # conftest imports support modules: no import cycle at run time
     from tests.conftest import Running

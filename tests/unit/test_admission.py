@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from service.admission import Admission, OverloadedError, events_bound
+from service.http.admission import Admission, OverloadedError, events_bound
 
 
 async def test_bytes_are_held_until_the_request_ends_and_the_gauge_follows() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.broker_addresses import AddressRotation, redact_urls, split_broker_urls
+from service.broker.addresses import AddressRotation, redact_urls, split_broker_urls
 from service.settings import SettingError, load_settings
 
 

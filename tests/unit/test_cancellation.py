@@ -22,9 +22,9 @@ from aio_pika.abc import AbstractRobustConnection
 
 from consumers import NO_HANDLER_TRACER, StatusLedger, Subscription
 from producers import Topology
-from service.broker import BrokerLink
-from service.metrics import Metrics
-from service.queue_stats import poll_queue_stats
+from service.broker.link import BrokerLink
+from service.broker.queue_stats import poll_queue_stats
+from service.observability.metrics import Metrics
 from service.settings import Settings
 from tests.support.waiting import eventually
 
@@ -178,7 +178,7 @@ async def test_a_failover_cancelled_while_it_closes_the_old_connection_stops() -
 async def test_close_returns_even_when_the_link_ignores_its_cancellation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("service.broker._LINK_STOP_SECONDS", 0.2)
+    monkeypatch.setattr("service.broker.link._LINK_STOP_SECONDS", 0.2)
     link = _link()
     running = asyncio.Event()
     release = asyncio.Event()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.cli_text import indented, one_line, printable
+from service.cli.text import indented, one_line, printable
 
 
 def test_control_characters_are_shown_escaped() -> None:

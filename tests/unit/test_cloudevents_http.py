@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from producers import InvalidEventError, OutgoingEvent
-from service.cloudevents_http import (
+from service.http.cloudevents import (
     BatchTooLargeError,
     MalformedJsonError,
     ParsedBatch,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 _STANDARD = CollectorRegistry()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from service.idempotency import _new_owner
-from service.ingress import _new_correlation_id
+from service.http.idempotency import _new_owner
+from service.http.ingress import _new_correlation_id
 
 
 def test_correlation_ids_are_distinct_version_4_uuids_in_text_form() -> None:

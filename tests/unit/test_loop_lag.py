@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from consumers import Event, HandlerSteps
 from consumers.watch import WatchedHandler
-from service.loop_lag import LoopLagMonitor
+from service.observability.loop_lag import LoopLagMonitor
 
 
 class FakeClock:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.admission import Admission, OverloadedError
-from service.memory import TRIM_AFTER_REFUSALS, MemoryReturn
+from service.http.admission import Admission, OverloadedError
+from service.http.memory import TRIM_AFTER_REFUSALS, MemoryReturn
 
 
 class CountingTrim:

@@ -1,4 +1,4 @@
-"""service/openapi.json lists exactly the routes build_app registers, so the two cannot drift."""
+"""service/http/openapi.json lists exactly the routes build_app registers, so they cannot drift."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from producers.formats import BASE64_PATTERN
 from service import Role, Settings, build_app
-from service.openapi_api import load_document, served_routes
-from service.status_api import WAIT_PATTERN
+from service.http.openapi_route import load_document, served_routes
+from service.http.status_route import WAIT_PATTERN
 
 
 def documented(document: dict[str, Any]) -> set[tuple[str, str]]:

@@ -23,7 +23,7 @@ from consumers.deadlines import SharedTimeout
 from consumers.ordering import HandlerSlot, KeyLanes, run_holding_key
 from producers import Topology
 from service import SettingError, load_subscriptions
-from service.topology_plan import plan_topology, render_topology
+from service.broker.topology_plan import plan_topology, render_topology
 from tests.conftest import subscription
 from tests.support.ordering import order_violations
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.metrics import Metrics, QueueRates
+from service.observability.metrics import Metrics, QueueRates
 
 
 def test_rates_come_from_settled_deliveries_and_the_growth_of_the_queue() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.metrics import Metrics
-from service.rate_history import RateHistory
+from service.admin.rate_history import RateHistory
+from service.observability.metrics import Metrics
 
 
 class Clock:

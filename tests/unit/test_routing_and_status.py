@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from consumers import DeliveryUpdate
-from service.routing import topic_matches
-from service.status import EventStatus
+from service.broker.routing import topic_matches
+from service.http.status_book import EventStatus
 
 
 @pytest.mark.parametrize(

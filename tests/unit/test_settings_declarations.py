@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from service.cli.main import main
 from service.settings import DECLARED_SETTINGS, SettingError, Settings, load_settings
 from service.settings_reader import declared
 

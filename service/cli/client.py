@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from service.admin_dead_letters import MAX_PAGE, MAX_RATE
-from service.cli_dlq import REASONS, dlq_command
-from service.cli_http import (
+from service.admin.dead_letter_routes import MAX_PAGE, MAX_RATE
+from service.cli.dead_letters import REASONS, dlq_command
+from service.cli.http_client import (
     EXIT_ANSWERED_ERROR,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
@@ -28,8 +28,8 @@ from service.cli_http import (
     print_json,
     print_table,
 )
-from service.cli_publish import publish_command
-from service.cli_text import printable
+from service.cli.publish import publish_command
+from service.cli.text import printable
 
 __all__ = [
     "EXIT_ANSWERED_ERROR",

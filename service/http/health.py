@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.auth import ForbiddenError, UnauthorizedError, authorize_admin
-from service.keys import LIFECYCLE, LINK, SETTINGS, STORE_CHECK
-from service.problems import json_response
+from service.app_keys import LIFECYCLE, LINK, SETTINGS, STORE_CHECK
+from service.http.auth import ForbiddenError, UnauthorizedError, authorize_admin
+from service.http.problems import json_response
 
 __all__ = ["livez", "readyz"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.clock import SYSTEM_CLOCK, Clock
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
 
 __all__ = ["INTERVAL_SECONDS", "SPAN_SECONDS", "RateHistory", "RateSample"]
 

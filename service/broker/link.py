@@ -1,4 +1,5 @@
-"""The link to RabbitMQ: connect in the background, declare, attach the publisher and consumers.
+"""The link to RabbitMQ: connect in the background, fail over between addresses, and on each
+new connection declare the topology (`declaring`) and start the consumers (`consumer_set`).
 
 The process starts whether or not the broker answers; until it does, /readyz is 503 and the
 ingress answers 503. Connection attempts back off with jitter (tenacity) and never give up.
@@ -17,31 +18,24 @@ from typing import Any
 import aio_pika
 import aiormq.exceptions
 import structlog
-from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from consumers import (
     HandlerSteps,
     HandlerTracer,
-    MessageMover,
     StatusLedger,
     Subscription,
     SubscriptionConsumer,
-    declare_subscription_queues,
-    explain_missing_exchange_type,
 )
-from producers import (
-    AmqpPublisher,
-    BrokerUnavailableError,
-    Topology,
-    declare_events_exchange,
-    declare_results_exchange,
-)
-from service.broker_addresses import AddressRotation, redact_url
+from producers import AmqpPublisher, BrokerUnavailableError, Topology
+from service.broker.addresses import AddressRotation, redact_url
+from service.broker.consumer_set import ConsumerFactory
+from service.broker.declaring import attach_publisher, declare_exchanges, declare_subscription
+from service.broker.queue_stats import poll_queue_stats
+from service.broker.watchdog import watch_for_silence
 from service.cancellation import stop_if_cancelled, stop_task
-from service.link_watchdog import watch_for_silence
-from service.metrics import Metrics
-from service.queue_stats import poll_queue_stats
+from service.observability.metrics import Metrics
 from service.settings import Settings
 
 __all__ = ["BrokerLink", "LinkStatus", "NoBrokerAnsweredError"]
@@ -94,12 +88,16 @@ class BrokerLink:
         self._consume = consume
         self._max_backoff = max_backoff
         self._metrics = metrics
-        self._tracer = tracer
-        self._steps = steps if steps is not None else HandlerSteps()
+        self._consumers = ConsumerFactory(
+            settings,
+            topology=self._topology,
+            metrics=metrics,
+            tracer=tracer,
+            steps=steps if steps is not None else HandlerSteps(),
+        )
         self._queue_poll_interval = queue_poll_interval
         self._addresses = AddressRotation(settings.amqp_addresses)
         self._tls = settings.amqp_tls_context()
-        self._retired: set[asyncio.Task[None]] = set()
         self._opened: set[AbstractRobustConnection] = set()
         self._poller: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -316,63 +314,21 @@ class BrokerLink:
         )
 
     async def _declare_and_attach(self, connection: AbstractRobustConnection) -> None:
-        # The events exchange is declared by every role: consumers bind to it. This channel stays
-        # open so that a reconnect to a wiped broker re-declares the exchanges before the queues.
-        setup = await connection.channel()
-        exchange = await declare_events_exchange(setup, self._topology)
-        await declare_results_exchange(setup, self._topology)
+        exchange = await declare_exchanges(connection, self._topology)
         if self._publisher is not None:
-            publishing = await connection.channel(publisher_confirms=True)
-            self._publisher.attach(
-                connection, publishing, await publishing.get_exchange(exchange.name, ensure=False)
-            )
+            await attach_publisher(connection, self._publisher, exchange)
+        mover = await self._consumers.mover(connection)
         consumers = []
-        # One confirm channel per process moves failed deliveries into retry tiers and DLQs.
-        mover = MessageMover(
-            await connection.channel(publisher_confirms=True),
-            timeout=self._settings.publish_timeout,
-        )
         for subscription in self._subscriptions:
-            # Every role declares the subscription queues, so events an ingress accepts before
-            # any worker runs wait in their queue instead of counting as unrouted.
-            channel = await connection.channel()
-            queues = await self._declare(channel, subscription)
+            channel, queues = await declare_subscription(connection, self._topology, subscription)
             if not self._consume or self._ledger is None:
                 continue
-            consumer = SubscriptionConsumer(
-                subscription,
-                topology=self._topology,
-                channel=channel,
-                queues=queues,
-                mover=mover,
-                ledger=self._ledger,
-                observer=self._metrics,
-                tracer=self._tracer,
-                steps=self._steps,
-            )
-            await consumer.start()
-            consumers.append(consumer)
-            _log.info(
-                "consuming",
-                subscription=subscription.name,
-                queues=[queue.name for queue in queues],
-                prefetch=subscription.prefetch,
-                concurrency=subscription.concurrency,
+            consumers.append(
+                await self._consumers.start(
+                    subscription, channel=channel, queues=queues, mover=mover, ledger=self._ledger
+                )
             )
         self.consumers = consumers
-
-    async def _declare(
-        self, channel: AbstractRobustChannel, subscription: Subscription
-    ) -> tuple[AbstractQueue, ...]:
-        try:
-            return await declare_subscription_queues(channel, self._topology, subscription)
-        except aiormq.exceptions.AMQPError as error:
-            explained = explain_missing_exchange_type(error)
-            if explained is None:
-                raise
-            # Loud, and retried: the plugin can be enabled while conveyor waits.
-            _log.error(str(explained), subscription=subscription.name)
-            raise explained from error
 
     async def _abandon(self, connection: AbstractRobustConnection) -> None:
         if self._publisher is not None:
@@ -385,13 +341,7 @@ class BrokerLink:
             # A failover cancelled by close() must not go on to the next address.
             stop_if_cancelled(error)
         finally:
-            # Their channels died with the connection: whatever they hold goes back to the
-            # queue (an ack on a closed channel raises, and never reaches the new one). Running
-            # handlers may finish meanwhile; nothing new starts.
-            for consumer in retired:
-                draining = asyncio.create_task(consumer.drain(self._settings.shutdown_timeout))
-                self._retired.add(draining)
-                draining.add_done_callback(self._retired.discard)
+            self._consumers.retire(retired)
 
     async def close(self) -> None:
         """Drain consumers (handlers get the shutdown timeout), then close the connection.
@@ -404,13 +354,7 @@ class BrokerLink:
             if self._task is not None:
                 await stop_task(self._task, _LINK_STOP_SECONDS)
             await self._stop_watchers()
-            drains = await asyncio.gather(
-                *(consumer.drain(self._settings.shutdown_timeout) for consumer in self.consumers),
-                *self._retired,
-                return_exceptions=True,
-            )
-            for failed in (result for result in drains if isinstance(result, Exception)):
-                _log.warning("a consumer did not drain cleanly", error=repr(failed))
+            await self._consumers.drain(self.consumers)
         finally:
             if self._publisher is not None:
                 self._publisher.detach()

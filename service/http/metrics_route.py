@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.keys import LINK, METRICS
-from service.metrics import CONTENT_TYPE_LATEST
+from service.app_keys import LINK, METRICS
+from service.observability.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["count_answer", "metrics_endpoint"]
 
@@ -22,7 +22,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def count_answer(request: web.Request, status: int) -> None:
-    """Called by the one middleware (service.ingress) with the status it settled on. The route
+    """Called by the one middleware (service.http.ingress) with the status it settled on. The route
     is the pattern (`/v1/events/{event_id}`), never the raw path, so labels stay few."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"

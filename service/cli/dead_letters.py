@@ -15,7 +15,8 @@ import orjson
 
 from consumers.dead_letter import ERROR_TRACEBACK, DeadLetterReason
 from producers import parse_time
-from service.cli_http import (
+from service.broker.routing import topic_matches
+from service.cli.http_client import (
     EXIT_ANSWERED_ERROR,
     Answer,
     UsageError,
@@ -24,8 +25,7 @@ from service.cli_http import (
     print_json,
     print_table,
 )
-from service.cli_text import indented, one_line, printable
-from service.routing import topic_matches
+from service.cli.text import indented, one_line, printable
 
 __all__ = ["REASONS", "dlq_command"]
 

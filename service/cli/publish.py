@@ -11,8 +11,8 @@ from typing import Any, TextIO
 import orjson
 
 from producers import EventClient, OutgoingEvent, PublishError, event_from_json
-from service.broker_addresses import split_broker_urls
-from service.cli_http import (
+from service.broker.addresses import split_broker_urls
+from service.cli.http_client import (
     EXIT_ANSWERED_ERROR,
     EXIT_UNREACHABLE,
     UsageError,

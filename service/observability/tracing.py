@@ -1,7 +1,7 @@
 """Tracing: spans for ingest, publish and handling, joined through the AMQP `traceparent`.
 
 Off by default: the incoming W3C `traceparent` is then passed through to the AMQP message as it
-came. With CONVEYOR_OTEL=1 (and the `otel` extra installed) `service.otel` records spans and
+came. With CONVEYOR_OTEL=1 (and the `otel` extra installed) `otel_spans` records spans and
 exports them over OTLP; the message then carries the publish span's context, so the consumer's
 span joins the same trace.
 """
@@ -65,7 +65,7 @@ def build_tracing(settings: Settings) -> Tracing:
     if not settings.otel:
         return NoTracing()
     try:
-        from service.otel import otlp_tracing  # noqa: PLC0415 - the optional extra, only when on
+        from service.observability.otel_spans import otlp_tracing  # noqa: PLC0415 - the optional extra, only when on
     except ImportError:
         raise SettingError(
             "CONVEYOR_OTEL", "the otel extra installed: pip install 'conveyor[otel]'"

@@ -1,6 +1,6 @@
 """POST /v1/events: accept CloudEvents over HTTP, answer 202 only once RabbitMQ confirmed them.
 
-Errors become problem+json in service.answers.
+Errors become problem+json in service.http.answers.
 """
 
 from __future__ import annotations
@@ -18,17 +18,26 @@ import structlog
 from aiohttp import web
 
 from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
-from service.admission import BODY_COPIES, EVENT_BYTES, Ticket, events_bound
-from service.answers import INGEST_PATH, RETRY_AFTER_SECONDS, problem_for
-from service.auth import authorize
-from service.cloudevents_http import (
+from service.app_keys import (
+    ADMISSION,
+    DEDUPLICATOR,
+    METRICS,
+    PUBLISHER,
+    SETTINGS,
+    STATUS_BOOK,
+    TRACING,
+)
+from service.http.admission import BODY_COPIES, EVENT_BYTES, Ticket, events_bound
+from service.http.answers import INGEST_PATH, RETRY_AFTER_SECONDS, problem_for
+from service.http.auth import authorize
+from service.http.cloudevents import (
     MalformedJsonError,
     ParsedBatch,
     ParsedSingle,
     check_header_text,
     parse_request,
 )
-from service.idempotency import (
+from service.http.idempotency import (
     IDEMPOTENCY_HEADER,
     Answer,
     Deduplicator,
@@ -39,13 +48,12 @@ from service.idempotency import (
     event_identity,
     request_fingerprint,
 )
-from service.keys import ADMISSION, DEDUPLICATOR, METRICS, PUBLISHER, SETTINGS, STATUS_BOOK, TRACING
-from service.metrics import Metrics
-from service.problems import PROBLEM_CONTENT_TYPE, Problem
+from service.http.problems import PROBLEM_CONTENT_TYPE, Problem
+from service.http.status_book import StatusBook
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
 from service.settings import Settings
-from service.status import StatusBook
 from service.store import Write
-from service.tracing import Tracing
 
 __all__ = ["INGEST_PATH", "ingest"]
 

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from consumers import MessageMover
 from producers import Topology, parse_time
-from service.admin_api import ADMIN_PREFIX, admin_operation
-from service.dead_letters import (
+from service.admin.api import ADMIN_PREFIX, admin_operation
+from service.admin.dead_letter_queues import (
     Action,
     DeadLetter,
     PassResult,
@@ -29,8 +29,8 @@ from service.dead_letters import (
     Selection,
     pass_over,
 )
-from service.keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
-from service.problems import Problem, json_response, problem_response
+from service.app_keys import LINK, METRICS, SETTINGS, SUBSCRIPTIONS
+from service.http.problems import Problem, json_response, problem_response
 
 __all__ = ["add_dead_letter_routes"]
 

@@ -14,29 +14,29 @@ import structlog
 from aiohttp import web
 
 from producers import InvalidEventError, PublishError
-from service.admission import OverloadedError
-from service.auth import ForbiddenError, UnauthorizedError
-from service.cloudevents_http import (
+from service.app_keys import METRICS, SETTINGS
+from service.http.admission import OverloadedError
+from service.http.auth import ForbiddenError, UnauthorizedError
+from service.http.cloudevents import (
     BatchTooLargeError,
     MalformedJsonError,
     UnsupportedMediaTypeError,
 )
-from service.idempotency import (
+from service.http.idempotency import (
     EventIdConflictError,
     IdempotencyConflictError,
     IdempotencyInProgressError,
     InvalidIdempotencyKeyError,
 )
-from service.keys import METRICS, SETTINGS
-from service.metrics_api import count_answer
-from service.problems import Problem, problem_response
+from service.http.metrics_route import count_answer
+from service.http.problems import Problem, problem_response
 from service.store import StoreUnavailableError
 
 __all__ = ["INGEST_PATH", "RETRY_AFTER_SECONDS", "answers_middleware", "problem_for"]
 
 _log = structlog.get_logger(component="ingress")
 RETRY_AFTER_SECONDS = "2"
-INGEST_PATH = "/v1/events"  # served by service.ingress; its rejections are counted here
+INGEST_PATH = "/v1/events"  # served by service.http.ingress; its rejections are counted here
 
 
 def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - one case per error kind

@@ -20,7 +20,7 @@ __all__ = ["silent_for", "watch_for_silence"]
 
 _log = structlog.get_logger(component="broker")
 # aiormq 7 keeps the time of the last received frame only in this private attribute (no public
-# API, like the blocked state read in service.broker); a missing one reads as "not silent".
+# API, like the blocked state read in service.broker.link); a missing one reads as "not silent".
 _LAST_FRAME = "_Connection__last_frame_time"
 
 

@@ -6,9 +6,9 @@ import re
 
 from aiohttp import web
 
-from service.auth import ForbiddenError, UnauthorizedError, authorize, authorize_admin
-from service.keys import SETTINGS, STATUS_BOOK
-from service.problems import Problem, json_response, problem_response
+from service.app_keys import SETTINGS, STATUS_BOOK
+from service.http.auth import ForbiddenError, UnauthorizedError, authorize, authorize_admin
+from service.http.problems import Problem, json_response, problem_response
 
 __all__ = ["MAX_WAIT_SECONDS", "WAIT_PATTERN", "event_status"]
 

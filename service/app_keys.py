@@ -8,15 +8,15 @@ from aiohttp import web
 
 from consumers import Subscription
 from producers import Publisher
-from service.admission import Admission
-from service.broker import BrokerLink
-from service.idempotency import Deduplicator
-from service.metrics import Metrics
-from service.rate_history import RateHistory
+from service.admin.rate_history import RateHistory
+from service.broker.link import BrokerLink
+from service.http.admission import Admission
+from service.http.idempotency import Deduplicator
+from service.http.status_book import StatusBook
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
 from service.settings import Settings
-from service.status import StatusBook
 from service.store import StoreCheck
-from service.tracing import Tracing
 
 __all__ = [
     "ADMISSION",

@@ -1,4 +1,5 @@
-"""GET /openapi.json: the OpenAPI document (service/openapi.json), cut to the routes served here.
+"""GET /openapi.json: the OpenAPI document (openapi.json beside this module), cut to the routes
+served here.
 
 One static document describes every route conveyor has. Each process serves the part its role
 and settings registered (a worker takes no events; the admin routes exist only with an admin
@@ -22,7 +23,7 @@ _SERVED_DOCUMENT = web.AppKey("openapi_document", bytes)
 def load_document() -> dict[str, Any]:
     """The whole document as shipped in the package."""
     document: dict[str, Any] = orjson.loads(
-        resources.files("service").joinpath("openapi.json").read_bytes()
+        resources.files("service.http").joinpath("openapi.json").read_bytes()
     )
     return document
 

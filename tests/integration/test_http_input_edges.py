@@ -1,4 +1,4 @@
-"""What the schemathesis run (test_openapi.py) and probing around it found, one test each."""
+"""Inputs at the edges of the API document: attribute types, encodings, paging, waits, methods."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from service.openapi_api import load_document
+from service.http.openapi_route import load_document
 from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 

@@ -18,13 +18,13 @@ from aiohttp import web
 
 from consumers import Subscription, delay_label, subscription_queue_names
 from producers import Topology
-from service.auth import authorize_admin
+from service.admin.rate_history import INTERVAL_SECONDS, RateHistory
+from service.app_keys import LINK, METRICS, RATE_HISTORY, SETTINGS, SUBSCRIPTIONS
+from service.broker.queue_stats import read_queue_stats
 from service.cancellation import STOP_SECONDS, stop_task
 from service.clock import SYSTEM_CLOCK, Clock
-from service.keys import LINK, METRICS, RATE_HISTORY, SETTINGS, SUBSCRIPTIONS
-from service.problems import Problem, json_response, problem_response
-from service.queue_stats import read_queue_stats
-from service.rate_history import INTERVAL_SECONDS, RateHistory
+from service.http.auth import authorize_admin
+from service.http.problems import Problem, json_response, problem_response
 
 __all__ = ["ADMIN_PREFIX", "add_admin_routes", "admin_operation", "rate_history_context"]
 
@@ -141,7 +141,7 @@ async def dashboard_history(request: web.Request) -> web.Response:
 
 async def dashboard_page(_request: web.Request) -> web.Response:
     # The page holds no data: it asks for the admin token and fetches everything with it.
-    page = resources.files("service").joinpath("dashboard.html").read_bytes()
+    page = resources.files("service.admin").joinpath("dashboard.html").read_bytes()
     return web.Response(
         body=page,
         content_type="text/html",

@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from consumers import Subscription, delay_label, subscription_queue_names
 from producers import BROKER_FAILURES, Topology
 from service.cancellation import stop_if_cancelled
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
 
 __all__ = ["QueueStats", "poll_queue_stats", "read_queue_stats"]
 

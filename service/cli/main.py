@@ -20,14 +20,16 @@ from aiohttp import web
 from consumers import Subscription
 from producers import Topology
 from service.app import build_app
-from service.cli_client import (
+from service.app_keys import LIFECYCLE
+from service.broker.topology_plan import apply_topology, plan_topology, render_topology
+from service.cli.client import (
     EXIT_ANSWERED_ERROR,
     EXIT_UNREACHABLE,
     add_client_commands,
     run_client,
 )
-from service.keys import LIFECYCLE
-from service.logs import configure_logging
+from service.observability.logs import configure_logging
+from service.observability.tracing import Tracing, build_tracing
 from service.settings import (
     DECLARED_SETTINGS,
     PREFIX,
@@ -39,8 +41,6 @@ from service.settings import (
 )
 from service.subscription_config import load_subscriptions
 from service.supervisor import REUSE_PORT_FLAG, supervise
-from service.topology_plan import apply_topology, plan_topology, render_topology
-from service.tracing import Tracing, build_tracing
 
 __all__ = ["build_parser", "main", "run_on_loop", "topology_command"]
 

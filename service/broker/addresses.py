@@ -4,7 +4,7 @@ CONVEYOR_AMQP_URL takes either comma-separated URLs
 (`amqp://u:p@h1:5672/,amqp://u:p@h2:5673/`) or one URL with a comma-separated host list
 (`amqp://u:p@h1,h2:5673,h3/vhost`, each host with its own port or the scheme's default; the
 credentials, vhost and query apply to every host). aio-pika's robust connection keeps
-reconnecting to the one URL it was given, so the choice of node is conveyor's (service.broker).
+reconnecting to the one URL it was given, so the choice of node is conveyor's (service.broker.link).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import orjson
 
 from consumers import DeliveryState, DeliveryUpdate, Subscription
 from producers import OutgoingEvent, format_timestamp
+from service.broker.routing import routed_subscriptions
 from service.clock import SYSTEM_CLOCK, Clock
-from service.routing import routed_subscriptions
 from service.store import BatchWriter, Coalescer, Statements, Store, Write
 
 __all__ = ["EventStatus", "StatusBook"]

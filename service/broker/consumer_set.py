@@ -1,0 +1,104 @@
+"""Building a connection's consumers, and draining them when the connection is given up.
+
+One confirm channel per connection moves failed deliveries into retry tiers and dead-letter
+queues (the `MessageMover`); each subscription gets a `SubscriptionConsumer` on its own channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+
+from consumers import (
+    HandlerSteps,
+    HandlerTracer,
+    MessageMover,
+    StatusLedger,
+    Subscription,
+    SubscriptionConsumer,
+)
+from producers import Topology
+from service.observability.metrics import Metrics
+from service.settings import Settings
+
+__all__ = ["ConsumerFactory"]
+
+_log = structlog.get_logger(component="broker")
+
+
+class ConsumerFactory:
+    """Starts consumers on a connection, and keeps the drains of retired ones until closed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topology: Topology,
+        metrics: Metrics,
+        tracer: HandlerTracer,
+        steps: HandlerSteps,
+    ) -> None:
+        self._settings = settings
+        self._topology = topology
+        self._metrics = metrics
+        self._tracer = tracer
+        self._steps = steps
+        self._retired: set[asyncio.Task[None]] = set()
+
+    async def mover(self, connection: AbstractRobustConnection) -> MessageMover:
+        return MessageMover(
+            await connection.channel(publisher_confirms=True),
+            timeout=self._settings.publish_timeout,
+        )
+
+    async def start(
+        self,
+        subscription: Subscription,
+        *,
+        channel: AbstractRobustChannel,
+        queues: tuple[AbstractQueue, ...],
+        mover: MessageMover,
+        ledger: StatusLedger,
+    ) -> SubscriptionConsumer:
+        consumer = SubscriptionConsumer(
+            subscription,
+            topology=self._topology,
+            channel=channel,
+            queues=queues,
+            mover=mover,
+            ledger=ledger,
+            observer=self._metrics,
+            tracer=self._tracer,
+            steps=self._steps,
+        )
+        await consumer.start()
+        _log.info(
+            "consuming",
+            subscription=subscription.name,
+            queues=[queue.name for queue in queues],
+            prefetch=subscription.prefetch,
+            concurrency=subscription.concurrency,
+        )
+        return consumer
+
+    def retire(self, consumers: Sequence[SubscriptionConsumer]) -> None:
+        """Consumers whose channels died with their connection: whatever they hold goes back to
+        the queue (an ack on a closed channel raises, and never reaches the new one). Running
+        handlers may finish meanwhile; nothing new starts."""
+        for consumer in consumers:
+            draining = asyncio.create_task(consumer.drain(self._settings.shutdown_timeout))
+            self._retired.add(draining)
+            draining.add_done_callback(self._retired.discard)
+
+    async def drain(self, consumers: Sequence[SubscriptionConsumer]) -> None:
+        """Drain `consumers` (handlers get the shutdown timeout) and wait for the retired ones."""
+        drains = await asyncio.gather(
+            *(consumer.drain(self._settings.shutdown_timeout) for consumer in consumers),
+            *self._retired,
+            return_exceptions=True,
+        )
+        for failed in (result for result in drains if isinstance(result, Exception)):
+            _log.warning("a consumer did not drain cleanly", error=repr(failed))
