@@ -43,7 +43,7 @@ from consumers.ordering import (
     wait_holding_key,
 )
 from consumers.reporting import StatusOf, StatusReporter
-from consumers.settling import Outcome, channel_gone
+from consumers.settling import Outcome, Release, channel_gone
 from consumers.status import DeliveryState
 from consumers.subscription import Subscription
 from producers import BROKER_FAILURES
@@ -62,8 +62,9 @@ Handle = Callable[[Inbound], Coroutine[Any, Any, None]]
 Attempts = tuple[AttemptsResult, int | None]
 
 
-class DeliveryOrder(Protocol):
-    """What differs between an ordered and an unordered subscription."""
+class DeliveryOrder(Release, Protocol):
+    """What differs between an ordered and an unordered subscription (with how it lets go of a
+    delivery, consumers.settling's `Release`)."""
 
     holding: int  # deliveries received and not yet settled
     cancel_at_drain: bool  # stop the broker-side consumers when a shutdown begins
@@ -87,12 +88,6 @@ class DeliveryOrder(Protocol):
     def after_failed_judging(self, message: Inbound, tries: int) -> Outcome | None:
         """What a delivery whose judging failed unexpectedly `tries` times comes to: RETURNED,
         DEAD_LETTERED, or None to judge it again."""
-
-    def settle_again(self, message: Inbound) -> bool:
-        """Whether a settlement that failed is tried again in place."""
-
-    async def give_back(self, message: Inbound) -> bool:
-        """Return an unsettled delivery to its queue; False: left to the channel's closing."""
 
     async def drain(self) -> None:
         """After the running handlers ended or were cancelled: let the admitted rest go."""

@@ -395,7 +395,7 @@ async def test_a_message_that_breaks_decoding_unexpectedly_is_dead_lettered_with
     def broken_decoder(*_: object, **__: object) -> None:
         raise RecursionError("a decoding bug")
 
-    monkeypatch.setattr("consumers.runtime.decode_event", broken_decoder)
+    monkeypatch.setattr("consumers.stages.decode_event", broken_decoder)
     marker = await fuzzing.publish(DEEP_STRUCTURED)
     [dead] = await fuzzing.namespace.take_at_least(
         fuzzing.namespace.topology.dead_letter_queue("fuzz"), 1
