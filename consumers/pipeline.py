@@ -1,6 +1,6 @@
 """One delivery's way from the broker to its ack: explicit stages, each passed once.
 
-    admit     consumers.admission: when the delivery's turn comes (ordered: its key's turn)
+    admit     consumers.delivery_order: when the delivery's turn comes (ordered: its key's turn)
     decode    stages.Decode: the message read into an Event (unreadable: dead-lettered)
     checks    stages.SkipSucceeded (with `deduplicate`): an event that succeeded here is skipped
     attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot
@@ -11,7 +11,7 @@
 Decode, the checks and the attempts judge: each returns a `Verdict` (consumers.settling) that
 ends the judging, or passes the delivery on; none of them does broker I/O, so a verdict is
 carried out in one place. What differs between ordered and unordered subscriptions is the
-`DeliveryOrder` the consumer chose once (consumers.admission), which the stages ask.
+`DeliveryOrder` the consumer chose once (consumers.delivery_order), which the stages ask.
 
 Adding a stage (a filter, a rate limit, a typed-payload check) is one class in consumers.stages
 (or a module of its own) with `async def __call__(self, judging: Judging) -> Verdict | None`:
@@ -30,7 +30,6 @@ from typing import Any, cast
 
 import structlog
 
-from consumers.admission import DeliveryOrder
 from consumers.dead_letter import (
     ATTEMPTS,
     DeadLetterReason,
@@ -39,6 +38,7 @@ from consumers.dead_letter import (
     without_conveyor_headers,
 )
 from consumers.delivery import Inbound
+from consumers.delivery_order import DeliveryOrder
 from consumers.observe import DeliveryObserver, HandlerTracer
 from consumers.reporting import StatusReporter
 from consumers.settling import SETTLE_RETRY_PAUSE_SECONDS, Outcome, Settler, Verdict

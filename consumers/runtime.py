@@ -2,7 +2,7 @@
 
 The consumer owns the broker-side consumers and the shutdown; a delivery's way to its ack is
 consumers.pipeline's, and whether the subscription is ordered is the `DeliveryOrder`
-(consumers.admission) chosen here once.
+(consumers.delivery_order) chosen here once.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from consumers.admission import delivery_order
 from consumers.delivery import Inbound
+from consumers.delivery_order import delivery_order
 from consumers.moves import MessageMover
 from consumers.observe import (
     NO_DELIVERY_OBSERVER,

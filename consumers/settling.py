@@ -73,7 +73,7 @@ class Verdict:
 
 
 class Release(Protocol):
-    """How the subscription's delivery order (consumers.admission) lets go of a delivery."""
+    """How the subscription's delivery order (consumers.delivery_order) lets go of a delivery."""
 
     def settle_again(self, message: Inbound) -> bool:
         """Whether a settlement that failed is tried again in place."""

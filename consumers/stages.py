@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from consumers.admission import DeliveryOrder
 from consumers.attempts import AttemptsResult
 from consumers.dead_letter import (
     ATTEMPTS,
@@ -22,6 +21,7 @@ from consumers.dead_letter import (
 )
 from consumers.decoding import MalformedEventError, decode_event
 from consumers.delivery import Inbound
+from consumers.delivery_order import DeliveryOrder
 from consumers.event import Event
 from consumers.observe import DeliveryObserver, FailureReport, HandlerTracer
 from consumers.reporting import StatusOf, StatusReporter, malformed_status
