@@ -1,4 +1,4 @@
-"""Acking finished deliveries in few frames (issue 7, performance).
+"""Acking finished deliveries in few frames.
 
 Delivery tags count up per channel from 1. One basic.ack with `multiple` set settles every
 delivery of the channel still unsettled with a tag up to its own, so it is sent only for a run

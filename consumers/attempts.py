@@ -1,9 +1,9 @@
 """Running a handler for one delivery: a timeout per attempt, quick retries with tenacity.
 
 The first attempt runs on its own: nearly every handler returns on it, and tenacity's machinery
-cost a few percent of the consumer's time per delivery (issue 7). Only a failed first attempt
-starts tenacity, which is handed that failure as its own first attempt, so the stop, wait and
-retry rules and the retry log are tenacity's as before.
+is not worth setting up for each delivery. Only a failed first attempt starts tenacity, which is
+handed that failure as its own first attempt, so the stop, wait and retry rules and the retry log
+are tenacity's.
 """
 
 from __future__ import annotations

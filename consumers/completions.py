@@ -81,8 +81,8 @@ def completion_message(update: DeliveryUpdate, *, correlation_id: str | None) ->
 
 
 def completion_id(identity: str) -> str:
-    """`str(uuid.uuid5(_ID_NAMESPACE, identity))`, without the `UUID` object (issue 7: a few %
-    of a consumer's time went to building and printing it)."""
+    """`str(uuid.uuid5(_ID_NAMESPACE, identity))`, without building and printing a `UUID`
+    object for every completion."""
     digest = hashlib.sha1(_ID_NAMESPACE_BYTES + identity.encode()).hexdigest()  # noqa: S324 - UUIDv5 is SHA-1 by definition; an id, not a secret
     # Version 5 in the 13th hex digit, the RFC 4122 variant in the top bits of the 17th.
     variant = _VARIANT_DIGIT[digest[16]]

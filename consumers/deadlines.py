@@ -1,12 +1,11 @@
 """`asyncio.timeout(seconds)` for many tasks at once, with one timer among them.
 
 Every delivery runs its handler, and asks the store whether it already succeeded, under a
-timeout. `asyncio.timeout` schedules a timer for each and cancels it on the way out: about 4.5 µs
-a scope on this machine, and cancelled timers pile up in the loop's heap until it rebuilds it
-(issue 7: two of them were 3 % of a delivery). Scopes of one `SharedTimeout` all last the same
-`seconds`, so their deadlines come in the order they were entered: one timer, set for the
-oldest scope still open, serves them all. A scope that ends takes itself out of the line; the
-timer, when it fires, expires what is due and is set again for the next one.
+timeout. `asyncio.timeout` schedules a timer for each and cancels it on the way out, and
+cancelled timers pile up in the loop's heap until it rebuilds it. Scopes of one `SharedTimeout`
+all last the same `seconds`, so their deadlines come in the order they were entered: one timer,
+set for the oldest scope still open, serves them all. A scope that ends takes itself out of the
+line; the timer, when it fires, expires what is due and is set again for the next one.
 
 An expired scope behaves as `asyncio.timeout`'s does: its task is cancelled, and the
 CancelledError that comes out of the scope becomes a TimeoutError, unless the task was also

@@ -1,9 +1,9 @@
-"""Deliveries taken straight from aiormq's channel: one task each, no aio-pika message (issue 7).
+"""Deliveries taken straight from aiormq's channel: one task each, no aio-pika message.
 
 aio-pika hands each delivery to a consumer through two tasks (aiormq's, tracked in the channel's
 future store, and aio-pika's own around the callback) and an `IncomingMessage`, whose
-constructor copies and converts every property; on the no-op consume benchmark that was a
-third of the loop. `DeliveryHook` replaces the `_on_deliver_frame` of the consumer's aiormq
+constructor copies and converts every property: much of a cheap handler's delivery cost.
+`DeliveryHook` replaces the `_on_deliver_frame` of the consumer's aiormq
 channel (aiormq is pinned in constraints.txt for this and the publish pipeline): a delivery to
 one of the hooked consumer tags becomes a `Delivery` (the message's fields, read as needed) and
 one task; deliveries to any other consumer go on exactly as aiormq does it. As aiormq does with

@@ -79,9 +79,9 @@ class StatusReporter:
         re-running a handler, or dead-lettering twice, would cost more than a lost notice.
         A subscription with `completions` off announces nothing: recording is all there is.
 
-        Reports made while others are carried out go together (issue 7): their states in one
-        store write, then their completion events in one write to the broker, each confirmed
-        on its own; each state is still stored before its completion event goes out.
+        Reports made while others are carried out go together: their states in one store
+        write, then their completion events in one write to the broker, each confirmed on its
+        own; each state is still stored before its completion event goes out.
         """
         stored: DeliveryUpdate | None = None
         if record:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
@@ -34,14 +33,13 @@ from consumers.moves import (
     MoveFailedError,
     UncopyableMessageError,
 )
-from consumers.observe import DeliveryObserver, FailureReport
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
 from consumers.status import DeliveryState, DeliveryUpdate
 from consumers.subscription import Subscription
 from producers import BROKER_FAILURES, Topology
 
-__all__ = ["Move", "Outcome", "Settler", "Verdict", "channel_gone"]
+__all__ = ["Move", "Outcome", "Release", "Settler", "Verdict", "channel_gone"]
 
 _log = structlog.get_logger(component="consumer")
 SETTLE_RETRY_PAUSE_SECONDS = 1.0
@@ -74,6 +72,16 @@ class Verdict:
     status: DeliveryUpdate | None = None  # what to record (and announce, when terminal)
 
 
+class Release(Protocol):
+    """How the subscription's delivery order (consumers.delivery_order) lets go of a delivery."""
+
+    def settle_again(self, message: Inbound) -> bool:
+        """Whether a settlement that failed is tried again in place."""
+
+    async def give_back(self, message: Inbound) -> bool:
+        """Return an unsettled delivery to its queue; False: left to the channel's closing."""
+
+
 def channel_gone(message: Inbound) -> bool:
     """True once the delivery's channel closed: the broker has taken the delivery back."""
     try:
@@ -93,15 +101,13 @@ class Settler:
         topology: Topology,
         mover: MessageMover,
         reporter: StatusReporter,
-        observer: DeliveryObserver,
-        draining: Callable[[], bool],
+        release: Release,
     ) -> None:
         self._subscription = subscription
         self._topology = topology
         self._mover = mover
         self._reporter = reporter
-        self._observer = observer
-        self._draining = draining
+        self._release = release
         self.acks = AckCoalescer()
 
     def dead_letter(
@@ -165,34 +171,18 @@ class Settler:
         retrying = status(DeliveryState.RETRYING, attempts, failure, next_attempt_in=delay)
         return Verdict(Outcome.RETRY_SCHEDULED, Move("", tier, copy_headers, label), retrying)
 
-    async def settle(self, message: Inbound, verdict: Verdict) -> None:
+    async def settle(self, message: Inbound, verdict: Verdict) -> tuple[Outcome, Verdict]:
+        """Carry out `verdict`: what actually happened to the delivery, and the verdict carried
+        out (see `_carry_out`)."""
         outcome, done = await self._carry_out(message, verdict)
         while (
             outcome is Outcome.RETURNED
             and verdict.outcome is not Outcome.RETURNED
-            and self._subscription.ordering is not None
-            and not self._draining()
-            and not channel_gone(message)
+            and self._release.settle_again(message)
         ):
-            # Ordered: the key waits here until its event is settled (a nack would let later
-            # events of the key overtake it).
             await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
             outcome, done = await self._carry_out(message, verdict)
-        name = self._subscription.name
-        self._observer.delivery_settled(name, outcome.value)
-        status = done.status
-        if outcome is done.outcome and status is not None and status.failure is not None:
-            report = FailureReport(
-                event_id=status.event_id,
-                event_type=status.attributes.get("type", ""),
-                error_class=status.failure.error_class,
-                error_message=status.failure.message,
-                outcome=outcome.value,
-                at=status.at,
-            )
-            self._observer.failure_seen(name, report)
-        if outcome is Outcome.RETRY_SCHEDULED and done.move and done.move.tier:
-            self._observer.retry_scheduled(name, done.move.tier)
+        return outcome, done
 
     async def _carry_out(self, message: Inbound, verdict: Verdict) -> tuple[Outcome, Verdict]:
         """Settle the delivery as `verdict` says: what actually happened to it, and the verdict
@@ -270,10 +260,8 @@ class Settler:
         return verdict, verdict.outcome, False
 
     async def _give_back(self, message: Inbound) -> None:
-        if self._subscription.ordering is None:
-            await message.nack(requeue=True)
+        if await self._release.give_back(message):
             self.acks.settled(message)
-        # Ordered: left unsettled; it goes back, in order, when the channel closes.
 
 
 def _rejected_instead(verdict: Verdict) -> Verdict:

@@ -47,7 +47,7 @@ _RANKS = {
 
 
 # Not frozen: a frozen dataclass sets each of its 12 fields through object.__setattr__, and a
-# delivery makes two or three of these (issue 7). Treat it as immutable once built.
+# delivery makes two or three of these. Treat it as immutable once built.
 @dataclass(slots=True)
 class DeliveryUpdate:
     """One event's new state for one subscription, as observed at `at` (Unix seconds)."""

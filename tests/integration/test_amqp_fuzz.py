@@ -395,7 +395,7 @@ async def test_a_message_that_breaks_decoding_unexpectedly_is_dead_lettered_with
     def broken_decoder(*_: object, **__: object) -> None:
         raise RecursionError("a decoding bug")
 
-    monkeypatch.setattr("consumers.runtime.decode_event", broken_decoder)
+    monkeypatch.setattr("consumers.stages.decode_event", broken_decoder)
     marker = await fuzzing.publish(DEEP_STRUCTURED)
     [dead] = await fuzzing.namespace.take_at_least(
         fuzzing.namespace.topology.dead_letter_queue("fuzz"), 1
@@ -410,8 +410,8 @@ async def test_a_message_that_breaks_decoding_unexpectedly_is_dead_lettered_with
 async def test_an_unexpected_error_while_judging_returns_the_delivery_instead_of_holding_it(
     fuzzing: Fuzzing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    consumer_runtime = importlib.import_module("consumers.runtime")
-    real_judge = consumer_runtime.SubscriptionConsumer._judge
+    consumer_pipeline = importlib.import_module("consumers.pipeline")
+    real_judge = consumer_pipeline.DeliveryPipeline.judge
     failures = 0
 
     async def judge_failing_twice(self: Any, message: AbstractIncomingMessage) -> Any:
@@ -421,7 +421,7 @@ async def test_an_unexpected_error_while_judging_returns_the_delivery_instead_of
             raise RuntimeError("store went away mid-judgement")
         return await real_judge(self, message)
 
-    monkeypatch.setattr(consumer_runtime.SubscriptionConsumer, "_judge", judge_failing_twice)
+    monkeypatch.setattr(consumer_pipeline.DeliveryPipeline, "judge", judge_failing_twice)
     response = await fuzzing.conveyor.post({"type": "fuzz.judged", "data": 1})
     assert response.status == 202
     [event] = await fuzzing.recorder.wait_for(1, timeout=15)

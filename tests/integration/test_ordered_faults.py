@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumers import Event, RetryPolicy, SubscriptionConsumer
+from consumers import Event, RetryPolicy
+from consumers.pipeline import DeliveryPipeline
 from service import Role
 from tests.conftest import Namespace, StartConveyor, url_with_port
 from tests.support.ordering import KeyedRecorder, ordered, publish_keys
@@ -135,17 +136,17 @@ async def test_an_unexpected_judging_error_holds_its_key_then_dead_letters(
 ) -> None:
     # Returned unsettled on a live channel, as an unordered delivery is, the event would hold
     # its prefetch slot until the channel closed while the later events of its key ran first.
-    real_judge = SubscriptionConsumer._judge
+    real_judge = DeliveryPipeline.judge
     failures: dict[str, int] = defaultdict(int)
 
-    async def judge(self: SubscriptionConsumer, message: AbstractIncomingMessage) -> Any:
+    async def judge(self: DeliveryPipeline, message: AbstractIncomingMessage) -> Any:
         event_id = message.message_id or ""
         if (event_id == "k1-2" and failures[event_id] < 2) or event_id == "k2-1":
             failures[event_id] += 1
             raise RuntimeError("store went away mid-judgement")
         return await real_judge(self, message)
 
-    monkeypatch.setattr(SubscriptionConsumer, "_judge", judge)
+    monkeypatch.setattr(DeliveryPipeline, "judge", judge)
     recorder = KeyedRecorder(max_sleep=0.002)
     sub = ordered("ordered", recorder, retry=RetryPolicy(1, ()), partitions=2)
     running = await start_conveyor((sub,))

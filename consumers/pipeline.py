@@ -1,0 +1,144 @@
+"""One delivery's way from the broker to its ack: explicit stages, each passed once.
+
+    admit     consumers.delivery_order: when the delivery's turn comes (ordered: its key's turn)
+    decode    stages.Decode: the message read into an Event (unreadable: dead-lettered)
+    checks    stages.SkipSucceeded (with `deduplicate`): an event that succeeded here is skipped
+    attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot
+    settle    consumers.settling: the verdict carried out (ack, a move into a retry tier or the
+              dead-letter queue, or a give-back), its status recorded and announced first
+    report    stages.Report: what became of it, to the observer
+
+Decode, the checks and the attempts judge: each returns a `Verdict` (consumers.settling) that
+ends the judging, or passes the delivery on; none of them does broker I/O, so a verdict is
+carried out in one place. What differs between ordered and unordered subscriptions is the
+`DeliveryOrder` the consumer chose once (consumers.delivery_order), which the stages ask.
+
+Adding a stage (a filter, a rate limit, a typed-payload check) is one class in consumers.stages
+(or a module of its own) with `async def __call__(self, judging: Judging) -> Verdict | None`:
+it reads the decoded event and its headers from `judging`, returns None to pass the delivery on,
+or a verdict to end it there: `Verdict(Outcome.SKIPPED, status=...)` to ack it unhandled, or
+`settler.dead_letter(...)` (with a new `DeadLetterReason`) to dead-letter it. Then put an
+instance in the tuple `checks` builds below, at its place in the order. Settling, reporting and
+the delivery orders need no change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from typing import Any, cast
+
+import structlog
+
+from consumers.dead_letter import (
+    ATTEMPTS,
+    DeadLetterReason,
+    Failure,
+    read_int,
+    without_conveyor_headers,
+)
+from consumers.delivery import Inbound
+from consumers.delivery_order import DeliveryOrder
+from consumers.observe import DeliveryObserver, HandlerTracer
+from consumers.reporting import StatusReporter
+from consumers.settling import SETTLE_RETRY_PAUSE_SECONDS, Outcome, Settler, Verdict
+from consumers.stages import Decode, Report, RunHandler, SkipSucceeded, Stage
+from consumers.subscription import Subscription
+
+__all__ = ["DeliveryPipeline", "checks"]
+
+_log = structlog.get_logger(component="consumer")
+
+
+def checks(subscription: Subscription, reporter: StatusReporter) -> tuple[Stage, ...]:
+    """The stages between decoding and the handler, in the order they run."""
+    return (SkipSucceeded(reporter),) if subscription.deduplicate else ()
+
+
+class DeliveryPipeline:
+    """Judges a subscription's deliveries, settles each, and reports what became of it."""
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        queues: Collection[str],
+        order: DeliveryOrder,
+        settler: Settler,
+        reporter: StatusReporter,
+        observer: DeliveryObserver,
+        tracer: HandlerTracer,
+        stopping: asyncio.Event,
+    ) -> None:
+        self._subscription = subscription
+        self._order = order
+        self._settler = settler
+        self._stopping = stopping
+        self._decode = Decode(subscription, queues, settler)
+        self._checks = checks(subscription, reporter)
+        self._attempts = RunHandler(
+            subscription,
+            order=order,
+            settler=settler,
+            reporter=reporter,
+            observer=observer,
+            tracer=tracer,
+        )
+        self._report = Report(subscription, observer)
+        self.running: set[asyncio.Task[Any]] = set()  # deliveries being judged and settled
+
+    async def handle(self, message: Inbound) -> None:
+        """Judge, settle and report one admitted delivery."""
+        if self._stopping.is_set():
+            self._report(*await self._settler.settle(message, Verdict(Outcome.RETURNED)))
+            return
+        task = cast("asyncio.Task[Any]", asyncio.current_task())
+        self.running.add(task)
+        # Bound and reset by token: `bound_contextvars` would copy the whole context each time.
+        tokens = structlog.contextvars.bind_contextvars(
+            subscription=self._subscription.name,
+            event_id=message.message_id,
+            event_type=message.routing_key,
+            correlation_id=message.correlation_id,
+        )
+        try:
+            verdict = await self._judge_safely(message)
+            self._report(*await self._settler.settle(message, verdict))
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+            self.running.discard(task)
+
+    async def judge(self, message: Inbound) -> Verdict:
+        """Decide the delivery's fate through the stages; no broker I/O here."""
+        judging = self._decode(message)
+        if isinstance(judging, Verdict):
+            return judging
+        for check in self._checks:
+            verdict = await check(judging)
+            if verdict is not None:
+                return verdict
+        return await self._attempts(judging)
+
+    async def _judge_safely(self, message: Inbound) -> Verdict:
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await self.judge(message)
+            except Exception as error:  # noqa: BLE001 - else the delivery would stay unsettled
+                # Unsettled, it would hold a prefetch slot until the channel closes: a few such
+                # messages wedge the consumer.
+                _log.exception("judging a delivery failed unexpectedly")
+                await asyncio.sleep(SETTLE_RETRY_PAUSE_SECONDS)
+                outcome = self._order.after_failed_judging(message, tries)
+                if outcome is Outcome.DEAD_LETTERED:
+                    headers = without_conveyor_headers(dict(message.headers or {}))
+                    return self._settler.dead_letter(
+                        message,
+                        headers,
+                        Failure.from_exception(error),
+                        read_int(headers, ATTEMPTS),
+                        reason=DeadLetterReason.PERMANENT,
+                    )
+                if outcome is not None:
+                    return Verdict(outcome)
