@@ -4,8 +4,8 @@ what it returned.
 A handler runs on the event loop between its awaits; a step that does not return to the loop
 (`time.sleep` in an `async def`, a long computation) holds up every request, delivery and
 timer of the process. Each step is timed here, and the longest one since the last look is kept
-in `HandlerSteps`, so whoever sees the loop stall (service.observability.loop_lag) can name the handler that
-held it. A handler's return value is ignored (returning acks the delivery); one that returns
+in `HandlerSteps`, so whoever sees the loop stall (service.observability.loop_lag) can name the
+handler that held it. A handler's return value is ignored (returning acks the delivery); one that returns
 something else than None probably meant something by it, so that is logged once per
 subscription.
 """
