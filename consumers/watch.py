@@ -5,9 +5,9 @@ A handler runs on the event loop between its awaits; a step that does not return
 (`time.sleep` in an `async def`, a long computation) holds up every request, delivery and
 timer of the process. Each step is timed here, and the longest one since the last look is kept
 in `HandlerSteps`, so whoever sees the loop stall (service.observability.loop_lag) can name the
-handler that held it. A handler's return value is ignored (returning acks the delivery); one that returns
-something else than None probably meant something by it, so that is logged once per
-subscription.
+handler that held it. A handler's return value is ignored (returning acks the delivery); one
+that returns something else than None probably meant something by it, so that is logged once
+per subscription.
 """
 
 from __future__ import annotations
