@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import random
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -381,7 +381,4 @@ class _ManyClaims:
 
 
 def _new_owner() -> str:
-    """A claim's owner: 128 random bits, as unique as `uuid4().hex`. From `random`, seeded from
-    the OS (again in a forked child), not `os.urandom`, whose system call lets go of the GIL and
-    makes the request wait for the store's thread to hand it back (issue 7)."""
-    return f"{random.getrandbits(128):032x}"
+    return uuid.uuid4().hex

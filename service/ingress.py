@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import re
+import uuid
 from collections.abc import Sequence
 from urllib.parse import quote
 
@@ -106,14 +106,7 @@ def _correlation_id(request: web.Request) -> str:
 
 
 def _new_correlation_id() -> str:
-    """A random UUID (version 4) in its usual text form, as `str(uuid.uuid4())` writes it,
-    without the UUID object. From `random`, not `os.urandom`: an id to trace by, not a secret,
-    and `os.urandom` lets go of the GIL for its system call, so each request waited for the
-    store's thread to hand it back (5 % of the ingress loop in `bench.profile single`). The
-    generator is seeded from the OS and seeded again in a forked child."""
-    bits = random.getrandbits(128) & ~(0xF << 76 | 0x3 << 62) | (0x4 << 76 | 0x2 << 62)
-    digits = f"{bits:032x}"
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return str(uuid.uuid4())
 
 
 async def ingest(request: web.Request) -> web.Response:
