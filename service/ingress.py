@@ -169,10 +169,11 @@ async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) ->
         response_headers["Idempotent-Replayed"] = "true"
     if answer.location is not None:
         response_headers["Location"] = answer.location
-    elif answer.status == 202 and answer.body.startswith(b'{"id"'):  # noqa: PLR2004 - accepted
-        # A single event's replay (even one stored before answers had a location): where its
-        # status is.
-        response_headers["Location"] = _status_location(orjson.loads(answer.body)["id"])
+    elif answer.replayed and answer.status == 202:  # noqa: PLR2004 - accepted
+        # The store keeps a replay's status and body only; a single event's body names its id.
+        replayed = orjson.loads(answer.body)
+        if "id" in replayed:
+            response_headers["Location"] = _status_location(replayed["id"])
     # An error answer (a batch in which every entry failed alike) is a problem too.
     failed = answer.status >= 400  # noqa: PLR2004 - the error statuses
     return web.Response(
