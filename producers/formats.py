@@ -19,7 +19,6 @@ from producers.event import SPECVERSION, OutgoingEvent
 
 __all__ = [
     "BASE64_PATTERN",
-    "MAX_ATTRIBUTES",
     "InvalidEventError",
     "event_from_json",
     "is_json_content_type",

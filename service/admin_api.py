@@ -16,8 +16,10 @@ import aiormq.exceptions
 import structlog
 from aiohttp import web
 
-from consumers import Subscription, delay_label, subscription_queue_names
-from producers import Topology
+from consumers.retry import delay_label
+from consumers.subscription import Subscription
+from consumers.topology import subscription_queue_names
+from producers.topology import Topology
 from service.auth import authorize_admin
 from service.cancellation import STOP_SECONDS, stop_task
 from service.clock import SYSTEM_CLOCK, Clock

@@ -20,23 +20,17 @@ import structlog
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from consumers import (
-    HandlerSteps,
-    HandlerTracer,
-    MessageMover,
-    StatusLedger,
-    Subscription,
-    SubscriptionConsumer,
-    declare_subscription_queues,
-    explain_missing_exchange_type,
-)
-from producers import (
-    AmqpPublisher,
-    BrokerUnavailableError,
-    Topology,
-    declare_events_exchange,
-    declare_results_exchange,
-)
+from consumers.moves import MessageMover
+from consumers.observe import HandlerTracer
+from consumers.ordering import explain_missing_exchange_type
+from consumers.runtime import SubscriptionConsumer
+from consumers.status import StatusLedger
+from consumers.subscription import Subscription
+from consumers.topology import declare_subscription_queues
+from consumers.watch import HandlerSteps
+from producers import BrokerUnavailableError
+from producers.publisher import AmqpPublisher
+from producers.topology import Topology, declare_events_exchange, declare_results_exchange
 from service.broker_addresses import AddressRotation, redact_url
 from service.cancellation import stop_if_cancelled, stop_task
 from service.link_watchdog import watch_for_silence

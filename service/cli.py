@@ -17,8 +17,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from consumers import Subscription
-from producers import Topology
+from consumers.subscription import Subscription
+from producers.topology import Topology
 from service.app import build_app
 from service.cli_client import (
     EXIT_ANSWERED_ERROR,
@@ -42,7 +42,7 @@ from service.supervisor import REUSE_PORT_FLAG, supervise
 from service.topology_plan import apply_topology, plan_topology, render_topology
 from service.tracing import Tracing, build_tracing
 
-__all__ = ["build_parser", "main", "run_on_loop", "topology_command"]
+__all__ = ["build_parser", "main", "topology_command"]
 
 EXIT_BAD_SETTING = 2
 # aiohttp's own limits on the request head, named here so they are a decision, not a default.

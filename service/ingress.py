@@ -17,7 +17,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from producers import InvalidEventError, OutgoingEvent, Publisher, PublishError
+from producers import InvalidEventError, OutgoingEvent, PublishError
+from producers.publisher import Publisher
 from service.admission import BODY_COPIES, EVENT_BYTES, Ticket, events_bound
 from service.answers import INGEST_PATH, RETRY_AFTER_SECONDS, problem_for
 from service.auth import authorize

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from consumers import Subscription
-from producers import Publisher
+from consumers.subscription import Subscription
+from producers.publisher import Publisher
 from service.admission import Admission
 from service.broker import BrokerLink
 from service.idempotency import Deduplicator

@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from consumers import FailureReport
+from consumers.observe import FailureReport
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "QueueRates"]
 

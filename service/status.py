@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 
-from consumers import DeliveryState, DeliveryUpdate, Subscription
-from producers import OutgoingEvent, format_timestamp
+from consumers.status import DeliveryState, DeliveryUpdate
+from consumers.subscription import Subscription
+from producers import OutgoingEvent
+from producers.event import format_timestamp
 from service.clock import SYSTEM_CLOCK, Clock
 from service.routing import routed_subscriptions
 from service.store import BatchWriter, Coalescer, Statements, Store, Write

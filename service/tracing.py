@@ -13,8 +13,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from consumers import NO_HANDLER_TRACER
-from consumers.observe import MarkFailed
+from consumers.observe import NO_HANDLER_TRACER, MarkFailed
 from producers import OutgoingEvent
 from service.settings import SettingError, Settings
 

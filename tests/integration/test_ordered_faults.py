@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumers import Event, RetryPolicy, SubscriptionConsumer
+from consumers import Event
+from consumers.retry import RetryPolicy
+from consumers.runtime import SubscriptionConsumer
 from service import Role
 from tests.conftest import Namespace, StartConveyor, url_with_port
 from tests.support.ordering import KeyedRecorder, ordered, publish_keys

@@ -9,7 +9,7 @@ import pytest
 
 from consumers.moves import MAX_HEADER_TABLE_BYTES, MoveFailedError, fit_headers
 from consumers.webhook import WebhookOptions, _retry_after
-from producers import SameIdGate
+from producers.same_id import SameIdGate
 from service.settings import parse_duration
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from consumers import DeliveryUpdate
+from consumers.status import DeliveryUpdate
 from service.routing import topic_matches
 from service.status import EventStatus
 
