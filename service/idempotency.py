@@ -104,7 +104,7 @@ class Answer:
     # answer); a replay is read back from the store with status and body only.
     location: str | None = None
     # Writes to commit together with the answer (the accepted event's status): one transaction
-    # and one wait per request instead of two in a row (issue 7). Only for an answer kept.
+    # and one wait per request instead of two in a row. Only for an answer kept.
     writes: tuple[Write, ...] = ()
 
 

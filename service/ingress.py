@@ -68,7 +68,7 @@ async def _read_body(
     # client_max_size (set to the same limit) stops a chunked body that grows past it.
     if request.content.is_eof():
         # The whole body came with the headers (the usual small event): reading it cannot
-        # wait, so no timer to arm and cancel (issue 7, a cost per request).
+        # wait, so no timer to arm and cancel.
         body = await request.read()
         if length is None and not ticket.take(charge := len(body) * BODY_COPIES):
             await ticket.reserve(charge)
@@ -112,7 +112,7 @@ def _new_correlation_id() -> str:
 
 async def ingest(request: web.Request) -> web.Response:
     # Few coroutine frames between the task and the publish: every resumption of the request
-    # (claim, confirm, store write) passes through each of them (issue 7).
+    # (claim, confirm, store write) passes through each of them.
     app = request.app
     settings = app[SETTINGS]
     with app[TRACING].ingest(request):
@@ -290,7 +290,7 @@ class _Publication:
 
     async def _publish(self, event: OutgoingEvent) -> Answer:
         # Bound with tokens and reset, not `bound_contextvars`, which reads the whole context
-        # first and binds twice: a cost per event published (issue 7). Same effect.
+        # first and binds twice for every event published. Same effect.
         tokens = structlog.contextvars.bind_contextvars(
             event_id=event.id, event_type=event.type, correlation_id=self._correlation_id
         )
@@ -336,7 +336,7 @@ class _Publication:
                 replayed += 1
                 _log.info("duplicate event not published again", event_id=event.id)
             outcomes.append(event)
-        # Counted once per batch: a counter's lock per event was 2 % of a batch's cost.
+        # Counted once per batch, not per event: each increment takes the counter's lock.
         if replayed:
             self.metrics.events_deduplicated.inc(replayed)
         if accepted := sum(isinstance(outcome, OutgoingEvent) for outcome in outcomes) - replayed:

@@ -48,7 +48,7 @@ class NoTracing:
         traceparent: str | None,
     ) -> contextlib.AbstractContextManager[str | None]:
         # Passed through as the client sent it; nullcontext, not a generator context manager,
-        # as this runs once per event published (issue 7).
+        # as this runs once per event published.
         return contextlib.nullcontext(traceparent)
 
     def handling(

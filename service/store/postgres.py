@@ -99,7 +99,7 @@ async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
 
     asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
     RESET ALL` on every release: a round trip to PostgreSQL for each lookup, claim and status
-    batch, 8 % of a worker's loop on PostgreSQL (issue 7). The store leaves nothing for it to
+    batch. The store leaves nothing for it to
     undo: no session advisory lock (migrations take a transaction's), no cursor outside a
     transaction, no LISTEN, no SET (the search path is a connection parameter, not a SET).
     """
