@@ -153,7 +153,7 @@ async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) ->
 
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
-        answer = await _accept(parse(), publish)  # not through `accept`: one frame fewer
+        answer = await accept()
     else:
         fingerprint = request_fingerprint(content_type, headers, body)
         answer = await deduplicator.once(
