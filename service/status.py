@@ -296,8 +296,8 @@ def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
 
 
 def _pending_json(accepted_at: float) -> dict[str, Any]:
-    """A routed subscription's entry before its consumer reported, as the status API has always
-    shown it."""
+    """A routed subscription's entry before its consumer reported: pending since it was
+    accepted, the same entry a `pending` row of its own would give."""
     return {
         "state": DeliveryState.PENDING.value,
         "attempts": 0,
