@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import random
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -381,4 +381,5 @@ class _ManyClaims:
 
 
 def _new_owner() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits from `random`, not `uuid.uuid4()`, for the reason `ingress` gives.
+    return f"{random.getrandbits(128):032x}"
