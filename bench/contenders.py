@@ -27,7 +27,7 @@ from bench.harness import (
     start_child,
     wait_ready,
 )
-from producers import Topology
+from producers.topology import Topology
 
 __all__ = [
     "ceiling_consume",

@@ -28,9 +28,11 @@ import aiormq.exceptions
 import asyncpg
 import orjson
 
-from consumers import RetryPolicy, Subscription, builtin
+from consumers import builtin
+from consumers.retry import RetryPolicy
+from consumers.subscription import Subscription
 from consumers.topology import subscription_queue_arguments
-from producers import Topology
+from producers.topology import Topology
 from service.broker.topology_plan import apply_topology, plan_topology
 
 __all__ = [

@@ -28,7 +28,7 @@ import aiohttp
 import aiormq
 import orjson
 
-from producers import Topology
+from producers.topology import Topology
 
 _SETTLE_SECONDS = 5.0
 _MIB = 1024 * 1024

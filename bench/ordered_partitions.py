@@ -24,8 +24,12 @@ import aiormq.exceptions
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
-from consumers import Event, Ordering, RetryPolicy, Subscription
-from producers import EventClient, Topology
+from consumers import Event
+from consumers.ordering import Ordering
+from consumers.retry import RetryPolicy
+from consumers.subscription import Subscription
+from producers import EventClient
+from producers.topology import Topology
 from service import Role, Settings, build_app
 from service.broker.topology_plan import apply_topology
 

@@ -44,7 +44,7 @@ from bench.harness import (
     latency_figures,
     sink_queue_arguments,
 )
-from producers import Topology
+from producers.topology import Topology
 
 CEILING_IN_FLIGHT = 256
 EXCHANGE = web.AppKey("exchange", AbstractExchange)

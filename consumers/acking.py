@@ -22,7 +22,7 @@ import structlog
 from aiormq.abc import AbstractChannel
 
 from consumers.delivery import Inbound
-from producers import BROKER_FAILURES
+from producers.publisher import BROKER_FAILURES
 
 __all__ = ["AckCoalescer"]
 

@@ -15,7 +15,10 @@ from typing import Any
 
 from consumers.event import Event
 from consumers.status import DeliveryState, DeliveryUpdate
-from producers import WireMessage, format_time, format_timestamp, new_event, to_wire_message
+from producers import new_event
+from producers.event import format_time, format_timestamp
+from producers.frames import WireMessage
+from producers.wire import to_wire_message
 
 __all__ = [
     "COMPLETION_SOURCE",

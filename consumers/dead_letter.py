@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from producers import format_time
+from producers.event import format_time
 
 __all__ = [
     "ORIGINAL_ROUTING_KEY",

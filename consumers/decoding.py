@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 
 from consumers.event import Event
-from producers import (
+from producers import InvalidEventError
+from producers.event import format_time
+from producers.formats import (
     MAX_ATTRIBUTE_LENGTH,
-    InvalidEventError,
     event_from_json,
-    format_time,
     is_json_content_type,
     parse_time,
     validate_attributes,

@@ -46,7 +46,7 @@ from consumers.reporting import StatusOf, StatusReporter
 from consumers.settling import Outcome, Release, channel_gone
 from consumers.status import DeliveryState
 from consumers.subscription import Subscription
-from producers import BROKER_FAILURES
+from producers.publisher import BROKER_FAILURES
 
 __all__ = ["Attempts", "DeliveryOrder", "Handle", "Ordered", "Unordered", "delivery_order"]
 

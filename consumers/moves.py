@@ -20,15 +20,11 @@ from pamqp.commands import Basic
 
 from consumers.dead_letter import ERROR_MESSAGE, ERROR_TRACEBACK
 from consumers.delivery import Inbound
-from producers import (
-    BROKER_FAILURES,
-    ChannelPipeline,
-    SameIdGate,
-    WireMessage,
-    settle_by,
-    wait_by,
-)
-from producers.frames import content_header_frame
+from producers.deadlines import settle_by, wait_by
+from producers.frames import WireMessage, content_header_frame
+from producers.pipeline import ChannelPipeline
+from producers.publisher import BROKER_FAILURES
+from producers.same_id import SameIdGate
 
 __all__ = ["CopyRefusedError", "MessageMover", "MoveFailedError", "UncopyableMessageError"]
 

@@ -30,7 +30,7 @@ from consumers.deadlines import SharedTimeout
 from consumers.delivery import Inbound
 from consumers.event import Event, Handler
 from consumers.retry import IN_PROCESS_MAX_WAIT_SECONDS, RetryPolicy
-from producers import CE_HEADER_PREFIX
+from producers.wire import CE_HEADER_PREFIX
 
 __all__ = [
     "CONSISTENT_HASH",

@@ -15,7 +15,8 @@ from consumers.event import Event
 from consumers.moves import MessageMover
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
-from producers import Topology, WireMessage
+from producers.frames import WireMessage
+from producers.topology import Topology
 
 __all__ = ["StatusOf", "StatusReporter", "malformed_status"]
 

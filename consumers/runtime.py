@@ -31,7 +31,8 @@ from consumers.settling import Settler
 from consumers.status import StatusLedger
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps, WatchedHandler
-from producers import BROKER_FAILURES, Topology
+from producers.publisher import BROKER_FAILURES
+from producers.topology import Topology
 
 __all__ = ["SubscriptionConsumer"]
 

@@ -37,7 +37,8 @@ from consumers.reporting import StatusOf, StatusReporter
 from consumers.retry import delay_label
 from consumers.status import DeliveryState, DeliveryUpdate
 from consumers.subscription import Subscription
-from producers import BROKER_FAILURES, Topology
+from producers.publisher import BROKER_FAILURES
+from producers.topology import Topology
 
 __all__ = ["Move", "Outcome", "Release", "Settler", "Verdict", "channel_gone"]
 

@@ -28,7 +28,7 @@ from consumers.reporting import StatusOf, StatusReporter, malformed_status
 from consumers.settling import Outcome, Settler, Verdict
 from consumers.status import DeliveryState
 from consumers.subscription import Subscription
-from producers import TRACEPARENT_HEADER
+from producers.wire import TRACEPARENT_HEADER
 
 __all__ = ["Decode", "Judging", "Report", "RunHandler", "SkipSucceeded", "Stage"]
 

@@ -14,8 +14,7 @@ from pamqp.common import FieldTable
 from consumers.ordering import CONSISTENT_HASH, PARTITION_WEIGHT, Ordering
 from consumers.retry import delay_label
 from consumers.subscription import Subscription
-from producers import Topology
-from producers.topology import QUORUM
+from producers.topology import QUORUM, Topology
 
 __all__ = ["DELIVERY_LIMIT", "declare_subscription_queues", "subscription_queue_names"]
 

@@ -21,7 +21,7 @@ from yarl import URL
 
 from consumers.errors import PermanentError, RetryableError
 from consumers.event import Event
-from producers import format_time
+from producers.event import format_time
 
 __all__ = ["Webhook", "WebhookOptions"]
 

@@ -53,7 +53,7 @@ def format_time(moment: datetime) -> str:
 
 def format_timestamp(seconds: float) -> str:
     """`format_time` of a Unix time, as `datetime.fromtimestamp(seconds, UTC)` would give it,
-    without building the datetime (issue 7: every completion event writes two)."""
+    without building the datetime: every completion event writes two."""
     fraction, whole = math.modf(seconds)
     micro = round(fraction * _MICROS)  # as datetime.fromtimestamp rounds
     if micro >= _MICROS:

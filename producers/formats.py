@@ -19,7 +19,6 @@ from producers.event import SPECVERSION, OutgoingEvent
 
 __all__ = [
     "BASE64_PATTERN",
-    "MAX_ATTRIBUTES",
     "InvalidEventError",
     "event_from_json",
     "is_json_content_type",
@@ -120,8 +119,8 @@ def validate_attributes(attributes: Mapping[str, str]) -> None:
         parse_time(attributes["time"])
 
 
-# The spec's own names pass the name rule; most events carry only these (issue 7: every event
-# is validated, on ingest and again when consumed).
+# The spec's own names pass the name rule; most events carry only these, and every event is
+# validated on ingest and again when consumed.
 _KNOWN_GOOD_NAMES = frozenset((*_STRING_ATTRIBUTES, "subscription", "partitionkey"))
 
 

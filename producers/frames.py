@@ -1,11 +1,11 @@
 """AMQP 0-9-1 publish frames, written directly for the properties conveyor sends.
 
 pamqp builds a `Basic.Properties` object, validates every field and encodes each through a
-generic table writer: about 25 µs for a content header with six string headers, a quarter of a
-publish's whole cost in Python. conveyor's own messages carry short strings and string headers,
-which take a few `struct.pack` calls. Any header value that is not a string (the counters and
-tracebacks of a retry or dead-letter copy) goes through pamqp's table encoder, so the wire
-format is pamqp's in every case; the unit tests decode what is written here with pamqp.
+generic table writer, a large share of a publish's cost in Python. conveyor's own messages carry
+short strings and string headers, which take a few `struct.pack` calls. Any header value that
+is not a string (the counters and tracebacks of a retry or dead-letter copy) goes through
+pamqp's table encoder, so the wire format is pamqp's in every case; the unit tests decode what
+is written here with pamqp.
 """
 
 from __future__ import annotations

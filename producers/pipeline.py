@@ -1,4 +1,4 @@
-"""Many publishes per socket write, each still confirmed on its own (issue 7).
+"""Many publishes per socket write, each still confirmed on its own.
 
 aio-pika's `Exchange.publish` turns a `Message` into pamqp properties, marshals three frames,
 takes the channel's lock and queues the frame set for the connection's writer, which sends it

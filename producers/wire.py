@@ -8,12 +8,10 @@ structured mode, so any AMQP publisher can feed conveyor.
 
 from __future__ import annotations
 
-from aio_pika import DeliveryMode, Message
-
 from producers.event import OutgoingEvent
 from producers.frames import WireMessage
 
-__all__ = ["CE_HEADER_PREFIX", "TRACEPARENT_HEADER", "to_amqp_message", "to_wire_message"]
+__all__ = ["CE_HEADER_PREFIX", "TRACEPARENT_HEADER", "to_wire_message"]
 
 CE_HEADER_PREFIX = "ce-"
 TRACEPARENT_HEADER = "traceparent"
@@ -36,23 +34,4 @@ def to_wire_message(
         content_type=event.datacontenttype,
         correlation_id=correlation_id,
         app_id="conveyor",
-    )
-
-
-def to_amqp_message(
-    event: OutgoingEvent,
-    *,
-    correlation_id: str | None = None,
-    traceparent: str | None = None,
-) -> Message:
-    """The same message as an aio-pika `Message`, for publishing with aio-pika itself."""
-    wire = to_wire_message(event, correlation_id=correlation_id, traceparent=traceparent)
-    return Message(
-        wire.body,
-        headers=dict(wire.headers or {}),
-        content_type=wire.content_type,
-        message_id=wire.message_id,
-        correlation_id=wire.correlation_id,
-        delivery_mode=DeliveryMode.PERSISTENT,
-        app_id=wire.app_id,
     )

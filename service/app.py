@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import structlog
 from aiohttp import web
 
-from consumers import HandlerSteps, Subscription
-from producers import AmqpPublisher
+from consumers.subscription import Subscription
+from consumers.watch import HandlerSteps
+from producers.publisher import AmqpPublisher
 from service.admin.api import add_admin_routes, rate_history_context
 from service.admin.dead_letter_routes import add_dead_letter_routes
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from consumers import Subscription
-from producers import Publisher
+from consumers.subscription import Subscription
+from producers.publisher import Publisher
 from service.admin.rate_history import RateHistory
 from service.broker.link import BrokerLink
 from service.http.admission import Admission

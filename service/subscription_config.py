@@ -9,20 +9,20 @@ import tomllib
 from pathlib import Path
 from typing import Any, cast
 
-from consumers import (
+from consumers import Handler
+from consumers.builtin import HandlerFactory
+from consumers.ordering import (
     MAX_HOLD_SECONDS,
     MAX_PARTITIONS,
     ORDER_ATTRIBUTES,
-    Handler,
     Ordering,
-    RetryPolicy,
-    Subscription,
     longest_hold,
 )
-from consumers.builtin import HandlerFactory
+from consumers.retry import RetryPolicy
+from consumers.subscription import Subscription
 from service.settings import SettingError, parse_duration
 
-__all__ = ["load_subscriptions", "resolve_handler"]
+__all__ = ["load_subscriptions"]
 
 SETTING = "CONVEYOR_CONFIG"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")

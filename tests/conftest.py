@@ -22,8 +22,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from consumers import Handler, RetryPolicy, Subscription, delay_label
-from producers import Topology
+from consumers import Handler
+from consumers.retry import RetryPolicy, delay_label
+from consumers.subscription import Subscription
+from producers.topology import Topology
 from service import Settings, build_app
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.app import PURGE_INTERVAL_SECONDS

@@ -16,8 +16,10 @@ import aiormq.exceptions
 import structlog
 from aiohttp import web
 
-from consumers import Subscription, delay_label, subscription_queue_names
-from producers import Topology
+from consumers.retry import delay_label
+from consumers.subscription import Subscription
+from consumers.topology import subscription_queue_names
+from producers.topology import Topology
 from service.admin.rate_history import INTERVAL_SECONDS, RateHistory
 from service.app_keys import LINK, METRICS, RATE_HISTORY, SETTINGS, SUBSCRIPTIONS
 from service.broker.queue_stats import read_queue_stats

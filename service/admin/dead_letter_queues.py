@@ -28,7 +28,6 @@ from typing import Any
 import aiormq.abc
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
-from consumers import MessageMover, MoveFailedError
 from consumers.dead_letter import (
     ATTEMPTS,
     ERROR_CLASS,
@@ -41,8 +40,9 @@ from consumers.dead_letter import (
     read_int,
     replay_headers,
 )
-from consumers.moves import UncopyableMessageError
-from producers import BROKER_FAILURES, parse_time
+from consumers.moves import MessageMover, MoveFailedError, UncopyableMessageError
+from producers.formats import parse_time
+from producers.publisher import BROKER_FAILURES
 
 __all__ = [
     "Action",
@@ -52,7 +52,6 @@ __all__ = [
     "Selection",
     "SkippedEntry",
     "pass_over",
-    "read_dead_letter",
 ]
 
 MAX_PASS_MESSAGES = 10_000  # one pass looks at most at this many messages from the head

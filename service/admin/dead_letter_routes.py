@@ -18,8 +18,9 @@ import orjson
 import structlog
 from aiohttp import web
 
-from consumers import MessageMover
-from producers import Topology, parse_time
+from consumers.moves import MessageMover
+from producers.formats import parse_time
+from producers.topology import Topology
 from service.admin.api import ADMIN_PREFIX, admin_operation
 from service.admin.dead_letter_queues import (
     Action,

@@ -17,7 +17,7 @@ from typing import Any
 from service.clock import SYSTEM_CLOCK, Clock
 from service.observability.metrics import Metrics
 
-__all__ = ["INTERVAL_SECONDS", "SPAN_SECONDS", "RateHistory", "RateSample"]
+__all__ = ["INTERVAL_SECONDS", "RateHistory", "RateSample"]
 
 INTERVAL_SECONDS = 2.0
 SPAN_SECONDS = 600.0

@@ -12,15 +12,13 @@ from collections.abc import Sequence
 import structlog
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 
-from consumers import (
-    HandlerSteps,
-    HandlerTracer,
-    MessageMover,
-    StatusLedger,
-    Subscription,
-    SubscriptionConsumer,
-)
-from producers import Topology
+from consumers.moves import MessageMover
+from consumers.observe import HandlerTracer
+from consumers.runtime import SubscriptionConsumer
+from consumers.status import StatusLedger
+from consumers.subscription import Subscription
+from consumers.watch import HandlerSteps
+from producers.topology import Topology
 from service.observability.metrics import Metrics
 from service.settings import Settings
 

@@ -16,8 +16,11 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from consumers import Subscription, declare_subscription_queues, explain_missing_exchange_type
-from producers import AmqpPublisher, Topology, declare_events_exchange, declare_results_exchange
+from consumers.ordering import explain_missing_exchange_type
+from consumers.subscription import Subscription
+from consumers.topology import declare_subscription_queues
+from producers.publisher import AmqpPublisher
+from producers.topology import Topology, declare_events_exchange, declare_results_exchange
 
 __all__ = ["attach_publisher", "declare_exchanges", "declare_subscription"]
 

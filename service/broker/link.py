@@ -21,14 +21,14 @@ import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from consumers import (
-    HandlerSteps,
-    HandlerTracer,
-    StatusLedger,
-    Subscription,
-    SubscriptionConsumer,
-)
-from producers import AmqpPublisher, BrokerUnavailableError, Topology
+from consumers.observe import HandlerTracer
+from consumers.runtime import SubscriptionConsumer
+from consumers.status import StatusLedger
+from consumers.subscription import Subscription
+from consumers.watch import HandlerSteps
+from producers import BrokerUnavailableError
+from producers.publisher import AmqpPublisher
+from producers.topology import Topology
 from service.broker.addresses import AddressRotation, redact_url
 from service.broker.consumer_set import ConsumerFactory
 from service.broker.declaring import attach_publisher, declare_exchanges, declare_subscription

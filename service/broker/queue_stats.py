@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from consumers import Subscription, delay_label, subscription_queue_names
-from producers import BROKER_FAILURES, Topology
+from consumers.retry import delay_label
+from consumers.subscription import Subscription
+from consumers.topology import subscription_queue_names
+from producers.publisher import BROKER_FAILURES
+from producers.topology import Topology
 from service.cancellation import stop_if_cancelled
 from service.observability.metrics import Metrics
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from consumers import Subscription
+from consumers.subscription import Subscription
 
 __all__ = ["routed_subscriptions", "topic_matches"]
 

@@ -13,8 +13,9 @@ from typing import Any, cast
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
-from consumers import Subscription, declare_subscription_queues
-from producers import Topology, declare_events_exchange, declare_results_exchange
+from consumers.subscription import Subscription
+from consumers.topology import declare_subscription_queues
+from producers.topology import Topology, declare_events_exchange, declare_results_exchange
 
 __all__ = ["apply_topology", "plan_topology", "render_topology"]
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import orjson
 
 from consumers.dead_letter import ERROR_TRACEBACK, DeadLetterReason
-from producers import parse_time
+from producers.formats import parse_time
 from service.broker.routing import topic_matches
 from service.cli.http_client import (
     EXIT_ANSWERED_ERROR,
@@ -269,10 +269,6 @@ def _print_entry(document: dict[str, Any], out: TextIO) -> None:
             value = headers[name]
             text = value if isinstance(value, str) else _compact_json(value)
             out.write(f"  {printable(name):<{width}}  {printable(text)}\n")
-
-
-def _cut(text: str, chars: int) -> str:
-    return text if len(text) <= chars else text[: chars - 3] + "..."
 
 
 def _compact_json(value: Any) -> str:

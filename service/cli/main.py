@@ -17,8 +17,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from consumers import Subscription
-from producers import Topology
+from consumers.subscription import Subscription
+from producers.topology import Topology
 from service.app import build_app
 from service.app_keys import LIFECYCLE
 from service.broker.topology_plan import apply_topology, plan_topology, render_topology
@@ -42,7 +42,7 @@ from service.settings import (
 from service.subscription_config import load_subscriptions
 from service.supervisor import REUSE_PORT_FLAG, supervise
 
-__all__ = ["build_parser", "main", "run_on_loop", "topology_command"]
+__all__ = ["build_parser", "main", "topology_command"]
 
 EXIT_BAD_SETTING = 2
 # aiohttp's own limits on the request head, named here so they are a decision, not a default.

@@ -10,7 +10,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from producers import EventClient, OutgoingEvent, PublishError, event_from_json
+from producers import EventClient, OutgoingEvent, PublishError
+from producers.formats import event_from_json
 from service.broker.addresses import split_broker_urls
 from service.cli.http_client import (
     EXIT_ANSWERED_ERROR,

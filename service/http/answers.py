@@ -3,7 +3,7 @@
 the answer is counted by route and status.
 
 One middleware, not one for problems and one for metrics: each costs a coroutine frame and a
-call per request on the ingest path (issue 7).
+call per request on the ingest path.
 """
 
 from __future__ import annotations

@@ -15,19 +15,16 @@ from urllib.parse import unquote
 
 import orjson
 
-from producers import (
-    SPECVERSION,
-    InvalidEventError,
-    OutgoingEvent,
+from producers import InvalidEventError, OutgoingEvent
+from producers.event import SPECVERSION, format_time
+from producers.formats import (
     event_from_json,
-    format_time,
     is_json_content_type,
     validate_attributes,
     validate_content_type,
 )
 
 __all__ = [
-    "ACCEPTED_CONTENT_TYPES",
     "BatchTooLargeError",
     "MalformedJsonError",
     "ParsedBatch",

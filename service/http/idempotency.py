@@ -104,7 +104,7 @@ class Answer:
     # answer); a replay is read back from the store with status and body only.
     location: str | None = None
     # Writes to commit together with the answer (the accepted event's status): one transaction
-    # and one wait per request instead of two in a row (issue 7). Only for an answer kept.
+    # and one wait per request instead of two in a row. Only for an answer kept.
     writes: tuple[Write, ...] = ()
 
 
@@ -381,7 +381,5 @@ class _ManyClaims:
 
 
 def _new_owner() -> str:
-    """A claim's owner: 128 random bits, as unique as `uuid4().hex`. From `random`, seeded from
-    the OS (again in a forked child), not `os.urandom`, whose system call lets go of the GIL and
-    makes the request wait for the store's thread to hand it back (issue 7)."""
+    # 128 random bits from `random`, not `uuid.uuid4()`, for the reason `ingress` gives.
     return f"{random.getrandbits(128):032x}"

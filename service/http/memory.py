@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
-__all__ = ["TRIM_AFTER_BYTES", "MemoryReturn", "glibc_trim"]
+__all__ = ["MemoryReturn", "glibc_trim"]
 
 _log = structlog.get_logger(component="ingress")
 # A burst smaller than this leaves too little free memory to be worth a trim.

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["OPENAPI_PATH", "add_openapi_route", "load_document", "served_routes"]
+__all__ = ["add_openapi_route", "load_document", "served_routes"]
 
 OPENAPI_PATH = "/openapi.json"
 _SERVED_DOCUMENT = web.AppKey("openapi_document", bytes)

@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 
-from consumers import DeliveryState, DeliveryUpdate, Subscription
-from producers import OutgoingEvent, format_timestamp
+from consumers.status import DeliveryState, DeliveryUpdate
+from consumers.subscription import Subscription
+from producers import OutgoingEvent
+from producers.event import format_timestamp
 from service.broker.routing import routed_subscriptions
 from service.clock import SYSTEM_CLOCK, Clock
 from service.store import BatchWriter, Coalescer, Statements, Store, Write
@@ -109,7 +111,7 @@ class StatusBook:
         self._changed: dict[str, asyncio.Event] = {}  # event id -> set when a write touched it
         self._waiters = 0
         # Concurrent deliveries each ask whether their event already succeeded: one query
-        # answers all the questions asked while the previous one ran (issue 7, performance).
+        # answers all the questions asked while the previous one ran.
         self._succeeded: Coalescer[_SucceededKey, bool] = Coalescer(
             self._succeeded_among,
             default=False,
@@ -141,9 +143,9 @@ class StatusBook:
         was routed to (none: unrouted); the caller commits it with its idempotency answer.
 
         One row. A routed subscription shows as `pending` from `routed` until its consumer
-        writes a row of its own (`lookup`); a `pending` row per subscription, as written before
-        issue 7, said the same at the cost of one more insert an event and subscription, and
-        made the consumer's first report an update instead of an insert.
+        writes a row of its own (`lookup`); a `pending` row per subscription would say the same
+        at the cost of one more insert an event and subscription, and make the consumer's first
+        report an update instead of an insert.
         """
         now = self._clock.now()
         attributes = dict(event.attributes)
@@ -294,8 +296,8 @@ def _delivery_write(update: DeliveryUpdate, ttl: float) -> Write:
 
 
 def _pending_json(accepted_at: float) -> dict[str, Any]:
-    """A routed subscription's entry before its consumer reported: what the `pending` row the
-    ingress wrote before issue 7 said."""
+    """A routed subscription's entry before its consumer reported: pending since it was
+    accepted, the same entry a `pending` row of its own would give."""
     return {
         "state": DeliveryState.PENDING.value,
         "attempts": 0,

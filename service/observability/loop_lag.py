@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from consumers import HandlerSteps, LongStep
+from consumers.watch import HandlerSteps, LongStep
 from service.cancellation import STOP_SECONDS, stop_task
 
-__all__ = ["TICK_SECONDS", "LoopLagMonitor", "loop_lag_context"]
+__all__ = ["LoopLagMonitor", "loop_lag_context"]
 
 _log = structlog.get_logger(component="loop")
 TICK_SECONDS = 0.1

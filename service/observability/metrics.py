@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from consumers import FailureReport
+from consumers.observe import FailureReport
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "QueueRates"]
 
@@ -59,8 +59,8 @@ class Metrics:
 
     def __init__(self) -> None:
         # Labelled children by label values: `labels()` validates, locks and looks up on every
-        # call, a cost per request on the ingest path (issue 7). The label sets stay as few as
-        # before: routes are patterns, methods a fixed set, outcomes and reasons our own slugs.
+        # call, a cost per request on the ingest path. The label sets stay few: routes are
+        # patterns, methods a fixed set, outcomes and reasons our own slugs.
         # The consumer's too (handler times, settled deliveries): subscriptions are configured.
         self._answered: dict[tuple[str, ...], Counter] = {}
         self._rejected: dict[tuple[str, ...], Counter] = {}

@@ -13,8 +13,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from consumers import NO_HANDLER_TRACER
-from consumers.observe import MarkFailed
+from consumers.observe import NO_HANDLER_TRACER, MarkFailed
 from producers import OutgoingEvent
 from service.settings import SettingError, Settings
 
@@ -49,7 +48,7 @@ class NoTracing:
         traceparent: str | None,
     ) -> contextlib.AbstractContextManager[str | None]:
         # Passed through as the client sent it; nullcontext, not a generator context manager,
-        # as this runs once per event published (issue 7).
+        # as this runs once per event published.
         return contextlib.nullcontext(traceparent)
 
     def handling(

@@ -1,4 +1,4 @@
-"""Idempotency claims from many coroutines, taken in few statements (issue 7, performance).
+"""Idempotency claims from many coroutines, taken in few statements.
 
 Each request of a batch POST, and each concurrent request, claims its key before publishing; one
 statement per claim cost a hand-off to the store's thread (SQLite) or a round trip (PostgreSQL)

@@ -47,7 +47,7 @@ class Coalescer(Generic[K, V]):
         if self._closed:
             raise RuntimeError("the store is closing")
         # A future per caller, not one per key behind `asyncio.shield` (a second future and
-        # two callbacks on every lookup, issue 7): a caller that gives up (its own timeout)
+        # two callbacks on every lookup): a caller that gives up (its own timeout)
         # cancels only its own, and the others of the same key still get the answer.
         answer: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         waiting = self._pending.get(key)

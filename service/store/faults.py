@@ -33,7 +33,7 @@ async def within(timeout: SharedTimeout, operation: Awaitable[_T]) -> _T:
 
     Only the wait is bounded: an operation the store runs already finishes (or fails) on its
     own, as the backends shield what they hand to their driver. One shared timer for every
-    wait (a timer each cost about 6 µs, twice per ingest request).
+    wait, not a timer each: an ingest request waits on the store twice.
     """
     try:
         async with timeout():

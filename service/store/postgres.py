@@ -68,10 +68,9 @@ _COUNT_TIMEOUT_SECONDS = 60.0
 # Rows a purge deletes in one statement and transaction: tens of milliseconds of PostgreSQL's.
 PURGE_CHUNK_ROWS = 10_000
 # The expired rows of each table, the oldest first, a chunk at a time. In one DELETE a table, a
-# purge of more than some 10 million rows (at the million rows a second measured on the
-# development machine: after a lowered TTL, or a long stop) outlasted the statement timeout and
-# was rolled back every time, so the tables never shrank; and for as long as it ran, a claim or
-# a status write on a row it was deleting waited for it. Rows found through the expiry index,
+# large purge (after a lowered TTL, or a long stop) could outlast the statement timeout and be
+# rolled back every time, so the tables never shrank; and for as long as it ran, a claim or a
+# status write on a row it was deleting waited for it. Rows found through the expiry index,
 # deleted by their tuple ids.
 PURGE_CHUNKS = tuple(
     f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("  # noqa: S608 - our own table names
@@ -99,7 +98,7 @@ async def _keep_session(connection: asyncpg.Connection[asyncpg.Record]) -> None:
 
     asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
     RESET ALL` on every release: a round trip to PostgreSQL for each lookup, claim and status
-    batch, 8 % of a worker's loop on PostgreSQL (issue 7). The store leaves nothing for it to
+    batch. The store leaves nothing for it to
     undo: no session advisory lock (migrations take a transaction's), no cursor outside a
     transaction, no LISTEN, no SET (the search path is a connection parameter, not a SET).
     """

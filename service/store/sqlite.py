@@ -9,7 +9,7 @@ rolled back with it. One writing connection, not two: two writers on one file wo
 through SQLite's busy handler, which sleeps, and cost far more than waiting in line.
 
 Queries (the consumers' "did this succeed here already?" lookups, the status API's reads) run on
-the event loop itself, over a read-only connection of their own (issue 7). In WAL mode a reader
+the event loop itself, over a read-only connection of their own. In WAL mode a reader
 never waits for the writer and sees only committed rows, and a batch of lookups takes tens of
 microseconds: cheaper than the hand-off to the thread and back, which behind the thread's
 transactions made each lookup wait several milliseconds while the delivery held its prefetch
@@ -167,7 +167,7 @@ class SqliteStore:
             if self._db.execute(statement, parameters).rowcount == len(chunk):
                 # Every key was new or expired, the usual case: all claimed, known from the
                 # row count alone. RETURNING the keys made SQLite hand back a row per key, each
-                # a step that lets go of the GIL and waits to get it back (issue 7).
+                # a step that lets go of the GIL and waits to get it back.
                 claims += [_OWNER] * len(chunk)
                 continue
             # Some keys were live. A row this statement wrote holds the claimer's owner and the
@@ -234,9 +234,9 @@ class SqliteStore:
         """Delete expired rows, `PURGE_CHUNK_ROWS` at a time, each chunk an operation of its own
         in the thread: claims and status writes asked for meanwhile go between two chunks.
 
-        In one statement a table, the thread was held for the whole purge (1.8 s for the rows of
-        200,000 events on the development machine), and every claim and write waited behind
-        it: a stall of seconds every purge interval under steady load (issue 7).
+        In one statement a table, the thread would be held for the whole purge and every claim
+        and write would wait behind it: a stall of seconds every purge interval under steady
+        load.
         """
         now, rows = self._clock.now(), PURGE_CHUNK_ROWS
         return await purge_in_chunks(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from consumers import PermanentError, RetryPolicy
+from consumers import PermanentError
+from consumers.retry import RetryPolicy
 from tests.conftest import Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually

@@ -16,10 +16,11 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from consumers import DeliveryState, MessageMover
 from consumers.dead_letter import Failure
+from consumers.moves import MessageMover
 from consumers.reporting import StatusReporter
-from producers import declare_results_exchange
+from consumers.status import DeliveryState
+from producers.topology import declare_results_exchange
 from service.http.status_book import StatusBook
 from tests.conftest import Namespace, subscription
 from tests.integration.test_status_store import CountingStore, open_book, state, update

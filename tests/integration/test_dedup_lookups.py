@@ -11,10 +11,11 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumers import DeliveryState, DeliveryUpdate, Event
+from consumers import Event
 from consumers.dead_letter import Failure
 from consumers.moves import MessageMover
 from consumers.reporting import StatusReporter
+from consumers.status import DeliveryState, DeliveryUpdate
 from service.http.status_book import MAX_LOOKUPS_PER_QUERY, StatusBook
 from service.store import BatchWriter, Store, Write, open_store
 from tests.conftest import Namespace, subscription

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from consumers import PermanentError, RetryPolicy
+from consumers import PermanentError
+from consumers.retry import RetryPolicy
 from service import Role
 from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.recorder import Recorder

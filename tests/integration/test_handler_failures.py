@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from consumers import Event, PermanentError, RetryPolicy
+from consumers import Event, PermanentError
+from consumers.retry import RetryPolicy
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.recorder import Recorder
 

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from structlog.testing import capture_logs
 
-from consumers import RetryPolicy
+from consumers.retry import RetryPolicy
 from tests.conftest import StartConveyor, subscription
 from tests.support.processes import Process, free_port
 from tests.support.recorder import Recorder

@@ -15,7 +15,8 @@ import aiormq.exceptions
 import orjson
 import pytest
 
-from consumers import Event, PermanentError, RetryableError, RetryPolicy
+from consumers import Event, PermanentError, RetryableError
+from consumers.retry import RetryPolicy
 from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
 from tests.support.processes import Process

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers import Event, PermanentError, RetryPolicy
+from consumers import Event, PermanentError
+from consumers.retry import RetryPolicy
 from tests.conftest import Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from consumers import Event, RetryPolicy
+from consumers import Event
 from consumers.pipeline import DeliveryPipeline
+from consumers.retry import RetryPolicy
 from service import Role
 from tests.conftest import Namespace, StartConveyor, url_with_port
 from tests.support.ordering import KeyedRecorder, ordered, publish_keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumers import RetryPolicy
+from consumers.retry import RetryPolicy
 from service import Role
 from tests.conftest import Namespace, Running, StartConveyor
 from tests.integration.test_cli_client import TOKEN, conveyor_cli

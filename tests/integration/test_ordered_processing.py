@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from consumers import Event, Ordering, RetryPolicy
+from consumers import Event
+from consumers.ordering import Ordering
+from consumers.retry import RetryPolicy
 from service import Role
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.ordering import KeyedRecorder, order_violations, ordered, publish_keys

@@ -12,7 +12,8 @@ import pytest
 from pamqp.commands import Basic
 from structlog.testing import capture_logs
 
-from producers import ChannelPipeline, WireMessage
+from producers.frames import WireMessage
+from producers.pipeline import ChannelPipeline
 
 
 async def _take(

@@ -14,9 +14,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from consumers import DeliveryState, DeliveryUpdate, Subscription
 from consumers.dead_letter import Failure
-from producers import format_timestamp, new_event
+from consumers.status import DeliveryState, DeliveryUpdate
+from consumers.subscription import Subscription
+from producers import new_event
+from producers.event import format_timestamp
 from service.clock import SYSTEM_CLOCK, Clock
 from service.http.status_book import MAX_HISTORY_SHOWN, StatusBook
 from service.store import BatchWriter, ClaimOutcome, Statements, Store, Write, open_store

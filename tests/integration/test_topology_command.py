@@ -9,7 +9,8 @@ from dataclasses import replace
 import aio_pika
 import orjson
 
-from consumers import Ordering, RetryPolicy
+from consumers.ordering import Ordering
+from consumers.retry import RetryPolicy
 from service.cli.main import topology_command
 from service.settings import Settings
 from tests.conftest import Namespace, subscription

@@ -15,8 +15,10 @@ import orjson
 import pytest
 from pamqp.commands import Basic
 
-from consumers import Event, PermanentError, RetryPolicy
-from producers import ChannelPipeline, WireMessage
+from consumers import Event, PermanentError
+from consumers.retry import RetryPolicy
+from producers.frames import WireMessage
+from producers.pipeline import ChannelPipeline
 from service.cli.client import run_client
 from service.cli.main import build_parser
 from tests.conftest import Namespace, Running, StartConveyor, subscription

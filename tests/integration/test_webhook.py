@@ -10,8 +10,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from consumers import Handler, RetryPolicy
+from consumers import Handler
 from consumers.builtin import webhook
+from consumers.retry import RetryPolicy
 from service.settings import parse_duration
 from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.waiting import eventually

@@ -9,7 +9,10 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from consumers import Event, Handler, Ordering, PermanentError, RetryPolicy, Subscription
+from consumers import Event, Handler, PermanentError
+from consumers.ordering import Ordering
+from consumers.retry import RetryPolicy
+from consumers.subscription import Subscription
 from tests.conftest import Running, subscription
 
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from consumers import RetryPolicy
+from consumers.retry import RetryPolicy
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:  # conftest registers this module's fixture: no import cycle

@@ -20,8 +20,10 @@ import aiormq.exceptions
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from consumers import NO_HANDLER_TRACER, StatusLedger, Subscription
-from producers import Topology
+from consumers.observe import NO_HANDLER_TRACER
+from consumers.status import StatusLedger
+from consumers.subscription import Subscription
+from producers.topology import Topology
 from service.broker.link import BrokerLink
 from service.broker.queue_stats import poll_queue_stats
 from service.observability.metrics import Metrics

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from producers import settle_by, wait_by
+from producers.deadlines import settle_by, wait_by
 
 STALL = 0.2
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from consumers import MalformedEventError, decode_event
+from consumers.decoding import MalformedEventError, decode_event
 
 REQUIRED = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "a.b"}
 

@@ -7,9 +7,10 @@ import dataclasses
 from types import SimpleNamespace
 from typing import cast
 
-from consumers import Ordering, builtin
+from consumers import builtin
 from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder, Ordered, Unordered, delivery_order
+from consumers.ordering import Ordering
 from consumers.pipeline import checks
 from consumers.reporting import StatusReporter
 from consumers.settling import Outcome

@@ -19,7 +19,7 @@ import pytest
 from yamllint import linter  # type: ignore[import-untyped]  # ships no type information
 from yamllint.config import YamlLintConfig  # type: ignore[import-untyped]  # same package
 
-from producers import Topology
+from producers.topology import Topology
 from service.settings import parse_duration
 from service.subscription_config import load_subscriptions
 from tests.support.deploy_files import (

@@ -1,4 +1,4 @@
-"""Ids made without UUID objects or system calls (issue 7) read as the UUIDs they stand for."""
+"""Correlation ids and claim owners are distinct random UUIDs in the text forms expected."""
 
 from __future__ import annotations
 

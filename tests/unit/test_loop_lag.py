@@ -7,8 +7,8 @@ import time
 
 from structlog.testing import capture_logs
 
-from consumers import Event, HandlerSteps
-from consumers.watch import WatchedHandler
+from consumers import Event
+from consumers.watch import HandlerSteps, WatchedHandler
 from service.observability.loop_lag import LoopLagMonitor
 
 

@@ -10,18 +10,19 @@ from pathlib import Path
 import aiormq.exceptions
 import pytest
 
-from consumers import (
-    Event,
-    Ordering,
-    PartitioningUnavailableError,
-    RetryPolicy,
-    builtin,
-    explain_missing_exchange_type,
-)
+from consumers import Event, builtin
 from consumers.dead_letter import Failure
 from consumers.deadlines import SharedTimeout
-from consumers.ordering import HandlerSlot, KeyLanes, run_holding_key
-from producers import Topology
+from consumers.ordering import (
+    HandlerSlot,
+    KeyLanes,
+    Ordering,
+    PartitioningUnavailableError,
+    explain_missing_exchange_type,
+    run_holding_key,
+)
+from consumers.retry import RetryPolicy
+from producers.topology import Topology
 from service import SettingError, load_subscriptions
 from service.broker.topology_plan import plan_topology, render_topology
 from tests.conftest import subscription

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumers import RetryPolicy, delay_label
 from consumers.dead_letter import DeadLetterReason, Failure, failure_headers, read_int
+from consumers.retry import RetryPolicy, delay_label
 from consumers.webhook import _retry_after
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from consumers import DeliveryUpdate
+from consumers.status import DeliveryUpdate
 from service.broker.routing import topic_matches
 from service.http.status_book import EventStatus
 

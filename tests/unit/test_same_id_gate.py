@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from producers import SameIdGate
+from producers.same_id import SameIdGate
 
 
 async def test_same_ids_take_turns_and_different_ids_do_not_wait() -> None:

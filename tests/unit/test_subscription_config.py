@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers import RetryPolicy, builtin
+from consumers import builtin
+from consumers.retry import RetryPolicy
 from consumers.webhook import Webhook
 from service import SettingError, load_subscriptions
 

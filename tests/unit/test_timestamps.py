@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers import format_time, format_timestamp
+from producers.event import format_time, format_timestamp
 
 
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))  # up to 2100
