@@ -20,12 +20,11 @@ from service.cli.http_client import (
     EXIT_ANSWERED_ERROR,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    Answer,
     CommandError,
     ask,
     check_connection_arguments,
     complain,
-    print_json,
+    finish,
     print_table,
 )
 from service.cli.publish import publish_command
@@ -135,28 +134,12 @@ async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) ->
                     if value
                 }
                 answer = await ask(arguments, "GET", path, query=query)
-                return _finish(arguments, answer, out, _print_status)
+                return finish(arguments, answer, out, _print_status)
         answer = await ask(arguments, "GET", "/v1/admin/subscriptions")
-        return _finish(arguments, answer, out, _print_subscriptions)
+        return finish(arguments, answer, out, _print_subscriptions)
     except CommandError as failure:
         complain(str(failure))
         return failure.exit_code
-
-
-def _finish(
-    arguments: argparse.Namespace,
-    answer: Answer,
-    out: TextIO,
-    render: Callable[[dict[str, Any], TextIO], None],
-) -> int:
-    if answer.failed:
-        complain(answer.problem_line())
-        return EXIT_ANSWERED_ERROR
-    if arguments.json:
-        print_json(answer.document, out)
-    else:
-        render(answer.document, out)
-    return 0
 
 
 def _print_status(document: dict[str, Any], out: TextIO) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -23,6 +23,7 @@ __all__ = [
     "ask",
     "check_connection_arguments",
     "complain",
+    "finish",
     "print_json",
     "print_table",
 ]
@@ -159,3 +160,20 @@ def print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
 
 def complain(text: str) -> None:
     print(f"conveyor: {text}", file=sys.stderr)  # noqa: T201 - a CLI reports on stderr
+
+
+def finish(
+    arguments: argparse.Namespace,
+    answer: Answer,
+    out: TextIO,
+    render: Callable[[dict[str, Any], TextIO], None],
+) -> int:
+    """The exit code of an answered request, having printed it: the problem, JSON, or `render`."""
+    if answer.failed:
+        complain(answer.problem_line())
+        return EXIT_ANSWERED_ERROR
+    if arguments.json:
+        print_json(answer.document, out)
+    else:
+        render(answer.document, out)
+    return 0

@@ -19,6 +19,7 @@ from service.cli.http_client import (
     UsageError,
     ask,
     complain,
+    finish,
     print_json,
 )
 
@@ -40,14 +41,7 @@ async def publish_command(arguments: argparse.Namespace, out: TextIO) -> int:
     )
     results = answer.document.get("results")
     if not batch or not isinstance(results, list):
-        if answer.failed:
-            complain(answer.problem_line())
-            return EXIT_ANSWERED_ERROR
-        if arguments.json:
-            print_json(answer.document, out)
-        else:
-            out.write(f"{answer.document['id']} {answer.document['location']}\n")
-        return 0
+        return finish(arguments, answer, out, _print_accepted)
     # A batch: each entry has its own answer, in the order of the file.
     if arguments.json:
         print_json(answer.document, out)
@@ -156,3 +150,7 @@ async def _publish_amqp(
     # aio-pika's errors name the host and port, never the URL with its password.
     complain(f"not published: {type(problem).__name__}: {problem}")
     return EXIT_UNREACHABLE
+
+
+def _print_accepted(document: dict[str, Any], out: TextIO) -> None:
+    out.write(f"{document['id']} {document['location']}\n")

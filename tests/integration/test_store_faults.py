@@ -71,6 +71,16 @@ async def assert_store_not_ready(conveyor: Running, problem: str) -> None:
     assert body["checks"]["broker"] == "connected"  # only the store is wrong
 
 
+async def start_on_sqlite(start_conveyor: StartConveyor, ledger: Ledger, path: Path) -> Running:
+    """Conveyor with one steady subscription on a SQLite file the test can break."""
+    return await start_conveyor(
+        (subscription("steady", ("chaos.*",), ledger.handler()),),
+        store_url=f"sqlite:///{path}",
+        store_timeout=STORE_TIMEOUT,
+        admin_tokens=(("ops", READYZ_ADMIN_TOKEN),),
+    )
+
+
 def settle(ledger: Ledger, accounts: list[Account]) -> Account:
     account = ledger.account()
     accounts.append(account)
@@ -83,12 +93,7 @@ async def test_a_store_locked_from_outside_answers_503_at_once_and_is_not_ready(
 ) -> None:
     ledger = Ledger("SQLite locked by another process")
     path = tmp_path / "locked.db"
-    conveyor = await start_conveyor(
-        (subscription("steady", ("chaos.*",), ledger.handler()),),
-        store_url=f"sqlite:///{path}",
-        store_timeout=STORE_TIMEOUT,
-        admin_tokens=(("ops", READYZ_ADMIN_TOKEN),),
-    )
+    conveyor = await start_on_sqlite(start_conveyor, ledger, path)
     await ledger.send(conveyor, 5, concurrency=5)
     refused = f"refused-{uuid.uuid4().hex[:8]}"
     batch = [{**event(f"{refused}-{n}"), "specversion": "1.0"} for n in range(2)]
@@ -159,12 +164,7 @@ async def test_a_full_disk_answers_503_and_is_not_ready_until_there_is_room(
     start_conveyor: StartConveyor, small_filesystem: Path, accounts: list[Account]
 ) -> None:
     ledger = Ledger("SQLite's disk full")
-    conveyor = await start_conveyor(
-        (subscription("steady", ("chaos.*",), ledger.handler()),),
-        store_url=f"sqlite:///{small_filesystem}/conveyor.db",
-        store_timeout=STORE_TIMEOUT,
-        admin_tokens=(("ops", READYZ_ADMIN_TOKEN),),
-    )
+    conveyor = await start_on_sqlite(start_conveyor, ledger, small_filesystem / "conveyor.db")
     await ledger.send(conveyor, 5, concurrency=5)
     await ledger.settled()
 
@@ -209,12 +209,7 @@ async def test_a_read_only_store_answers_503_and_is_not_ready_until_writable(
 ) -> None:
     ledger = Ledger("SQLite files read-only")
     path = tmp_path / "read-only.db"
-    conveyor = await start_conveyor(
-        (subscription("steady", ("chaos.*",), ledger.handler()),),
-        store_url=f"sqlite:///{path}",
-        store_timeout=STORE_TIMEOUT,
-        admin_tokens=(("ops", READYZ_ADMIN_TOKEN),),
-    )
+    conveyor = await start_on_sqlite(start_conveyor, ledger, path)
     await ledger.send(conveyor, 5, concurrency=5)
     await ledger.settled()
 
@@ -236,12 +231,7 @@ async def test_a_deleted_store_file_makes_conveyor_not_ready(
 ) -> None:
     ledger = Ledger("SQLite files deleted")
     path = tmp_path / "deleted.db"
-    conveyor = await start_conveyor(
-        (subscription("steady", ("chaos.*",), ledger.handler()),),
-        store_url=f"sqlite:///{path}",
-        store_timeout=STORE_TIMEOUT,
-        admin_tokens=(("ops", READYZ_ADMIN_TOKEN),),
-    )
+    conveyor = await start_on_sqlite(start_conveyor, ledger, path)
     await ledger.send(conveyor, 5, concurrency=5)
     status, body = await readiness(conveyor)
     assert (status, body["checks"]["store"]) == (200, "writable")
