@@ -46,7 +46,7 @@ run: $(RUN_STAMP)
 		|| { echo "No RabbitMQ answers at $(AMQP_URL). Start one: 'rabbitmq-server -detached' or 'docker run -d -p 5672:5672 rabbitmq:3.13', or set AMQP_URL=..."; exit 1; }
 	@if grep -qE '^[[:space:]]*ordered_by' '$(CONFIG)' && command -v rabbitmq-plugins >/dev/null 2>&1; then \
 		rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 \
-		|| echo "Ordered subscriptions need RabbitMQ's consistent-hash exchange; run: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"; \
+		|| { echo "Ordered subscriptions need RabbitMQ's consistent-hash exchange, and enabling it failed; run: rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"; exit 1; }; \
 	fi
 	@if [ -n "$${CONVEYOR_ADMIN_TOKEN:-}" ]; then token="$$CONVEYOR_ADMIN_TOKEN"; \
 		echo "conveyor: dashboard at http://localhost:$${CONVEYOR_HTTP_PORT:-8080}/ (admin token: your CONVEYOR_ADMIN_TOKEN)"; \
@@ -93,7 +93,7 @@ chaos: install
 test-cluster: install
 	$(BIN)/pytest tests/cluster -q -ra
 
-# Issue 7's table (bench/run.py, about 10 minutes, capped), then what the store's claims cost,
+# The performance table (bench/run.py, about 10 minutes, capped), then what the store's claims cost,
 # what ordered partitions cost, and the AMQP client's floor under the consumer (bench/floor.py).
 # BENCH_ARGS passes options to bench.run, e.g. BENCH_ARGS='--rounds 1'.
 bench: $(BENCH_STAMP)

@@ -75,9 +75,12 @@ def amqp_url() -> Iterator[str]:
         container.stop()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def consistent_hash_exchange(amqp_url: str) -> None:
-    """Once per run: the broker has the plugin ordered subscriptions need, or the run stops."""
+    """Once per run: the broker has the plugin ordered subscriptions need, or the run stops.
+
+    The tiers that talk to the broker use it for every test (their conftest); unit tests do not.
+    """
     host = URL(amqp_url).host or "127.0.0.1"
     missing = asyncio.run(ensure_consistent_hash(amqp_url, host))
     if missing is not None:

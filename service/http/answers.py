@@ -80,11 +80,13 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - on
             )
         case StoreUnavailableError():
             # Claims come before publishing: nothing was published, the retry loses nothing.
+            # Why (addresses, users, file paths) goes to the log, not to the client.
+            _log.warning("store unavailable; answered 503", error=str(error) or repr(error))
             return Problem(
                 503,
                 "store-unavailable",
                 "Store unavailable",
-                f"the store cannot take the request now: {error}; retry later",
+                "the store cannot take the request now; retry later",
                 headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
         case PublishError(reason=reason):

@@ -11,6 +11,11 @@ import aiormq
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _broker_has_consistent_hash(consistent_hash_exchange: None) -> None:
+    """Every broker test runs on a broker with the exchange type ordered subscriptions need."""
+
+
 @pytest.fixture
 async def queue_name(amqp_url: str) -> AsyncIterator[str]:
     """A quorum queue of its own on the broker, deleted afterwards."""

@@ -91,11 +91,13 @@ async def test_a_publish_confirmed_while_a_handler_blocked_the_loop_is_accepted(
         await answered.wait()
         while _in_flight(conveyor) < 1:  # noqa: ASYNC110 - a gauge has no event to wait on
             await asyncio.sleep(0.001)
+        # Longer than the publish timeout (a second, which a loaded machine's own latency does
+        # not reach), shorter than the store timeout (2 s), which does not stretch for a stall.
         time.sleep(1.5)  # noqa: ASYNC251 - the fault under test: a handler blocking the loop
         done.set()
 
     conveyor = await start_conveyor(
-        (subscription("stall", ("lag.block",), blocking),), publish_timeout=0.5
+        (subscription("stall", ("lag.block",), blocking),), publish_timeout=1.0
     )
     answers: list[int] = []
 
