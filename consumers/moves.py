@@ -49,7 +49,10 @@ class UncopyableMessageError(MoveFailedError):
 
 
 class CopyRefusedError(MoveFailedError):
-    """RabbitMQ took the copy and refused it: nacked it, or returned it (no queue to take it)."""
+    """RabbitMQ returned the copy: no queue takes it, and trying again will not change that.
+
+    A nack is not this: it can pass (a queue at its length limit), so the original stays queued.
+    """
 
 
 def _announce_outcome(confirmation: asyncio.Future[Any]) -> MoveFailedError | None:
@@ -167,7 +170,7 @@ class MessageMover:
                     deadline,
                 )
         except DeliveryError:
-            raise CopyRefusedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
+            raise MoveFailedError(f"RabbitMQ nacked the copy to {routing_key!r}") from None
         except _UNREACHABLE as error:
             raise MoveFailedError(f"{type(error).__name__} moving to {routing_key!r}") from None
         except _UNENCODABLE as error:
