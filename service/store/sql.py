@@ -118,7 +118,11 @@ class Statements:
         "WHERE conveyor_idempotency.expires_at < ?"
     )
     # Rows kept per scope (`request`: Idempotency-Key headers; `event`: CloudEvents identities).
-    count_keys = "SELECT scope, COUNT(*) FROM conveyor_idempotency GROUP BY scope"
+    # The readiness probe's own row is no key anyone sent.
+    count_keys = (
+        "SELECT scope, COUNT(*) FROM conveyor_idempotency WHERE scope <> 'conveyor-probe' "
+        "GROUP BY scope"
+    )
     select_claim = (
         "SELECT fingerprint, status, body FROM conveyor_idempotency WHERE scope = ? AND key = ?"
     )
