@@ -16,7 +16,7 @@ import structlog
 
 from service.cancellation import STOP_SECONDS, stop_task
 from service.store.base import Store, Write
-from service.store.faults import describe
+from service.store.faults import StoreUnavailableError, describe
 
 __all__ = ["BatchWriter", "WriterClosedError"]
 
@@ -28,6 +28,11 @@ WRITE_TIMEOUT_SECONDS = 30.0
 # bound); writes someone waits for are never dropped.
 MAX_QUEUED_NOTES = 10_000
 CLOSE_TIMEOUT_SECONDS = 35.0
+# A batch the store could not take now (locked, read-only, full, cut off) is queued again after
+# this: its writes only move a status forward, so one that lands late changes nothing newer,
+# and a status is not left behind (pending, processing) by an outage it outlived.
+RETRY_SECONDS = 1.0
+_PASSING_FAILURES = (StoreUnavailableError, TimeoutError)
 
 _Entry = tuple[tuple[Write, ...], asyncio.Future[None] | None]
 
@@ -102,7 +107,15 @@ class BatchWriter:
                 async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
                     await self._store.write(writes)
         except Exception as error:  # noqa: BLE001 - handed to each waiter; the loop goes on
-            _log.warning("status writes failed", writes=len(writes), error=describe(error))
+            again = isinstance(error, _PASSING_FAILURES) and not self._closed
+            _log.warning(
+                "status writes failed",
+                writes=len(writes),
+                error=describe(error),
+                again_in_seconds=RETRY_SECONDS if again else None,
+            )
+            if again:
+                asyncio.get_running_loop().call_later(RETRY_SECONDS, self.submit, *writes)
             for _, done in batch:
                 if done is not None and not done.done():
                     done.set_exception(error)

@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 from yarl import URL
 
+from consumers import Event
 from tests.conftest import POSTGRES_URL, Running, StartConveyor, subscription
 from tests.support.ledger import Account, Ledger
 from tests.support.waiting import eventually
@@ -298,3 +299,48 @@ async def test_postgres_backends_terminated_under_load_lose_no_event_and_no_stat
         return not unfinished
 
     await eventually(all_succeeded, timeout=30, what="every accepted event's status to succeed")
+
+
+async def test_statuses_written_while_the_store_could_not_take_them_land_once_it_can(
+    start_conveyor: StartConveyor, tmp_path: Path
+) -> None:
+    release = asyncio.Event()
+    handling: set[str] = set()
+
+    async def held(event: Event) -> None:
+        handling.add(event.id)
+        await release.wait()
+
+    path = tmp_path / "outlived.db"
+    conveyor = await start_conveyor(
+        (subscription("held", ("outage.*",), held, prefetch=4, concurrency=4),),
+        store_url=f"sqlite:///{path}",
+        store_timeout=STORE_TIMEOUT,
+        admin_tokens=(("ops", READYZ_ADMIN_TOKEN),),
+    )
+    locations = []
+    for number in range(3):
+        response = await conveyor.post({"type": "outage.x", "id": f"o-{number}", "source": "/o"})
+        assert response.status == 202
+        locations.append((await response.json())["location"])
+
+    async def all_handling() -> bool:
+        return len(handling) == 3
+
+    await eventually(all_handling, what="the three handlers to start")
+    with read_only(path, Path(f"{path}-wal")):
+        await assert_store_not_ready(conveyor, "disk I/O error")
+        release.set()  # the handlers return; their statuses cannot be written now
+
+        async def acked() -> bool:
+            samples = await conveyor.client.get("/metrics")
+            text = await samples.text()
+            return 'conveyor_deliveries_total{outcome="acked",subscription="held"} 3.0' in text
+
+        await eventually(acked, what="the three deliveries acked while the store was read-only")
+
+    async def all_succeeded() -> bool:
+        states = [(await conveyor.status(location))[1].get("state") for location in locations]
+        return states == ["succeeded"] * 3
+
+    await eventually(all_succeeded, timeout=20, what="each status to reach succeeded")
