@@ -125,9 +125,13 @@ def _channel_problems(channel_class: type) -> list[str]:
         if not callable(method):
             problems.append(f"Channel.{name}")
             continue
-        found = tuple(inspect.signature(method).parameters)[1:]
-        if found != parameters or inspect.iscoroutinefunction(method) != is_coroutine:
-            problems.append(f"Channel.{name}{inspect.signature(method)}")
+        found = tuple(inspect.signature(method).parameters)
+        if found[1:] != parameters or inspect.iscoroutinefunction(method) != is_coroutine:
+            kind = "a coroutine function" if is_coroutine else "a plain function"
+            expected = ", ".join(("self", *parameters))
+            problems.append(
+                f"Channel.{name} as {kind} of ({expected}) (found ({', '.join(found)}))"
+            )
     done = inspect.getattr_static(channel_class, "_on_consumer_done", None)
     if not isinstance(done, staticmethod):
         problems.append("Channel._on_consumer_done (a staticmethod)")
