@@ -23,7 +23,8 @@ and why:
   dead connection, so the robust connection reconnects.
 - `Connection._Connection__connection_unblocked` (`is_blocked`): RabbitMQ's
   connection.blocked state (a memory or disk alarm); aiormq exposes no public flag.
-- `Connection.connection_tune` (`channel_frame_max`): the frame_max the broker negotiated.
+- `Connection.connection_tune` (`channel_frame_max`): the frame_max the broker negotiated;
+  `Channel.max_content_size` (`body_frame_max`): the body bytes one frame of it carries.
 
 `check_internals` verifies each one against the installed aiormq; `conveyor serve` runs it
 before anything starts and refuses to start without them (rather than run without the
@@ -49,6 +50,7 @@ __all__ = [
     "REQUIRED_AIORMQ",
     "InternalsMissingError",
     "Reader",
+    "body_frame_max",
     "channel_frame_max",
     "check_internals",
     "confirmation_settler",
@@ -81,7 +83,13 @@ _CHANNEL_METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
     "_read_content": (("frame", "header"), True),
 }
 # Instance attributes, set in `__init__`.
-_CHANNEL_ATTRIBUTES = ("confirmations", "message_id_delivery_tag", "write_queue", "consumers")
+_CHANNEL_ATTRIBUTES = (
+    "confirmations",
+    "message_id_delivery_tag",
+    "write_queue",
+    "consumers",
+    "max_content_size",
+)
 _CONNECTION_ATTRIBUTES = (_LAST_FRAME, _UNBLOCKED)
 # Declared on the class (annotations), set once connected.
 _CONNECTION_DECLARED = ("_reader_task", "connection_tune")
@@ -168,6 +176,11 @@ def check_internals(
 def channel_frame_max(channel: aiormq.Channel) -> int:
     """The largest frame the broker takes on `channel`'s connection (0: no limit)."""
     return channel.connection.connection_tune.frame_max
+
+
+def body_frame_max(channel: aiormq.Channel) -> int:
+    """The most body bytes one frame on `channel` carries (frame_max less the frame's overhead)."""
+    return channel.max_content_size
 
 
 def install_confirm_handler(

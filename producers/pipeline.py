@@ -26,6 +26,7 @@ from aiormq.abc import ChannelFrame, ConfirmationFrameType
 from pamqp.commands import Basic
 
 from producers.amqp_internals import (
+    body_frame_max,
     channel_frame_max,
     confirmation_settler,
     confirmation_store,
@@ -53,7 +54,7 @@ class ConfirmPipeline:
             raise ValueError("a ConfirmPipeline needs a channel in confirm mode")
         self.channel = channel
         self._number = channel.number
-        self._max_body_frame = channel.max_content_size
+        self._max_body_frame = body_frame_max(channel)
         # The largest frame the broker takes (0: no limit); past it RabbitMQ closes the whole
         # connection, every channel on it with it.
         self.frame_max: int = channel_frame_max(channel)
