@@ -3,12 +3,12 @@
 aio-pika hands each delivery to a consumer through two tasks (aiormq's, tracked in the channel's
 future store, and aio-pika's own around the callback) and an `IncomingMessage`, whose
 constructor copies and converts every property: much of a cheap handler's delivery cost.
-`DeliveryHook` replaces the `_on_deliver_frame` of the consumer's aiormq
-channel (aiormq is pinned in constraints.txt for this and the publish pipeline): a delivery to
-one of the hooked consumer tags becomes a `Delivery` (the message's fields, read as needed) and
-one task; deliveries to any other consumer go on exactly as aiormq does it. As aiormq does with
-its own, the tasks of a channel are cancelled when the channel closes: the broker has their
-deliveries back.
+`DeliveryHook` replaces the delivery handler of the consumer's aiormq channel (through
+`producers.amqp_internals`, which checks at start that aiormq has one): a delivery to one of the
+hooked consumer tags becomes a `Delivery` (the message's fields, read as needed) and one task;
+deliveries to any other consumer go on exactly as aiormq does it. As aiormq does with its own,
+the tasks of a channel are cancelled when the channel closes: the broker has their deliveries
+back.
 
 The consumer stays registered through aio-pika, so a reconnect restores it as before. A
 restored channel is a new aiormq channel: its first deliveries come the aio-pika way, and the
@@ -31,6 +31,14 @@ from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
+
+from producers.amqp_internals import (
+    consumer_callbacks,
+    consumer_done_callback,
+    content_reader,
+    frame_reader,
+    install_delivery_handler,
+)
 
 __all__ = ["Delivery", "DeliveryHook", "Inbound"]
 
@@ -174,7 +182,7 @@ class DeliveryHook:
             return
         if channel not in self._hooked:
             self._hooked.add(channel)
-            # Kept alive by the channel, which holds its `_on_deliver_frame`.
+            # Kept alive by the channel, which holds its delivery handler.
             _HookedChannel(channel, self._tags, self._handle, self._name)
 
 
@@ -193,16 +201,20 @@ class _HookedChannel:
         self._handle = handle
         self._name = name
         self._tasks: set[asyncio.Task[None]] = set()
-        channel._on_deliver_frame = self._on_deliver_frame  # type: ignore[method-assign]  # noqa: SLF001 - see the module docstring
+        self._next_frame = frame_reader(channel)
+        self._read_content = content_reader(channel)
+        self._consumers = consumer_callbacks(channel)
+        self._consumer_done = consumer_done_callback(channel)
+        install_delivery_handler(channel, self._on_deliver_frame)
         channel.closing.add_done_callback(self._cancel_all)
 
     async def _on_deliver_frame(self, frame: spec.Basic.Deliver) -> None:
         channel = self._channel
         # As aiormq's own: the content header, then the body frames.
-        header = await channel._get_frame()  # noqa: SLF001 - see the module docstring
+        header = await self._next_frame()
         if not isinstance(header, ContentHeader):
             raise TypeError(f"Unexpected frame {header!r} instead of ContentHeader", header)
-        message = await channel._read_content(frame, header)  # noqa: SLF001
+        message = await self._read_content(frame, header)
         if frame.consumer_tag in self._tags:
             task = asyncio.get_running_loop().create_task(
                 self._handle(Delivery(frame, message)), name=self._name
@@ -210,10 +222,10 @@ class _HookedChannel:
             self._tasks.add(task)
             task.add_done_callback(self._finished)
             return
-        consumer = channel.consumers.get(frame.consumer_tag or "")
+        consumer = self._consumers.get(frame.consumer_tag or "")
         if consumer is not None:
             other = channel.create_task(consumer(message))
-            other.add_done_callback(channel._on_consumer_done)  # noqa: SLF001
+            other.add_done_callback(self._consumer_done)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

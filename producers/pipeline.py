@@ -7,7 +7,8 @@ method frame is cached per destination, and every publish made while the previou
 waiting to go out leaves in one frame set, so one `send` carries as many messages as arrived.
 
 Each publish still has its own delivery tag and its own confirmation future, registered in
-aiormq's channel exactly as `Channel.basic_publish` registers them, so aiormq settles them:
+aiormq's channel exactly as `Channel.basic_publish` registers them (through
+`producers.amqp_internals`, which lists what that reaches into), so aiormq settles them:
 `basic.ack` (with `multiple`) and `basic.nack` by tag, `basic.return` by message id, and a
 closed channel fails every one still waiting. The channel must be this pipeline's alone: its
 delivery tags are counted here, in the order the frames are queued.
@@ -24,6 +25,15 @@ from aio_pika.abc import AbstractChannel
 from aiormq.abc import ChannelFrame, ConfirmationFrameType
 from pamqp.commands import Basic
 
+from producers.amqp_internals import (
+    body_frame_max,
+    channel_frame_max,
+    confirmation_settler,
+    confirmation_store,
+    frame_queue,
+    install_confirm_handler,
+    returned_message_tags,
+)
 from producers.frames import WireMessage, body_frames, content_header_frame, publish_method_frame
 
 __all__ = ["ChannelPipeline", "ConfirmPipeline"]
@@ -44,10 +54,15 @@ class ConfirmPipeline:
             raise ValueError("a ConfirmPipeline needs a channel in confirm mode")
         self.channel = channel
         self._number = channel.number
-        self._max_body_frame = channel.max_content_size
+        self._max_body_frame = body_frame_max(channel)
         # The largest frame the broker takes (0: no limit); past it RabbitMQ closes the whole
         # connection, every channel on it with it.
-        self.frame_max: int = channel.connection.connection_tune.frame_max
+        self.frame_max: int = channel_frame_max(channel)
+        self._confirmations = confirmation_store(channel)
+        self._returned_tags = returned_message_tags(channel)
+        self._confirm_delivery = confirmation_settler(channel)
+        self._frame_queue = frame_queue(channel)
+        self._last_tag = 0  # the channel is this pipeline's alone: its tags are counted here
         self._methods: dict[tuple[str, str, bool], bytes] = {}
         self._pending: list[bytes] = []
         self._ready = asyncio.Event()
@@ -60,9 +75,8 @@ class ConfirmPipeline:
         channel.closing.add_done_callback(self._on_channel_closed)
         # aiormq answers a `multiple` confirm by scanning every waiting confirmation and
         # scheduling a callback for each one it covers: with hundreds in flight that scan ran
-        # for every confirm frame. This walks each tag once (aiormq 7.2, pinned; the channel
-        # is this pipeline's alone).
-        channel._on_confirm_frame = self._on_confirm_frame  # type: ignore[method-assign]  # noqa: SLF001 - see above
+        # for every confirm frame. This walks each tag once (the channel is this pipeline's alone).
+        install_confirm_handler(channel, self._on_confirm_frame)
 
     @property
     def usable(self) -> bool:
@@ -79,7 +93,6 @@ class ConfirmPipeline:
         cannot be written (a short string over 255 bytes, a header pamqp cannot encode, headers
         that do not fit one frame).
         """
-        channel = self.channel
         if not self.usable:
             raise aiormq.exceptions.ChannelInvalidStateError("the publishing channel is closed")
         header = content_header_frame(self._number, message)
@@ -93,16 +106,16 @@ class ConfirmPipeline:
             + header
             + body_frames(self._number, message.body, self._max_body_frame)
         )
-        channel.delivery_tag += 1
-        tag = channel.delivery_tag
+        self._last_tag += 1
+        tag = self._last_tag
         # A plain future, not aiormq's `create_future`: that one registers each future in the
         # channel's and the connection's stores with three done callbacks, about a fifth of a
         # publish's cost; `_on_channel_closed` fails what is still waiting instead.
         confirmation: asyncio.Future[Any] = self._loop.create_future()
-        channel.confirmations[tag] = confirmation
+        self._confirmations[tag] = confirmation
         if mandatory and message.message_id is not None:
             # aiormq finds a returned message's confirmation by its message id.
-            channel.message_id_delivery_tag[message.message_id] = tag
+            self._returned_tags[message.message_id] = tag
             self._message_ids[tag] = message.message_id
         self._pending.append(frames)
         self._ready.set()
@@ -121,12 +134,11 @@ class ConfirmPipeline:
         self._confirmed_upto = max(self._confirmed_upto, last)
 
     def _settle(self, tag: int, frame: ConfirmationFrameType) -> None:
-        channel = self.channel
-        waiting = channel.confirmations.get(tag)
-        channel._confirm_delivery(tag, frame)  # noqa: SLF001 - see __init__
+        waiting = self._confirmations.get(tag)
+        self._confirm_delivery(tag, frame)
         message_id = self._message_ids.pop(tag, None)
-        if message_id is not None and channel.message_id_delivery_tag.get(message_id) == tag:
-            del channel.message_id_delivery_tag[message_id]
+        if message_id is not None and self._returned_tags.get(message_id) == tag:
+            del self._returned_tags[message_id]
         if isinstance(waiting, asyncio.Future) and waiting.cancelled() and _is_ack(frame):
             # Its publisher stopped waiting (a timeout, a cancelled request) and reported a
             # failure: say that RabbitMQ has the message after all.
@@ -140,7 +152,7 @@ class ConfirmPipeline:
         self.close()
         reason = None if closing.cancelled() else closing.exception()
         # aiormq also keeps `Returning` markers there, whatever its annotation says.
-        entries: list[object] = list(self.channel.confirmations.values())
+        entries: list[object] = list(self._confirmations.values())
         for confirmation in entries:
             if isinstance(confirmation, asyncio.Future) and not confirmation.done():
                 confirmation.set_exception(
@@ -167,7 +179,7 @@ class ConfirmPipeline:
             batch, self._pending = self._pending, []
             written = loop.create_future()
             # The connection's write queue is bounded: waiting here is the backpressure.
-            await self.channel.write_queue.put(
+            await self._frame_queue.put(
                 ChannelFrame(payload=b"".join(batch), should_close=False, drain_future=written)
             )
             await written

@@ -27,6 +27,7 @@ from consumers.status import StatusLedger
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
 from producers import BrokerUnavailableError
+from producers.amqp_internals import is_blocked
 from producers.publisher import AmqpPublisher
 from producers.topology import Topology
 from service.broker.addresses import AddressRotation, redact_url
@@ -142,11 +143,7 @@ class BrokerLink:
         connection = self._connection
         if connection is None or connection.is_closed:
             return False
-        underlay = getattr(connection.transport, "connection", None)
-        # aiormq 7 keeps connection.blocked/unblocked only in this private event (no public API);
-        # reading it is all we do, and a missing attribute just reads as "not blocked".
-        unblocked = getattr(underlay, "_Connection__connection_unblocked", None)
-        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
+        return is_blocked(connection)
 
     def missing_subscriptions(self) -> list[str]:
         if not self._consume:

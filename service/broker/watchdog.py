@@ -6,7 +6,8 @@ silent connection only after 3 x (timeout + 1) seconds (`HEARTBEAT_GRACE_MULTIPL
 our 15 s. Through all that time a stalled link (a network that drops packets without a reset)
 looks connected: /readyz stays 200 and every publish waits out its timeout. The watchdog reads
 when the last frame arrived and, once the link has been silent for a whole timeout, cancels
-the connection's reader the way aiormq itself does, so the robust connection reconnects.
+the connection's reader the way aiormq itself does, so the robust connection reconnects. Both
+are aiormq internals, read through `producers.amqp_internals`.
 """
 
 from __future__ import annotations
@@ -16,19 +17,17 @@ import asyncio
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from producers.amqp_internals import last_frame_time, running_reader
+
 __all__ = ["silent_for", "watch_for_silence"]
 
 _log = structlog.get_logger(component="broker")
-# aiormq 7 keeps the time of the last received frame only in this private attribute (no public
-# API, like the blocked state read in service.broker.link); a missing one reads as "not silent".
-_LAST_FRAME = "_Connection__last_frame_time"
 
 
 def silent_for(connection: AbstractRobustConnection) -> float:
     """Seconds since the current underlying connection last received a frame (0 if unknown)."""
-    underlay = getattr(connection.transport, "connection", None)
-    last = getattr(underlay, _LAST_FRAME, None)
-    if not isinstance(last, float):
+    last = last_frame_time(connection)
+    if last is None:
         return 0.0
     return asyncio.get_running_loop().time() - last
 
@@ -42,10 +41,8 @@ async def watch_for_silence(connection: AbstractRobustConnection, heartbeat: flo
         silence = silent_for(connection)
         if silence <= heartbeat:
             continue
-        underlay = getattr(connection.transport, "connection", None)
-        # aiormq wraps the reader in its own TaskWrapper: cancel() and done() like a Task.
-        reader = getattr(underlay, "_reader_task", None)
-        if reader is not None and not reader.done():
+        reader = running_reader(connection)
+        if reader is not None:
             _log.warning(
                 "broker link silent past two heartbeats; reconnecting",
                 silent_seconds=round(silence, 1),

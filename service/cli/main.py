@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from consumers.subscription import Subscription
+from producers.amqp_internals import InternalsMissingError, check_internals
 from producers.topology import Topology
 from service.app import build_app
 from service.app_keys import LIFECYCLE
@@ -110,7 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(environ)
         subscriptions = load_subscriptions(settings.config_path) if settings.config_path else ()
         tracing = build_tracing(settings) if arguments.command == "serve" else None
-    except SettingError as error:
+        if arguments.command == "serve":
+            # Before anything starts: without these the watchdog and the blocked check would
+            # silently do nothing.
+            check_internals()
+    except (SettingError, InternalsMissingError) as error:
         print(f"conveyor: {error}", file=sys.stderr)  # noqa: T201 - the one line before logging exists
         return EXIT_BAD_SETTING
     if arguments.command == "topology":
