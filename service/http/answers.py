@@ -30,7 +30,7 @@ from service.http.idempotency import (
 )
 from service.http.metrics_route import count_answer
 from service.http.problems import Problem, problem_response
-from service.store import StoreUnavailableError
+from service.store import StoreUnavailableError, describe
 
 __all__ = ["INGEST_PATH", "RETRY_AFTER_SECONDS", "answers_middleware", "problem_for"]
 
@@ -81,7 +81,7 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - on
         case StoreUnavailableError():
             # Claims come before publishing: nothing was published, the retry loses nothing.
             # Why (addresses, users, file paths) goes to the log, not to the client.
-            _log.warning("store unavailable; answered 503", error=str(error) or repr(error))
+            _log.warning("store unavailable; answered 503", error=describe(error))
             return Problem(
                 503,
                 "store-unavailable",
