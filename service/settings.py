@@ -1,5 +1,6 @@
 """Settings: one frozen object, built once from the environment at the entry point. Each field
-declares its CONVEYOR_* variable; `conveyor serve --help` and the README's table follow them."""
+declares its CONVEYOR_* variable; `conveyor serve --help` and the table in docs/settings.md
+follow them."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ class LogFormat(enum.StrEnum):
 class Settings:
     """Every setting, each declared once here: its variable (CONVEYOR_ + name), parser, default as
     a user writes it, help text, and whether it is secret (kept out of repr and errors). The help
-    output and the README's settings table come from these declarations."""
+    output and the settings table (docs/settings.md) come from these declarations."""
 
     amqp_url: str = setting(
         "AMQP_URL",

@@ -83,11 +83,11 @@ class UnusableValueError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DeclaredSetting:
-    """One CONVEYOR_* variable: what the help output and the README's settings table show of it,
-    and how its value is parsed. A secret one is kept out of repr and out of error messages."""
+    """One CONVEYOR_* variable: what the help output and docs/settings.md show of it, and how
+    its value is parsed. A secret one is kept out of repr and out of error messages."""
 
     name: str  # without the CONVEYOR_ prefix
-    default: str  # as the help and the README show it
+    default: str  # as the help and docs/settings.md show it
     help: str
     secret: bool
     parse: Callable[[str], object]

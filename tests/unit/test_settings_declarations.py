@@ -1,4 +1,4 @@
-"""Each setting is declared once: the README's settings table, `conveyor serve --help` and the
+"""Each setting is declared once: the table in docs/settings.md, `conveyor serve --help` and the
 redaction of secrets all follow the declarations on the Settings fields."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from service.cli.main import main
 from service.settings import DECLARED_SETTINGS, SettingError, Settings, load_settings
 from service.settings_reader import declared
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SETTINGS_DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 _HEADER = re.compile(r"^\|\s*(setting|name)\s*\|\s*default\s*\|\s*meaning\s*\|$")
 _VARIABLE = re.compile(r"^`(CONVEYOR_[A-Z_]+)`$")
 
@@ -22,8 +22,8 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def readme_settings_table(text: str) -> dict[str, str]:
-    """The README's settings table as {variable: default}, backticks dropped from the default."""
+def settings_table(text: str) -> dict[str, str]:
+    """The settings table as {variable: default}, backticks dropped from the default."""
     lines = text.splitlines()
     (start,) = [n for n, line in enumerate(lines) if _HEADER.match(line.strip())]
     rows: dict[str, str] = {}
@@ -39,14 +39,14 @@ def readme_settings_table(text: str) -> dict[str, str]:
 
 
 def test_the_readme_settings_table_matches_the_declarations() -> None:
-    table = readme_settings_table(README.read_text(encoding="utf-8"))
+    table = settings_table(SETTINGS_DOC.read_text(encoding="utf-8"))
     declarations = {declaration.variable: declaration.default for declaration in DECLARED_SETTINGS}
 
-    assert sorted(set(declarations) - set(table)) == [], "declared, without a README row"
-    assert sorted(set(table) - set(declarations)) == [], "a README row, not declared"
+    assert sorted(set(declarations) - set(table)) == [], "declared, no row in docs/settings.md"
+    assert sorted(set(table) - set(declarations)) == [], "a row in docs/settings.md, not declared"
     assert {name: (table[name], default) for name, default in declarations.items()} == {
         name: (default, default) for name, default in declarations.items()
-    }, "(README default, declared default)"
+    }, "(documented default, declared default)"
 
 
 def test_the_table_reader_sees_a_missing_row_and_a_wrong_default() -> None:
@@ -54,9 +54,9 @@ def test_the_table_reader_sees_a_missing_row_and_a_wrong_default() -> None:
         "| setting | default | meaning |\n| --- | --- | --- |\n"
         "| `CONVEYOR_HTTP_PORT` | `8081` | port |\n| `CONVEYOR_ROLE` | `all` | role |\n\nmore\n"
     )
-    assert readme_settings_table(table) == {"CONVEYOR_HTTP_PORT": "8081", "CONVEYOR_ROLE": "all"}
+    assert settings_table(table) == {"CONVEYOR_HTTP_PORT": "8081", "CONVEYOR_ROLE": "all"}
     with pytest.raises(AssertionError, match="one `CONVEYOR_"):
-        readme_settings_table(table.replace("`CONVEYOR_ROLE`", "`CONVEYOR_A` / `CONVEYOR_B`"))
+        settings_table(table.replace("`CONVEYOR_ROLE`", "`CONVEYOR_A` / `CONVEYOR_B`"))
 
 
 def test_every_settings_field_is_declared_with_its_true_default() -> None:
