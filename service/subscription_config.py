@@ -124,7 +124,7 @@ def _subscription(index: int, entry: Any) -> Subscription:
         completions=_flag(entry, "completions", default=True, where=where),
         ordering=_ordering(entry, where, retry, timeout),
         filters=subscription_filters(entry.get("filters", []), where),
-        rate=subscription_rate(entry, where),
+        rate=subscription_rate(entry, where, prefetch),
     )
 
 
@@ -137,7 +137,7 @@ def subscription_filters(filters: Any, where: str) -> tuple[Filter, ...]:
         raise SettingError(SETTING, f"{where}.{error.where} as {error.what}") from None
 
 
-def subscription_rate(entry: dict[str, Any], where: str) -> RateLimit | None:
+def subscription_rate(entry: dict[str, Any], where: str, prefetch: int) -> RateLimit | None:
     """A subscription's `rate` with its `burst` and `rate_scope` (consumers.pacing), checked."""
     rate = entry.get("rate")
     if rate is None:
@@ -151,11 +151,21 @@ def subscription_rate(entry: dict[str, Any], where: str) -> RateLimit | None:
         # quietly applying it per process.
         raise SettingError(SETTING, f"{where}.rate_scope among {list(RATE_SCOPES)}", repr(scope))
     try:
-        return parse_rate(rate, entry.get("burst"))
+        limit = parse_rate(rate, entry.get("burst"))
     except ValueError as error:
         key = "burst" if str(error).startswith("burst") else "rate"
         value = entry.get(key)
         raise SettingError(SETTING, f"{where}.{error}", repr(value)) from None
+    held = prefetch / limit.per_second
+    if held > MAX_HOLD_SECONDS:
+        # The last of `prefetch` deliveries would wait that long for its start, unacked, and
+        # RabbitMQ's consumer_timeout (30 minutes by default) would take it back, again and again.
+        raise SettingError(
+            SETTING,
+            f"{where}.rate and prefetch that start every delivery held within "
+            f"{MAX_HOLD_SECONDS // 60} minutes (prefetch / rate: {held:.0f}s; lower prefetch)",
+        )
+    return limit
 
 
 def _ordering(

@@ -114,6 +114,8 @@ def test_rate_keys_in_the_file(tmp_path: Path) -> None:
     assert loaded.rate == RateLimit(50.0, 10, "50/s")
     [scoped] = load_subscriptions(_config(tmp_path, 'rate = "5/m"\nrate_scope = "process"'))
     assert scoped.rate == RateLimit(5 / 60, 1, "5/m")
+    [slow] = load_subscriptions(_config(tmp_path, 'rate = "10/h"\nprefetch = 4\nconcurrency = 1'))
+    assert slow.rate == RateLimit(10 / 3600, 1, "10/h")
     [unlimited] = load_subscriptions(_config(tmp_path, ""))
     assert unlimited.rate is None
 
@@ -125,6 +127,8 @@ def test_rate_keys_in_the_file(tmp_path: Path) -> None:
         ('rate = "50/s"\nburst = 0', "(slow).burst as"),
         ("burst = 5", "(slow).burst only with rate"),
         ('rate = "1/s"\nrate_scope = "global"', "(slow).rate_scope among ['process']"),
+        # 32 deliveries held at one start a minute: the last would wait past consumer_timeout.
+        ('rate = "1/m"', "(slow).rate and prefetch that start every delivery held within 25"),
     ],
 )
 def test_bad_rate_keys_are_named(tmp_path: Path, extra: str, named: str) -> None:
