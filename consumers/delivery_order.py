@@ -84,7 +84,7 @@ class DeliveryOrder(Release, Protocol):
         """Whether a delivery that got a handler slot may still start its handler."""
 
     async def attempts(
-        self, event: Event, status: StatusOf, attempts_before: int, pace: Pace
+        self, event: Event, status: StatusOf, attempts_before: int, pace: Pace | None
     ) -> Attempts:
         """Run the handler as the retry policy says, each attempt after the first once `pace()`
         allows it."""
@@ -150,7 +150,7 @@ class Unordered:
         event: Event,
         status: StatusOf,  # noqa: ARG002 - the protocol's; the ladder reports retries
         attempts_before: int,  # noqa: ARG002 - the protocol's
-        pace: Pace,
+        pace: Pace | None,
     ) -> Attempts:
         result = await run_attempts(
             self._handler,
@@ -251,7 +251,7 @@ class Ordered:
         return True  # admitted after the drain began, it is not judged at all
 
     async def attempts(
-        self, event: Event, status: StatusOf, attempts_before: int, pace: Pace
+        self, event: Event, status: StatusOf, attempts_before: int, pace: Pace | None
     ) -> Attempts:
         holding = self._holds[cast("asyncio.Task[Any]", asyncio.current_task())]
 

@@ -114,6 +114,11 @@ class Pacer:
         self._stopping = stopping
         self._clock = clock
 
+    @property
+    def pace(self) -> Pace | None:
+        """`start`, or None when there is no limit (no call to make per delivery)."""
+        return None if self._bucket is None else self.start
+
     async def start(self) -> bool:
         """Wait for a token to start a handler; False when a shutdown came first (no token
         taken then)."""

@@ -156,7 +156,7 @@ class RunHandler:
         self._reporter = reporter
         self._observer = observer
         self._tracer = tracer
-        self._pacer = pacer
+        self._pace = pacer.pace
 
     async def __call__(self, judging: Judging) -> Verdict:
         result, held_passes = await self._run(judging)
@@ -202,7 +202,7 @@ class RunHandler:
         traceparent = judging.headers.get(TRACEPARENT_HEADER)
         async with self._order.handler_slot():
             # The wait for a rate limit's token holds the slot: it counts toward concurrency.
-            if not await self._pacer.start() or not self._order.may_start():
+            if (self._pace is not None and not await self._pace()) or not self._order.may_start():
                 return _NOT_STARTED, None
             self._reporter.note(judging.status(DeliveryState.PROCESSING, attempts_before + 1))
             started = time.perf_counter()
@@ -211,7 +211,7 @@ class RunHandler:
                 name, event.id, event.type, traceparent if isinstance(traceparent, str) else None
             ) as mark_failed:
                 result, held_passes = await self._order.attempts(
-                    event, judging.status, attempts_before, self._pacer.start
+                    event, judging.status, attempts_before, self._pace
                 )
                 if result.failure is not None:
                     mark_failed(result.failure.error_class, result.failure.message)

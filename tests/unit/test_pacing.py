@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from consumers import Event
+from consumers.attempts import run_attempts
+from consumers.deadlines import SharedTimeout
 from consumers.pacing import Pacer, RateLimit, TokenBucket, parse_rate
+from consumers.retry import RetryPolicy
 from service import SettingError, load_subscriptions
 from tests.support.waiting import eventually
 
@@ -134,3 +138,53 @@ def test_rate_keys_in_the_file(tmp_path: Path) -> None:
 def test_bad_rate_keys_are_named(tmp_path: Path, extra: str, named: str) -> None:
     with pytest.raises(SettingError, match=re.escape(named)):
         load_subscriptions(_config(tmp_path, extra))
+
+
+async def test_each_in_process_retry_waits_for_its_own_token() -> None:
+    calls: list[int] = []
+    paced: list[int] = []
+
+    async def failing(event: Event) -> None:
+        calls.append(event.attempt)
+        raise RuntimeError("down")
+
+    async def pace() -> bool:
+        paced.append(len(calls))
+        return True
+
+    event = Event(id="1", source="/s", type="t", specversion="1.0")
+    policy = RetryPolicy(in_process=3, delays=())
+    result = await run_attempts(
+        failing, event, policy=policy, timeout=SharedTimeout(5), keep_trying=lambda: True, pace=pace
+    )
+    assert result.attempts == 3
+    assert calls == [1, 2, 3]
+    assert paced == [1, 2]  # before the second and the third attempt (the caller paced the first)
+
+
+async def test_a_shutdown_during_the_wait_ends_the_retries_with_the_last_failure() -> None:
+    calls: list[int] = []
+    stopping = False
+
+    async def failing(event: Event) -> None:
+        calls.append(event.attempt)
+        raise RuntimeError(f"down on attempt {event.attempt}")
+
+    async def pace() -> bool:
+        nonlocal stopping
+        stopping = True
+        return False
+
+    event = Event(id="1", source="/s", type="t", specversion="1.0")
+    result = await run_attempts(
+        failing,
+        event,
+        policy=RetryPolicy(in_process=3, delays=()),
+        timeout=SharedTimeout(5),
+        keep_trying=lambda: not stopping,
+        pace=pace,
+    )
+    assert calls == [1]
+    assert result.attempts == 1
+    assert result.failure is not None
+    assert result.failure.message == "down on attempt 1"
