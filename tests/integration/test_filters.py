@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
+
+import aio_pika
+import pytest
 
 from consumers.filters import parse_filters
 from consumers.retry import RetryPolicy
 from consumers.subscription import Subscription
 from service.broker.topology_plan import plan_topology
 from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.integration.test_completions_and_dedup import ResultsProbe, subject
 from tests.integration.test_metrics import scrape, value
 from tests.support.ordering import KeyedRecorder, order_violations, ordered, publish_keys
 from tests.support.recorder import Recorder
@@ -68,6 +74,19 @@ def filtered_subscription(
     return dataclasses.replace(
         subscription(name, ("order.#",), handler), filters=parse_filters(filters)
     )
+
+
+@pytest.fixture
+async def completions(namespace: Namespace) -> AsyncIterator[ResultsProbe]:
+    """What a subscriber to {ns}.results receives."""
+    async with await aio_pika.connect(namespace.amqp_url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            namespace.topology.results_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(f"probe-{uuid.uuid4().hex}", exclusive=True)
+        await queue.bind(exchange, routing_key="conveyor.event.#")
+        yield ResultsProbe(queue, [])
 
 
 async def status_of(conveyor: Running, event_id: str) -> dict[str, Any]:
@@ -175,3 +194,23 @@ async def test_an_ordered_subscription_filters_in_its_lanes(
     assert order_violations(recorder.handled, 5) == []
     partitions = [namespace.topology.partition_queue("ordered", index) for index in range(2)]
     assert [await namespace.depth(queue) for queue in partitions] == [0, 0]
+
+
+async def test_a_filtered_event_announces_no_completion(
+    start_conveyor: StartConveyor, completions: ResultsProbe
+) -> None:
+    sub = dataclasses.replace(
+        subscription("eu", ("order.*",), Recorder(), prefetch=1, concurrency=1),
+        filters=parse_filters(KINDS["prefix"]),
+    )
+    conveyor = await start_conveyor((sub,))
+    for document in (
+        {"type": "order.created", "id": "us-1", "source": "/shop/us"},
+        {"type": "order.created", "id": "eu-1", "source": "/shop/eu"},
+        {"type": "order.created", "id": "sentinel", "source": "/shop/eu"},
+    ):
+        assert (await conveyor.post(document)).status == 202
+    # One delivery at a time: us-1 was settled (filtered) before the sentinel's completion.
+    received = await completions.through("sentinel")
+    assert [subject(message) for message in received] == ["eu-1"]
+    assert (await status_of(conveyor, "us-1"))["subscriptions"]["eu"]["state"] == "filtered"
