@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -95,10 +95,13 @@ async def run_attempts(
     policy: RetryPolicy,
     timeout: SharedTimeout,
     keep_trying: Callable[[], bool],
+    pace: Callable[[], Awaitable[bool]] | None = None,
 ) -> AttemptsResult:
     """Call `handler` until it returns, fails permanently, or in-process attempts run out.
 
     `event.attempt` is the number of the first attempt here; each retry gets the next number.
+    `pace()` is awaited before each retry, outside its timeout (a rate limit's token; the
+    caller paced the first attempt); False ends the retries with the last failure.
     Cancellation propagates (the delivery then returns to the queue unsettled).
     """
     structlog.contextvars.bind_contextvars(attempt=event.attempt)
@@ -106,19 +109,26 @@ async def run_attempts(
         await _attempt(handler, event, timeout)
     except Exception as error:  # noqa: BLE001 - tenacity below decides what the failure means
         first_failure: Exception | None = error
+        last_failure: Exception = error
     else:
         return AttemptsResult(1)
     made = 1
 
     async def next_attempt() -> None:
-        nonlocal first_failure, made
+        nonlocal first_failure, made, last_failure
         if first_failure is not None:
             failure, first_failure = first_failure, None
             raise failure  # the first attempt's outcome, as tenacity's attempt 1
+        if pace is not None and not await pace():
+            raise last_failure  # a shutdown came during the wait: no attempt, nothing retried
         current = dataclasses.replace(event, attempt=event.attempt + made)
         structlog.contextvars.bind_contextvars(attempt=current.attempt)
         made += 1
-        await _attempt(handler, current, timeout)
+        try:
+            await _attempt(handler, current, timeout)
+        except Exception as failure:
+            last_failure = failure
+            raise
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.in_process),

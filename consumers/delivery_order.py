@@ -42,6 +42,7 @@ from consumers.ordering import (
     run_holding_key,
     wait_holding_key,
 )
+from consumers.pacing import Pace
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.settling import Outcome, Release, channel_gone
 from consumers.status import DeliveryState
@@ -82,8 +83,11 @@ class DeliveryOrder(Release, Protocol):
     def may_start(self) -> bool:
         """Whether a delivery that got a handler slot may still start its handler."""
 
-    async def attempts(self, event: Event, status: StatusOf, attempts_before: int) -> Attempts:
-        """Run the handler as the retry policy says."""
+    async def attempts(
+        self, event: Event, status: StatusOf, attempts_before: int, pace: Pace | None
+    ) -> Attempts:
+        """Run the handler as the retry policy says, each attempt after the first once `pace()`
+        allows it."""
 
     def after_failed_judging(self, message: Inbound, tries: int) -> Outcome | None:
         """What a delivery whose judging failed unexpectedly `tries` times comes to: RETURNED,
@@ -146,6 +150,7 @@ class Unordered:
         event: Event,
         status: StatusOf,  # noqa: ARG002 - the protocol's; the ladder reports retries
         attempts_before: int,  # noqa: ARG002 - the protocol's
+        pace: Pace | None,
     ) -> Attempts:
         result = await run_attempts(
             self._handler,
@@ -153,6 +158,7 @@ class Unordered:
             policy=self._subscription.retry,
             timeout=self._timeout,
             keep_trying=lambda: not self._stopping.is_set(),
+            pace=pace,
         )
         return result, 0
 
@@ -244,7 +250,9 @@ class Ordered:
     def may_start(self) -> bool:
         return True  # admitted after the drain began, it is not judged at all
 
-    async def attempts(self, event: Event, status: StatusOf, attempts_before: int) -> Attempts:
+    async def attempts(
+        self, event: Event, status: StatusOf, attempts_before: int, pace: Pace | None
+    ) -> Attempts:
         holding = self._holds[cast("asyncio.Task[Any]", asyncio.current_task())]
 
         def keep_going() -> bool:
@@ -272,6 +280,7 @@ class Ordered:
             settle_by=holding.received + MAX_HOLD_SECONDS,
             keep_going=keep_going,
             wait=wait,
+            pace=pace,
         )
         return held.result, None if held.interrupted else held.passes
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from consumers.pacing import PacingObserver
+
 __all__ = [
     "NO_DELIVERY_OBSERVER",
     "NO_HANDLER_TRACER",
@@ -17,13 +19,17 @@ __all__ = [
 ]
 
 
-class DeliveryObserver(Protocol):
+class DeliveryObserver(PacingObserver, Protocol):
     def handler_ran(self, subscription: str, seconds: float) -> None:
         """One delivery's handler attempts (in-process retries included) took `seconds`."""
         ...
 
     def delivery_settled(self, subscription: str, outcome: str) -> None:
-        """`outcome`: acked, retry-scheduled, dead-lettered, skipped or returned."""
+        """`outcome`: acked, retry-scheduled, dead-lettered, skipped, filtered or returned."""
+        ...
+
+    def event_filtered(self, subscription: str) -> None:
+        """A delivery the subscription's filters left out was acked unhandled."""
         ...
 
     def retry_scheduled(self, subscription: str, tier: str) -> None: ...
@@ -63,6 +69,15 @@ class _NoDeliveryObserver:
         return None
 
     def retry_scheduled(self, subscription: str, tier: str) -> None:  # noqa: ARG002 - a null observer ignores what it is told
+        return None
+
+    def event_filtered(self, subscription: str) -> None:  # noqa: ARG002 - a null observer ignores what it is told
+        return None
+
+    def rate_wait_began(self, subscription: str) -> None:  # noqa: ARG002 - a null observer ignores what it is told
+        return None
+
+    def rate_wait_ended(self, subscription: str, seconds: float) -> None:  # noqa: ARG002 - a null observer ignores what it is told
         return None
 
     def failure_seen(self, subscription: str, failure: FailureReport) -> None:  # noqa: ARG002 - a null observer ignores what it is told

@@ -237,6 +237,7 @@ async def run_holding_key(
     settle_by: float,
     keep_going: Callable[[], bool],
     wait: Callable[[int, Failure, float], Awaitable[bool]],
+    pace: Callable[[], Awaitable[bool]] | None = None,
 ) -> HeldAttempts:
     """The whole retry policy inside one delivery: in-process attempts, then each delay of the
     ladder waited here (holding the key), until success, a permanent failure, or no delay left.
@@ -246,18 +247,24 @@ async def run_holding_key(
     counts too; a delay that would end the last pass past it is not waited (the event is
     dead-lettered instead). `keep_going()` turns false on shutdown or when the delivery's
     channel is gone (the broker has it back). `wait(attempts, failure, delay)` waits `delay`
-    seconds holding the key and returns False when interrupted that way.
+    seconds holding the key and returns False when interrupted that way. `pace()` waits for a
+    rate limit's token before every attempt but the very first (which the caller paced); False:
+    a shutdown came first.
     """
     loop = asyncio.get_running_loop()
     made = 0
     passes = 0
+    total = AttemptsResult(0)
     while True:
+        if passes and pace is not None and not await pace():
+            return HeldAttempts(total, passes, interrupted=True)
         result = await run_attempts(
             handler,
             dataclasses.replace(event, attempt=event.attempt + made),
             policy=policy,
             timeout=timeout,
             keep_trying=keep_going,
+            pace=pace,
         )
         made += result.attempts
         total = dataclasses.replace(result, attempts=made)

@@ -2,8 +2,11 @@
 
     admit     consumers.delivery_order: when the delivery's turn comes (ordered: its key's turn)
     decode    stages.Decode: the message read into an Event (unreadable: dead-lettered)
-    checks    stages.SkipSucceeded (with `deduplicate`): an event that succeeded here is skipped
-    attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot
+    checks    stages.SkipFiltered (with `filters`): an event the filters leave out is acked
+              unhandled (status `filtered`); stages.SkipSucceeded (with `deduplicate`): an
+              event that succeeded here is skipped
+    attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot,
+              each attempt started when the subscription's rate allows (consumers.pacing)
     settle    consumers.settling: the verdict carried out (ack, a move into a retry tier or the
               dead-letter queue, or a give-back), its status recorded and announced first
     report    stages.Report: what became of it, to the observer
@@ -40,9 +43,10 @@ from consumers.dead_letter import (
 from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder
 from consumers.observe import DeliveryObserver, HandlerTracer
+from consumers.pacing import Pacer, TokenBucket
 from consumers.reporting import StatusReporter
 from consumers.settling import SETTLE_RETRY_PAUSE_SECONDS, Outcome, Settler, Verdict
-from consumers.stages import Decode, Report, RunHandler, SkipSucceeded, Stage
+from consumers.stages import Decode, Report, RunHandler, SkipFiltered, SkipSucceeded, Stage
 from consumers.subscription import Subscription
 
 __all__ = ["DeliveryPipeline", "checks"]
@@ -51,8 +55,14 @@ _log = structlog.get_logger(component="consumer")
 
 
 def checks(subscription: Subscription, reporter: StatusReporter) -> tuple[Stage, ...]:
-    """The stages between decoding and the handler, in the order they run."""
-    return (SkipSucceeded(reporter),) if subscription.deduplicate else ()
+    """The stages between decoding and the handler, in the order they run: the filters first,
+    which cost no store lookup."""
+    stages: list[Stage] = []
+    if subscription.filters:
+        stages.append(SkipFiltered(subscription))
+    if subscription.deduplicate:
+        stages.append(SkipSucceeded(reporter))
+    return tuple(stages)
 
 
 class DeliveryPipeline:
@@ -69,13 +79,19 @@ class DeliveryPipeline:
         observer: DeliveryObserver,
         tracer: HandlerTracer,
         stopping: asyncio.Event,
+        bucket: TokenBucket | None = None,
     ) -> None:
+        """`bucket`: the subscription's rate limit, kept by the caller across reconnects; by
+        default a new one when the subscription has a `rate`."""
         self._subscription = subscription
         self._order = order
         self._settler = settler
         self._stopping = stopping
         self._decode = Decode(subscription, queues, settler)
         self._checks = checks(subscription, reporter)
+        if bucket is None and subscription.rate is not None:
+            bucket = TokenBucket(subscription.rate)
+        pacer = Pacer(subscription.name, bucket, observer=observer, stopping=stopping)
         self._attempts = RunHandler(
             subscription,
             order=order,
@@ -83,6 +99,7 @@ class DeliveryPipeline:
             reporter=reporter,
             observer=observer,
             tracer=tracer,
+            pacer=pacer,
         )
         self._report = Report(subscription, observer)
         self.running: set[asyncio.Task[Any]] = set()  # deliveries being judged and settled

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 import structlog
 
-from consumers.completions import completion_message, completion_routing_key, event_attributes
+from consumers.completions import (
+    COMPLETION_TYPES,
+    completion_message,
+    completion_routing_key,
+    event_attributes,
+)
 from consumers.dead_letter import DeadLetterReason, Failure
 from consumers.deadlines import SharedTimeout
 from consumers.event import Event
@@ -93,7 +98,10 @@ class StatusReporter:
             if note is not None and note.state is DeliveryState.PROCESSING:
                 stored = update.first_attempt_started(note.at)
         done: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        announced = update if update.state.terminal and self._subscription.completions else None
+        # `filtered` is final but not announced: it says no handler was meant to run.
+        announced = (
+            update if update.state in COMPLETION_TYPES and self._subscription.completions else None
+        )
         self._reports.append(_Report(stored, announced, correlation_id, done))
         if self._reporting is None:
             self._reporting = asyncio.create_task(
@@ -231,7 +239,7 @@ class StatusOf:
         self._event = event
         self._subscription = subscription
         self._replays = replays
-        self._attributes = event_attributes(event)
+        self.attributes = event_attributes(event)  # also what the filters compare
 
     def __call__(
         self,
@@ -250,7 +258,7 @@ class StatusOf:
             state=state,
             attempts=attempts,
             at=now,
-            attributes=self._attributes,
+            attributes=self.attributes,
             replays=self._replays,
             next_attempt_at=None if next_attempt_in is None else now + next_attempt_in,
             failure=failure,

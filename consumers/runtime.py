@@ -25,6 +25,7 @@ from consumers.observe import (
     DeliveryObserver,
     HandlerTracer,
 )
+from consumers.pacing import TokenBucket
 from consumers.pipeline import DeliveryPipeline
 from consumers.reporting import StatusReporter
 from consumers.settling import Settler
@@ -56,6 +57,7 @@ class SubscriptionConsumer:
         observer: DeliveryObserver = NO_DELIVERY_OBSERVER,
         tracer: HandlerTracer = NO_HANDLER_TRACER,
         steps: HandlerSteps | None = None,
+        bucket: TokenBucket | None = None,
     ) -> None:
         self.subscription = subscription
         self._channel = channel
@@ -94,6 +96,7 @@ class SubscriptionConsumer:
             observer=observer,
             tracer=tracer,
             stopping=self._stopping,
+            bucket=bucket,
         )
 
     async def start(self) -> None:

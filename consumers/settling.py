@@ -54,6 +54,7 @@ class Outcome(enum.StrEnum):
     DEAD_LETTERED = "dead-lettered"  # a copy sits in {ns}.{subscription}.dlq
     RETURNED = "returned"  # back to the queue untouched (shutdown, or a move that failed)
     SKIPPED = "skipped"  # acked without running the handler: it already succeeded here
+    FILTERED = "filtered"  # acked without running the handler: the filters left it out
 
 
 @dataclass(frozen=True, slots=True)

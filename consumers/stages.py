@@ -23,14 +23,16 @@ from consumers.decoding import MalformedEventError, decode_event
 from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder
 from consumers.event import Event
+from consumers.filters import all_match
 from consumers.observe import DeliveryObserver, FailureReport, HandlerTracer
+from consumers.pacing import Pacer
 from consumers.reporting import StatusOf, StatusReporter, malformed_status
 from consumers.settling import Outcome, Settler, Verdict
 from consumers.status import DeliveryState
 from consumers.subscription import Subscription
 from producers.wire import TRACEPARENT_HEADER
 
-__all__ = ["Decode", "Judging", "Report", "RunHandler", "SkipSucceeded", "Stage"]
+__all__ = ["Decode", "Judging", "Report", "RunHandler", "SkipFiltered", "SkipSucceeded", "Stage"]
 
 _log = structlog.get_logger(component="consumer")
 # What a delivery taken by a shutdown before its handler started comes to: returned, unhandled.
@@ -106,6 +108,20 @@ class Decode:
         return Judging(message, headers, event, status, attempts_before, read_int(headers, RETRIES))
 
 
+class SkipFiltered:
+    """Attribute filters: an event they leave out is acked unhandled, its status `filtered`."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._filters = subscription.filters
+
+    async def __call__(self, judging: Judging) -> Verdict | None:
+        if all_match(self._filters, judging.status.attributes):
+            return None
+        _log.debug("event left out by the subscription's filters; acked unhandled")
+        filtered = judging.status(DeliveryState.FILTERED, judging.attempts_before)
+        return Verdict(Outcome.FILTERED, status=filtered)
+
+
 class SkipSucceeded:
     """Deduplication: an event that already succeeded here is acked without its handler."""
 
@@ -132,6 +148,7 @@ class RunHandler:
         reporter: StatusReporter,
         observer: DeliveryObserver,
         tracer: HandlerTracer,
+        pacer: Pacer,
     ) -> None:
         self._subscription = subscription
         self._order = order
@@ -139,6 +156,7 @@ class RunHandler:
         self._reporter = reporter
         self._observer = observer
         self._tracer = tracer
+        self._pace = pacer.pace
 
     async def __call__(self, judging: Judging) -> Verdict:
         result, held_passes = await self._run(judging)
@@ -183,7 +201,8 @@ class RunHandler:
         event, attempts_before = judging.event, judging.attempts_before
         traceparent = judging.headers.get(TRACEPARENT_HEADER)
         async with self._order.handler_slot():
-            if not self._order.may_start():
+            # The wait for a rate limit's token holds the slot: it counts toward concurrency.
+            if (self._pace is not None and not await self._pace()) or not self._order.may_start():
                 return _NOT_STARTED, None
             self._reporter.note(judging.status(DeliveryState.PROCESSING, attempts_before + 1))
             started = time.perf_counter()
@@ -192,7 +211,7 @@ class RunHandler:
                 name, event.id, event.type, traceparent if isinstance(traceparent, str) else None
             ) as mark_failed:
                 result, held_passes = await self._order.attempts(
-                    event, judging.status, attempts_before
+                    event, judging.status, attempts_before, self._pace
                 )
                 if result.failure is not None:
                     mark_failed(result.failure.error_class, result.failure.message)
@@ -209,6 +228,8 @@ class Report:
 
     def __call__(self, outcome: Outcome, done: Verdict) -> None:
         self._observer.delivery_settled(self._name, outcome.value)
+        if outcome is Outcome.FILTERED:
+            self._observer.event_filtered(self._name)
         status = done.status
         if outcome is done.outcome and status is not None and status.failure is not None:
             report = FailureReport(

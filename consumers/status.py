@@ -24,10 +24,11 @@ class DeliveryState(enum.StrEnum):
     RETRYING = "retrying"  # waiting in a retry tier until `next_attempt_at`
     SUCCEEDED = "succeeded"
     DEAD_LETTERED = "dead-lettered"
+    FILTERED = "filtered"  # routed here by its type, but the subscription's filters left it out
 
     @property
     def terminal(self) -> bool:
-        return self in (DeliveryState.SUCCEEDED, DeliveryState.DEAD_LETTERED)
+        return self in _TERMINAL
 
     @property
     def rank(self) -> int:
@@ -43,7 +44,11 @@ _RANKS = {
     DeliveryState.RETRYING: 2,
     DeliveryState.SUCCEEDED: 3,
     DeliveryState.DEAD_LETTERED: 3,
+    DeliveryState.FILTERED: 3,
 }
+_TERMINAL = frozenset(
+    (DeliveryState.SUCCEEDED, DeliveryState.DEAD_LETTERED, DeliveryState.FILTERED)
+)
 
 
 # Not frozen: a frozen dataclass sets each of its 12 fields through object.__setattr__, and a

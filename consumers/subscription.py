@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consumers.event import Handler
+from consumers.filters import Filter
 from consumers.ordering import Ordering
+from consumers.pacing import RateLimit
 from consumers.retry import RetryPolicy
 
 __all__ = ["Subscription"]
@@ -28,6 +30,11 @@ class Subscription:
     completions: bool = True
     # Events of one key handled one at a time, in publish order (see consumers.ordering).
     ordering: Ordering | None = None
+    # Attribute filters (consumers.filters): an event must pass all of them to be handled; one
+    # that does not is acked with the status `filtered`.
+    filters: tuple[Filter, ...] = ()
+    # At most this many handler starts a second in this process (consumers.pacing).
+    rate: RateLimit | None = None
 
     @property
     def tier_delays(self) -> tuple[float, ...]:

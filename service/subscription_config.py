@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from consumers import Handler
 from consumers.builtin import HandlerFactory
+from consumers.filters import Filter, FilterError, parse_filters
 from consumers.ordering import (
     MAX_HOLD_SECONDS,
     MAX_PARTITIONS,
@@ -18,11 +19,12 @@ from consumers.ordering import (
     Ordering,
     longest_hold,
 )
+from consumers.pacing import RateLimit, parse_rate
 from consumers.retry import RetryPolicy
 from consumers.subscription import Subscription
 from service.settings import SettingError, parse_duration
 
-__all__ = ["load_subscriptions"]
+__all__ = ["load_subscriptions", "subscription_filters", "subscription_rate"]
 
 SETTING = "CONVEYOR_CONFIG"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
@@ -44,8 +46,13 @@ _KEYS = frozenset(
         "completions",
         "ordered_by",
         "partitions",
+        "filters",
+        "rate",
+        "burst",
+        "rate_scope",
     )
 )
+RATE_SCOPES = ("process",)
 _RETRY_KEYS = frozenset(("in_process", "delays"))
 MAX_PREFETCH = 10_000
 MAX_IN_PROCESS = 10
@@ -116,7 +123,49 @@ def _subscription(index: int, entry: Any) -> Subscription:
         deduplicate=_flag(entry, "deduplicate", default=True, where=where),
         completions=_flag(entry, "completions", default=True, where=where),
         ordering=_ordering(entry, where, retry, timeout),
+        filters=subscription_filters(entry.get("filters", []), where),
+        rate=subscription_rate(entry, where, prefetch),
     )
+
+
+def subscription_filters(filters: Any, where: str) -> tuple[Filter, ...]:
+    """A subscription's `filters` (consumers.filters), checked; SettingError names the
+    subscription (`where`, e.g. "subscriptions[0] (eu-orders)") and the filter that is wrong."""
+    try:
+        return parse_filters(filters)
+    except FilterError as error:
+        raise SettingError(SETTING, f"{where}.{error.where} as {error.what}") from None
+
+
+def subscription_rate(entry: dict[str, Any], where: str, prefetch: int) -> RateLimit | None:
+    """A subscription's `rate` with its `burst` and `rate_scope` (consumers.pacing), checked."""
+    rate = entry.get("rate")
+    if rate is None:
+        for key in ("burst", "rate_scope"):
+            if key in entry:
+                raise SettingError(SETTING, f"{where}.{key} only with rate")
+        return None
+    scope = entry.get("rate_scope", "process")
+    if scope not in RATE_SCOPES:
+        # A limit shared by the workers over the store is not built: say so instead of
+        # quietly applying it per process.
+        raise SettingError(SETTING, f"{where}.rate_scope among {list(RATE_SCOPES)}", repr(scope))
+    try:
+        limit = parse_rate(rate, entry.get("burst"))
+    except ValueError as error:
+        key = "burst" if str(error).startswith("burst") else "rate"
+        value = entry.get(key)
+        raise SettingError(SETTING, f"{where}.{error}", repr(value)) from None
+    held = prefetch / limit.per_second
+    if held > MAX_HOLD_SECONDS:
+        # The last of `prefetch` deliveries would wait that long for its start, unacked, and
+        # RabbitMQ's consumer_timeout (30 minutes by default) would take it back, again and again.
+        raise SettingError(
+            SETTING,
+            f"{where}.rate and prefetch that start every delivery held within "
+            f"{MAX_HOLD_SECONDS // 60} minutes (prefetch / rate: {held:.0f}s; lower prefetch)",
+        )
+    return limit
 
 
 def _ordering(

@@ -16,6 +16,7 @@ import aiormq.exceptions
 import structlog
 from aiohttp import web
 
+from consumers.filters import describe_filter
 from consumers.retry import delay_label
 from consumers.subscription import Subscription
 from consumers.topology import subscription_queue_names
@@ -223,6 +224,17 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
         "timeout_seconds": subscription.timeout,
         "deduplicate": subscription.deduplicate,
         "completions": subscription.completions,
+        # Checked by the consumer, after the queue's type bindings: the queue holds every
+        # event the patterns route here, the filtered ones included until they are acked.
+        "filters": [describe_filter(each) for each in subscription.filters],
+        "rate": None
+        if subscription.rate is None
+        else {
+            "limit": subscription.rate.text,
+            "per_second": subscription.rate.per_second,
+            "burst": subscription.rate.burst,
+            "scope": "process",
+        },
         "queue": {
             "name": topology.queue(name)
             if subscription.ordering is None

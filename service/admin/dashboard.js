@@ -240,7 +240,10 @@ function card(name) {
 function update(node, entry) {
   const {parts} = node;
   const name = entry.name;
-  parts.patterns.textContent = entry.events.join("  ") + "  →  " + entry.handler;
+  const filters = entry.filters && entry.filters.length ? `  (${entry.filters.length} filter${entry.filters.length > 1 ? "s" : ""})` : "";
+  const limit = entry.rate ? `  at most ${entry.rate.limit} per process` : "";
+  parts.patterns.textContent = entry.events.join("  ") + filters + limit + "  →  " + entry.handler;
+  parts.patterns.title = entry.filters && entry.filters.length ? JSON.stringify(entry.filters) : "";
   const retrying = entry.retry.tiers.reduce((a, t) => a + (t.messages || 0), 0);
   const cells = [];
   for (const [label, value, cls] of [
@@ -313,7 +316,7 @@ async function lookUp(eventId) {
     const row = document.createElement("tr");
     row.dataset.lookupSubscription = name;
     const error = status.last_error ? [status.last_error.class, status.last_error.message].filter(Boolean).join(": ") : "";
-    row.append(line("td", name), text("td", status.state, "lookup-state"), text("td", String(status.attempts)), line("td", error, "lookup-error"));
+    row.append(line("td", name), text("td", status.state, `lookup-state state-${status.state}`), text("td", String(status.attempts)), line("td", error, "lookup-error"));
     table.appendChild(row);
   }
   result.replaceChildren(

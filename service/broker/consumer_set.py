@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustCon
 
 from consumers.moves import MessageMover
 from consumers.observe import HandlerTracer
+from consumers.pacing import TokenBucket
 from consumers.runtime import SubscriptionConsumer
 from consumers.status import StatusLedger
 from consumers.subscription import Subscription
@@ -45,6 +46,9 @@ class ConsumerFactory:
         self._tracer = tracer
         self._steps = steps
         self._retired: set[asyncio.Task[None]] = set()
+        # Rate limits by subscription, kept across reconnects and failovers: a new connection's
+        # consumers do not start with a full bucket.
+        self._buckets: dict[str, TokenBucket] = {}
 
     async def mover(self, connection: AbstractRobustConnection) -> MessageMover:
         return MessageMover(
@@ -71,6 +75,7 @@ class ConsumerFactory:
             observer=self._metrics,
             tracer=self._tracer,
             steps=self._steps,
+            bucket=self._bucket(subscription),
         )
         await consumer.start()
         _log.info(
@@ -79,8 +84,18 @@ class ConsumerFactory:
             queues=[queue.name for queue in queues],
             prefetch=subscription.prefetch,
             concurrency=subscription.concurrency,
+            rate=None if subscription.rate is None else subscription.rate.text,
+            filters=len(subscription.filters),
         )
         return consumer
+
+    def _bucket(self, subscription: Subscription) -> TokenBucket | None:
+        if subscription.rate is None:
+            return None
+        bucket = self._buckets.get(subscription.name)
+        if bucket is None:
+            bucket = self._buckets[subscription.name] = TokenBucket(subscription.rate)
+        return bucket
 
     def retire(self, consumers: Sequence[SubscriptionConsumer]) -> None:
         """Consumers whose channels died with their connection: whatever they hold goes back to

@@ -60,6 +60,9 @@ class EventStatus:
         states = {str(entry["state"]) for entry in self.subscriptions.values()}
         if not states:
             return "unrouted" if self.unrouted else DeliveryState.PENDING.value
+        if len(states) > 1:
+            # Left out by some subscriptions' filters: the event stands where the others are.
+            states.discard(DeliveryState.FILTERED.value)
         if len(states) == 1:
             return states.pop()
         if states <= {DeliveryState.SUCCEEDED.value, DeliveryState.DEAD_LETTERED.value}:

@@ -122,8 +122,27 @@ class Metrics:
         self.deliveries = Counter(
             "conveyor_deliveries",
             "Deliveries settled, by subscription and outcome "
-            "(acked, retry-scheduled, dead-lettered, skipped, returned)",
+            "(acked, retry-scheduled, dead-lettered, skipped, filtered, returned)",
             ("subscription", "outcome"),
+            registry=registry,
+        )
+        self.events_filtered = Counter(
+            "conveyor_events_filtered",
+            "Deliveries the subscription's attribute filters left out, acked without a handler",
+            ("subscription",),
+            registry=registry,
+        )
+        self.rate_limited_seconds = Counter(
+            "conveyor_rate_limited_seconds",
+            "Seconds handler starts waited for the subscription's rate limit (summed over "
+            "deliveries; each wait holds a handler slot)",
+            ("subscription",),
+            registry=registry,
+        )
+        self.rate_limited_waiting = Gauge(
+            "conveyor_rate_limited_waiting",
+            "Deliveries waiting for the subscription's rate limit right now",
+            ("subscription",),
             registry=registry,
         )
         self.retries = Counter(
@@ -219,6 +238,16 @@ class Metrics:
 
     def retry_scheduled(self, subscription: str, tier: str) -> None:
         self.retries.labels(subscription, tier).inc()
+
+    def event_filtered(self, subscription: str) -> None:
+        self.events_filtered.labels(subscription).inc()
+
+    def rate_wait_began(self, subscription: str) -> None:
+        self.rate_limited_waiting.labels(subscription).inc()
+
+    def rate_wait_ended(self, subscription: str, seconds: float) -> None:
+        self.rate_limited_waiting.labels(subscription).dec()
+        self.rate_limited_seconds.labels(subscription).inc(seconds)
 
     def failure_seen(self, subscription: str, failure: FailureReport) -> None:
         # The dashboard's "recent failures": the last few this process saw, per subscription.
