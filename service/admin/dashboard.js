@@ -241,6 +241,10 @@ function update(node, entry) {
   const {parts} = node;
   const name = entry.name;
   parts.patterns.textContent = entry.events.join("  ") + "  →  " + entry.handler;
+  // A webhook's endpoint circuit: "open" means its events wait on the ladder, unsent.
+  const circuit = entry.webhook ? entry.webhook.circuit.state : "";
+  if (circuit) parts.patterns.textContent += `  (${entry.webhook.endpoint}: circuit ${circuit})`;
+  node.dataset.circuit = circuit;
   const retrying = entry.retry.tiers.reduce((a, t) => a + (t.messages || 0), 0);
   const cells = [];
   for (const [label, value, cls] of [
