@@ -119,6 +119,7 @@ async def test_410_gone_dead_letters_at_once_with_the_answer_kept(
     assert headers["x-conveyor-reason"] == "endpoint-gone"
     assert headers["x-conveyor-error-message"] == "webhook answered 410"
     detail = headers["x-conveyor-error-detail"]
+    assert isinstance(detail, str)
     assert detail.startswith('{"error":"this endpoint was removed"}')
     assert len(detail.encode()) == 1000
     assert len(target.requests) == 1

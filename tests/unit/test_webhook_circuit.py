@@ -31,9 +31,9 @@ def test_it_opens_after_n_consecutive_failures_and_a_success_resets_the_count() 
     circuit.succeeded()
     for _ in range(2):
         circuit.failed()
-    assert circuit.state is CircuitState.CLOSED
+    assert circuit.view().state is CircuitState.CLOSED
     circuit.failed()
-    assert circuit.state is CircuitState.OPEN
+    assert circuit.view().state is CircuitState.OPEN
     assert circuit.allow() == pytest.approx(10)
     clock.now += 4
     assert circuit.allow() == pytest.approx(6)
@@ -44,11 +44,11 @@ def test_after_the_cooldown_one_probe_goes_out_and_its_outcome_decides() -> None
     circuit = CircuitBreaker(failures=1, cooldown=5, clock=clock)
     circuit.failed()
     clock.now += 5
-    assert circuit.state is CircuitState.HALF_OPEN
+    assert circuit.view().state is CircuitState.HALF_OPEN
     assert circuit.allow() is None  # the probe
     assert circuit.allow() is not None  # no second request while the probe runs
     circuit.failed()
-    assert circuit.state is CircuitState.OPEN  # a failed probe: another cool-down
+    assert circuit.view().state is CircuitState.OPEN  # a failed probe: another cool-down
     assert circuit.allow() == pytest.approx(5)
     clock.now += 5
     assert circuit.allow() is None
