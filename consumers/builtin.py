@@ -38,14 +38,19 @@ async def discard(event: Event) -> None:
 class HandlerFactory:
     """A built-in that needs `[subscriptions.options]`: `build` turns them into a handler.
 
-    `build(options, parse_duration)` raises ValueError naming the bad option.
+    `build(options, parse_duration, environ)` raises ValueError naming the bad option; `environ`
+    is the environment the entry point read (for options that name a variable, never a value).
     """
 
-    build: Callable[[Mapping[str, Any], Callable[[str], float]], Handler]
+    build: Callable[[Mapping[str, Any], Callable[[str], float], Mapping[str, str]], Handler]
 
 
-def _build_webhook(options: Mapping[str, Any], parse_duration: Callable[[str], float]) -> Handler:
-    return Webhook(WebhookOptions.parse(options, parse_duration))
+def _build_webhook(
+    options: Mapping[str, Any],
+    parse_duration: Callable[[str], float],
+    environ: Mapping[str, str],
+) -> Handler:
+    return Webhook(WebhookOptions.parse(options, parse_duration, environ))
 
 
 # handler = "consumers.builtin:webhook" with [subscriptions.options] url = "https://..."

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from consumers.errors import PermanentError
 from producers.event import format_time
 
 __all__ = [
@@ -34,12 +35,14 @@ REASON = "x-conveyor-reason"
 ERROR_CLASS = "x-conveyor-error-class"
 ERROR_MESSAGE = "x-conveyor-error-message"
 ERROR_TRACEBACK = "x-conveyor-error-traceback"
+ERROR_DETAIL = "x-conveyor-error-detail"  # what the error carried, e.g. a response body's start
 FIRST_FAILURE = "x-conveyor-first-failure"
 LAST_FAILURE = "x-conveyor-last-failure"
 ORIGINAL_EXCHANGE = "x-conveyor-original-exchange"
 ORIGINAL_ROUTING_KEY = "x-conveyor-original-routing-key"
 MAX_MESSAGE_CHARS = 1000
 MAX_TRACEBACK_CHARS = 2000
+MAX_DETAIL_BYTES = 1000
 
 Headers = dict[str, Any]
 
@@ -51,6 +54,16 @@ class DeadLetterReason(enum.StrEnum):
     # No copy could be made (it does not fit one frame, or RabbitMQ refused it): the queue's own
     # dead-lettering took the message as it is, without conveyor's headers.
     UNMOVABLE = "unmovable"
+    # A webhook endpoint answered 410 Gone.
+    ENDPOINT_GONE = "endpoint-gone"
+
+    @classmethod
+    def permanent(cls, failure: Failure) -> DeadLetterReason:
+        """The reason a permanent failure names (its PermanentError subclass), else PERMANENT."""
+        try:
+            return cls(failure.reason) if failure.reason else cls.PERMANENT
+        except ValueError:
+            return cls.PERMANENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +73,26 @@ class Failure:
     error_class: str
     message: str
     traceback: str
+    detail: str | None = None
+    reason: str | None = None  # a PermanentError's dead-letter reason
 
     @classmethod
     def from_exception(cls, error: BaseException) -> Failure:
         lines = traceback.format_exception(error)
+        detail = getattr(error, "detail", None)
         return cls(
             error_class=type(error).__name__,
             message=str(error)[:MAX_MESSAGE_CHARS],
             # The innermost frames say most; keep the tail.
             traceback="".join(lines)[-MAX_TRACEBACK_CHARS:],
+            detail=_bounded(detail) if isinstance(detail, str) and detail else None,
+            reason=error.reason if isinstance(error, PermanentError) else None,
         )
+
+
+def _bounded(text: str) -> str:
+    """At most MAX_DETAIL_BYTES of UTF-8, cut on a character boundary."""
+    return text.encode()[:MAX_DETAIL_BYTES].decode("utf-8", errors="ignore")
 
 
 def read_int(headers: Mapping[str, Any], name: str) -> int:
@@ -95,6 +118,10 @@ def failure_headers(
     updated[ERROR_CLASS] = failure.error_class
     updated[ERROR_MESSAGE] = failure.message
     updated[ERROR_TRACEBACK] = failure.traceback
+    if failure.detail is None:
+        updated.pop(ERROR_DETAIL, None)  # an earlier attempt's detail is not this one's
+    else:
+        updated[ERROR_DETAIL] = failure.detail
     updated.setdefault(FIRST_FAILURE, moment)
     updated[LAST_FAILURE] = moment
     # The first hop keeps where the event was first published; later hops come from the ladder.

@@ -1,12 +1,25 @@
-"""What a handler raises to say how its failure should be treated."""
+"""What a handler raises to say how its failure should be treated.
+
+Either may carry a `detail` (such as the first bytes of a downstream's answer), which goes with
+the failure into the retry and dead-letter headers (`x-conveyor-error-detail`).
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 __all__ = ["PermanentError", "RetryableError"]
 
 
 class PermanentError(Exception):
     """Retrying cannot help (bad data, a 4xx from a downstream): dead-letter at once."""
+
+    # The dead-letter reason (`x-conveyor-reason`); conveyor's own subclasses name theirs.
+    reason: ClassVar[str] = "permanent-error"
+
+    def __init__(self, message: str = "", *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class RetryableError(Exception):
@@ -15,6 +28,9 @@ class RetryableError(Exception):
     Any exception other than PermanentError is retried too; raise this to pass the hint.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.detail = detail

@@ -175,7 +175,7 @@ class RunHandler:
             or (delay := self._subscription.retry.next_delay(retries)) is None
         ):
             reason = (
-                DeadLetterReason.PERMANENT
+                DeadLetterReason.permanent(result.failure)
                 if result.permanent
                 else DeadLetterReason.RETRIES_EXHAUSTED
             )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 
 import structlog
 from aiohttp import web
 
+from consumers.circuit import CircuitBreaker, CircuitState
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
+from consumers.webhook import Webhook
 from producers.publisher import AmqpPublisher
 from service.admin.api import add_admin_routes, rate_history_context
 from service.admin.dead_letter_routes import add_dead_letter_routes
@@ -97,6 +100,8 @@ def build_app(
         max_backoff=max_backoff,
         queue_poll_interval=queue_poll_interval,
     )
+    if settings.role.runs_workers:
+        _watch_circuits(metrics, subscriptions)
     app.router.add_get("/livez", livez)
     app.router.add_get("/metrics", metrics_endpoint)
     if settings.admin_tokens:
@@ -129,6 +134,21 @@ def build_app(
     )
     app.cleanup_ctx.append(loop_lag_context(lag))
     return app
+
+
+_CIRCUIT_GAUGE = {CircuitState.CLOSED: 0.0, CircuitState.HALF_OPEN: 1.0, CircuitState.OPEN: 2.0}
+
+
+def _watch_circuits(metrics: Metrics, subscriptions: Sequence[Subscription]) -> None:
+    """Each webhook endpoint's circuit, read when /metrics is scraped."""
+    for subscription in subscriptions:
+        handler = subscription.handler
+        if isinstance(handler, Webhook):
+            metrics.watch_circuit(subscription.name, partial(_circuit_gauge, handler.circuit))
+
+
+def _circuit_gauge(circuit: CircuitBreaker) -> float:
+    return _CIRCUIT_GAUGE[circuit.state]
 
 
 def _handler_resources(

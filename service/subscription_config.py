@@ -6,6 +6,7 @@ import importlib
 import inspect
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,7 +63,11 @@ MAX_DELAY_SECONDS = 7 * 24 * 3600
 MIN_DELAY_SECONDS = 0.01
 
 
-def load_subscriptions(path: Path) -> tuple[Subscription, ...]:
+def load_subscriptions(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[Subscription, ...]:
+    """The subscriptions of a TOML file; `environ` (the entry point's environment) resolves
+    options that name a variable, such as a webhook's `secret_env`."""
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
@@ -70,7 +75,9 @@ def load_subscriptions(path: Path) -> tuple[Subscription, ...]:
     entries = document.get("subscriptions", [])
     if not isinstance(entries, list):
         raise SettingError(SETTING, "[[subscriptions]] tables")
-    subscriptions = tuple(_subscription(index, entry) for index, entry in enumerate(entries))
+    subscriptions = tuple(
+        _subscription(index, entry, environ or {}) for index, entry in enumerate(entries)
+    )
     names = [subscription.name for subscription in subscriptions]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -78,7 +85,7 @@ def load_subscriptions(path: Path) -> tuple[Subscription, ...]:
     return subscriptions
 
 
-def _subscription(index: int, entry: Any) -> Subscription:
+def _subscription(index: int, entry: Any, environ: Mapping[str, str]) -> Subscription:
     where = f"subscriptions[{index}]"
     if not isinstance(entry, dict):
         raise SettingError(SETTING, f"{where} to be a table")
@@ -104,7 +111,7 @@ def _subscription(index: int, entry: Any) -> Subscription:
     handler_path = entry.get("handler")
     if not isinstance(handler_path, str):
         raise SettingError(SETTING, f"{where}.handler as 'module:function'")
-    handler = _handler(handler_path, entry.get("options"), where)
+    handler = _handler(handler_path, entry.get("options"), where, environ)
     prefetch = _positive(entry, "prefetch", 32, where)
     concurrency = _positive(entry, "concurrency", 16, where)
     if concurrency > prefetch:
@@ -259,13 +266,13 @@ def _retry(table: Any, where: str) -> RetryPolicy:
     return RetryPolicy(in_process=in_process, delays=delays)
 
 
-def _handler(path: str, options: Any, where: str) -> Handler:
+def _handler(path: str, options: Any, where: str, environ: Mapping[str, str]) -> Handler:
     target = resolve_handler(path, where)
     if isinstance(target, HandlerFactory):
         if not isinstance(options, dict):
             raise SettingError(SETTING, f"{where}.options table for {path}")
         try:
-            return target.build(options, parse_duration)
+            return target.build(options, parse_duration, environ)
         except ValueError as error:
             raise SettingError(SETTING, f"{where}.{error}") from None
     if options is not None:

@@ -15,11 +15,13 @@ from typing import Any
 import aiormq.exceptions
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from consumers.filters import describe_filter
 from consumers.retry import delay_label
 from consumers.subscription import Subscription
 from consumers.topology import subscription_queue_names
+from consumers.webhook import Webhook
 from producers.topology import Topology
 from service.admin.rate_history import INTERVAL_SECONDS, RateHistory
 from service.app_keys import LINK, METRICS, RATE_HISTORY, SETTINGS, SUBSCRIPTIONS
@@ -213,6 +215,28 @@ async def _subscription_entries(request: web.Request) -> list[dict[str, Any]]:
     return listed
 
 
+def _webhook(handler: object) -> dict[str, Any] | None:
+    """A webhook's endpoint (scheme, host and port only: a path or query may hold a token), whether
+    it signs, and its circuit; None for any other handler."""
+    if not isinstance(handler, Webhook):
+        return None
+    url = URL(handler.options.url)
+    view = handler.circuit_view()
+    return {
+        "endpoint": str(url.origin()),
+        "signed": handler.options.signer is not None,
+        "circuit": {
+            "state": view.state.value,
+            "consecutive_failures": view.consecutive_failures,
+            "open_for_seconds": None
+            if view.opened_for_seconds is None
+            else round(view.opened_for_seconds, 3),
+            "failures_to_open": handler.circuit.failures,
+            "cooldown_seconds": handler.circuit.cooldown,
+        },
+    }
+
+
 def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
     name = subscription.name
     return {
@@ -224,6 +248,7 @@ def _describe(subscription: Subscription, topology: Topology) -> dict[str, Any]:
         "timeout_seconds": subscription.timeout,
         "deduplicate": subscription.deduplicate,
         "completions": subscription.completions,
+        "webhook": _webhook(subscription.handler),
         # Checked by the consumer, after the queue's type bindings: the queue holds every
         # event the patterns route here, the filtered ones included until they are acked.
         "filters": [describe_filter(each) for each in subscription.filters],

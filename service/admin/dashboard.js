@@ -244,6 +244,10 @@ function update(node, entry) {
   const limit = entry.rate ? `  at most ${entry.rate.limit} per process` : "";
   parts.patterns.textContent = entry.events.join("  ") + filters + limit + "  →  " + entry.handler;
   parts.patterns.title = entry.filters && entry.filters.length ? JSON.stringify(entry.filters) : "";
+  // A webhook's endpoint circuit: "open" means its events wait on the ladder, unsent.
+  const circuit = entry.webhook ? entry.webhook.circuit.state : "";
+  if (circuit) parts.patterns.textContent += `  (${entry.webhook.endpoint}: circuit ${circuit})`;
+  node.dataset.circuit = circuit;
   const retrying = entry.retry.tiers.reduce((a, t) => a + (t.messages || 0), 0);
   const cells = [];
   for (const [label, value, cls] of [

@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         environ[f"{PREFIX}ROLE"] = arguments.role
     try:
         settings = load_settings(environ)
-        subscriptions = load_subscriptions(settings.config_path) if settings.config_path else ()
+        subscriptions = (
+            load_subscriptions(settings.config_path, environ) if settings.config_path else ()
+        )
         tracing = build_tracing(settings) if arguments.command == "serve" else None
         if arguments.command == "serve":
             # Before anything starts: without these the watchdog and the blocked check would

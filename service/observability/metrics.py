@@ -193,6 +193,14 @@ class Metrics:
             registry=registry,
         )
 
+        self.webhook_circuit = Gauge(
+            "conveyor_webhook_circuit_state",
+            "A webhook subscription's endpoint circuit: 0 closed, 1 half-open (probing), "
+            "2 open (events go to the retry ladder without a request)",
+            ("subscription",),
+            registry=registry,
+        )
+
         self.ingest_bytes_in_flight = Gauge(
             "conveyor_ingest_bytes_in_flight",
             "Bytes reserved by ingest requests in flight (bodies, parsed events, frames)",
@@ -209,6 +217,10 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=registry,
         )
+
+    def watch_circuit(self, subscription: str, state: Callable[[], float]) -> None:
+        """Read a webhook endpoint's circuit state when scraped."""
+        self.webhook_circuit.labels(subscription).set_function(state)
 
     def watch_ingest_bytes(self, in_flight: Callable[[], float], peak: Callable[[], float]) -> None:
         """Read the ingest bytes held (now, and at most) when scraped: no cost per request."""

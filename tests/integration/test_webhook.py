@@ -43,7 +43,7 @@ async def downstream() -> AsyncIterator[tuple[Downstream, str]]:
 
 
 def hook(url: str) -> Handler:
-    return webhook.build({"url": url, "timeout": "2s"}, parse_duration)
+    return webhook.build({"url": url, "timeout": "2s"}, parse_duration, {})
 
 
 async def test_each_event_is_posted_in_binary_mode(
