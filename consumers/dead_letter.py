@@ -16,6 +16,7 @@ from typing import Any
 from producers.event import format_time
 
 __all__ = [
+    "CONVEYOR_PREFIX",
     "ORIGINAL_ROUTING_KEY",
     "DeadLetterReason",
     "Failure",

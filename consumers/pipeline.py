@@ -3,6 +3,7 @@
     admit     consumers.delivery_order: when the delivery's turn comes (ordered: its key's turn)
     decode    stages.Decode: the message read into an Event (unreadable: dead-lettered)
     checks    stages.SkipSucceeded (with `deduplicate`): an event that succeeded here is skipped
+              (not asked for a provable first copy: consumers.first_copies)
     attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot
     settle    consumers.settling: the verdict carried out (ack, a move into a retry tier or the
               dead-letter queue, or a give-back), its status recorded and announced first
@@ -50,9 +51,11 @@ __all__ = ["DeliveryPipeline", "checks"]
 _log = structlog.get_logger(component="consumer")
 
 
-def checks(subscription: Subscription, reporter: StatusReporter) -> tuple[Stage, ...]:
+def checks(
+    subscription: Subscription, reporter: StatusReporter, observer: DeliveryObserver
+) -> tuple[Stage, ...]:
     """The stages between decoding and the handler, in the order they run."""
-    return (SkipSucceeded(reporter),) if subscription.deduplicate else ()
+    return (SkipSucceeded(subscription, reporter, observer),) if subscription.deduplicate else ()
 
 
 class DeliveryPipeline:
@@ -75,7 +78,7 @@ class DeliveryPipeline:
         self._settler = settler
         self._stopping = stopping
         self._decode = Decode(subscription, queues, settler)
-        self._checks = checks(subscription, reporter)
+        self._checks = checks(subscription, reporter, observer)
         self._attempts = RunHandler(
             subscription,
             order=order,

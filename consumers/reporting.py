@@ -58,6 +58,10 @@ class StatusReporter:
             )
             return False
 
+    def first_copy(self, mark: object, event: Event) -> bool:
+        """Whether `mark` is the ingress's first-copy mark of this very event."""
+        return self._ledger.vouches_first_copy(mark, event.source, event.id)
+
     def note(self, update: DeliveryUpdate) -> None:
         if not self._notes:
             asyncio.get_running_loop().call_soon(self._send_notes)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
+from producers.first_copy import FirstCopyMarks
 from producers.publisher import AmqpPublisher
 from service.admin.api import add_admin_routes, rate_history_context
 from service.admin.dead_letter_routes import add_dead_letter_routes
@@ -46,7 +47,14 @@ from service.observability.loop_lag import LoopLagMonitor, loop_lag_context
 from service.observability.metrics import Metrics
 from service.observability.tracing import NoTracing, Tracing
 from service.settings import Settings
-from service.store import BatchWriter, ClaimBatcher, Store, StoreCheck, open_store
+from service.store import (
+    BatchWriter,
+    ClaimBatcher,
+    Store,
+    StoreCheck,
+    first_copy_key,
+    open_store,
+)
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
@@ -151,6 +159,11 @@ def _store(
     async def open_and_close(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         store = await open_store(settings.store_url, clock=clock)
+        try:
+            marks = FirstCopyMarks(await first_copy_key(store))
+        except BaseException:
+            await store.close()
+            raise
         writer = BatchWriter(store)
         book = StatusBook(
             store,
@@ -159,13 +172,14 @@ def _store(
             dedup_window=settings.idempotency_ttl,
             subscriptions=subscriptions,
             clock=clock,
+            marks=marks,
         )
         writer.on_written = book.wake_waiters
         writer.start()
         app[STATUS_BOOK] = book
         # A duplicate waits for the first request's answer about as long as that one may take.
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
-        claims = ClaimBatcher(store)
+        claims = ClaimBatcher(store, remember=settings.idempotency_ttl)
         app[DEDUPLICATOR] = Deduplicator(
             claims,
             writer,

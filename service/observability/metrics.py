@@ -67,6 +67,8 @@ class Metrics:
         self._confirm_times: dict[tuple[str, ...], Histogram] = {}
         self._handler_times: dict[tuple[str, ...], Histogram] = {}
         self._settled: dict[tuple[str, ...], Counter] = {}
+        self._looked_up: dict[tuple[str, ...], Counter] = {}
+        self._skipped: dict[tuple[str, ...], Counter] = {}
         self.recent_failures: dict[str, deque[FailureReport]] = {}
         # subscription -> (monotonic time, messages ready, deliveries settled here) at the last poll
         self._samples: dict[str, tuple[float, int, float]] = {}
@@ -124,6 +126,20 @@ class Metrics:
             "Deliveries settled, by subscription and outcome "
             "(acked, retry-scheduled, dead-lettered, skipped, returned)",
             ("subscription", "outcome"),
+            registry=registry,
+        )
+        self.dedup_lookups = Counter(
+            "conveyor_dedup_lookups",
+            "Deliveries that asked the store whether their event already succeeded, by "
+            "subscription",
+            ("subscription",),
+            registry=registry,
+        )
+        self.dedup_lookups_skipped = Counter(
+            "conveyor_dedup_lookups_skipped",
+            "Deliveries of deduplicating subscriptions that needed no lookup: provably the "
+            "first copy of their event, by subscription",
+            ("subscription",),
             registry=registry,
         )
         self.retries = Counter(
@@ -219,6 +235,12 @@ class Metrics:
 
     def retry_scheduled(self, subscription: str, tier: str) -> None:
         self.retries.labels(subscription, tier).inc()
+
+    def dedup_lookup(self, subscription: str, *, skipped: bool) -> None:
+        if skipped:
+            _child(self._skipped, self.dedup_lookups_skipped, subscription).inc()
+        else:
+            _child(self._looked_up, self.dedup_lookups, subscription).inc()
 
     def failure_seen(self, subscription: str, failure: FailureReport) -> None:
         # The dashboard's "recent failures": the last few this process saw, per subscription.

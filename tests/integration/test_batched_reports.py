@@ -193,6 +193,9 @@ class _StalledLedger:
     async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
         return False
 
+    def vouches_first_copy(self, mark: object, source: str, event_id: str) -> bool:
+        return False
+
     def note(self, update: object) -> None:
         pass
 
