@@ -97,7 +97,8 @@ class StatusReporter:
             if note is not None and note.state is DeliveryState.PROCESSING:
                 stored = update.first_attempt_started(note.at)
         done: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        announced = update if update.state.terminal and self._subscription.completions else None
+        announcing = self._subscription.completions is True
+        announced = update if update.state.terminal and announcing else None
         self._reports.append(_Report(stored, announced, correlation_id, done))
         if self._reporting is None:
             self._reporting = asyncio.create_task(

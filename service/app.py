@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
@@ -59,7 +60,7 @@ from service.store import (
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
 
-__all__ = ["PURGE_INTERVAL_SECONDS", "build_app"]
+__all__ = ["PURGE_INTERVAL_SECONDS", "build_app", "with_completions"]
 
 
 def build_app(
@@ -77,6 +78,7 @@ def build_app(
 
     `clock` is where the store, statuses and idempotency read the time (expiry, leases).
     """
+    subscriptions = with_completions(subscriptions, default=settings.completions)
     app = web.Application(
         middlewares=[answers_middleware],
         client_max_size=settings.max_body_bytes,
@@ -137,6 +139,18 @@ def build_app(
     )
     app.cleanup_ctx.append(loop_lag_context(lag))
     return app
+
+
+def with_completions(
+    subscriptions: Sequence[Subscription], *, default: bool
+) -> tuple[Subscription, ...]:
+    """Each subscription that leaves `completions` unset gets CONVEYOR_COMPLETIONS' value."""
+    return tuple(
+        dataclasses.replace(subscription, completions=default)
+        if subscription.completions is None
+        else subscription
+        for subscription in subscriptions
+    )
 
 
 def _handler_resources(

@@ -240,7 +240,9 @@ function card(name) {
 function update(node, entry) {
   const {parts} = node;
   const name = entry.name;
-  parts.patterns.textContent = entry.events.join("  ") + "  →  " + entry.handler;
+  // Outcome events are opt-in; the lookup above answers for every subscription either way.
+  const outcomes = entry.completions ? "outcomes published to {ns}.results" : "outcomes: status lookup only";
+  parts.patterns.textContent = entry.events.join("  ") + "  →  " + entry.handler + "  ·  " + outcomes;
   const retrying = entry.retry.tiers.reduce((a, t) => a + (t.messages || 0), 0);
   const cells = [];
   for (const [label, value, cls] of [

@@ -65,7 +65,7 @@ async def reporting(
     ):
         channel = await connection.channel(publisher_confirms=True)
         reporter = StatusReporter(
-            subscription("sub", ("t",), _noop),
+            subscription("sub", ("t",), _noop, completions=True),
             ledger=book,
             mover=MessageMover(channel, timeout=timeout),
             topology=namespace.topology,
