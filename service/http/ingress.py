@@ -301,9 +301,8 @@ class _Publication:
             return ()
 
     def _first_copy_mark(self, event: OutgoingEvent, first: bool) -> str | None:  # noqa: FBT001 - the claim's answer, passed along
-        """The mark that lets consumers skip their dedup lookup, only for a first claim's
-        publish: after an earlier attempt (a 503 whose publish may have reached RabbitMQ, an
-        expired claim) a copy may already be queued (producers.first_copy)."""
+        """Only a first claim's publish is marked: after an earlier attempt (a 503 whose
+        publish may have reached RabbitMQ) a copy may be queued (producers.first_copy)."""
         return self._book.marks.mark(event.source, event.id) if first else None
 
     async def _publish(self, event: OutgoingEvent, first: bool) -> Answer:  # noqa: FBT001 - the claim's answer, passed along
