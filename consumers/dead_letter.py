@@ -17,6 +17,7 @@ from consumers.errors import PermanentError
 from producers.event import format_time
 
 __all__ = [
+    "CONVEYOR_PREFIX",
     "ORIGINAL_ROUTING_KEY",
     "DeadLetterReason",
     "Failure",

@@ -34,6 +34,11 @@ class DeliveryObserver(PacingObserver, Protocol):
 
     def retry_scheduled(self, subscription: str, tier: str) -> None: ...
 
+    def dedup_lookup(self, subscription: str, *, skipped: bool) -> None:
+        """A delivery of a deduplicating subscription asked the store whether its event already
+        succeeded, or (`skipped`) did not need to: it was provably the first copy."""
+        ...
+
     def failure_seen(self, subscription: str, failure: FailureReport) -> None:
         """A delivery failed and was moved to a retry tier or the dead-letter queue."""
         ...
@@ -78,6 +83,9 @@ class _NoDeliveryObserver:
         return None
 
     def rate_wait_ended(self, subscription: str, seconds: float) -> None:  # noqa: ARG002 - a null observer ignores what it is told
+        return None
+
+    def dedup_lookup(self, subscription: str, *, skipped: bool) -> None:  # noqa: ARG002 - a null observer ignores what it is told
         return None
 
     def failure_seen(self, subscription: str, failure: FailureReport) -> None:  # noqa: ARG002 - a null observer ignores what it is told

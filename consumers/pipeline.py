@@ -4,7 +4,8 @@
     decode    stages.Decode: the message read into an Event (unreadable: dead-lettered)
     checks    stages.SkipFiltered (with `filters`): an event the filters leave out is acked
               unhandled (status `filtered`); stages.SkipSucceeded (with `deduplicate`): an
-              event that succeeded here is skipped
+              event that succeeded here is skipped (not asked for a provable first copy:
+              consumers.first_copies)
     attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot,
               each attempt started when the subscription's rate allows (consumers.pacing)
     settle    consumers.settling: the verdict carried out (ack, a move into a retry tier or the
@@ -54,14 +55,16 @@ __all__ = ["DeliveryPipeline", "checks"]
 _log = structlog.get_logger(component="consumer")
 
 
-def checks(subscription: Subscription, reporter: StatusReporter) -> tuple[Stage, ...]:
+def checks(
+    subscription: Subscription, reporter: StatusReporter, observer: DeliveryObserver
+) -> tuple[Stage, ...]:
     """The stages between decoding and the handler, in the order they run: the filters first,
     which cost no store lookup."""
     stages: list[Stage] = []
     if subscription.filters:
         stages.append(SkipFiltered(subscription))
     if subscription.deduplicate:
-        stages.append(SkipSucceeded(reporter))
+        stages.append(SkipSucceeded(subscription, reporter, observer))
     return tuple(stages)
 
 
@@ -88,7 +91,7 @@ class DeliveryPipeline:
         self._settler = settler
         self._stopping = stopping
         self._decode = Decode(subscription, queues, settler)
-        self._checks = checks(subscription, reporter)
+        self._checks = checks(subscription, reporter, observer)
         if bucket is None and subscription.rate is not None:
             bucket = TokenBucket(subscription.rate)
         pacer = Pacer(subscription.name, bucket, observer=observer, stopping=stopping)

@@ -63,6 +63,10 @@ class StatusReporter:
             )
             return False
 
+    def first_copy(self, mark: object, event: Event) -> bool:
+        """Whether `mark` is the ingress's first-copy mark of this very event."""
+        return self._ledger.vouches_first_copy(mark, event.source, event.id)
+
     def note(self, update: DeliveryUpdate) -> None:
         if not self._notes:
             asyncio.get_running_loop().call_soon(self._send_notes)
@@ -99,9 +103,8 @@ class StatusReporter:
                 stored = update.first_attempt_started(note.at)
         done: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         # `filtered` is final but not announced: it says no handler was meant to run.
-        announced = (
-            update if update.state in COMPLETION_TYPES and self._subscription.completions else None
-        )
+        announcing = self._subscription.completions is True
+        announced = update if update.state in COMPLETION_TYPES and announcing else None
         self._reports.append(_Report(stored, announced, correlation_id, done))
         if self._reporting is None:
             self._reporting = asyncio.create_task(

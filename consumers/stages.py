@@ -24,6 +24,7 @@ from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder
 from consumers.event import Event
 from consumers.filters import all_match
+from consumers.first_copies import first_copy_mark
 from consumers.observe import DeliveryObserver, FailureReport, HandlerTracer
 from consumers.pacing import Pacer
 from consumers.reporting import StatusOf, StatusReporter, malformed_status
@@ -49,6 +50,9 @@ class Judging:
     status: StatusOf  # builds this event's status updates
     attempts_before: int  # handler attempts made in earlier deliveries
     retries: int  # passes through the retry ladder so far
+    # The ingress's first-copy mark, when nothing else about the delivery says it may be a
+    # copy (consumers.first_copies); the ledger still checks it is this event's.
+    first_copy_mark: object | None = None
 
 
 class Stage(Protocol):
@@ -70,8 +74,10 @@ class Decode:
 
     def __call__(self, message: Inbound) -> Judging | Verdict:
         headers: dict[str, Any] = dict(message.headers or {})
+        mark = None
         # A retry tier dead-letters through the default exchange with our queue as routing key.
         if not (message.exchange == "" and message.routing_key in self._queues):
+            mark = first_copy_mark(headers, redelivered=bool(message.redelivered))
             # Counters are ours only when we wrote them: a fresh publish (or a replay from the
             # DLQ) that carries x-conveyor-* headers starts from the first attempt again.
             headers = without_conveyor_headers(headers)
@@ -105,7 +111,8 @@ class Decode:
             # Bound by the pipeline from the message's properties, which usually say the same.
             structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
         status = StatusOf(event, self._name, read_int(headers, REPLAYS))
-        return Judging(message, headers, event, status, attempts_before, read_int(headers, RETRIES))
+        retries = read_int(headers, RETRIES)
+        return Judging(message, headers, event, status, attempts_before, retries, mark)
 
 
 class SkipFiltered:
@@ -123,13 +130,29 @@ class SkipFiltered:
 
 
 class SkipSucceeded:
-    """Deduplication: an event that already succeeded here is acked without its handler."""
+    """Deduplication: an event that already succeeded here is acked without its handler.
 
-    def __init__(self, reporter: StatusReporter) -> None:
+    The store is not asked about a delivery that provably is its event's first copy (marked
+    by the ingress, and neither redelivered, retried nor replayed): no earlier copy can have
+    succeeded. A forged or copied mark skips only the lookup: the handler runs again, never
+    less (at-least-once).
+    """
+
+    def __init__(
+        self, subscription: Subscription, reporter: StatusReporter, observer: DeliveryObserver
+    ) -> None:
+        self._name = subscription.name
         self._reporter = reporter
+        self._observer = observer
 
     async def __call__(self, judging: Judging) -> Verdict | None:
-        if not await self._reporter.succeeded_before(judging.event):
+        event = judging.event
+        mark = judging.first_copy_mark
+        if mark is not None and self._reporter.first_copy(mark, event):
+            self._observer.dedup_lookup(self._name, skipped=True)
+            return None
+        self._observer.dedup_lookup(self._name, skipped=False)
+        if not await self._reporter.succeeded_before(event):
             return None
         _log.info("event already succeeded here; acked without running the handler")
         succeeded = judging.status(DeliveryState.SUCCEEDED, judging.attempts_before)

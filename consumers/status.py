@@ -95,6 +95,11 @@ class StatusLedger(Protocol):
         """True when this event already succeeded for this subscription."""
         ...
 
+    def vouches_first_copy(self, mark: object, source: str, event_id: str) -> bool:
+        """Whether `mark` (producers.first_copy's header, as delivered) is the first-copy mark
+        conveyor's ingress gave this event."""
+        ...
+
     def note(self, update: DeliveryUpdate) -> None:
         """Record `update` soon, in order with the others; do not wait for it."""
         ...

@@ -25,9 +25,9 @@ class Subscription:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Ack a delivery of an event that already succeeded here without running the handler again.
     deduplicate: bool = True
-    # Publish each terminal outcome to {ns}.results; off when nobody listens, which saves a
-    # confirmed publish per event (the status record is written either way).
-    completions: bool = True
+    # Publish each terminal outcome to {ns}.results, confirmed before the ack. Opt-in: the
+    # status API answers without it. None: as CONVEYOR_COMPLETIONS says (service.app), else off.
+    completions: bool | None = None
     # Events of one key handled one at a time, in publish order (see consumers.ordering).
     ordering: Ordering | None = None
     # Attribute filters (consumers.filters): an event must pass all of them to be handled; one

@@ -62,6 +62,7 @@ class Publisher(Protocol):
         *,
         correlation_id: str | None = None,
         traceparent: str | None = None,
+        first_copy_mark: str | None = None,
     ) -> None:
         """Return once the broker confirmed the event; raise PublishError otherwise."""
         ...
@@ -72,6 +73,7 @@ class Publisher(Protocol):
         *,
         correlation_id: str | None = None,
         traceparents: Sequence[str | None] | None = None,
+        first_copy_marks: Sequence[str | None] | None = None,
     ) -> list[PublishError | None]:
         """`publish` for each event: None where the broker confirmed it, else the error."""
         ...
@@ -163,8 +165,14 @@ class AmqpPublisher:
         *,
         correlation_id: str | None = None,
         traceparent: str | None = None,
+        first_copy_mark: str | None = None,
     ) -> None:
-        message = to_wire_message(event, correlation_id=correlation_id, traceparent=traceparent)
+        message = to_wire_message(
+            event,
+            correlation_id=correlation_id,
+            traceparent=traceparent,
+            first_copy_mark=first_copy_mark,
+        )
         started = time.perf_counter()
         self._observer.publish_started()
         outcome = "unavailable"
@@ -183,6 +191,7 @@ class AmqpPublisher:
         *,
         correlation_id: str | None = None,
         traceparents: Sequence[str | None] | None = None,
+        first_copy_marks: Sequence[str | None] | None = None,
     ) -> list[PublishError | None]:
         """`publish` for each event, in one pass: what became of each (None: confirmed).
 
@@ -191,6 +200,7 @@ class AmqpPublisher:
         turn through `publish`, alongside.
         """
         marks = traceparents if traceparents is not None else [None] * len(events)
+        firsts = first_copy_marks if first_copy_marks is not None else [None] * len(events)
         outcomes: list[PublishError | None] = [None] * len(events)
         held = [index for index, event in enumerate(events) if self._same_id.try_hold(event.id)]
         in_turn = sorted(set(range(len(events))) - set(held))
@@ -198,7 +208,10 @@ class AmqpPublisher:
         async def take_turn(index: int) -> None:
             try:
                 await self.publish(
-                    events[index], correlation_id=correlation_id, traceparent=marks[index]
+                    events[index],
+                    correlation_id=correlation_id,
+                    traceparent=marks[index],
+                    first_copy_mark=firsts[index],
                 )
             except PublishError as error:
                 outcomes[index] = error
@@ -207,7 +220,7 @@ class AmqpPublisher:
             for index in in_turn:
                 group.create_task(take_turn(index))
             try:
-                published = await self._publish_held(events, held, correlation_id, marks)
+                published = await self._publish_held(events, held, correlation_id, marks, firsts)
             finally:
                 # Before the turns above end: a repeat within `events` waits for this one.
                 for index in held:
@@ -222,6 +235,7 @@ class AmqpPublisher:
         indices: Sequence[int],
         correlation_id: str | None,
         traceparents: Sequence[str | None],
+        first_copy_marks: Sequence[str | None],
     ) -> list[PublishError | None]:
         if not indices:
             return []
@@ -244,6 +258,7 @@ class AmqpPublisher:
                         events[index],
                         correlation_id=correlation_id,
                         traceparent=traceparents[index],
+                        first_copy_mark=first_copy_marks[index],
                     ),
                     exchange=self._exchange,
                     routing_key=events[index].type,

@@ -9,6 +9,7 @@ structured mode, so any AMQP publisher can feed conveyor.
 from __future__ import annotations
 
 from producers.event import OutgoingEvent
+from producers.first_copy import FIRST_COPY_HEADER
 from producers.frames import WireMessage
 
 __all__ = ["CE_HEADER_PREFIX", "TRACEPARENT_HEADER", "to_wire_message"]
@@ -22,11 +23,15 @@ def to_wire_message(
     *,
     correlation_id: str | None = None,
     traceparent: str | None = None,
+    first_copy_mark: str | None = None,
 ) -> WireMessage:
-    """The event as conveyor's publish pipeline writes it (the same wire form as below)."""
+    """The event as conveyor's publish pipeline writes it (the same wire form as below), with
+    the ingress's first-copy mark when it has one (producers.first_copy)."""
     headers = {CE_HEADER_PREFIX + name: value for name, value in event.attributes.items()}
     if traceparent is not None:
         headers[TRACEPARENT_HEADER] = traceparent
+    if first_copy_mark is not None:
+        headers[FIRST_COPY_HEADER] = first_copy_mark
     return WireMessage(
         event.data,
         message_id=event.id,

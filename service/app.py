@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 
@@ -13,6 +14,7 @@ from consumers.circuit import CircuitBreaker, CircuitState
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
 from consumers.webhook import Webhook
+from producers.first_copy import FirstCopyMarks
 from producers.publisher import AmqpPublisher
 from service.admin.api import add_admin_routes, rate_history_context
 from service.admin.dead_letter_routes import add_dead_letter_routes
@@ -49,12 +51,19 @@ from service.observability.loop_lag import LoopLagMonitor, loop_lag_context
 from service.observability.metrics import Metrics
 from service.observability.tracing import NoTracing, Tracing
 from service.settings import Settings
-from service.store import BatchWriter, ClaimBatcher, Store, StoreCheck, open_store
+from service.store import (
+    BatchWriter,
+    ClaimBatcher,
+    Store,
+    StoreCheck,
+    first_copy_key,
+    open_store,
+)
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
 
-__all__ = ["PURGE_INTERVAL_SECONDS", "build_app"]
+__all__ = ["PURGE_INTERVAL_SECONDS", "build_app", "with_completions"]
 
 
 def build_app(
@@ -72,6 +81,7 @@ def build_app(
 
     `clock` is where the store, statuses and idempotency read the time (expiry, leases).
     """
+    subscriptions = with_completions(subscriptions, default=settings.completions)
     app = web.Application(
         middlewares=[answers_middleware],
         client_max_size=settings.max_body_bytes,
@@ -151,6 +161,18 @@ def _circuit_gauge(circuit: CircuitBreaker) -> float:
     return _CIRCUIT_GAUGE[circuit.state]
 
 
+def with_completions(
+    subscriptions: Sequence[Subscription], *, default: bool
+) -> tuple[Subscription, ...]:
+    """Each subscription that leaves `completions` unset gets CONVEYOR_COMPLETIONS' value."""
+    return tuple(
+        dataclasses.replace(subscription, completions=default)
+        if subscription.completions is None
+        else subscription
+        for subscription in subscriptions
+    )
+
+
 def _handler_resources(
     subscriptions: Sequence[Subscription],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -171,6 +193,11 @@ def _store(
     async def open_and_close(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         store = await open_store(settings.store_url, clock=clock)
+        try:
+            marks = FirstCopyMarks(await first_copy_key(store))
+        except BaseException:
+            await store.close()
+            raise
         writer = BatchWriter(store)
         book = StatusBook(
             store,
@@ -179,13 +206,14 @@ def _store(
             dedup_window=settings.idempotency_ttl,
             subscriptions=subscriptions,
             clock=clock,
+            marks=marks,
         )
         writer.on_written = book.wake_waiters
         writer.start()
         app[STATUS_BOOK] = book
         # A duplicate waits for the first request's answer about as long as that one may take.
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
-        claims = ClaimBatcher(store)
+        claims = ClaimBatcher(store, remember=settings.idempotency_ttl)
         app[DEDUPLICATOR] = Deduplicator(
             claims,
             writer,

@@ -177,6 +177,14 @@ class Settings:
         "token, or name:token,... for /v1/admin; unset turns it off",
         secret=True,
     )
+    # Outcome events are opt-in: the status API answers without them.
+    completions: bool = setting(
+        "COMPLETIONS",
+        flag,
+        "0",
+        "1: every subscription that does not set `completions` publishes its outcomes to"
+        " {ns}.results",
+    )
     otel: bool = setting(
         "OTEL",
         flag,

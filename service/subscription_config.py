@@ -128,7 +128,7 @@ def _subscription(index: int, entry: Any, environ: Mapping[str, str]) -> Subscri
         timeout=timeout,
         retry=retry,
         deduplicate=_flag(entry, "deduplicate", default=True, where=where),
-        completions=_flag(entry, "completions", default=True, where=where),
+        completions=_optional_flag(entry, "completions", where=where),
         ordering=_ordering(entry, where, retry, timeout),
         filters=subscription_filters(entry.get("filters", []), where),
         rate=subscription_rate(entry, where, prefetch),
@@ -221,6 +221,11 @@ def _flag(entry: dict[str, Any], key: str, *, default: bool, where: str) -> bool
     if not isinstance(value, bool):
         raise SettingError(SETTING, f"{where}.{key} as true or false", repr(value))
     return value
+
+
+def _optional_flag(entry: dict[str, Any], key: str, *, where: str) -> bool | None:
+    """A flag the file may leave unset (None): a setting then decides for it."""
+    return _flag(entry, key, default=False, where=where) if key in entry else None
 
 
 def _duration(value: Any, where: str, *, low: float, high: float | None = None) -> float:

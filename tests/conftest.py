@@ -279,8 +279,10 @@ def subscription(
     concurrency: int = 4,
     timeout: float = 10.0,
     retry: RetryPolicy = NO_RETRY,
+    completions: bool | None = None,
 ) -> Subscription:
-    """A subscription for tests; by default one attempt and no ladder, so failures show at once."""
+    """A subscription for tests; by default one attempt and no ladder, so failures show at once.
+    Completion events are off unless a test asks for them (`completions=True`), as for users."""
     return Subscription(
         name=name,
         events=events,
@@ -290,6 +292,7 @@ def subscription(
         concurrency=concurrency,
         timeout=timeout,
         retry=retry,
+        completions=completions,
     )
 
 

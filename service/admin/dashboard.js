@@ -242,7 +242,9 @@ function update(node, entry) {
   const name = entry.name;
   const filters = entry.filters && entry.filters.length ? `  (${entry.filters.length} filter${entry.filters.length > 1 ? "s" : ""})` : "";
   const limit = entry.rate ? `  at most ${entry.rate.limit} per process` : "";
-  parts.patterns.textContent = entry.events.join("  ") + filters + limit + "  →  " + entry.handler;
+  // Outcome events are opt-in; the lookup above answers for every subscription either way.
+  const outcomes = entry.completions ? "outcomes published to {ns}.results" : "outcomes: status lookup only";
+  parts.patterns.textContent = entry.events.join("  ") + filters + limit + "  →  " + entry.handler + "  ·  " + outcomes;
   parts.patterns.title = entry.filters && entry.filters.length ? JSON.stringify(entry.filters) : "";
   // A webhook's endpoint circuit: "open" means its events wait on the ladder, unsent.
   const circuit = entry.webhook ? entry.webhook.circuit.state : "";

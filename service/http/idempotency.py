@@ -5,6 +5,10 @@ content is refused, saying what collided (the Idempotency-Key, or the event's so
 two concurrent requests with one key, one publishes and the other waits for its answer. Only
 final answers are kept: a failure (5xx, or an exception) releases the claim so that the client's
 retry is not stuck with it.
+
+A released key stays known (without an owner) for the TTL: a publish that failed with a 503 may
+still have reached RabbitMQ (a lost confirm is not a lost message). `produce` is told whether its
+claim is the key's first (`Claim.first`); only then is what it publishes provably the first copy.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ _log = structlog.get_logger(component="idempotency")
 # Beyond the owner's longest honest work (publish, then two store writes), so a live owner
 # never loses its key to a retry that would publish again.
 _LEASE_MARGIN_SECONDS = 30.0
+# Produces the answer of a claimed key; told whether the claim was the key's first.
+Produce = Callable[[bool], Awaitable["Answer"]]
+# Produces the answers of the entries at these indices, told whether each claim was a first.
+ProduceMany = Callable[[Sequence[int], Sequence[bool]], Awaitable[Sequence["Answer | Exception"]]]
 
 
 class IdempotencyConflictError(Exception):
@@ -166,7 +174,7 @@ class Deduplicator:
         scope: str,
         key: str,
         fingerprint: str,
-        produce: Callable[[], Awaitable[Answer]],
+        produce: Produce,
         *,
         conflict: Conflict,
     ) -> Answer:
@@ -183,7 +191,9 @@ class Deduplicator:
                 raise
             match claim.outcome:
                 case ClaimOutcome.OWNER:
-                    return await self._produce(scope, key, owner, produce)
+                    return await self._produce(
+                        scope, key, owner, functools.partial(produce, claim.first)
+                    )
                 case ClaimOutcome.REPLAY:
                     return Answer(claim.status or 200, claim.body or b"", replayed=True)
                 case ClaimOutcome.CONFLICT:
@@ -199,15 +209,16 @@ class Deduplicator:
         self,
         scope: str,
         identities: Sequence[tuple[str, str]],
-        produce: Callable[[Sequence[int]], Awaitable[Sequence[Answer | Exception]]],
+        produce: ProduceMany,
         *,
         conflict: Callable[[int], Exception],
     ) -> list[Answer | Exception]:
         """`once` for each (key, fingerprint) of `identities`, in few store statements.
 
-        `produce(indices)` produces the entries claimed here, all at once. The first use of each
-        key is claimed in one statement and the answers are stored in one write; a key repeated
-        in `identities`, or found in progress, goes through `once` alongside (it waits its turn).
+        `produce(indices, firsts)` produces the entries claimed here, all at once (`firsts`:
+        whether each claim was its key's first). The first use of each key is claimed in one
+        statement and the answers are stored in one write; a key repeated in `identities`, or
+        found in progress, goes through `once` alongside (it waits its turn).
         """
         batch = _ManyClaims(scope, identities, owner=_new_owner(), conflict=conflict)
         requests = batch.requests(self._lease)
@@ -219,8 +230,8 @@ class Deduplicator:
         owned = batch.sort(claims)
 
         async def alone(index: int) -> None:
-            async def produce_one() -> Answer:
-                (answer,) = await produce([index])
+            async def produce_one(first: bool) -> Answer:  # noqa: FBT001 - `Produce`'s shape
+                (answer,) = await produce([index], [first])
                 if isinstance(answer, Exception):
                     raise answer
                 return answer
@@ -246,11 +257,11 @@ class Deduplicator:
         self,
         batch: _ManyClaims,
         owned: list[int],
-        produce: Callable[[Sequence[int]], Awaitable[Sequence[Answer | Exception]]],
+        produce: ProduceMany,
     ) -> None:
         scope, owner = batch.scope, batch.owner
         try:
-            answers = await produce(owned)
+            answers = await produce(owned, [batch.first[index] for index in owned])
         except BaseException:
             await asyncio.shield(
                 asyncio.gather(*(self._release(scope, batch.key(i), owner) for i in owned))
@@ -321,7 +332,9 @@ class Deduplicator:
 
     async def _release(self, scope: str, key: str, owner: str) -> None:
         try:
-            await within(self._store_timeout, self._store.release(scope, key, owner))
+            await within(
+                self._store_timeout, self._store.release(scope, key, owner, remember=self._ttl)
+            )
         except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
             _log.warning("could not release an idempotency key", scope=scope, error=describe(error))
 
@@ -346,6 +359,7 @@ class _ManyClaims:
             self.firsts.setdefault(key, index)
         self.one_by_one = [i for i in range(len(identities)) if self.firsts[identities[i][0]] != i]
         self.results: list[Answer | Exception | None] = [None] * len(identities)
+        self.first: dict[int, bool] = {}  # each owned entry: whether its claim was the key's first
 
     def key(self, index: int) -> str:
         return self._identities[index][0]
@@ -363,6 +377,7 @@ class _ManyClaims:
             match claim.outcome:
                 case ClaimOutcome.OWNER:
                     owned.append(index)
+                    self.first[index] = claim.first
                 case ClaimOutcome.REPLAY:
                     self.results[index] = Answer(
                         claim.status or 200, claim.body or b"", replayed=True

@@ -171,7 +171,8 @@ async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) ->
             "request",
             check_key(key),
             fingerprint,
-            accept,
+            # Whether a copy may exist is each event's own claim's to say, not the request's.
+            lambda _first: accept(),
             conflict=functools.partial(IdempotencyConflictError, key),
         )
     response_headers = {CORRELATION_HEADER: correlation_id}
@@ -299,7 +300,12 @@ class _Publication:
             _log.warning("could not record the accepted event's status", error=str(error))
             return ()
 
-    async def _publish(self, event: OutgoingEvent) -> Answer:
+    def _first_copy_mark(self, event: OutgoingEvent, first: bool) -> str | None:  # noqa: FBT001 - the claim's answer, passed along
+        """Only a first claim's publish is marked: after an earlier attempt (a 503 whose
+        publish may have reached RabbitMQ) a copy may be queued (producers.first_copy)."""
+        return self._book.marks.mark(event.source, event.id) if first else None
+
+    async def _publish(self, event: OutgoingEvent, first: bool) -> Answer:  # noqa: FBT001 - the claim's answer, passed along
         # Bound with tokens and reset, not `bound_contextvars`, which reads the whole context
         # first and binds twice for every event published. Same effect.
         tokens = structlog.contextvars.bind_contextvars(
@@ -308,7 +314,10 @@ class _Publication:
         try:
             with self._tracing.publish(event, self._traceparent) as traceparent:
                 await self._publisher.publish(
-                    event, correlation_id=self._correlation_id, traceparent=traceparent
+                    event,
+                    correlation_id=self._correlation_id,
+                    traceparent=traceparent,
+                    first_copy_mark=self._first_copy_mark(event, first),
                 )
         except PublishError as error:
             _log.warning("event not accepted", reason=error.reason, error=str(error))
@@ -325,8 +334,10 @@ class _Publication:
         the frames to RabbitMQ, one status write (a repeated id still takes its own turn)."""
         identities = [(event_identity(event), event_fingerprint(event)) for event in events]
 
-        async def produce(indices: Sequence[int]) -> list[Answer | Exception]:
-            return await self._publish_many([events[index] for index in indices])
+        async def produce(
+            indices: Sequence[int], firsts: Sequence[bool]
+        ) -> list[Answer | Exception]:
+            return await self._publish_many([events[index] for index in indices], firsts)
 
         def conflict(index: int) -> Exception:
             return EventIdConflictError(events[index].source, events[index].id)
@@ -354,7 +365,9 @@ class _Publication:
             self.metrics.events_accepted.inc(accepted)
         return outcomes
 
-    async def _publish_many(self, events: Sequence[OutgoingEvent]) -> list[Answer | Exception]:
+    async def _publish_many(
+        self, events: Sequence[OutgoingEvent], firsts: Sequence[bool]
+    ) -> list[Answer | Exception]:
         with (
             structlog.contextvars.bound_contextvars(correlation_id=self._correlation_id),
             contextlib.ExitStack() as spans,
@@ -364,7 +377,13 @@ class _Publication:
                 for event in events
             ]
             failures = await self._publisher.publish_many(
-                events, correlation_id=self._correlation_id, traceparents=traceparents
+                events,
+                correlation_id=self._correlation_id,
+                traceparents=traceparents,
+                first_copy_marks=[
+                    self._first_copy_mark(event, first)
+                    for event, first in zip(events, firsts, strict=True)
+                ],
             )
             for event, failure in zip(events, failures, strict=True):
                 if failure is not None:

@@ -22,6 +22,7 @@ from consumers.status import DeliveryState, DeliveryUpdate
 from consumers.subscription import Subscription
 from producers import OutgoingEvent
 from producers.event import format_timestamp
+from producers.first_copy import FirstCopyMarks
 from service.broker.routing import routed_subscriptions
 from service.clock import SYSTEM_CLOCK, Clock
 from service.store import BatchWriter, Coalescer, Statements, Store, Write
@@ -102,8 +103,12 @@ class StatusBook:
         subscriptions: Sequence[Subscription],
         lookup_timeout: float = LOOKUP_TIMEOUT_SECONDS,
         clock: Clock = SYSTEM_CLOCK,
+        marks: FirstCopyMarks | None = None,
     ) -> None:
         self._store = store
+        # First-copy marks under the deployment's key (service.store.first_copy_key); without
+        # one, a key of this book's own: marks then hold only within this process.
+        self.marks = marks or FirstCopyMarks()
         self._clock = clock  # acceptance times, and what has expired or left the dedup window
         self._writer = writer
         self._ttl = ttl
@@ -170,6 +175,9 @@ class StatusBook:
 
     async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
         return await self._succeeded.get((event_id, source, subscription))
+
+    def vouches_first_copy(self, mark: object, source: str, event_id: str) -> bool:
+        return self.marks.vouches(mark, source, event_id)
 
     async def _succeeded_among(self, keys: Sequence[_SucceededKey]) -> dict[_SucceededKey, bool]:
         # Padded to a power of two with repeats of the last key: a handful of statement shapes

@@ -67,6 +67,8 @@ class Metrics:
         self._confirm_times: dict[tuple[str, ...], Histogram] = {}
         self._handler_times: dict[tuple[str, ...], Histogram] = {}
         self._settled: dict[tuple[str, ...], Counter] = {}
+        self._looked_up: dict[tuple[str, ...], Counter] = {}
+        self._skipped: dict[tuple[str, ...], Counter] = {}
         self.recent_failures: dict[str, deque[FailureReport]] = {}
         # subscription -> (monotonic time, messages ready, deliveries settled here) at the last poll
         self._samples: dict[str, tuple[float, int, float]] = {}
@@ -142,6 +144,20 @@ class Metrics:
         self.rate_limited_waiting = Gauge(
             "conveyor_rate_limited_waiting",
             "Deliveries waiting for the subscription's rate limit right now",
+            ("subscription",),
+            registry=registry,
+        )
+        self.dedup_lookups = Counter(
+            "conveyor_dedup_lookups",
+            "Deliveries that asked the store whether their event already succeeded, by "
+            "subscription",
+            ("subscription",),
+            registry=registry,
+        )
+        self.dedup_lookups_skipped = Counter(
+            "conveyor_dedup_lookups_skipped",
+            "Deliveries of deduplicating subscriptions that needed no lookup: provably the "
+            "first copy of their event, by subscription",
             ("subscription",),
             registry=registry,
         )
@@ -260,6 +276,12 @@ class Metrics:
     def rate_wait_ended(self, subscription: str, seconds: float) -> None:
         self.rate_limited_waiting.labels(subscription).dec()
         self.rate_limited_seconds.labels(subscription).inc(seconds)
+
+    def dedup_lookup(self, subscription: str, *, skipped: bool) -> None:
+        if skipped:
+            _child(self._skipped, self.dedup_lookups_skipped, subscription).inc()
+        else:
+            _child(self._looked_up, self.dedup_lookups, subscription).inc()
 
     def failure_seen(self, subscription: str, failure: FailureReport) -> None:
         # The dashboard's "recent failures": the last few this process saw, per subscription.

@@ -12,6 +12,7 @@ from service.store.batching import WRITE_TIMEOUT_SECONDS, BatchWriter, WriterClo
 from service.store.claims import ClaimBatcher
 from service.store.coalescing import Coalescer
 from service.store.faults import StoreCheck, StoreUnavailableError, describe, within
+from service.store.marks_key import first_copy_key
 from service.store.postgres import PostgresStore
 from service.store.sql import Statements
 from service.store.sqlite import SqliteStore
@@ -32,6 +33,7 @@ __all__ = [
     "Write",
     "WriterClosedError",
     "describe",
+    "first_copy_key",
     "open_store",
     "within",
 ]

@@ -35,6 +35,9 @@ class Claim:
     outcome: ClaimOutcome
     status: int | None = None
     body: bytes | None = None
+    # OWNER of a key that no claim held before within its expiry: nothing was published for it
+    # yet. False after an expired or released claim, whose attempt may have reached RabbitMQ.
+    first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +107,12 @@ class IdempotencyStore(Protocol):
         """
         ...
 
-    async def release(self, scope: str, key: str, owner: str) -> None:
-        """Forget an unanswered claim (the request failed; a retry may try again)."""
+    async def release(self, scope: str, key: str, owner: str, *, remember: float) -> None:
+        """Give up an unanswered claim (the request failed; a retry may claim it at once).
+
+        The key stays known for `remember` seconds without an owner: what the failed attempt
+        published may have reached RabbitMQ, so the next claim is not `first`.
+        """
         ...
 
     async def purge_expired(self) -> int: ...

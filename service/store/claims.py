@@ -30,8 +30,11 @@ _Entry = tuple[ClaimRequest, asyncio.Future[Claim]]
 class ClaimBatcher:
     """An `IdempotencyStore` whose `claim` calls are batched into the store's `claim_many`."""
 
-    def __init__(self, store: IdempotencyStore, *, max_batch: int = MAX_CLAIMS_PER_BATCH) -> None:
+    def __init__(
+        self, store: IdempotencyStore, *, remember: float, max_batch: int = MAX_CLAIMS_PER_BATCH
+    ) -> None:
         self._store = store
+        self._remember = remember  # how long a released key stays known (see `release`)
         self._max_batch = max_batch
         self._queue: list[_Entry] = []  # in arrival order
         self._task: asyncio.Task[None] | None = None
@@ -51,8 +54,8 @@ class ClaimBatcher:
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         return await self._store.claim_many(requests)
 
-    async def release(self, scope: str, key: str, owner: str) -> None:
-        await self._store.release(scope, key, owner)
+    async def release(self, scope: str, key: str, owner: str, *, remember: float) -> None:
+        await self._store.release(scope, key, owner, remember=remember)
 
     async def purge_expired(self) -> int:
         return await self._store.purge_expired()
@@ -112,7 +115,9 @@ class ClaimBatcher:
 
     async def _release(self, request: ClaimRequest) -> None:
         try:
-            await self._store.release(request.scope, request.key, request.owner)
+            await self._store.release(
+                request.scope, request.key, request.owner, remember=self._remember
+            )
         except Exception as error:  # noqa: BLE001 - the lease frees the key in the end
             _log.warning("could not release an abandoned claim", error=describe(error))
 

@@ -31,7 +31,7 @@ from service.store.sql import (
 
 __all__ = ["PostgresStore"]
 
-_INSERT_CLAIM = numbered(Statements.insert_claim) + " RETURNING 1"
+_INSERT_CLAIM = numbered(Statements.insert_claim) + " RETURNING earlier_attempt"
 _SELECT_CLAIM = numbered(Statements.select_claim)
 _RELEASE = numbered(Statements.release)
 _MIGRATION_LOCK = 7311023
@@ -57,6 +57,7 @@ _UNAVAILABLE = (
 _PROBE = numbered(Statements.probe)
 _PROBE_TTL = 60.0  # the probe's row is purged with the expired claims
 _OWNER = Claim(ClaimOutcome.OWNER)
+_FIRST_OWNER = Claim(ClaimOutcome.OWNER, first=True)
 _T = TypeVar("_T")
 if TYPE_CHECKING:  # generic for the type checker only
     _Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
@@ -137,11 +138,13 @@ class PostgresStore:
         now = self._clock.now()
 
         async def take(connection: _Connection) -> Claim | None:
-            inserted = await connection.fetchval(
+            # The row written: 0 when it is new, 1 when it took over an earlier claim; none
+            # when the key is held.
+            written = await connection.fetchrow(
                 _INSERT_CLAIM, scope, key, fingerprint, owner, now + lease, now
             )
-            if inserted == 1:
-                return _OWNER
+            if written is not None:
+                return _OWNER if written["earlier_attempt"] else _FIRST_OWNER
             row = await connection.fetchrow(_SELECT_CLAIM, scope, key)
             found = None if row is None else (row["fingerprint"], row["status"], row["body"])
             return stored_claim(fingerprint, found)
@@ -156,7 +159,7 @@ class PostgresStore:
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         check_distinct(requests)
         now = self._clock.now()
-        won: set[tuple[str, str]] = set()
+        won: dict[tuple[str, str], bool] = {}  # claimed keys: whether an earlier claim came before
         stored: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         # Keys in order, as in `write`: two processes claiming overlapping keys then lock their
         # rows in the same order instead of deadlocking.
@@ -175,7 +178,9 @@ class PostgresStore:
                     )
                 statement = _numbered(Statements.insert_claims(len(chunk)))
                 rows = await _fetch_retrying_deadlocks(connection, statement, *parameters, now)
-                won.update((row["scope"], row["key"]) for row in rows)
+                won.update(
+                    ((row["scope"], row["key"]), bool(row["earlier_attempt"])) for row in rows
+                )
             lost = [request for request in requests if (request.scope, request.key) not in won]
             for chunk in in_chunks(lost, _CLAIMS_PER_STATEMENT):
                 keys = [value for request in chunk for value in (request.scope, request.key)]
@@ -191,8 +196,9 @@ class PostgresStore:
         await self._use(take, attempts=1)  # not repeated, as in `claim`
         claims = []
         for request in requests:
-            if (request.scope, request.key) in won:
-                claims.append(Claim(ClaimOutcome.OWNER))
+            earlier = won.get((request.scope, request.key))
+            if earlier is not None:
+                claims.append(_OWNER if earlier else _FIRST_OWNER)
                 continue
             claim = stored_claim(request.fingerprint, stored.get((request.scope, request.key)))
             if claim is None:
@@ -206,8 +212,11 @@ class PostgresStore:
             claims.append(claim)
         return claims
 
-    async def release(self, scope: str, key: str, owner: str) -> None:
-        await self._use(lambda connection: connection.execute(_RELEASE, scope, key, owner))
+    async def release(self, scope: str, key: str, owner: str, *, remember: float) -> None:
+        expires_at = self._clock.now() + remember
+        await self._use(
+            lambda connection: connection.execute(_RELEASE, expires_at, scope, key, owner)
+        )
 
     async def _use(
         self,

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 __all__ = ["EXPIRING_TABLES", "MIGRATIONS", "Statements", "by_statement", "in_chunks", "numbered"]
 
 _T = TypeVar("_T")
+_CLAIM_ROW = "(?, ?, ?, ?, NULL, NULL, ?, 0)"
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: idempotency keys of requests and of events' CloudEvents identity
@@ -76,6 +77,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 3: a delivery's earlier rounds (before each replay from the DLQ), as comma-separated
     # JSON objects
     ("ALTER TABLE conveyor_deliveries ADD COLUMN history TEXT",),
+    # 4: whether a claim took over an earlier claim of its key (expired, or released after an
+    # attempt that failed): a copy of its event may be in RabbitMQ already (service.http.
+    # idempotency marks only a first claim's publish as the first copy)
+    ("ALTER TABLE conveyor_idempotency ADD COLUMN earlier_attempt INTEGER",),
 )
 
 # Every table whose rows carry `expires_at` and are purged once it passed (each has an index
@@ -109,19 +114,33 @@ class Statements:
 
     # One statement claims a new key or takes over an expired one; a live key is left alone
     # (no row changes), which is how the caller learns it does not own the key.
+    # A released claim (no owner, no answer) is taken over at once; its row stays until it
+    # expires so that the next claim knows an attempt came before it (`earlier_attempt`).
     insert_claim = (
         "INSERT INTO conveyor_idempotency "
-        "(scope, key, fingerprint, owner, status, body, expires_at) "
-        "VALUES (?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT (scope, key) DO UPDATE SET "
+        "(scope, key, fingerprint, owner, status, body, expires_at, earlier_attempt) "
+        "VALUES (?, ?, ?, ?, NULL, NULL, ?, 0) ON CONFLICT (scope, key) DO UPDATE SET "
         "fingerprint = excluded.fingerprint, owner = excluded.owner, status = NULL, "
-        "body = NULL, expires_at = excluded.expires_at "
-        "WHERE conveyor_idempotency.expires_at < ?"
+        "body = NULL, expires_at = excluded.expires_at, earlier_attempt = 1 "
+        "WHERE conveyor_idempotency.expires_at < ? "
+        "OR (conveyor_idempotency.owner IS NULL AND conveyor_idempotency.status IS NULL)"
     )
     # Rows kept per scope (`request`: Idempotency-Key headers; `event`: CloudEvents identities).
     # The readiness probe's own row is no key anyone sent.
     count_keys = (
-        "SELECT scope, COUNT(*) FROM conveyor_idempotency WHERE scope <> 'conveyor-probe' "
-        "GROUP BY scope"
+        "SELECT scope, COUNT(*) FROM conveyor_idempotency "
+        "WHERE scope NOT IN ('conveyor-probe', 'conveyor-marks') GROUP BY scope"
+    )
+    # The key of first-copy marks (producers.first_copy), shared by every process of the
+    # store: the first to start writes it, the rest read it. Never expires.
+    keep_marks_key = (
+        "INSERT INTO conveyor_idempotency (scope, key, fingerprint, owner, status, body, "
+        "expires_at) VALUES ('conveyor-marks', 'first-copy', ?, NULL, 0, NULL, 1e300) "
+        "ON CONFLICT (scope, key) DO NOTHING"
+    )
+    select_marks_key = (
+        "SELECT fingerprint FROM conveyor_idempotency "
+        "WHERE scope = 'conveyor-marks' AND key = 'first-copy'"
     )
     select_claim = (
         "SELECT fingerprint, status, body FROM conveyor_idempotency WHERE scope = ? AND key = ?"
@@ -141,16 +160,26 @@ class Statements:
         The keys must be distinct: PostgreSQL refuses to touch one row twice in one statement.
         RETURNING needs SQLite 3.35 or later.
         """
-        rows = ", ".join(["(?, ?, ?, ?, NULL, NULL, ?)"] * count)
-        single = "VALUES (?, ?, ?, ?, NULL, NULL, ?)"
-        statement = Statements.insert_claim.replace(single, f"VALUES {rows}")
-        return statement + " RETURNING scope, key" if returning else statement
+        rows = ", ".join([_CLAIM_ROW] * count)
+        statement = Statements.insert_claim.replace(f"VALUES {_CLAIM_ROW}", f"VALUES {rows}")
+        return statement + " RETURNING scope, key, earlier_attempt" if returning else statement
+
+    @staticmethod
+    def insert_new_claims(count: int) -> str:
+        """`count` keys claimed only where no row of theirs exists at all (first claims); the
+        statement's row count says how many. Takes `insert_claims`' parameters but the last."""
+        rows = ", ".join([_CLAIM_ROW] * count)
+        return (
+            "INSERT INTO conveyor_idempotency "  # noqa: S608 - only placeholders are interpolated
+            "(scope, key, fingerprint, owner, status, body, expires_at, earlier_attempt) "
+            f"VALUES {rows} ON CONFLICT (scope, key) DO NOTHING"
+        )
 
     @staticmethod
     def select_claims(count: int) -> str:
         """`select_claim` for `count` keys at once, each row led by its scope and key and
-        ending with the claim's owner and expiry; a key with no row comes back with NULLs (its
-        fingerprint, NOT NULL in a row, tells).
+        ending with the claim's owner, expiry and `earlier_attempt`; a key with no row comes
+        back with NULLs (its fingerprint, NOT NULL in a row, tells).
 
         Correlated subqueries through the primary key, one a column, for the reason given at
         `select_succeeded_among`: as a join, PostgreSQL scanned the whole table for each call
@@ -160,7 +189,14 @@ class Statements:
         found = [
             f"(SELECT c.{column} FROM conveyor_idempotency c "  # noqa: S608 - a column name of ours
             f"WHERE c.scope = w.scope AND c.key = w.key) AS {column}"
-            for column in ("fingerprint", "status", "body", "owner", "expires_at")
+            for column in (
+                "fingerprint",
+                "status",
+                "body",
+                "owner",
+                "expires_at",
+                "earlier_attempt",
+            )
         ]
         return (
             f"WITH wanted (scope, key) AS (VALUES {keys}) "  # noqa: S608 - only placeholders and column names are interpolated
@@ -175,8 +211,10 @@ class Statements:
         "ON CONFLICT (scope, key) DO UPDATE SET expires_at = excluded.expires_at"
     )
 
+    # A released claim keeps its row, without an owner, until the new expiry (the first `?`):
+    # the attempt that failed may have reached RabbitMQ, and the key's next claim must know.
     release = (
-        "DELETE FROM conveyor_idempotency "
+        "UPDATE conveyor_idempotency SET owner = NULL, expires_at = ? "
         "WHERE scope = ? AND key = ? AND owner = ? AND status IS NULL"
     )
 

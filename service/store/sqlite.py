@@ -70,6 +70,7 @@ _PURGE_CHUNKS = tuple(
 )
 _T = TypeVar("_T")
 _OWNER = Claim(ClaimOutcome.OWNER)
+_FIRST_OWNER = Claim(ClaimOutcome.OWNER, first=True)
 
 
 class SqliteStore:
@@ -130,13 +131,12 @@ class SqliteStore:
     def _claim_now(self, request: ClaimRequest) -> Claim:
         while True:
             now = self._clock.now()
-            cursor = self._db.execute(
-                Statements.insert_claim,
-                (request.scope, request.key, request.fingerprint, request.owner,
-                 now + request.lease, now),
-            )  # fmt: skip
-            if cursor.rowcount == 1:
-                return Claim(ClaimOutcome.OWNER)
+            values = (request.scope, request.key, request.fingerprint, request.owner,
+                      now + request.lease)  # fmt: skip
+            if self._db.execute(Statements.insert_new_claims(1), values).rowcount == 1:
+                return _FIRST_OWNER
+            if self._db.execute(Statements.insert_claim, (*values, now)).rowcount == 1:
+                return _OWNER  # took over an expired or released claim
             row = self._db.execute(Statements.select_claim, (request.scope, request.key)).fetchone()
             claim = stored_claim(request.fingerprint, row)
             if claim is not None:
@@ -162,37 +162,42 @@ class SqliteStore:
                     now + request.lease,
                 )
             ]
+            new = self._db.execute(Statements.insert_new_claims(len(chunk)), parameters)
+            if new.rowcount == len(chunk):
+                # Every key was new, the usual case: all claimed first, known from the row
+                # count alone. RETURNING the keys made SQLite hand back a row per key, each a
+                # step that lets go of the GIL and waits to get it back.
+                claims += [_FIRST_OWNER] * len(chunk)
+                continue
+            # Some keys had rows: those expired or released are taken over now. A row either
+            # statement wrote holds the claimer's owner and the very expiry written for it: a
+            # key held before, even by the same owner (which `Deduplicator` never does, owners
+            # being new to each call), keeps its own expiry and reads as what it is, as `claim`
+            # alone would answer.
             parameters.append(now)
             statement = Statements.insert_claims(len(chunk), returning=False)
-            if self._db.execute(statement, parameters).rowcount == len(chunk):
-                # Every key was new or expired, the usual case: all claimed, known from the
-                # row count alone. RETURNING the keys made SQLite hand back a row per key, each
-                # a step that lets go of the GIL and waits to get it back.
-                claims += [_OWNER] * len(chunk)
-                continue
-            # Some keys were live. A row this statement wrote holds the claimer's owner and the
-            # very expiry written for it: a key held before, even by the same owner (which
-            # `Deduplicator` never does, owners being new to each call), keeps its own expiry
-            # and reads as what it is, as `claim` alone would answer.
+            self._db.execute(statement, parameters)
             keys = [value for request in chunk for value in (request.scope, request.key)]
             rows = self._db.execute(Statements.select_claims(len(chunk)), keys).fetchall()
             stored = {(row[0], row[1]): row[2:] for row in rows}
             for request in chunk:
-                fingerprint, status, body, owner, expires_at = stored[request.scope, request.key]
+                fingerprint, status, body, owner, expires_at, earlier = stored[
+                    request.scope, request.key
+                ]
                 written = owner == request.owner and expires_at == now + request.lease
-                claims.append(
-                    _OWNER
-                    if written
-                    else stored_claim(request.fingerprint, (fingerprint, status, body))
-                )
+                if written:
+                    claims.append(_OWNER if earlier else _FIRST_OWNER)
+                else:
+                    claims.append(stored_claim(request.fingerprint, (fingerprint, status, body)))
         # None: released between our insert and select (another process): try again.
         return [
             claim if claim is not None else self._claim_now(request)
             for request, claim in zip(requests, claims, strict=True)
         ]
 
-    async def release(self, scope: str, key: str, owner: str) -> None:
-        await self._run(self._db.execute, Statements.release, (scope, key, owner))
+    async def release(self, scope: str, key: str, owner: str, *, remember: float) -> None:
+        expires_at = self._clock.now() + remember
+        await self._run(self._db.execute, Statements.release, (expires_at, scope, key, owner))
 
     async def write(self, writes: Sequence[Write]) -> None:
         await self._run(self._transaction, writes)

@@ -65,7 +65,7 @@ async def reporting(
     ):
         channel = await connection.channel(publisher_confirms=True)
         reporter = StatusReporter(
-            subscription("sub", ("t",), _noop),
+            subscription("sub", ("t",), _noop, completions=True),
             ledger=book,
             mover=MessageMover(channel, timeout=timeout),
             topology=namespace.topology,
@@ -191,6 +191,9 @@ class _StalledLedger:
         self.writing = asyncio.Event()
 
     async def succeeded_before(self, subscription: str, source: str, event_id: str) -> bool:
+        return False
+
+    def vouches_first_copy(self, mark: object, source: str, event_id: str) -> bool:
         return False
 
     def note(self, update: object) -> None:

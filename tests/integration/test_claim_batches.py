@@ -35,8 +35,8 @@ class CountingStore:
         await self.gate.wait()
         return await self.store.claim_many(requests)
 
-    async def release(self, scope: str, key: str, owner: str) -> None:
-        await self.store.release(scope, key, owner)
+    async def release(self, scope: str, key: str, owner: str, *, remember: float) -> None:
+        await self.store.release(scope, key, owner, remember=remember)
 
 
 async def prepare(store: Store, scope: str) -> None:
@@ -79,7 +79,7 @@ async def test_a_burst_of_claims_gets_what_claiming_one_by_one_gets_in_fewer_cal
         for key, fingerprint in CLAIMS
     ]
     counting = CountingStore(store)
-    claims = ClaimBatcher(counting, max_batch=500)  # type: ignore[arg-type]  # claim_many and release are all it uses
+    claims = ClaimBatcher(counting, remember=60, max_batch=500)  # type: ignore[arg-type]  # claim_many and release are all it uses
     together = await asyncio.gather(
         *(
             claims.claim(batched, key, fingerprint, owner=uuid.uuid4().hex, lease=60)
@@ -123,7 +123,7 @@ async def test_a_key_its_owner_still_holds_is_in_progress_in_a_batch_as_alone(
 
 async def test_concurrent_claims_of_one_key_have_exactly_one_owner(store: Store) -> None:
     scope = f"test-{uuid.uuid4().hex}"
-    claims = ClaimBatcher(store, max_batch=7)
+    claims = ClaimBatcher(store, remember=60, max_batch=7)
     outcomes = await asyncio.gather(
         *(
             claims.claim(scope, f"k-{n % 10}", "fp", owner=uuid.uuid4().hex, lease=60)
@@ -137,7 +137,7 @@ async def test_concurrent_claims_of_one_key_have_exactly_one_owner(store: Store)
 
 
 async def test_a_failed_batch_fails_every_claim_in_it(store: Store) -> None:
-    claims = ClaimBatcher(store)
+    claims = ClaimBatcher(store, remember=60)
     await store.close()  # every statement now fails, as with a store that went away
     results = await asyncio.gather(
         *(claims.claim("s", f"k-{n}", "fp", owner="o", lease=60) for n in range(20)),
@@ -151,7 +151,7 @@ async def test_a_claim_whose_claimer_gave_up_while_it_was_taken_is_released(stor
     scope = f"test-{uuid.uuid4().hex}"
     counting = CountingStore(store)
     counting.gate.clear()
-    claims = ClaimBatcher(counting)  # type: ignore[arg-type]  # claim_many and release are all it uses
+    claims = ClaimBatcher(counting, remember=60)  # type: ignore[arg-type]  # claim_many and release are all it uses
     impatient = asyncio.create_task(claims.claim(scope, "k", "fp", owner="gone", lease=60))
 
     async def on_its_way() -> bool:

@@ -93,7 +93,7 @@ async def test_results_exchange_receives_succeeded_and_dead_lettered_events(
             raise PermanentError("refused by policy")
 
     conveyor = await start_conveyor(
-        (subscription("orders", ("order.*",), handle, prefetch=1, concurrency=1),)
+        (subscription("orders", ("order.*",), handle, prefetch=1, concurrency=1, completions=True),)
     )
     for document in (
         {"type": "order.placed", "id": "ok-1", "source": "/shop"},
@@ -133,7 +133,11 @@ async def test_a_duplicate_of_a_succeeded_event_is_acked_without_running_the_han
 ) -> None:
     recorder = Recorder()
     conveyor = await start_conveyor(
-        (subscription("orders", ("order.*",), recorder, prefetch=1, concurrency=1),)
+        (
+            subscription(
+                "orders", ("order.*",), recorder, prefetch=1, concurrency=1, completions=True
+            ),
+        )
     )
     await publish(namespace, "dup-1", 1)
     await recorder.wait_for(1)
@@ -201,7 +205,7 @@ async def test_a_subscription_without_completions_records_outcomes_and_announces
     quiet = dataclasses.replace(
         subscription("quiet", ("order.*",), quiet_handle), completions=False
     )
-    loud = subscription("loud", ("order.*",), loud_handle)
+    loud = subscription("loud", ("order.*",), loud_handle, completions=True)
     conveyor = await start_conveyor((quiet, loud))
     for document in (
         {"type": "order.placed", "id": "q-ok", "source": "/shop"},

@@ -122,7 +122,7 @@ async def test_an_amqp_event_dead_lettered_as_malformed_gets_a_final_status(
 ) -> None:
     recorder = Recorder()
     conveyor = await start_conveyor(
-        (subscription("orders", ("order.*",), recorder),), store_url=store_url
+        (subscription("orders", ("order.*",), recorder, completions=True),), store_url=store_url
     )
     async with await aio_pika.connect(namespace.amqp_url) as connection:
         channel = await connection.channel()

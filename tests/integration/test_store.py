@@ -81,7 +81,7 @@ async def test_concurrent_claims_have_exactly_one_owner(store: Store) -> None:
 async def test_a_released_claim_can_be_claimed_again(store: Store) -> None:
     scope = unique()
     assert await claim(store, scope, "k") is ClaimOutcome.OWNER
-    await store.release(scope, "k", "a")
+    await store.release(scope, "k", "a", remember=60)
     assert await claim(store, scope, "k", owner="b") is ClaimOutcome.OWNER
 
 
@@ -108,7 +108,7 @@ async def test_an_owner_that_never_answered_frees_the_key_when_its_lease_ends(
 
     # The stale owner wakes up: its answer and its release are void, the new owner's stand.
     await complete(store, scope, "k", b'{"id":"stale"}', owner="a", clock=clock)
-    await store.release(scope, "k", "a")
+    await store.release(scope, "k", "a", remember=60)
     assert await claim(store, scope, "k", owner="c") is ClaimOutcome.IN_PROGRESS
     await complete(store, scope, "k", b'{"id":"new"}', owner="b", clock=clock)
     replay = await store.claim(scope, "k", "fp", owner="d", lease=60)

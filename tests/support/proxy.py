@@ -21,6 +21,8 @@ class FaultProxy:
         self.accepting = True
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._replying = asyncio.Event()  # the broker's side only: see `replies_stalled`
+        self._replying.set()
         self.port = 0
 
     async def start(self) -> None:
@@ -52,6 +54,19 @@ class FaultProxy:
             self._flowing.set()
 
     @property
+    def replies_stalled(self) -> bool:
+        return not self._replying.is_set()
+
+    @replies_stalled.setter
+    def replies_stalled(self, value: bool) -> None:
+        """What the client sends still reaches the broker; what the broker sends back (a
+        publish confirm) waits: a publish that arrived but whose confirm was lost."""
+        if value:
+            self._replying.clear()
+        else:
+            self._replying.set()
+
+    @property
     def open_links(self) -> int:
         """Client connections forwarded right now."""
         return len(self._writers) // 2
@@ -73,7 +88,7 @@ class FaultProxy:
         self._writers.update((writer, upstream_writer))
         pumps = [
             asyncio.create_task(self._pump(reader, upstream_writer)),
-            asyncio.create_task(self._pump(upstream_reader, writer)),
+            asyncio.create_task(self._pump(upstream_reader, writer, self._replying)),
         ]
         self._links.update(pumps)
         await asyncio.gather(*pumps, return_exceptions=True)
@@ -82,10 +97,17 @@ class FaultProxy:
             end.transport.abort()
             self._writers.discard(end)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        replying: asyncio.Event | None = None,
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while chunk := await reader.read(65536):
                 await self._flowing.wait()
+                if replying is not None:
+                    await replying.wait()
                 writer.write(chunk)
                 await writer.drain()
         writer.transport.abort()

@@ -10,6 +10,7 @@ from typing import cast
 from consumers import builtin
 from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder, Ordered, Unordered, delivery_order
+from consumers.observe import NO_DELIVERY_OBSERVER
 from consumers.ordering import Ordering
 from consumers.pipeline import checks
 from consumers.reporting import StatusReporter
@@ -65,6 +66,7 @@ async def test_a_judging_failure_returns_unordered_and_holds_an_ordered_key_then
 
 
 def test_deduplication_is_a_stage_only_where_the_subscription_deduplicates() -> None:
-    [stage] = checks(UNORDERED, REPORTER)
+    [stage] = checks(UNORDERED, REPORTER, NO_DELIVERY_OBSERVER)
     assert isinstance(stage, SkipSucceeded)
-    assert checks(dataclasses.replace(UNORDERED, deduplicate=False), REPORTER) == ()
+    off = dataclasses.replace(UNORDERED, deduplicate=False)
+    assert checks(off, REPORTER, NO_DELIVERY_OBSERVER) == ()

@@ -61,7 +61,7 @@ async def test_the_claim_batcher_closes_past_a_claim_that_ignores_cancellation(
     monkeypatch.setattr("service.store.claims.STOP_SECONDS", 0.2, raising=False)
     stuck = _Stuck()
     store = type("StuckClaims", (), {"claim_many": staticmethod(stuck)})()
-    claims = ClaimBatcher(cast("Any", store))
+    claims = ClaimBatcher(cast("Any", store), remember=60)
     claim = asyncio.create_task(claims.claim("ingest", "k-1", "f", owner="o", lease=5.0))
     await stuck.entered.wait()
     assert await _closes_within(claims.close, stuck, claim), "close() waited on the stuck claim"

@@ -9,7 +9,8 @@ import pytest
 from consumers import builtin
 from consumers.retry import RetryPolicy
 from consumers.webhook import Webhook
-from service import SettingError, load_subscriptions
+from service import SettingError, load_settings, load_subscriptions
+from service.app import with_completions
 
 HEAD = "[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'consumers.builtin:discard'\n"
 HOOK = '[[subscriptions]]\nname = "hook"\nevents = ["a"]\nhandler = "consumers.builtin:webhook"\n'
@@ -58,7 +59,10 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
     assert (audit.prefetch, audit.concurrency) == (20, 5)
     assert (defaults.prefetch, defaults.concurrency) == (32, 16)
     assert defaults.deduplicate is True
-    assert defaults.completions is True
+    # Unset: CONVEYOR_COMPLETIONS decides (service.app.with_completions), off by default.
+    assert defaults.completions is None
+    assert with_completions([defaults], default=False)[0].completions is False
+    assert with_completions([defaults], default=True)[0].completions is True
 
 
 def test_a_subscription_can_opt_out_of_deduplication(tmp_path: Path) -> None:
@@ -69,6 +73,21 @@ def test_a_subscription_can_opt_out_of_deduplication(tmp_path: Path) -> None:
 def test_a_subscription_can_opt_out_of_completion_events(tmp_path: Path) -> None:
     [audit] = load_subscriptions(write(tmp_path, HEAD + "completions = false"))
     assert (audit.completions, audit.deduplicate) == (False, True)
+    # Its own word stands over the setting that turns completions on for the rest.
+    assert with_completions([audit], default=True)[0].completions is False
+
+
+def test_a_subscription_can_opt_in_to_completion_events(tmp_path: Path) -> None:
+    [audit] = load_subscriptions(write(tmp_path, HEAD + "completions = true"))
+    assert audit.completions is True
+    assert with_completions([audit], default=False)[0].completions is True
+
+
+def test_completions_default_off_and_the_setting_turns_them_on() -> None:
+    assert load_settings({}).completions is False
+    assert load_settings({"CONVEYOR_COMPLETIONS": "true"}).completions is True
+    with pytest.raises(SettingError, match="CONVEYOR_COMPLETIONS"):
+        load_settings({"CONVEYOR_COMPLETIONS": "sometimes"})
 
 
 @pytest.mark.parametrize(
