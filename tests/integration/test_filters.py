@@ -200,7 +200,7 @@ async def test_a_filtered_event_announces_no_completion(
     start_conveyor: StartConveyor, completions: ResultsProbe
 ) -> None:
     sub = dataclasses.replace(
-        subscription("eu", ("order.*",), Recorder(), prefetch=1, concurrency=1),
+        subscription("eu", ("order.*",), Recorder(), prefetch=1, concurrency=1, completions=True),
         filters=parse_filters(KINDS["prefix"]),
     )
     conveyor = await start_conveyor((sub,))
