@@ -32,7 +32,13 @@ from consumers.retry import (
     RetryPolicy,
 )
 
-__all__ = ["AttemptsResult", "HandlerTimeoutError", "run_attempts"]
+__all__ = [
+    "AttemptsResult",
+    "HandlerCancelledError",
+    "HandlerTimeoutError",
+    "run_attempts",
+    "timed_out",
+]
 
 _log = structlog.get_logger(component="consumer")
 _exponential = wait_random_exponential(
@@ -46,6 +52,11 @@ class HandlerTimeoutError(RetryableError):
 
 class HandlerCancelledError(RetryableError):
     """The handler raised CancelledError without anyone cancelling it."""
+
+
+def timed_out(seconds: float) -> HandlerTimeoutError:
+    """The failure of an attempt that ran past a timeout of `seconds`."""
+    return HandlerTimeoutError(f"handler ran past its timeout of {seconds:g}s")
 
 
 @dataclass(slots=True)  # not frozen: one per delivery (see DeliveryUpdate); treat as immutable
@@ -143,8 +154,7 @@ async def _attempt(handler: Handler, event: Event, timeout: SharedTimeout) -> No
         async with timeout():
             await handler(event)
     except TimeoutError:
-        message = f"handler ran past its timeout of {timeout.seconds:g}s"
-        raise HandlerTimeoutError(message) from None
+        raise timed_out(timeout.seconds) from None
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():

@@ -34,13 +34,14 @@ from consumers.deadlines import SharedTimeout
 from consumers.delivery import Delivery, DeliveryHook, Inbound
 from consumers.event import Event, Handler
 from consumers.ordering import (
+    LOOP_RETRY_CLOCK,
     MAX_HOLD_SECONDS,
     HandlerSlot,
     HeldDelivery,
     KeyLanes,
     Ordering,
+    RetryClock,
     run_holding_key,
-    wait_holding_key,
 )
 from consumers.reporting import StatusOf, StatusReporter
 from consumers.settling import Outcome, Release, channel_gone
@@ -185,9 +186,11 @@ class Ordered:
         handler: Handler,
         reporter: StatusReporter,
         stopping: asyncio.Event,
+        clock: RetryClock = LOOP_RETRY_CLOCK,
     ) -> None:
         self._subscription = subscription
         self._ordering = ordering
+        self._clock = clock
         self._handler = handler
         self._reporter = reporter
         self._stopping = stopping
@@ -206,7 +209,7 @@ class Ordered:
     async def admit(self, message: Inbound, handle: Handle) -> None:
         # Joined before the first await: the lane's order is the delivery order.
         turn = self._lanes.join(self._ordering.key_of(message.headers))
-        received = asyncio.get_running_loop().time()
+        received = self._clock.now()
         in_lane = asyncio.create_task(self._take_turn(turn, message, received, handle))
         self._in_lanes.add(in_lane)
         in_lane.add_done_callback(self._in_lanes.discard)
@@ -262,7 +265,7 @@ class Ordered:
                 DeliveryState.RETRYING, attempts_before + attempts, failure, next_attempt_in=delay
             )
             await self._reporter.report(retrying, correlation_id=event.correlation_id, record=True)
-            return await wait_holding_key(holding, delay, self._stopping)
+            return await self._clock.wait(holding, delay, self._stopping)
 
         held = await run_holding_key(
             self._handler,
@@ -272,6 +275,7 @@ class Ordered:
             settle_by=holding.received + MAX_HOLD_SECONDS,
             keep_going=keep_going,
             wait=wait,
+            now=self._clock.now,
         )
         return held.result, None if held.interrupted else held.passes
 
@@ -306,12 +310,19 @@ def delivery_order(
     consumer_tags: Sequence[str],
     reporter: StatusReporter,
     stopping: asyncio.Event,
+    retry_clock: RetryClock = LOOP_RETRY_CLOCK,
 ) -> DeliveryOrder:
-    """The strategy for `subscription`: ordered when it has an `ordering`."""
+    """The strategy for `subscription`: ordered when it has an `ordering` (its retries waited
+    on `retry_clock`)."""
     if subscription.ordering is None:
         return Unordered(
             subscription, handler=handler, consumer_tags=consumer_tags, stopping=stopping
         )
     return Ordered(
-        subscription, subscription.ordering, handler=handler, reporter=reporter, stopping=stopping
+        subscription,
+        subscription.ordering,
+        handler=handler,
+        reporter=reporter,
+        stopping=stopping,
+        clock=retry_clock,
     )

@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from aio_pika.exceptions import ChannelInvalidStateError
 
@@ -34,6 +34,7 @@ from producers.wire import CE_HEADER_PREFIX
 
 __all__ = [
     "CONSISTENT_HASH",
+    "LOOP_RETRY_CLOCK",
     "MAX_HOLD_SECONDS",
     "MAX_PARTITIONS",
     "ORDER_ATTRIBUTES",
@@ -43,6 +44,7 @@ __all__ = [
     "KeyLanes",
     "Ordering",
     "PartitioningUnavailableError",
+    "RetryClock",
     "explain_missing_exchange_type",
     "longest_hold",
     "run_holding_key",
@@ -172,7 +174,7 @@ class HeldDelivery:
 
     message: Inbound
     slot: HandlerSlot
-    received: float  # event-loop time of its delivery: its unacked time counts from here
+    received: float  # its delivery on the retry clock: its unacked time counts from here
 
 
 async def wait_holding_key(held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
@@ -190,6 +192,28 @@ async def wait_holding_key(held: HeldDelivery, delay: float, stop: asyncio.Event
         stopping.cancel()
         closing.cancel()  # an observer of the channel's closing: cancelling it stops only it
     return not done
+
+
+class RetryClock(Protocol):
+    """The time an ordered delivery's retries are measured and waited on: the event loop's, or
+    a virtual one (consumers.testing, where a ladder of minutes takes no time)."""
+
+    def now(self) -> float:
+        """Seconds on this clock (the event loop's time for the loop's clock)."""
+
+    async def wait(self, held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
+        """`wait_holding_key` on this clock."""
+
+
+class _LoopRetryClock:
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def wait(self, held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
+        return await wait_holding_key(held, delay, stop)
+
+
+LOOP_RETRY_CLOCK: RetryClock = _LoopRetryClock()
 
 
 class KeyLanes:
@@ -237,18 +261,19 @@ async def run_holding_key(
     settle_by: float,
     keep_going: Callable[[], bool],
     wait: Callable[[int, Failure, float], Awaitable[bool]],
+    now: Callable[[], float] = LOOP_RETRY_CLOCK.now,
 ) -> HeldAttempts:
     """The whole retry policy inside one delivery: in-process attempts, then each delay of the
     ladder waited here (holding the key), until success, a permanent failure, or no delay left.
 
-    `settle_by` (event-loop time) is when the delivery must be settled to stay inside the
+    `settle_by` (on the `now` clock) is when the delivery must be settled to stay inside the
     broker's consumer timeout: counted from its delivery, so time spent waiting behind its key
     counts too; a delay that would end the last pass past it is not waited (the event is
     dead-lettered instead). `keep_going()` turns false on shutdown or when the delivery's
     channel is gone (the broker has it back). `wait(attempts, failure, delay)` waits `delay`
-    seconds holding the key and returns False when interrupted that way.
+    seconds holding the key and returns False when interrupted that way. `now()` reads the
+    clock `settle_by` is on.
     """
-    loop = asyncio.get_running_loop()
     made = 0
     passes = 0
     while True:
@@ -266,7 +291,7 @@ async def run_holding_key(
         if not keep_going():
             return HeldAttempts(total, passes, interrupted=True)
         delay = policy.next_delay(passes)
-        if delay is None or loop.time() + delay + worst_pass(policy, timeout.seconds) > settle_by:
+        if delay is None or now() + delay + worst_pass(policy, timeout.seconds) > settle_by:
             return HeldAttempts(total, passes)
         if not await wait(made, result.failure, delay):
             return HeldAttempts(total, passes, interrupted=True)

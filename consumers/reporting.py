@@ -12,7 +12,7 @@ from consumers.completions import completion_message, completion_routing_key, ev
 from consumers.dead_letter import DeadLetterReason, Failure
 from consumers.deadlines import SharedTimeout
 from consumers.event import Event
-from consumers.moves import MessageMover
+from consumers.moves import Mover
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
 from producers.frames import WireMessage
@@ -31,7 +31,7 @@ class StatusReporter:
         subscription: Subscription,
         *,
         ledger: StatusLedger,
-        mover: MessageMover,
+        mover: Mover,
         topology: Topology,
     ) -> None:
         self._subscription = subscription
