@@ -43,7 +43,7 @@ class DeadLetter:
     error_class: str | None
     error_message: str | None
     attempts: int  # x-conveyor-attempts: handler attempts made before it was dead-lettered
-    headers: Mapping[str, Any]
+    headers: Mapping[str, Any] = field(repr=False)
     body: bytes = field(repr=False)
 
 
