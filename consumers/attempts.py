@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -106,10 +106,12 @@ async def run_attempts(
     policy: RetryPolicy,
     timeout: SharedTimeout,
     keep_trying: Callable[[], bool],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AttemptsResult:
     """Call `handler` until it returns, fails permanently, or in-process attempts run out.
 
     `event.attempt` is the number of the first attempt here; each retry gets the next number.
+    `sleep` waits between attempts (a virtual clock's in consumers.testing).
     Cancellation propagates (the delivery then returns to the queue unsettled).
     """
     structlog.contextvars.bind_contextvars(attempt=event.attempt)
@@ -132,6 +134,7 @@ async def run_attempts(
         await _attempt(handler, current, timeout)
 
     retrying = AsyncRetrying(
+        sleep=sleep,
         stop=stop_after_attempt(policy.in_process),
         wait=_wait,
         before_sleep=_log_retry,

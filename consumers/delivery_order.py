@@ -107,11 +107,13 @@ class Unordered:
         handler: Handler,
         consumer_tags: Sequence[str],
         stopping: asyncio.Event,
+        clock: RetryClock = LOOP_RETRY_CLOCK,
     ) -> None:
         self._subscription = subscription
         self._handler = handler
         self._tags = consumer_tags
         self._stopping = stopping
+        self._clock = clock
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._timeout = SharedTimeout(subscription.timeout)  # one timer for all attempts
         self._hook: DeliveryHook | None = None
@@ -154,6 +156,7 @@ class Unordered:
             policy=self._subscription.retry,
             timeout=self._timeout,
             keep_trying=lambda: not self._stopping.is_set(),
+            sleep=self._clock.sleep,
         )
         return result, 0
 
@@ -275,7 +278,7 @@ class Ordered:
             settle_by=holding.received + MAX_HOLD_SECONDS,
             keep_going=keep_going,
             wait=wait,
-            now=self._clock.now,
+            clock=self._clock,
         )
         return held.result, None if held.interrupted else held.passes
 
@@ -312,11 +315,15 @@ def delivery_order(
     stopping: asyncio.Event,
     retry_clock: RetryClock = LOOP_RETRY_CLOCK,
 ) -> DeliveryOrder:
-    """The strategy for `subscription`: ordered when it has an `ordering` (its retries waited
-    on `retry_clock`)."""
+    """The strategy for `subscription`: ordered when it has an `ordering`; its retries wait on
+    `retry_clock`."""
     if subscription.ordering is None:
         return Unordered(
-            subscription, handler=handler, consumer_tags=consumer_tags, stopping=stopping
+            subscription,
+            handler=handler,
+            consumer_tags=consumer_tags,
+            stopping=stopping,
+            clock=retry_clock,
         )
     return Ordered(
         subscription,

@@ -195,19 +195,25 @@ async def wait_holding_key(held: HeldDelivery, delay: float, stop: asyncio.Event
 
 
 class RetryClock(Protocol):
-    """The time an ordered delivery's retries are measured and waited on: the event loop's, or
-    a virtual one (consumers.testing, where a ladder of minutes takes no time)."""
+    """The time a subscription's retries are measured and waited on in process: the event
+    loop's, or a virtual one (consumers.testing, where a ladder of minutes takes no time)."""
 
     def now(self) -> float:
         """Seconds on this clock (the event loop's time for the loop's clock)."""
 
+    async def sleep(self, seconds: float) -> None:
+        """The pause between two in-process attempts."""
+
     async def wait(self, held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
-        """`wait_holding_key` on this clock."""
+        """An ordered delivery's retry wait, `wait_holding_key`, on this clock."""
 
 
 class _LoopRetryClock:
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     async def wait(self, held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
         return await wait_holding_key(held, delay, stop)
@@ -261,18 +267,18 @@ async def run_holding_key(
     settle_by: float,
     keep_going: Callable[[], bool],
     wait: Callable[[int, Failure, float], Awaitable[bool]],
-    now: Callable[[], float] = LOOP_RETRY_CLOCK.now,
+    clock: RetryClock = LOOP_RETRY_CLOCK,
 ) -> HeldAttempts:
     """The whole retry policy inside one delivery: in-process attempts, then each delay of the
     ladder waited here (holding the key), until success, a permanent failure, or no delay left.
 
-    `settle_by` (on the `now` clock) is when the delivery must be settled to stay inside the
+    `settle_by` (on `clock`) is when the delivery must be settled to stay inside the
     broker's consumer timeout: counted from its delivery, so time spent waiting behind its key
     counts too; a delay that would end the last pass past it is not waited (the event is
     dead-lettered instead). `keep_going()` turns false on shutdown or when the delivery's
     channel is gone (the broker has it back). `wait(attempts, failure, delay)` waits `delay`
-    seconds holding the key and returns False when interrupted that way. `now()` reads the
-    clock `settle_by` is on.
+    seconds holding the key and returns False when interrupted that way. `clock` is the one
+    `settle_by` is on, and the in-process attempts pause on.
     """
     made = 0
     passes = 0
@@ -283,6 +289,7 @@ async def run_holding_key(
             policy=policy,
             timeout=timeout,
             keep_trying=keep_going,
+            sleep=clock.sleep,
         )
         made += result.attempts
         total = dataclasses.replace(result, attempts=made)
@@ -291,7 +298,7 @@ async def run_holding_key(
         if not keep_going():
             return HeldAttempts(total, passes, interrupted=True)
         delay = policy.next_delay(passes)
-        if delay is None or now() + delay + worst_pass(policy, timeout.seconds) > settle_by:
+        if delay is None or clock.now() + delay + worst_pass(policy, timeout.seconds) > settle_by:
             return HeldAttempts(total, passes)
         if not await wait(made, result.failure, delay):
             return HeldAttempts(total, passes, interrupted=True)

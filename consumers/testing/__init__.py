@@ -15,9 +15,9 @@ retry policy and `run_attempts`; the `Settler`'s verdicts and its `AckCoalescer`
 completion events). Only what faces RabbitMQ or the store is stood in for, in
 consumers.testing.broker: the queues and a delivery's ack, nack and reject; the mover that
 copies a delivery into a retry tier or the dead-letter queue and publishes completions; the
-status ledger. The broker-side ladder, and an ordered subscription's retry waits, run on a
-virtual clock: a `10m` tier takes no real time. Handler attempts, their timeouts and the few
-in-process waits between them (at most 2 s each) are real, as they are in the process.
+status ledger. The broker-side ladder, the pauses between in-process attempts and an ordered
+subscription's retry waits run on a virtual clock (consumers.ordering.RetryClock): a `10m` tier
+takes no real time. The handler's attempts, and so their timeouts, run in real time.
 
 Layers: `consumers` never imports `service`, yet `TestConveyor("subscriptions.toml")` must read
 the file exactly as `conveyor serve` does (the same checks, handler imports and built-in

@@ -47,7 +47,8 @@ __all__ = ["InMemoryBroker", "MemoryLedger", "QueuedDelivery", "VirtualClock"]
 
 class VirtualClock:
     """Seconds since the harness started, moved on by the waits it stands in for, never by
-    itself: a `10m` tier or an ordered event's `10m` retry wait takes no real time."""
+    itself: a `10m` tier, an ordered event's `10m` retry wait, the pauses between in-process
+    attempts take no real time. Waits side by side end at the latest of their ends."""
 
     def __init__(self) -> None:
         self._now = 0.0
@@ -57,6 +58,12 @@ class VirtualClock:
 
     def advance_to(self, moment: float) -> None:
         self._now = max(self._now, moment)
+
+    async def sleep(self, seconds: float) -> None:
+        """The pause between in-process attempts: a turn of the loop, then `seconds` later."""
+        until = self._now + seconds
+        await asyncio.sleep(0)
+        self.advance_to(until)
 
     async def wait(self, held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
         """An ordered delivery's retry wait (consumers.ordering.RetryClock): the handler slot

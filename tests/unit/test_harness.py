@@ -5,6 +5,7 @@ RabbitMQ is tests/integration/test_harness_faithful.py."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from consumers import Event, PermanentError
 from consumers.attempts import HandlerTimeoutError
 from consumers.ordering import Ordering
 from consumers.reporting import StatusReporter
-from consumers.retry import RetryPolicy
+from consumers.retry import IN_PROCESS_MAX_WAIT_SECONDS, RetryPolicy
 from consumers.settling import Outcome, Verdict
 from consumers.stages import Judging, Stage
 from consumers.status import DeliveryState
@@ -119,6 +120,10 @@ async def test_each_failed_attempt_keeps_its_error() -> None:
     assert [attempt.number for attempt in run.attempts] == [1, 2, 3]
     assert [type(error) for error in run.errors] == [ConnectionError, ConnectionError]
     assert [attempt.failed for attempt in run.attempts] == [True, True, False]
+    # The jittered pauses between in-process attempts pass on the virtual clock too.
+    moments = [attempt.at for attempt in run.attempts]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(moments)]
+    assert all(0.0 < gap <= IN_PROCESS_MAX_WAIT_SECONDS for gap in gaps), moments
 
 
 async def test_a_timed_out_attempt_fails_with_the_runtime_s_timeout_error() -> None:
