@@ -90,7 +90,7 @@ class TestConveyor:
         if self._running:
             await asyncio.wait(set(self._running))
         for runtime in self._runtimes.values():
-            await runtime.settler.acks.flush()
+            await runtime.path.settler.acks.flush()
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
@@ -108,6 +108,8 @@ class TestConveyor:
     ) -> list[SendResult]:
         """Publish `events` in order (as a batch, or one request after another), then wait for
         the final outcome of each: an ordered subscription sees them in this order per key."""
+        if self._stopping.is_set():
+            raise RuntimeError("this TestConveyor is closed: start another")
         published = [event_to_publish(event) for event in events]
         results = [self._publish(event, correlation_id) for event in published]
         if not self._driving:
@@ -165,7 +167,7 @@ class TestConveyor:
                     task.result()  # a failure of the harness itself ends the send
                 continue
             for runtime in self._runtimes.values():
-                await runtime.settler.acks.flush()  # finished deliveries get their acks
+                await runtime.path.settler.acks.flush()  # finished deliveries get their acks
             if self._kicked.is_set() or self.broker.release_next_tier():
                 continue
             if self._close_settled():

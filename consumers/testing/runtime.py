@@ -1,5 +1,5 @@
-"""One subscription's runtime in memory: the real pipeline, stages, delivery order and settler,
-around the in-memory broker's stand-ins, with its handler's attempts recorded per event."""
+"""One subscription's runtime in memory: its delivery path assembled as the service assembles it
+(consumers.assembly), over the in-memory broker's stand-ins, its handler's calls recorded."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ import asyncio
 import contextvars
 from dataclasses import dataclass
 
+from consumers.assembly import DeliveryPath, assemble
 from consumers.attempts import HandlerCancelledError, timed_out
-from consumers.delivery_order import DeliveryOrder, delivery_order
 from consumers.event import Event, Handler
 from consumers.observe import NO_HANDLER_TRACER, FailureReport
-from consumers.pipeline import DeliveryPipeline
-from consumers.reporting import StatusReporter
-from consumers.settling import Settler
 from consumers.subscription import Subscription
 from consumers.testing.broker import InMemoryBroker, MemoryLedger, QueuedDelivery, VirtualClock
 from consumers.testing.results import Attempt, SubscriptionRun
-from consumers.watch import HandlerSteps, WatchedHandler
+from consumers.watch import HandlerSteps
 
 __all__ = ["SubscriptionRuntime"]
 
@@ -72,14 +69,13 @@ class _RunObserver:
         return None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SubscriptionRuntime:
-    """Assembled as consumers.runtime.SubscriptionConsumer assembles it, minus the broker."""
+    """A subscription's delivery path as consumers.assembly puts it together for the runtime,
+    over the in-memory broker, its handler's calls recorded."""
 
     subscription: Subscription
-    order: DeliveryOrder
-    settler: Settler
-    pipeline: DeliveryPipeline
+    path: DeliveryPath
 
     @classmethod
     def assemble(
@@ -90,40 +86,27 @@ class SubscriptionRuntime:
         ledger: MemoryLedger,
         stopping: asyncio.Event,
     ) -> SubscriptionRuntime:
-        reporter = StatusReporter(
-            subscription, ledger=ledger, mover=broker, topology=broker.topology
-        )
-        handler = _RecordedHandler(subscription.handler, subscription, broker.clock)
-        order = delivery_order(
+        path = assemble(
             subscription,
-            handler=WatchedHandler(
-                subscription.name, subscription.handler_path, handler, HandlerSteps()
-            ),
+            handler=_RecordedHandler(subscription.handler, subscription, broker.clock),
+            queues=frozenset({broker.queues[subscription.name].name}),
             consumer_tags=(f"conveyor-test.{subscription.name}",),
-            reporter=reporter,
+            topology=broker.topology,
+            mover=broker,
+            ledger=ledger,
+            observer=_RunObserver(),
+            tracer=NO_HANDLER_TRACER,
+            steps=HandlerSteps(),
             stopping=stopping,
             retry_clock=broker.clock,
         )
-        settler = Settler(
-            subscription, topology=broker.topology, mover=broker, reporter=reporter, release=order
-        )
-        pipeline = DeliveryPipeline(
-            subscription,
-            queues=frozenset({broker.queues[subscription.name].name}),
-            order=order,
-            settler=settler,
-            reporter=reporter,
-            observer=_RunObserver(),
-            tracer=NO_HANDLER_TRACER,
-            stopping=stopping,
-        )
-        return cls(subscription, order, settler, pipeline)
+        return cls(subscription, path)
 
     async def deliver(self, delivery: QueuedDelivery) -> None:
         """The delivery taken in as the consumer takes it: its order admits it to the pipeline."""
         run = delivery.run
         _RUN.set(run)  # before the first await: an ordered delivery joins its lane right away
         try:
-            await self.order.admit(delivery, self.pipeline.handle)
+            await self.path.order.admit(delivery, self.path.pipeline.handle)
         finally:
             run.running -= 1

@@ -268,3 +268,10 @@ def test_the_fixture_runs_the_ini_option_s_file(conveyor_harness: TestConveyor) 
     # pyproject.toml's conveyor_subscriptions names examples/subscriptions.toml.
     names = {subscription.name for subscription in conveyor_harness.subscriptions}
     assert names == {"welcome-email", "orders", "audit-log"}
+
+
+async def test_a_closed_harness_refuses_to_send() -> None:
+    async with TestConveyor([_subscription("jobs", Calls())]) as conveyor:
+        await conveyor.send({"type": "job.run"})
+    with pytest.raises(RuntimeError, match="closed"):
+        await conveyor.send({"type": "job.run"})
