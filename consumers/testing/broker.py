@@ -258,7 +258,7 @@ class InMemoryBroker:
         }
         self._waiting: list[tuple[float, int, str, _Stored]] = []  # in tiers, by due time
         self._order = itertools.count()
-        # Completions wait for the run of their (subscription, source, id) being settled.
+        # Runs not settled yet, by (subscription, source, id): where a completion event belongs.
         self.open_runs: dict[tuple[str, str, str], deque[SubscriptionRun]] = {}
         self.dead_letters: list[DeadLetter] = []
         self.completions: list[Event] = []
@@ -270,10 +270,6 @@ class InMemoryBroker:
         for name, run in runs.items():
             stored = _Stored(message, self.topology.events_exchange, routing_key, run)
             self.queues[name].put(stored)
-
-    @property
-    def tiers_waiting(self) -> int:
-        return len(self._waiting)
 
     def release_next_tier(self) -> bool:
         """The virtual clock moved to the next copy due out of a retry tier, and every copy due

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
+from consumers.event import Event
 from consumers.subscription import Subscription
 from consumers.testing.broker import InMemoryBroker, MemoryLedger, VirtualClock
 from consumers.testing.events import SendableEvent, event_to_publish
@@ -96,6 +97,11 @@ class TestConveyor:
     def dead_letters(self) -> list[DeadLetter]:
         """Every copy in every dead-letter queue so far, in order."""
         return list(self.broker.dead_letters)
+
+    @property
+    def completions(self) -> list[Event]:
+        """Every completion event published to `{ns}.results` so far, in order."""
+        return list(self.broker.completions)
 
     async def send(self, event: SendableEvent, *, correlation_id: str | None = None) -> SendResult:
         """Publish `event` as `POST /v1/events` would; return once every subscription it is

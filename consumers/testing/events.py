@@ -18,7 +18,12 @@ import orjson
 
 from producers import InvalidEventError, OutgoingEvent
 from producers.event import SPECVERSION, format_time
-from producers.formats import event_from_json, is_json_content_type
+from producers.formats import (
+    event_from_json,
+    is_json_content_type,
+    validate_attributes,
+    validate_content_type,
+)
 
 __all__ = ["INGRESS_SOURCE", "SendableEvent", "event_to_publish"]
 
@@ -31,6 +36,8 @@ SendableEvent = Mapping[str, Any] | OutgoingEvent
 def event_to_publish(event: SendableEvent) -> OutgoingEvent:
     """The event as the ingress would publish it; raises InvalidEventError as it would refuse it."""
     if isinstance(event, OutgoingEvent):
+        validate_attributes(event.attributes)  # `new_event` fills them in but does not check
+        validate_content_type(event.datacontenttype)
         return event
     if not isinstance(event, Mapping):
         raise InvalidEventError("the body must be a JSON object with at least 'type'")

@@ -159,6 +159,8 @@ async def test_send_takes_what_the_ingress_takes() -> None:
             await conveyor.send({"id": "no-type"})
         with pytest.raises(InvalidEventError):
             await conveyor.send({"type": "job.run", "source": ""})
+        with pytest.raises(InvalidEventError):
+            await conveyor.send(new_event("job.run", source=""))
     assert plain.source == INGRESS_SOURCE == DEFAULT_SOURCE  # as the ingress fills it in
     assert (full.event_id, full.source, built.event_id) == ("c-1", "/crm", "n-1")
     assert [outcome for result in (plain, full, built) for outcome in result.outcomes.values()] == [
@@ -190,6 +192,7 @@ async def test_completions_are_the_events_results_would_carry() -> None:
         "quiet": "succeeded",
     }
     announced = {event.extensions["subscription"]: event for event in result.completions}
+    assert conveyor.completions == result.completions
     assert set(announced) == {"welcome", "audit"}
     assert announced["welcome"].type == "conveyor.event.succeeded"
     assert announced["audit"].type == "conveyor.event.dead_lettered"
