@@ -26,7 +26,8 @@ __all__ = ["LOADER_GROUP", "TestConveyor", "load_subscriptions_file"]
 
 # The entry point through which the installed service lends its subscriptions-file loader.
 LOADER_GROUP = "conveyor.subscriptions_loaders"
-_NAMESPACE = "conveyor-test"
+# CONVEYOR_NAMESPACE's default: queue and exchange names in headers read as in a deployment.
+DEFAULT_NAMESPACE = "conveyor"
 
 
 def load_subscriptions_file(path: str | PathLike[str]) -> tuple[Subscription, ...]:
@@ -51,7 +52,12 @@ class TestConveyor:
 
     __test__ = False  # a class named Test* that pytest must not collect from a user's module
 
-    def __init__(self, subscriptions: str | PathLike[str] | Iterable[Subscription]) -> None:
+    def __init__(
+        self,
+        subscriptions: str | PathLike[str] | Iterable[Subscription],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+    ) -> None:
         if isinstance(subscriptions, str | PathLike):
             subscriptions = load_subscriptions_file(subscriptions)
         self.subscriptions = tuple(subscriptions)
@@ -59,7 +65,7 @@ class TestConveyor:
         self.ledger = MemoryLedger()
         self._kicked = asyncio.Event()
         self.broker = InMemoryBroker(
-            self.subscriptions, topology=Topology(_NAMESPACE), clock=self.clock, kick=self._kick
+            self.subscriptions, topology=Topology(namespace), clock=self.clock, kick=self._kick
         )
         self._stopping = asyncio.Event()
         self._runtimes = {

@@ -199,6 +199,8 @@ async def test_completions_are_the_events_results_would_carry() -> None:
     assert announced["audit"].data["reason"] == "permanent-error"
     assert announced["audit"].data["event"] == {"id": "e-1", "source": "/s", "type": "job.run"}
     assert announced["audit"].subject == "e-1"
+    letter = result.dead_letters["audit"]
+    assert letter.headers["x-conveyor-original-exchange"] == "conveyor.events"
 
 
 async def test_a_repeat_of_a_succeeded_event_is_skipped_unless_deduplication_is_off() -> None:
