@@ -32,7 +32,13 @@ from consumers.retry import (
     RetryPolicy,
 )
 
-__all__ = ["AttemptsResult", "HandlerTimeoutError", "run_attempts"]
+__all__ = [
+    "AttemptsResult",
+    "HandlerCancelledError",
+    "HandlerTimeoutError",
+    "run_attempts",
+    "timed_out",
+]
 
 _log = structlog.get_logger(component="consumer")
 _exponential = wait_random_exponential(
@@ -46,6 +52,11 @@ class HandlerTimeoutError(RetryableError):
 
 class HandlerCancelledError(RetryableError):
     """The handler raised CancelledError without anyone cancelling it."""
+
+
+def timed_out(seconds: float) -> HandlerTimeoutError:
+    """The failure of an attempt that ran past a timeout of `seconds`."""
+    return HandlerTimeoutError(f"handler ran past its timeout of {seconds:g}s")
 
 
 @dataclass(slots=True)  # not frozen: one per delivery (see DeliveryUpdate); treat as immutable
@@ -96,12 +107,14 @@ async def run_attempts(
     timeout: SharedTimeout,
     keep_trying: Callable[[], bool],
     pace: Callable[[], Awaitable[bool]] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AttemptsResult:
     """Call `handler` until it returns, fails permanently, or in-process attempts run out.
 
     `event.attempt` is the number of the first attempt here; each retry gets the next number.
     `pace()` is awaited before each retry, outside its timeout (a rate limit's token; the
-    caller paced the first attempt); False ends the retries with the last failure.
+    caller paced the first attempt); False ends the retries with the last failure. `sleep`
+    waits between attempts (a virtual clock's in consumers.testing).
     Cancellation propagates (the delivery then returns to the queue unsettled).
     """
     structlog.contextvars.bind_contextvars(attempt=event.attempt)
@@ -131,6 +144,7 @@ async def run_attempts(
             raise
 
     retrying = AsyncRetrying(
+        sleep=sleep,
         stop=stop_after_attempt(policy.in_process),
         wait=_wait,
         before_sleep=_log_retry,
@@ -153,8 +167,7 @@ async def _attempt(handler: Handler, event: Event, timeout: SharedTimeout) -> No
         async with timeout():
             await handler(event)
     except TimeoutError:
-        message = f"handler ran past its timeout of {timeout.seconds:g}s"
-        raise HandlerTimeoutError(message) from None
+        raise timed_out(timeout.seconds) from None
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():

@@ -34,13 +34,14 @@ from consumers.deadlines import SharedTimeout
 from consumers.delivery import Delivery, DeliveryHook, Inbound
 from consumers.event import Event, Handler
 from consumers.ordering import (
+    LOOP_RETRY_CLOCK,
     MAX_HOLD_SECONDS,
     HandlerSlot,
     HeldDelivery,
     KeyLanes,
     Ordering,
+    RetryClock,
     run_holding_key,
-    wait_holding_key,
 )
 from consumers.pacing import Pace
 from consumers.reporting import StatusOf, StatusReporter
@@ -110,11 +111,13 @@ class Unordered:
         handler: Handler,
         consumer_tags: Sequence[str],
         stopping: asyncio.Event,
+        clock: RetryClock = LOOP_RETRY_CLOCK,
     ) -> None:
         self._subscription = subscription
         self._handler = handler
         self._tags = consumer_tags
         self._stopping = stopping
+        self._clock = clock
         self._slots = asyncio.Semaphore(subscription.concurrency)
         self._timeout = SharedTimeout(subscription.timeout)  # one timer for all attempts
         self._hook: DeliveryHook | None = None
@@ -159,6 +162,7 @@ class Unordered:
             timeout=self._timeout,
             keep_trying=lambda: not self._stopping.is_set(),
             pace=pace,
+            sleep=self._clock.sleep,
         )
         return result, 0
 
@@ -191,9 +195,11 @@ class Ordered:
         handler: Handler,
         reporter: StatusReporter,
         stopping: asyncio.Event,
+        clock: RetryClock = LOOP_RETRY_CLOCK,
     ) -> None:
         self._subscription = subscription
         self._ordering = ordering
+        self._clock = clock
         self._handler = handler
         self._reporter = reporter
         self._stopping = stopping
@@ -212,7 +218,7 @@ class Ordered:
     async def admit(self, message: Inbound, handle: Handle) -> None:
         # Joined before the first await: the lane's order is the delivery order.
         turn = self._lanes.join(self._ordering.key_of(message.headers))
-        received = asyncio.get_running_loop().time()
+        received = self._clock.now()
         in_lane = asyncio.create_task(self._take_turn(turn, message, received, handle))
         self._in_lanes.add(in_lane)
         in_lane.add_done_callback(self._in_lanes.discard)
@@ -270,7 +276,7 @@ class Ordered:
                 DeliveryState.RETRYING, attempts_before + attempts, failure, next_attempt_in=delay
             )
             await self._reporter.report(retrying, correlation_id=event.correlation_id, record=True)
-            return await wait_holding_key(holding, delay, self._stopping)
+            return await self._clock.wait(holding, delay, self._stopping)
 
         held = await run_holding_key(
             self._handler,
@@ -281,6 +287,7 @@ class Ordered:
             keep_going=keep_going,
             wait=wait,
             pace=pace,
+            clock=self._clock,
         )
         return held.result, None if held.interrupted else held.passes
 
@@ -315,12 +322,23 @@ def delivery_order(
     consumer_tags: Sequence[str],
     reporter: StatusReporter,
     stopping: asyncio.Event,
+    retry_clock: RetryClock = LOOP_RETRY_CLOCK,
 ) -> DeliveryOrder:
-    """The strategy for `subscription`: ordered when it has an `ordering`."""
+    """The strategy for `subscription`: ordered when it has an `ordering`; its retries wait on
+    `retry_clock`."""
     if subscription.ordering is None:
         return Unordered(
-            subscription, handler=handler, consumer_tags=consumer_tags, stopping=stopping
+            subscription,
+            handler=handler,
+            consumer_tags=consumer_tags,
+            stopping=stopping,
+            clock=retry_clock,
         )
     return Ordered(
-        subscription, subscription.ordering, handler=handler, reporter=reporter, stopping=stopping
+        subscription,
+        subscription.ordering,
+        handler=handler,
+        reporter=reporter,
+        stopping=stopping,
+        clock=retry_clock,
     )

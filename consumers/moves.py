@@ -11,7 +11,7 @@ import dataclasses
 import decimal
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import DeliveryError
@@ -26,7 +26,14 @@ from producers.pipeline import ChannelPipeline
 from producers.publisher import BROKER_FAILURES
 from producers.same_id import SameIdGate
 
-__all__ = ["CopyRefusedError", "MessageMover", "MoveFailedError", "UncopyableMessageError"]
+__all__ = [
+    "CopyRefusedError",
+    "MessageMover",
+    "MoveFailedError",
+    "Mover",
+    "UncopyableMessageError",
+    "copy_of",
+]
 
 _UNREACHABLE: tuple[type[Exception], ...] = (*BROKER_FAILURES, TimeoutError)
 # What writing a message can raise for a value it cannot encode.
@@ -110,6 +117,49 @@ def fit_to_frame(message: WireMessage, frame_max: int) -> WireMessage:
     return dataclasses.replace(message, headers=fit_headers(message.headers or {}, budget))
 
 
+class Mover(Protocol):
+    """What the settler and the reporter publish through: RabbitMQ's `MessageMover`, or an
+    in-memory stand-in (consumers.testing)."""
+
+    async def copy(
+        self,
+        message: Inbound,
+        *,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+    ) -> None:
+        """A copy of `message` with `headers`, confirmed; else raise MoveFailedError."""
+
+    async def announce_many(
+        self, messages: Sequence[tuple[WireMessage, str]], *, exchange: str
+    ) -> list[MoveFailedError | None]:
+        """Each (message, routing key) published to `exchange`: what became of each."""
+
+
+def copy_of(message: Inbound, headers: dict[str, Any]) -> WireMessage:
+    """The copy of `message` with new `headers` that a move publishes; raises
+    UncopyableMessageError for a message that cannot be written again."""
+    try:
+        return WireMessage(
+            message.body,
+            headers={str(name): _encodable(value) for name, value in headers.items()},
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            priority=message.priority,
+            timestamp=None if message.timestamp is None else int(message.timestamp.timestamp()),
+            type=message.type,
+            app_id=message.app_id,
+            # No expiration: a copy in a retry tier or DLQ must not vanish on its own.
+            delivery_mode=2,  # persistent
+        )
+    except _UNENCODABLE as error:
+        raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
+
+
 class MessageMover:
     def __init__(self, channel: AbstractChannel, *, timeout: float) -> None:
         # Opened with publisher_confirms=True, and publishing nothing but the mover's copies.
@@ -129,24 +179,7 @@ class MessageMover:
 
         Raises MoveFailedError, and nothing else, for any reason the copy is not confirmed.
         """
-        try:
-            copy = WireMessage(
-                message.body,
-                headers={str(name): _encodable(value) for name, value in headers.items()},
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                reply_to=message.reply_to,
-                priority=message.priority,
-                timestamp=None if message.timestamp is None else int(message.timestamp.timestamp()),
-                type=message.type,
-                app_id=message.app_id,
-                # No expiration: a copy in a retry tier or DLQ must not vanish on its own.
-                delivery_mode=2,  # persistent
-            )
-        except _UNENCODABLE as error:
-            raise UncopyableMessageError(f"cannot re-encode the message: {error}") from None
+        copy = copy_of(message, headers)
         await self._publish_copy(copy, exchange=exchange, routing_key=routing_key)
 
     async def _publish_copy(self, message: WireMessage, *, exchange: str, routing_key: str) -> None:

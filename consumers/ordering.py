@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from aio_pika.exceptions import ChannelInvalidStateError
 
@@ -34,6 +34,7 @@ from producers.wire import CE_HEADER_PREFIX
 
 __all__ = [
     "CONSISTENT_HASH",
+    "LOOP_RETRY_CLOCK",
     "MAX_HOLD_SECONDS",
     "MAX_PARTITIONS",
     "ORDER_ATTRIBUTES",
@@ -43,6 +44,7 @@ __all__ = [
     "KeyLanes",
     "Ordering",
     "PartitioningUnavailableError",
+    "RetryClock",
     "explain_missing_exchange_type",
     "longest_hold",
     "run_holding_key",
@@ -172,7 +174,7 @@ class HeldDelivery:
 
     message: Inbound
     slot: HandlerSlot
-    received: float  # event-loop time of its delivery: its unacked time counts from here
+    received: float  # its delivery on the retry clock: its unacked time counts from here
 
 
 async def wait_holding_key(held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
@@ -190,6 +192,34 @@ async def wait_holding_key(held: HeldDelivery, delay: float, stop: asyncio.Event
         stopping.cancel()
         closing.cancel()  # an observer of the channel's closing: cancelling it stops only it
     return not done
+
+
+class RetryClock(Protocol):
+    """The time a subscription's retries are measured and waited on in process: the event
+    loop's, or a virtual one (consumers.testing, where a ladder of minutes takes no time)."""
+
+    def now(self) -> float:
+        """Seconds on this clock (the event loop's time for the loop's clock)."""
+
+    async def sleep(self, seconds: float) -> None:
+        """The pause between two in-process attempts."""
+
+    async def wait(self, held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
+        """An ordered delivery's retry wait, `wait_holding_key`, on this clock."""
+
+
+class _LoopRetryClock:
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def wait(self, held: HeldDelivery, delay: float, stop: asyncio.Event) -> bool:
+        return await wait_holding_key(held, delay, stop)
+
+
+LOOP_RETRY_CLOCK: RetryClock = _LoopRetryClock()
 
 
 class KeyLanes:
@@ -238,20 +268,21 @@ async def run_holding_key(
     keep_going: Callable[[], bool],
     wait: Callable[[int, Failure, float], Awaitable[bool]],
     pace: Callable[[], Awaitable[bool]] | None = None,
+    clock: RetryClock = LOOP_RETRY_CLOCK,
 ) -> HeldAttempts:
     """The whole retry policy inside one delivery: in-process attempts, then each delay of the
     ladder waited here (holding the key), until success, a permanent failure, or no delay left.
 
-    `settle_by` (event-loop time) is when the delivery must be settled to stay inside the
+    `settle_by` (on `clock`) is when the delivery must be settled to stay inside the
     broker's consumer timeout: counted from its delivery, so time spent waiting behind its key
     counts too; a delay that would end the last pass past it is not waited (the event is
     dead-lettered instead). `keep_going()` turns false on shutdown or when the delivery's
     channel is gone (the broker has it back). `wait(attempts, failure, delay)` waits `delay`
     seconds holding the key and returns False when interrupted that way. `pace()` waits for a
     rate limit's token before every attempt but the very first (which the caller paced); False:
-    a shutdown came first.
+    a shutdown came first. `clock` is the one `settle_by` is on, and the in-process attempts
+    pause on.
     """
-    loop = asyncio.get_running_loop()
     made = 0
     passes = 0
     total = AttemptsResult(0)
@@ -265,6 +296,7 @@ async def run_holding_key(
             timeout=timeout,
             keep_trying=keep_going,
             pace=pace,
+            sleep=clock.sleep,
         )
         made += result.attempts
         total = dataclasses.replace(result, attempts=made)
@@ -273,7 +305,7 @@ async def run_holding_key(
         if not keep_going():
             return HeldAttempts(total, passes, interrupted=True)
         delay = policy.next_delay(passes)
-        if delay is None or loop.time() + delay + worst_pass(policy, timeout.seconds) > settle_by:
+        if delay is None or clock.now() + delay + worst_pass(policy, timeout.seconds) > settle_by:
             return HeldAttempts(total, passes)
         if not await wait(made, result.failure, delay):
             return HeldAttempts(total, passes, interrupted=True)

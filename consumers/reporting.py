@@ -17,7 +17,7 @@ from consumers.completions import (
 from consumers.dead_letter import DeadLetterReason, Failure
 from consumers.deadlines import SharedTimeout
 from consumers.event import Event
-from consumers.moves import MessageMover
+from consumers.moves import Mover
 from consumers.status import DeliveryState, DeliveryUpdate, StatusLedger
 from consumers.subscription import Subscription
 from producers.frames import WireMessage
@@ -36,7 +36,7 @@ class StatusReporter:
         subscription: Subscription,
         *,
         ledger: StatusLedger,
-        mover: MessageMover,
+        mover: Mover,
         topology: Topology,
     ) -> None:
         self._subscription = subscription

@@ -2,7 +2,7 @@
 
 The consumer owns the broker-side consumers and the shutdown; a delivery's way to its ack is
 consumers.pipeline's, and whether the subscription is ordered is the `DeliveryOrder`
-(consumers.delivery_order) chosen here once.
+(consumers.delivery_order) chosen once; consumers.assembly puts them together.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from consumers.assembly import assemble
 from consumers.delivery import Inbound
-from consumers.delivery_order import delivery_order
 from consumers.moves import MessageMover
 from consumers.observe import (
     NO_DELIVERY_OBSERVER,
@@ -26,12 +26,9 @@ from consumers.observe import (
     HandlerTracer,
 )
 from consumers.pacing import TokenBucket
-from consumers.pipeline import DeliveryPipeline
-from consumers.reporting import StatusReporter
-from consumers.settling import Settler
 from consumers.status import StatusLedger
 from consumers.subscription import Subscription
-from consumers.watch import HandlerSteps, WatchedHandler
+from consumers.watch import HandlerSteps
 from producers.publisher import BROKER_FAILURES
 from producers.topology import Topology
 
@@ -69,35 +66,21 @@ class SubscriptionConsumer:
         )
         self._consuming = False
         self._stopping = asyncio.Event()  # set when a shutdown begins
-        reporter = StatusReporter(subscription, ledger=ledger, mover=mover, topology=topology)
-        self._order = delivery_order(
+        path = assemble(
             subscription,
-            # The handler as it runs: its steps timed (for the loop-lag warning), its returns
-            # checked.
-            handler=WatchedHandler(
-                subscription.name,
-                subscription.handler_path,
-                subscription.handler,
-                steps or HandlerSteps(),
-            ),
-            consumer_tags=self._consumer_tags,
-            reporter=reporter,
-            stopping=self._stopping,
-        )
-        self._settler = Settler(
-            subscription, topology=topology, mover=mover, reporter=reporter, release=self._order
-        )
-        self._pipeline = DeliveryPipeline(
-            subscription,
+            handler=subscription.handler,
             queues=frozenset(queue.name for queue in queues),
-            order=self._order,
-            settler=self._settler,
-            reporter=reporter,
+            consumer_tags=self._consumer_tags,
+            topology=topology,
+            mover=mover,
+            ledger=ledger,
             observer=observer,
             tracer=tracer,
+            steps=steps or HandlerSteps(),
             stopping=self._stopping,
             bucket=bucket,
         )
+        self._order, self._settler, self._pipeline = path.order, path.settler, path.pipeline
 
     async def start(self) -> None:
         # Per consumer, so an ordered subscription holds up to `prefetch` per partition.

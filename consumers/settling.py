@@ -29,8 +29,8 @@ from consumers.dead_letter import DeadLetterReason, Failure, failure_headers
 from consumers.delivery import Inbound
 from consumers.moves import (
     CopyRefusedError,
-    MessageMover,
     MoveFailedError,
+    Mover,
     UncopyableMessageError,
 )
 from consumers.reporting import StatusOf, StatusReporter
@@ -101,7 +101,7 @@ class Settler:
         subscription: Subscription,
         *,
         topology: Topology,
-        mover: MessageMover,
+        mover: Mover,
         reporter: StatusReporter,
         release: Release,
     ) -> None:

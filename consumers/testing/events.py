@@ -1,0 +1,68 @@
+"""What `TestConveyor.send` takes: what `POST /v1/events` takes, turned into the event to publish.
+
+A plain event (at least `type`; `id`, `source`, `specversion` and `time` are filled in as the
+ingress fills them) or a full CloudEvent in the JSON format (`data` or `data_base64`), or an
+`OutgoingEvent` as `producers.new_event` makes it. The attribute rules are the producers' own
+(producers.formats), so what the ingress refuses is refused here, with the same
+`InvalidEventError`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from producers import InvalidEventError, OutgoingEvent
+from producers.event import SPECVERSION, format_time
+from producers.formats import (
+    event_from_json,
+    is_json_content_type,
+    validate_attributes,
+    validate_content_type,
+)
+
+__all__ = ["INGRESS_SOURCE", "SendableEvent", "event_to_publish"]
+
+# The `source` the ingress gives a plain event without one (a unit test keeps the two equal).
+INGRESS_SOURCE = "/conveyor/ingress"
+
+SendableEvent = Mapping[str, Any] | OutgoingEvent
+
+
+def event_to_publish(event: SendableEvent) -> OutgoingEvent:
+    """The event as the ingress would publish it; raises InvalidEventError as it would refuse it."""
+    if isinstance(event, OutgoingEvent):
+        validate_attributes(event.attributes)  # `new_event` fills them in but does not check
+        validate_content_type(event.datacontenttype)
+        return event
+    if not isinstance(event, Mapping):
+        raise InvalidEventError("the body must be a JSON object with at least 'type'")
+    if "type" not in event:
+        raise InvalidEventError("required attribute 'type' is missing", "type")
+    filled: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "source": INGRESS_SOURCE,
+        "specversion": SPECVERSION,
+        "time": format_time(datetime.now(UTC)),
+    }
+    filled.update(event)
+    # Through JSON, as a request body would come: what cannot be written as JSON is refused.
+    try:
+        document = orjson.loads(orjson.dumps(filled))
+    except TypeError as error:
+        raise InvalidEventError(f"the event is not JSON: {error}") from None
+    published = event_from_json(document)
+    if document.get("data_base64") is not None and is_json_content_type(published.datacontenttype):
+        try:
+            orjson.loads(published.data)
+        except orjson.JSONDecodeError as error:
+            raise InvalidEventError(
+                f"the data in data_base64 is not valid JSON, yet its content type is "
+                f"{published.datacontenttype}: {error}",
+                "data_base64",
+            ) from None
+    return published
