@@ -54,7 +54,8 @@ class Scenario:
         return (
             f'[[subscriptions]]\nname = "{SUBSCRIPTION}"\nevents = ["scenario.*"]\n'
             f'handler = "tests.support.{self.handler}"\nprefetch = 8\nconcurrency = 4\n'
-            f'timeout = "{self.timeout}"\n{ordered}'
+            # Both runs are compared by their outcome events.
+            f'timeout = "{self.timeout}"\ncompletions = true\n{ordered}'
             f"[subscriptions.retry]\nin_process = {self.in_process}\ndelays = [{delays}]\n"
         )
 

@@ -181,9 +181,9 @@ async def test_completions_are_the_events_results_would_carry() -> None:
         raise PermanentError("no")
 
     subscriptions = [
-        _subscription("welcome", Calls()),
-        _subscription("audit", refuse),
-        _subscription("quiet", Calls(), completions=False),
+        _subscription("welcome", Calls(), completions=True),
+        _subscription("audit", refuse, completions=True),
+        _subscription("quiet", Calls()),  # completions are opt-in
     ]
     async with TestConveyor(subscriptions) as conveyor:
         result = await conveyor.send({"type": "job.run", "id": "e-1", "source": "/s"})
