@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,9 +21,9 @@ from service.broker.topology_plan import plan_topology
 from service.http.asyncapi import asyncapi_document
 from service.settings import Settings
 from tests.support import typed_handlers
+from tests.support.asyncapi_schema import asyncapi_complaints
 from tests.support.typed_handlers import Signup
 
-SCHEMA = Path(__file__).parents[1] / "support" / "asyncapi" / "asyncapi-3.0.0.schema.json"
 SETTINGS = replace(
     Settings(),
     namespace="shop",
@@ -53,16 +52,6 @@ SUBSCRIPTIONS = (
 )
 
 
-def validate(document: dict[str, Any]) -> list[str]:
-    """The AsyncAPI 3.0 JSON Schema's complaints about `document`, one line each."""
-    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
-    validator = jsonschema.Draft7Validator(schema)
-    return [
-        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(document)
-    ]
-
-
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
     return asyncapi_document(SETTINGS, SUBSCRIPTIONS)
@@ -70,7 +59,7 @@ def document() -> dict[str, Any]:
 
 def test_the_document_is_valid_asyncapi_3(document: dict[str, Any]) -> None:
     assert document["asyncapi"] == "3.0.0"
-    assert validate(document) == []
+    assert asyncapi_complaints(document) == []
 
 
 def test_the_schema_check_catches_an_invalid_document(document: dict[str, Any]) -> None:
@@ -78,7 +67,7 @@ def test_the_schema_check_catches_an_invalid_document(document: dict[str, Any]) 
     broken["operations"]["welcome.receive"]["action"] = "consume"
     broken["channels"]["events"]["bindings"]["amqp"]["exchange"]["type"] = "x-consistent-hash"
 
-    complaints = validate(broken)
+    complaints = asyncapi_complaints(broken)
 
     assert any(line.startswith("operations/welcome.receive") for line in complaints)
     # A binding's mistake is reported at its channel (the channel is one of two shapes).
