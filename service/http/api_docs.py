@@ -12,12 +12,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-__all__ = ["DOCS_PATH", "add_api_docs_routes"]
+__all__ = ["DOCS_ASSETS", "DOCS_PATH", "add_api_docs_routes"]
 
 DOCS_PATH = "/docs"
 _SWAGGER_UI = "swagger_ui"  # the import name of swagger-ui-py
 _STARTER = "api-docs.js"
 _SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css")
+DOCS_ASSETS = (*_SWAGGER_FILES, _STARTER)  # all /docs/{asset} serves
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
