@@ -15,6 +15,7 @@ import aio_pika
 import aiormq.exceptions
 import orjson
 import pytest
+from aio_pika.abc import FieldValue
 
 from consumers.ordering import Ordering
 from consumers.retry import RetryPolicy
@@ -62,7 +63,7 @@ async def test_a_message_built_from_the_served_document_reaches_the_handler(
     exchange = channel["bindings"]["amqp"]["exchange"]["name"]
     message = _resolve(document, document["channels"]["signups"]["messages"]["event"])
     required = _resolve(document, message["headers"])["required"]
-    headers = {name: _header_value(name) for name in required}
+    headers: dict[str, FieldValue] = {name: _header_value(name) for name in required}
     payload = _resolve(document, message["payload"])
     assert payload["required"] == ["email"]
     body = {"email": "ada@example.com"}
@@ -76,7 +77,7 @@ async def test_a_message_built_from_the_served_document_reaches_the_handler(
                 content_type=message["contentType"],
                 delivery_mode=aio_pika.DeliveryMode(publish["bindings"]["amqp"]["deliveryMode"]),
             ),
-            routing_key=headers["ce-type"],
+            routing_key=str(headers["ce-type"]),
             mandatory=publish["bindings"]["amqp"]["mandatory"],
         )
 

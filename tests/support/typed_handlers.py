@@ -3,6 +3,7 @@ tests; importable by path from a subscriptions file."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,11 @@ async def untyped(event: Event) -> None:
 
 
 async def anything(event: Event[Any]) -> None:
+    del event
+
+
+async def opaque(event: Event[Callable[[], None]]) -> None:
+    """Data pydantic can validate (any callable) but not describe in JSON Schema."""
     del event
 
 

@@ -252,3 +252,15 @@ def test_servers_name_hosts_and_ports_but_no_credentials(document: dict[str, Any
     assert "@rabbit" not in text
     assert "heartbeat" not in text
     assert "tests.support.typed_handlers" not in text  # handler paths stay inside
+
+
+def test_a_type_without_a_json_schema_is_described_as_such_and_the_rest_stands() -> None:
+    opaque = _subscription("opaque", ("x.y",), typed_handlers.opaque)
+
+    document = asyncapi_document(SETTINGS, (*SUBSCRIPTIONS, opaque))
+
+    assert asyncapi_complaints(document) == []
+    assert document["components"]["messages"]["opaque.event"]["payload"] == {
+        "description": "no JSON Schema: invalid-for-json-schema"
+    }
+    assert "Signup" in document["components"]["schemas"]
