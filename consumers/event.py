@@ -32,7 +32,7 @@ class Event(Generic[DataT]):
     subject: str | None = None
     datacontenttype: str | None = None
     dataschema: str | None = None
-    data: DataT = field(default=None, repr=False)  # type: ignore[assignment]  # None until decoded
+    data: DataT = field(default=None, repr=False)  # type: ignore[assignment]  # None: no data
     extensions: Mapping[str, str] = field(default_factory=dict)
     raw_data: bytes = field(default=b"", repr=False)
     correlation_id: str | None = None

@@ -7,6 +7,7 @@ page runs under a Content-Security-Policy that allows no inline script and no ot
 
 from __future__ import annotations
 
+import importlib.util
 from importlib import resources
 from pathlib import Path
 
@@ -34,7 +35,7 @@ _CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 
 def add_api_docs_routes(app: web.Application) -> None:
-    swagger_ui = Path(str(resources.files(_SWAGGER_UI))) / "static"
+    swagger_ui = _swagger_ui_files()
     here = Path(str(resources.files("service.http")))
     app[_ASSETS] = {
         **{name: swagger_ui / name for name in _SWAGGER_FILES},
@@ -42,6 +43,14 @@ def add_api_docs_routes(app: web.Application) -> None:
     }
     app.router.add_get(DOCS_PATH, docs_page)
     app.router.add_get(DOCS_PATH + "/{asset}", docs_asset)
+
+
+def _swagger_ui_files() -> Path:
+    # Found, not imported: importing it loads its templates for other frameworks (Jinja2, YAML).
+    spec = importlib.util.find_spec(_SWAGGER_UI)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package, a dependency of conveyor, is missing")
+    return Path(spec.submodule_search_locations[0]) / "static"
 
 
 async def docs_page(_request: web.Request) -> web.Response:
