@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 __all__ = ["Event", "Handler"]
 
+# What `data` holds: `Event[Signup]` declares it (consumers.payloads reads it); `Event` is Any.
+DataT = TypeVar("DataT", default=Any)
+
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(Generic[DataT]):
     """One CloudEvent as delivered to a handler.
 
     `data` is the parsed JSON for JSON content types and the raw bytes otherwise; `raw_data`
@@ -27,7 +32,7 @@ class Event:
     subject: str | None = None
     datacontenttype: str | None = None
     dataschema: str | None = None
-    data: Any = field(default=None, repr=False)
+    data: DataT = field(default=None, repr=False)  # type: ignore[assignment]  # None: no data
     extensions: Mapping[str, str] = field(default_factory=dict)
     raw_data: bytes = field(default=b"", repr=False)
     correlation_id: str | None = None

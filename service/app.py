@@ -39,6 +39,8 @@ from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
 from service.clock import SYSTEM_CLOCK, Clock
 from service.http.admission import Admission
 from service.http.answers import answers_middleware
+from service.http.api_docs import add_api_docs_routes
+from service.http.asyncapi import add_asyncapi_route
 from service.http.health import livez, readyz
 from service.http.idempotency import Deduplicator
 from service.http.ingress import INGEST_PATH, ingest
@@ -133,6 +135,8 @@ def build_app(
         app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
+    add_asyncapi_route(app, settings, subscriptions)
+    add_api_docs_routes(app)
     add_openapi_route(app)  # last: the document it serves lists the routes above
     # The store closes last: consumers record their final states while the link drains.
     app.cleanup_ctx.append(_store(subscriptions, clock, purge_interval))

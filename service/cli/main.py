@@ -23,6 +23,7 @@ from producers.topology import Topology
 from service.app import build_app
 from service.app_keys import LIFECYCLE
 from service.broker.topology_plan import apply_topology, plan_topology, render_topology
+from service.cli.asyncapi import add_asyncapi_command, asyncapi_command
 from service.cli.client import (
     EXIT_ANSWERED_ERROR,
     EXIT_UNREACHABLE,
@@ -89,13 +90,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     topology.add_argument("--apply", action="store_true", help="declare it on the broker")
     topology.add_argument("--json", action="store_true", help="print JSON")
+    add_asyncapi_command(commands)
     add_client_commands(commands, environ)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser(os.environ).parse_args(argv)
-    if arguments.command not in ("serve", "topology"):
+    if arguments.command not in ("serve", "topology", "asyncapi"):
         return asyncio.run(run_client(arguments))
     # Handler paths such as "examples.handlers:send_welcome" resolve from the working directory.
     working_directory = str(Path.cwd())
@@ -122,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_SETTING
     if arguments.command == "topology":
         return asyncio.run(topology_command(settings, subscriptions, arguments))
+    if arguments.command == "asyncapi":
+        return asyncapi_command(settings, subscriptions)
     configure_logging(settings)
     if settings.workers > 1 and not arguments.reuse_port:
         return run_on_loop(supervise(settings, environ), settings.event_loop)

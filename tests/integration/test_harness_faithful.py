@@ -102,7 +102,7 @@ SCENARIOS = {
         timeout="200ms",
     ),
     "invalid-data": Scenario(
-        "typed_handlers:welcome",
+        "typed_harness_handlers:welcome",
         ((_event("i-1", {"email": "ada@example.com"}),), (_event("i-2", {}),)),
         (("succeeded", 1, None), ("dead-lettered", 0, "invalid-data")),
     ),

@@ -273,4 +273,7 @@ async def test_every_role_serves_the_document_of_exactly_its_routes(
         ("get", "/readyz"),
         ("get", "/metrics"),
         ("get", "/openapi.json"),
+        ("get", "/asyncapi.json"),
+        ("get", "/docs"),
+        ("get", "/docs/{asset}"),
     }

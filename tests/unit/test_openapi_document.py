@@ -7,6 +7,7 @@ from typing import Any
 
 from producers.formats import BASE64_PATTERN
 from service import Role, Settings, build_app
+from service.http.api_docs import DOCS_ASSETS
 from service.http.openapi_route import load_document, served_routes
 from service.http.status_route import WAIT_PATTERN
 
@@ -52,3 +53,9 @@ def test_the_base64_pattern_is_the_one_the_server_checks() -> None:
     members = load_document()["components"]["schemas"]["EventMembers"]["properties"]
 
     assert members["data_base64"]["pattern"] == BASE64_PATTERN
+
+
+def test_the_docs_assets_are_the_ones_the_server_serves() -> None:
+    parameters = load_document()["paths"]["/docs/{asset}"]["get"]["parameters"]
+
+    assert parameters[0]["schema"]["enum"] == list(DOCS_ASSETS)
