@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 
@@ -61,11 +60,12 @@ from service.store import (
     first_copy_key,
     open_store,
 )
+from service.subscription_config import with_completions
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
 
-__all__ = ["PURGE_INTERVAL_SECONDS", "build_app", "with_completions"]
+__all__ = ["PURGE_INTERVAL_SECONDS", "build_app"]
 
 
 def build_app(
@@ -163,18 +163,6 @@ def _watch_circuits(metrics: Metrics, subscriptions: Sequence[Subscription]) -> 
 
 def _circuit_gauge(circuit: CircuitBreaker) -> float:
     return _CIRCUIT_GAUGE[circuit.state]
-
-
-def with_completions(
-    subscriptions: Sequence[Subscription], *, default: bool
-) -> tuple[Subscription, ...]:
-    """Each subscription that leaves `completions` unset gets CONVEYOR_COMPLETIONS' value."""
-    return tuple(
-        dataclasses.replace(subscription, completions=default)
-        if subscription.completions is None
-        else subscription
-        for subscription in subscriptions
-    )
 
 
 def _handler_resources(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +26,7 @@ from consumers.retry import RetryPolicy
 from consumers.subscription import Subscription
 from service.settings import SettingError, parse_duration
 
-__all__ = ["load_subscriptions", "subscription_filters", "subscription_rate"]
+__all__ = ["load_subscriptions", "subscription_filters", "subscription_rate", "with_completions"]
 
 SETTING = "CONVEYOR_CONFIG"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
@@ -316,3 +317,15 @@ def resolve_handler(path: str, where: str = "handler") -> Handler | HandlerFacto
     if not inspect.iscoroutinefunction(handler):
         raise SettingError(SETTING, f"{where}.handler naming an async function", path)
     return cast("Handler", handler)
+
+
+def with_completions(
+    subscriptions: Sequence[Subscription], *, default: bool
+) -> tuple[Subscription, ...]:
+    """Each subscription that leaves `completions` unset gets CONVEYOR_COMPLETIONS' value."""
+    return tuple(
+        dataclasses.replace(subscription, completions=default)
+        if subscription.completions is None
+        else subscription
+        for subscription in subscriptions
+    )

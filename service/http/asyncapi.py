@@ -37,6 +37,7 @@ from service.http.asyncapi_messages import (
     retry_message,
 )
 from service.settings import Settings
+from service.subscription_config import with_completions
 
 __all__ = ["ASYNCAPI_PATH", "add_asyncapi_route", "asyncapi_document"]
 
@@ -59,6 +60,7 @@ async def serve_asyncapi_document(request: web.Request) -> web.Response:
 
 
 def asyncapi_document(settings: Settings, subscriptions: Sequence[Subscription]) -> dict[str, Any]:
+    subscriptions = with_completions(subscriptions, default=settings.completions)
     topology = Topology(settings.namespace)
     vhost = _vhost(settings.amqp_addresses[0])
     payloads, schemas = _payload_schemas(subscriptions)

@@ -33,6 +33,7 @@ SETTINGS = replace(
 
 
 def _subscription(name: str, events: tuple[str, ...], handler: Any, **fields: Any) -> Subscription:
+    fields.setdefault("completions", True)  # opt-in; the test shows who publishes them
     return Subscription(name, events, handler, f"tests.support.typed_handlers:{name}", **fields)
 
 

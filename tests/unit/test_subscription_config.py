@@ -10,7 +10,7 @@ from consumers import builtin
 from consumers.retry import RetryPolicy
 from consumers.webhook import Webhook
 from service import SettingError, load_settings, load_subscriptions
-from service.app import with_completions
+from service.subscription_config import with_completions
 
 HEAD = "[[subscriptions]]\nname = 'a'\nevents = ['a']\nhandler = 'consumers.builtin:discard'\n"
 HOOK = '[[subscriptions]]\nname = "hook"\nevents = ["a"]\nhandler = "consumers.builtin:webhook"\n'
@@ -59,7 +59,7 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
     assert (audit.prefetch, audit.concurrency) == (20, 5)
     assert (defaults.prefetch, defaults.concurrency) == (32, 16)
     assert defaults.deduplicate is True
-    # Unset: CONVEYOR_COMPLETIONS decides (service.app.with_completions), off by default.
+    # Unset: CONVEYOR_COMPLETIONS decides (with_completions), off by default.
     assert defaults.completions is None
     assert with_completions([defaults], default=False)[0].completions is False
     assert with_completions([defaults], default=True)[0].completions is True
