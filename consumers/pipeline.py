@@ -2,7 +2,9 @@
 
     admit     consumers.delivery_order: when the delivery's turn comes (ordered: its key's turn)
     decode    stages.Decode: the message read into an Event (unreadable: dead-lettered)
-    checks    stages.SkipSucceeded (with `deduplicate`): an event that succeeded here is skipped
+    checks    stages.SkipSucceeded (with `deduplicate`): an event that succeeded here is skipped;
+              stages.ValidatePayload (a handler taking Event[Model]): data validated, or
+              dead-lettered as invalid-data
     attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot
     settle    consumers.settling: the verdict carried out (ack, a move into a retry tier or the
               dead-letter queue, or a give-back), its status recorded and announced first
@@ -42,7 +44,7 @@ from consumers.delivery_order import DeliveryOrder
 from consumers.observe import DeliveryObserver, HandlerTracer
 from consumers.reporting import StatusReporter
 from consumers.settling import SETTLE_RETRY_PAUSE_SECONDS, Outcome, Settler, Verdict
-from consumers.stages import Decode, Report, RunHandler, SkipSucceeded, Stage
+from consumers.stages import Decode, Report, RunHandler, SkipSucceeded, Stage, ValidatePayload
 from consumers.subscription import Subscription
 
 __all__ = ["DeliveryPipeline", "checks"]
@@ -50,9 +52,16 @@ __all__ = ["DeliveryPipeline", "checks"]
 _log = structlog.get_logger(component="consumer")
 
 
-def checks(subscription: Subscription, reporter: StatusReporter) -> tuple[Stage, ...]:
+def checks(
+    subscription: Subscription, reporter: StatusReporter, settler: Settler
+) -> tuple[Stage, ...]:
     """The stages between decoding and the handler, in the order they run."""
-    return (SkipSucceeded(reporter),) if subscription.deduplicate else ()
+    stages: list[Stage] = []
+    if subscription.deduplicate:
+        stages.append(SkipSucceeded(reporter))
+    if subscription.payload is not None:
+        stages.append(ValidatePayload(subscription.payload, settler))
+    return tuple(stages)
 
 
 class DeliveryPipeline:
@@ -75,7 +84,7 @@ class DeliveryPipeline:
         self._settler = settler
         self._stopping = stopping
         self._decode = Decode(subscription, queues, settler)
-        self._checks = checks(subscription, reporter)
+        self._checks = checks(subscription, reporter, settler)
         self._attempts = RunHandler(
             subscription,
             order=order,
