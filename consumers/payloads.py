@@ -22,7 +22,9 @@ __all__ = [
     "INVALID_DATA_ERROR",
     "HandlerSignatureError",
     "describe_invalid_data",
+    "invalid_data_errors",
     "payload_adapter",
+    "validate_data",
 ]
 
 INVALID_DATA_ERROR = "InvalidDataError"  # the error class a DLQ entry and a status name
@@ -89,15 +91,30 @@ def _event_parameter(handler: Handler) -> inspect.Parameter:
     return positional[0]
 
 
+def validate_data(adapter: pydantic.TypeAdapter[Any], data: Any, raw_data: bytes) -> Any:
+    """`data` validated; raises pydantic.ValidationError. Data parsed from JSON (`raw_data`
+    non-empty and `data` not those bytes) is validated from the JSON: pydantic's JSON mode is
+    what the data's types mean there (a strict model takes an ISO string for a datetime)."""
+    if raw_data and not isinstance(data, bytes):
+        return adapter.validate_json(raw_data)
+    return adapter.validate_python(data)
+
+
+def invalid_data_errors(error: pydantic.ValidationError) -> list[dict[str, str]]:
+    """The first MAX_ERRORS_SHOWN errors as a field path under `data` and a message, never the
+    input (it may hold what must not reach a log or a dead-letter header)."""
+    errors = error.errors(include_url=False, include_context=False, include_input=False)
+    return [
+        {"path": ".".join(str(part) for part in ("data", *detail["loc"])), "message": detail["msg"]}
+        for detail in errors[:MAX_ERRORS_SHOWN]
+    ]
+
+
 def describe_invalid_data(error: pydantic.ValidationError) -> str:
     """Each error's field path and message, never the input; bounded for a header and a status."""
-    lines = []
-    errors = error.errors(include_url=False, include_context=False, include_input=False)
-    for detail in errors[:MAX_ERRORS_SHOWN]:
-        path = ".".join(str(part) for part in ("data", *detail["loc"]))
-        lines.append(f"{path}: {detail['msg']}")
-    if len(errors) > MAX_ERRORS_SHOWN:
-        lines.append(f"... and {len(errors) - MAX_ERRORS_SHOWN} more")
+    lines = [f"{shown['path']}: {shown['message']}" for shown in invalid_data_errors(error)]
+    if error.error_count() > MAX_ERRORS_SHOWN:
+        lines.append(f"... and {error.error_count() - MAX_ERRORS_SHOWN} more")
     text = "; ".join(lines)
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 3] + "..."

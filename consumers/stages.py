@@ -26,7 +26,7 @@ from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder
 from consumers.event import Event
 from consumers.observe import DeliveryObserver, FailureReport, HandlerTracer
-from consumers.payloads import INVALID_DATA_ERROR, describe_invalid_data
+from consumers.payloads import INVALID_DATA_ERROR, describe_invalid_data, validate_data
 from consumers.reporting import StatusOf, StatusReporter, malformed_status
 from consumers.settling import Outcome, Settler, Verdict
 from consumers.status import DeliveryState
@@ -142,12 +142,7 @@ class ValidatePayload:
     async def __call__(self, judging: Judging) -> Verdict | None:
         event = judging.event
         try:
-            if event.raw_data and not isinstance(event.data, bytes):
-                # Parsed from JSON: pydantic's JSON mode is what the data's types mean (a strict
-                # model takes an ISO string for a datetime there, not in Python mode).
-                data = self._adapter.validate_json(event.raw_data)
-            else:
-                data = self._adapter.validate_python(event.data)
+            data = validate_data(self._adapter, event.data, event.raw_data)
         except pydantic.ValidationError as error:
             failure = Failure(INVALID_DATA_ERROR, describe_invalid_data(error), "")
             reason, attempts = DeadLetterReason.INVALID_DATA, judging.attempts_before

@@ -23,6 +23,7 @@ from producers.topology import Topology
 from service.app import build_app
 from service.app_keys import LIFECYCLE
 from service.broker.topology_plan import apply_topology, plan_topology, render_topology
+from service.cli.check import check_command
 from service.cli.client import (
     EXIT_ANSWERED_ERROR,
     EXIT_UNREACHABLE,
@@ -89,18 +90,27 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     topology.add_argument("--apply", action="store_true", help="declare it on the broker")
     topology.add_argument("--json", action="store_true", help="print JSON")
+    commands.add_parser(
+        "check",
+        help="check the settings and the subscriptions file without a broker (for CI)",
+        description="Load the settings and CONVEYOR_CONFIG, import every handler, check its "
+        "signature and typed payload, the patterns, retry policies and ordering settings, and "
+        "print what would be declared. Exit 0 when all is well, 2 with one line per problem.",
+    )
     add_client_commands(commands, environ)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser(os.environ).parse_args(argv)
-    if arguments.command not in ("serve", "topology"):
+    if arguments.command not in ("serve", "topology", "check"):
         return asyncio.run(run_client(arguments))
     # Handler paths such as "examples.handlers:send_welcome" resolve from the working directory.
     working_directory = str(Path.cwd())
     if working_directory not in sys.path:
         sys.path.insert(0, working_directory)
+    if arguments.command == "check":
+        return asyncio.run(check_command(os.environ))
     # Flags override their settings; the environment carries them on to supervised processes.
     environ = dict(os.environ)
     if arguments.command == "serve" and arguments.workers is not None:

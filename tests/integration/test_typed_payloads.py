@@ -12,8 +12,11 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from consumers import Event
 from consumers.dead_letter import ATTEMPTS, ERROR_CLASS, ERROR_MESSAGE, REASON
+from service import Role
 from tests.conftest import Namespace, Running, StartConveyor, subscription
 from tests.support.recorder import Recorder
+
+PROBLEM = "application/problem+json"
 
 
 class Signup(pydantic.BaseModel):
@@ -127,3 +130,49 @@ async def test_data_that_does_not_validate_is_dead_lettered_at_once_with_its_err
     assert found["state"] == "succeeded", found
     assert signups.ids() == ["good-1"]
     assert signups.started == 1
+
+
+async def test_a_subscription_can_have_the_ingress_refuse_data_its_handler_would_not_take(
+    start_conveyor: StartConveyor, namespace: Namespace
+) -> None:
+    checked = dataclasses.replace(
+        subscription("signups", ("user.*",), SignupRecorder()), validate_at_ingress=True
+    )
+    unchecked = subscription("refunds", ("order.refunded",), RefundRecorder())
+    conveyor = await start_conveyor((checked, unchecked), role=Role.INGRESS)
+
+    refused = await conveyor.post(
+        {"id": "bad-1", "source": "/tests", "type": "user.signup", "data": {"age": "x"}}
+    )
+    assert refused.status == 422, await refused.text()
+    problem = await refused.json(content_type=PROBLEM)
+    assert problem["type"] == "urn:conveyor:problem:invalid-data"
+    assert problem["subscription"] == "signups"
+    assert problem["errors"] == [
+        {"path": "data.email", "message": "Field required"},
+        {
+            "path": "data.age",
+            "message": "Input should be a valid integer, unable to parse string as an integer",
+        },
+    ]
+    # The refunds subscription did not ask: its handler's model is not checked at the door.
+    await _publish(conveyor, "r-1", "order.refunded", {"nothing": "valid"})
+    batch = await conveyor.post(
+        [
+            {"specversion": "1.0", "id": "b-1", "source": "/t", "type": "user.signup"}
+            | {"data": {"email": "ada@example.com", "age": 36}},
+            {"specversion": "1.0", "id": "b-2", "source": "/t", "type": "user.renamed"}
+            | {"data": {"email": "ada@example.com"}},
+        ],
+        content_type="application/cloudevents-batch+json",
+    )
+    assert batch.status == 207, await batch.text()
+    accepted, rejected = (await batch.json())["results"]
+    assert accepted["id"] == "b-1"
+    assert rejected["error"]["type"] == "urn:conveyor:problem:invalid-data"
+    assert rejected["error"]["errors"] == [{"path": "data.age", "message": "Field required"}]
+
+    queued = await namespace.take_at_least(namespace.topology.queue("signups"), 1)
+    assert [message.message_id for message in queued] == ["b-1"]
+    refunds = await namespace.take_at_least(namespace.topology.queue("refunds"), 1)
+    assert [message.message_id for message in refunds] == ["r-1"]
