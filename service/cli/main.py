@@ -32,6 +32,7 @@ from service.cli.client import (
 )
 from service.observability.logs import configure_logging
 from service.observability.tracing import Tracing, build_tracing
+from service.reloader import reload_on_change, watched_paths
 from service.settings import (
     DECLARED_SETTINGS,
     PREFIX,
@@ -44,7 +45,7 @@ from service.settings import (
 from service.subscription_config import load_subscriptions
 from service.supervisor import REUSE_PORT_FLAG, supervise
 
-__all__ = ["build_parser", "main", "topology_command"]
+__all__ = ["build_parser", "main", "serve_command", "topology_command"]
 
 EXIT_BAD_SETTING = 2
 # aiohttp's own limits on the request head, named here so they are a decision, not a default.
@@ -79,6 +80,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help=f"N processes sharing the HTTP port (overrides {PREFIX}WORKERS)",
+    )
+    serve_parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="for development: restart when a handler module or the subscriptions file "
+        "changes, draining as on SIGTERM (one process: not with --workers)",
     )
     # Set by the supervisor on the processes it starts: bind the port with SO_REUSEPORT.
     serve_parser.add_argument(REUSE_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
@@ -130,7 +137,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_SETTING
     if arguments.command == "topology":
         return asyncio.run(topology_command(settings, subscriptions, arguments))
+    return serve_command(arguments, settings, subscriptions, tracing, environ)
+
+
+def serve_command(
+    arguments: argparse.Namespace,
+    settings: Settings,
+    subscriptions: Sequence[Subscription],
+    tracing: Tracing | None,
+    environ: Mapping[str, str],
+) -> int:
+    """`conveyor serve`: one process, a supervisor of --workers N, or a reloader (--reload)."""
+    if arguments.reload and (arguments.workers is not None or settings.workers > 1):
+        refusal = f"conveyor: --reload runs one process: not with --workers or {PREFIX}WORKERS > 1"
+        print(refusal, file=sys.stderr)  # noqa: T201 - the one line before logging exists
+        return EXIT_BAD_SETTING
     configure_logging(settings)
+    if arguments.reload:
+        watched = watched_paths(settings.config_path, subscriptions)
+        return run_on_loop(reload_on_change(settings, environ, watched), settings.event_loop)
     if settings.workers > 1 and not arguments.reuse_port:
         return run_on_loop(supervise(settings, environ), settings.event_loop)
     return run_on_loop(
