@@ -203,4 +203,4 @@ async def test_the_command_exits_2_from_its_entry_point(tmp_path: Path) -> None:
         "check", environ={"CONVEYOR_CONFIG": "examples/subscriptions.toml"}
     )
     assert good.code == 0, good.err
-    assert "welcome-email: user.signup -> examples.handlers:send_welcome" in good.out
+    assert "welcome-email: user.signup -> examples.handlers:send_welcome (data: Signup)" in good.out
