@@ -52,6 +52,8 @@ class DeadLetterReason(enum.StrEnum):
     RETRIES_EXHAUSTED = "retries-exhausted"
     PERMANENT = "permanent-error"
     MALFORMED = "malformed"
+    # The data did not validate against the handler's Event[Model]: it will not next time.
+    INVALID_DATA = "invalid-data"
     # No copy could be made (it does not fit one frame, or RabbitMQ refused it): the queue's own
     # dead-lettering took the message as it is, without conveyor's headers.
     UNMOVABLE = "unmovable"

@@ -5,7 +5,8 @@
     checks    stages.SkipFiltered (with `filters`): an event the filters leave out is acked
               unhandled (status `filtered`); stages.SkipSucceeded (with `deduplicate`): an
               event that succeeded here is skipped (not asked for a provable first copy:
-              consumers.first_copies)
+              consumers.first_copies); stages.ValidatePayload (a handler taking
+              Event[Model]): data validated, or dead-lettered as invalid-data
     attempts  stages.RunHandler: the handler run as the retry policy says, in a handler slot,
               each attempt started when the subscription's rate allows (consumers.pacing)
     settle    consumers.settling: the verdict carried out (ack, a move into a retry tier or the
@@ -47,7 +48,15 @@ from consumers.observe import DeliveryObserver, HandlerTracer
 from consumers.pacing import Pacer, TokenBucket
 from consumers.reporting import StatusReporter
 from consumers.settling import SETTLE_RETRY_PAUSE_SECONDS, Outcome, Settler, Verdict
-from consumers.stages import Decode, Report, RunHandler, SkipFiltered, SkipSucceeded, Stage
+from consumers.stages import (
+    Decode,
+    Report,
+    RunHandler,
+    SkipFiltered,
+    SkipSucceeded,
+    Stage,
+    ValidatePayload,
+)
 from consumers.subscription import Subscription
 
 __all__ = ["DeliveryPipeline", "checks"]
@@ -56,15 +65,20 @@ _log = structlog.get_logger(component="consumer")
 
 
 def checks(
-    subscription: Subscription, reporter: StatusReporter, observer: DeliveryObserver
+    subscription: Subscription,
+    reporter: StatusReporter,
+    observer: DeliveryObserver,
+    settler: Settler,
 ) -> tuple[Stage, ...]:
     """The stages between decoding and the handler, in the order they run: the filters first,
-    which cost no store lookup."""
+    which cost no store lookup; validation last, once the event is known to be handled."""
     stages: list[Stage] = []
     if subscription.filters:
         stages.append(SkipFiltered(subscription))
     if subscription.deduplicate:
         stages.append(SkipSucceeded(subscription, reporter, observer))
+    if subscription.payload is not None:
+        stages.append(ValidatePayload(subscription.payload, settler))
     return tuple(stages)
 
 
@@ -91,7 +105,7 @@ class DeliveryPipeline:
         self._settler = settler
         self._stopping = stopping
         self._decode = Decode(subscription, queues, settler)
-        self._checks = checks(subscription, reporter, observer)
+        self._checks = checks(subscription, reporter, observer, settler)
         if bucket is None and subscription.rate is not None:
             bucket = TokenBucket(subscription.rate)
         pacer = Pacer(subscription.name, bucket, observer=observer, stopping=stopping)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pydantic
 import structlog
 
 from consumers.attempts import AttemptsResult
@@ -27,13 +29,23 @@ from consumers.filters import all_match
 from consumers.first_copies import first_copy_mark
 from consumers.observe import DeliveryObserver, FailureReport, HandlerTracer
 from consumers.pacing import Pacer
+from consumers.payloads import INVALID_DATA_ERROR, describe_invalid_data, validate_data
 from consumers.reporting import StatusOf, StatusReporter, malformed_status
 from consumers.settling import Outcome, Settler, Verdict
 from consumers.status import DeliveryState
 from consumers.subscription import Subscription
 from producers.wire import TRACEPARENT_HEADER
 
-__all__ = ["Decode", "Judging", "Report", "RunHandler", "SkipFiltered", "SkipSucceeded", "Stage"]
+__all__ = [
+    "Decode",
+    "Judging",
+    "Report",
+    "RunHandler",
+    "SkipFiltered",
+    "SkipSucceeded",
+    "Stage",
+    "ValidatePayload",
+]
 
 _log = structlog.get_logger(component="consumer")
 # What a delivery taken by a shutdown before its handler started comes to: returned, unhandled.
@@ -46,7 +58,7 @@ class Judging:
 
     message: Inbound
     headers: dict[str, Any]  # the message's, minus conveyor's own unless it came from our ladder
-    event: Event
+    event: Event[Any]  # its data validated once ValidatePayload passed it
     status: StatusOf  # builds this event's status updates
     attempts_before: int  # handler attempts made in earlier deliveries
     retries: int  # passes through the retry ladder so far
@@ -157,6 +169,35 @@ class SkipSucceeded:
         _log.info("event already succeeded here; acked without running the handler")
         succeeded = judging.status(DeliveryState.SUCCEEDED, judging.attempts_before)
         return Verdict(Outcome.SKIPPED, status=succeeded)
+
+
+class ValidatePayload:
+    """A typed handler's data validated (consumers.payloads) and handed on as the validated
+    value; data that does not validate is dead-lettered at once: it would not next time."""
+
+    def __init__(self, adapter: pydantic.TypeAdapter[Any], settler: Settler) -> None:
+        self._adapter = adapter
+        self._settler = settler
+
+    async def __call__(self, judging: Judging) -> Verdict | None:
+        event = judging.event
+        try:
+            data = validate_data(self._adapter, event.data, event.raw_data)
+        except pydantic.ValidationError as error:
+            failure = Failure(INVALID_DATA_ERROR, describe_invalid_data(error), "")
+            reason, attempts = DeadLetterReason.INVALID_DATA, judging.attempts_before
+            return self._settler.dead_letter(
+                judging.message,
+                judging.headers,
+                failure,
+                attempts,
+                reason=reason,
+                status=judging.status(
+                    DeliveryState.DEAD_LETTERED, attempts, failure, reason=reason
+                ),
+            )
+        judging.event = dataclasses.replace(event, data=data)
+        return None
 
 
 class RunHandler:

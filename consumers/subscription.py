@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
 
 from consumers.event import Handler
 from consumers.filters import Filter
 from consumers.ordering import Ordering
 from consumers.pacing import RateLimit
+from consumers.payloads import payload_adapter
 from consumers.retry import RetryPolicy
 
 __all__ = ["Subscription"]
@@ -35,6 +39,15 @@ class Subscription:
     filters: tuple[Filter, ...] = ()
     # At most this many handler starts a second in this process (consumers.pacing).
     rate: RateLimit | None = None
+    # Events whose type matches `events` are validated at the ingress too (an HTTP publish of
+    # data the handler's Event[Model] rejects is answered 422); needs a typed handler.
+    validate_at_ingress: bool = False
+    # What validates `data` for a handler declared with Event[Model], read from its annotation
+    # once here; None for an untyped handler. Raises HandlerSignatureError for a bad one.
+    payload: pydantic.TypeAdapter[Any] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payload", payload_adapter(self.handler))
 
     @property
     def tier_delays(self) -> tuple[float, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydantic
 import structlog
 
 from consumers import Event, PermanentError
@@ -9,10 +10,14 @@ from consumers import Event, PermanentError
 _log = structlog.get_logger(component="examples")
 
 
-async def send_welcome(event: Event) -> None:
-    """Pretend to send a welcome email to the user who signed up."""
-    user = event.data.get("email", "someone") if isinstance(event.data, dict) else "someone"
-    _log.info("welcome email sent", to=user)
+class Signup(pydantic.BaseModel):
+    email: str
+
+
+async def send_welcome(event: Event[Signup]) -> None:
+    """Pretend to send a welcome email to the user who signed up (data without an email is
+    dead-lettered as invalid-data before this runs)."""
+    _log.info("welcome email sent", to=event.data.email)
 
 
 async def record_order(event: Event) -> None:

@@ -24,6 +24,7 @@ from service.app_keys import (
     LIFECYCLE,
     LINK,
     METRICS,
+    PAYLOAD_CHECK,
     PUBLISHER,
     SETTINGS,
     STATUS_BOOK,
@@ -46,6 +47,7 @@ from service.http.ingress import INGEST_PATH, ingest
 from service.http.memory import MemoryReturn, glibc_trim
 from service.http.metrics_route import metrics_endpoint
 from service.http.openapi_route import add_openapi_route
+from service.http.payload_check import PayloadCheck
 from service.http.status_book import StatusBook
 from service.http.status_route import event_status
 from service.observability.loop_lag import LoopLagMonitor, loop_lag_context
@@ -97,6 +99,7 @@ def build_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[SUBSCRIPTIONS] = tuple(subscriptions)
+    app[PAYLOAD_CHECK] = PayloadCheck(subscriptions)
     app[TRACING] = tracing = tracing or NoTracing()
     app[LIFECYCLE] = Lifecycle()
     # Every handler step timed, so a stall of the loop can be pinned on the handler that held it.

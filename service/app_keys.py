@@ -12,6 +12,7 @@ from service.admin.rate_history import RateHistory
 from service.broker.link import BrokerLink
 from service.http.admission import Admission
 from service.http.idempotency import Deduplicator
+from service.http.payload_check import PayloadCheck
 from service.http.status_book import StatusBook
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
@@ -24,6 +25,7 @@ __all__ = [
     "LIFECYCLE",
     "LINK",
     "METRICS",
+    "PAYLOAD_CHECK",
     "PUBLISHER",
     "RATE_HISTORY",
     "SETTINGS",
@@ -53,4 +55,5 @@ STORE_CHECK = web.AppKey("store_check", StoreCheck)
 METRICS = web.AppKey("metrics", Metrics)
 RATE_HISTORY = web.AppKey("rate_history", RateHistory)
 SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])
+PAYLOAD_CHECK = web.AppKey("payload_check", PayloadCheck)
 TRACING = web.AppKey("tracing", Tracing)

@@ -7,9 +7,9 @@ import importlib
 import inspect
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from consumers import Handler
 from consumers.builtin import HandlerFactory
@@ -22,11 +22,18 @@ from consumers.ordering import (
     longest_hold,
 )
 from consumers.pacing import RateLimit, parse_rate
+from consumers.payloads import HandlerSignatureError
 from consumers.retry import RetryPolicy
 from consumers.subscription import Subscription
 from service.settings import SettingError, parse_duration
 
-__all__ = ["load_subscriptions", "subscription_filters", "subscription_rate", "with_completions"]
+__all__ = [
+    "load_subscriptions",
+    "read_subscriptions",
+    "subscription_filters",
+    "subscription_rate",
+    "with_completions",
+]
 
 SETTING = "CONVEYOR_CONFIG"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
@@ -48,6 +55,7 @@ _KEYS = frozenset(
         "completions",
         "ordered_by",
         "partitions",
+        "validate_at_ingress",
         "filters",
         "rate",
         "burst",
@@ -62,78 +70,121 @@ MAX_TIERS = 20
 # RabbitMQ takes a queue TTL up to 2^32-1 ms; a week is far below it and far beyond any sane tier.
 MAX_DELAY_SECONDS = 7 * 24 * 3600
 MIN_DELAY_SECONDS = 0.01
+_T = TypeVar("_T")
 
 
 def load_subscriptions(
     path: Path, environ: Mapping[str, str] | None = None
 ) -> tuple[Subscription, ...]:
-    """The subscriptions of a TOML file; `environ` (the entry point's environment) resolves
-    options that name a variable, such as a webhook's `secret_env`."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise SettingError(SETTING, f"a readable TOML file ({error})") from None
-    entries = document.get("subscriptions", [])
-    if not isinstance(entries, list):
-        raise SettingError(SETTING, "[[subscriptions]] tables")
-    subscriptions = tuple(
-        _subscription(index, entry, environ or {}) for index, entry in enumerate(entries)
-    )
-    names = [subscription.name for subscription in subscriptions]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise SettingError(SETTING, f"unique subscription names; repeated: {', '.join(duplicates)}")
+    """The file's subscriptions; raises the first problem found (see read_subscriptions)."""
+    subscriptions, problems = read_subscriptions(path, environ)
+    if problems:
+        raise problems[0]
     return subscriptions
 
 
-def _subscription(index: int, entry: Any, environ: Mapping[str, str]) -> Subscription:
+def read_subscriptions(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[tuple[Subscription, ...], list[SettingError]]:
+    """The subscriptions that are well declared, and every problem found in the file (each
+    subscription is checked key by key, so one mistake does not hide the next). `environ` (the
+    entry point's environment) resolves options that name a variable, such as a webhook's
+    `secret_env`."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        return (), [SettingError(SETTING, f"a readable TOML file ({error})")]
+    entries = document.get("subscriptions", [])
+    if not isinstance(entries, list):
+        return (), [SettingError(SETTING, "[[subscriptions]] tables")]
+    problems: list[SettingError] = []
+    loaded = (
+        _subscription(index, entry, problems, environ or {}) for index, entry in enumerate(entries)
+    )
+    subscriptions = tuple(subscription for subscription in loaded if subscription is not None)
+    names = [entry.get("name") for entry in entries if isinstance(entry, dict)]
+    duplicates = sorted({name for name in names if isinstance(name, str) and names.count(name) > 1})
+    if duplicates:
+        problems.append(
+            SettingError(SETTING, f"unique subscription names; repeated: {', '.join(duplicates)}")
+        )
+    return subscriptions, problems
+
+
+def _subscription(
+    index: int, entry: Any, problems: list[SettingError], environ: Mapping[str, str]
+) -> Subscription | None:
     where = f"subscriptions[{index}]"
     if not isinstance(entry, dict):
-        raise SettingError(SETTING, f"{where} to be a table")
+        problems.append(SettingError(SETTING, f"{where} to be a table"))
+        return None
+    found = len(problems)
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
-        raise SettingError(SETTING, f"{where} keys among {sorted(_KEYS)}; unknown: {unknown}")
-    name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name))
-    if name in RESERVED_NAMES:
-        # {ns}.unrouted and {ns}.results are conveyor's own queue and exchange.
-        raise SettingError(SETTING, f"{where}.name other than {sorted(RESERVED_NAMES)}", name)
-    where = f"subscriptions[{index}] ({name})"
-    events = entry.get("events")
-    if (
-        not isinstance(events, list)
-        or not events
-        or not all(isinstance(pattern, str) and _valid_pattern(pattern) for pattern in events)
-    ):
-        raise SettingError(
-            SETTING, f"{where}.events as a non-empty list of topic patterns such as 'user.*'"
+        problems.append(
+            SettingError(SETTING, f"{where} keys among {sorted(_KEYS)}; unknown: {unknown}")
         )
-    handler_path = entry.get("handler")
-    if not isinstance(handler_path, str):
-        raise SettingError(SETTING, f"{where}.handler as 'module:function'")
-    handler = _handler(handler_path, entry.get("options"), where, environ)
-    prefetch = _positive(entry, "prefetch", 32, where)
-    concurrency = _positive(entry, "concurrency", 16, where)
-    if concurrency > prefetch:
-        raise SettingError(SETTING, f"{where}.concurrency no larger than prefetch ({prefetch})")
-    timeout = _duration(entry.get("timeout", "30s"), f"{where}.timeout", low=MIN_DELAY_SECONDS)
-    retry = _retry(entry.get("retry", {}), where)
-    return Subscription(
-        name=name,
-        events=tuple(events),
-        handler=handler,
-        handler_path=handler_path,
-        prefetch=prefetch,
-        concurrency=concurrency,
-        timeout=timeout,
-        retry=retry,
-        deduplicate=_flag(entry, "deduplicate", default=True, where=where),
-        completions=_optional_flag(entry, "completions", where=where),
-        ordering=_ordering(entry, where, retry, timeout),
-        filters=subscription_filters(entry.get("filters", []), where),
-        rate=subscription_rate(entry, where, prefetch),
-    )
+    name = _name(entry, where, problems)
+    if name is None:
+        return None
+    where = f"subscriptions[{index}] ({name})"
+
+    def checked(read: Callable[[], _T]) -> _T | None:
+        try:
+            return read()
+        except SettingError as error:
+            problems.append(error)
+            return None
+
+    fields: dict[str, Any] = {
+        "name": name,
+        "events": checked(lambda: tuple(_events(entry, where))),
+        "handler": checked(
+            lambda: _handler(entry.get("handler"), entry.get("options"), where, environ)
+        ),
+        "handler_path": entry.get("handler"),
+        "prefetch": checked(lambda: _positive(entry, "prefetch", 32, where)),
+        "concurrency": checked(lambda: _positive(entry, "concurrency", 16, where)),
+        "timeout": checked(
+            lambda: _duration(
+                entry.get("timeout", "30s"), f"{where}.timeout", low=MIN_DELAY_SECONDS
+            )
+        ),
+        "retry": checked(lambda: _retry(entry.get("retry", {}), where)),
+        "deduplicate": checked(lambda: _flag(entry, "deduplicate", default=True, where=where)),
+        "completions": checked(lambda: _optional_flag(entry, "completions", where=where)),
+        "filters": checked(lambda: subscription_filters(entry.get("filters", []), where)),
+        "validate_at_ingress": checked(
+            lambda: _flag(entry, "validate_at_ingress", default=False, where=where)
+        ),
+    }
+    prefetch, concurrency = fields["prefetch"], fields["concurrency"]
+    if prefetch is not None and concurrency is not None and concurrency > prefetch:
+        message = f"{where}.concurrency no larger than prefetch ({prefetch})"
+        problems.append(SettingError(SETTING, message))
+    if prefetch is not None:
+        fields["rate"] = checked(lambda: subscription_rate(entry, where, prefetch))
+    if fields["retry"] is not None and fields["timeout"] is not None:
+        fields["ordering"] = checked(
+            lambda: _ordering(entry, where, fields["retry"], fields["timeout"])
+        )
+    if len(problems) > found:
+        return None
+    return _built(fields, where, problems)
+
+
+def _built(fields: dict[str, Any], where: str, problems: list[SettingError]) -> Subscription | None:
+    """The subscription, once each of its keys has been read without a problem."""
+    try:
+        subscription = Subscription(**fields)
+    except HandlerSignatureError as error:
+        problems.append(SettingError(SETTING, f"{where}.handler usable ({error})"))
+        return None
+    if subscription.validate_at_ingress and subscription.payload is None:
+        message = f"{where}.validate_at_ingress only with a typed handler (event: Event[Model])"
+        problems.append(SettingError(SETTING, message))
+        return None
+    return subscription
 
 
 def subscription_filters(filters: Any, where: str) -> tuple[Filter, ...]:
@@ -174,6 +225,31 @@ def subscription_rate(entry: dict[str, Any], where: str, prefetch: int) -> RateL
             f"{MAX_HOLD_SECONDS // 60} minutes (prefetch / rate: {held:.0f}s; lower prefetch)",
         )
     return limit
+
+
+def _name(entry: dict[str, Any], where: str, problems: list[SettingError]) -> str | None:
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problems.append(SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name)))
+        return None
+    if name in RESERVED_NAMES:
+        # {ns}.unrouted and {ns}.results are conveyor's own queue and exchange.
+        message = f"{where}.name other than {sorted(RESERVED_NAMES)}"
+        problems.append(SettingError(SETTING, message, name))
+    return name
+
+
+def _events(entry: dict[str, Any], where: str) -> list[str]:
+    events = entry.get("events")
+    if (
+        not isinstance(events, list)
+        or not events
+        or not all(isinstance(pattern, str) and _valid_pattern(pattern) for pattern in events)
+    ):
+        raise SettingError(
+            SETTING, f"{where}.events as a non-empty list of topic patterns such as 'user.*'"
+        )
+    return events
 
 
 def _ordering(
@@ -272,7 +348,9 @@ def _retry(table: Any, where: str) -> RetryPolicy:
     return RetryPolicy(in_process=in_process, delays=delays)
 
 
-def _handler(path: str, options: Any, where: str, environ: Mapping[str, str]) -> Handler:
+def _handler(path: Any, options: Any, where: str, environ: Mapping[str, str]) -> Handler:
+    if not isinstance(path, str):
+        raise SettingError(SETTING, f"{where}.handler as 'module:function'")
     target = resolve_handler(path, where)
     if isinstance(target, HandlerFactory):
         if not isinstance(options, dict):

@@ -24,6 +24,7 @@ from service.app import build_app
 from service.app_keys import LIFECYCLE
 from service.broker.topology_plan import apply_topology, plan_topology, render_topology
 from service.cli.asyncapi import add_asyncapi_command, asyncapi_command
+from service.cli.check import check_command
 from service.cli.client import (
     EXIT_ANSWERED_ERROR,
     EXIT_UNREACHABLE,
@@ -32,6 +33,7 @@ from service.cli.client import (
 )
 from service.observability.logs import configure_logging
 from service.observability.tracing import Tracing, build_tracing
+from service.reloader import reload_on_change, watched_paths
 from service.settings import (
     DECLARED_SETTINGS,
     PREFIX,
@@ -44,7 +46,7 @@ from service.settings import (
 from service.subscription_config import load_subscriptions
 from service.supervisor import REUSE_PORT_FLAG, supervise
 
-__all__ = ["build_parser", "main", "topology_command"]
+__all__ = ["build_parser", "main", "serve_command", "topology_command"]
 
 EXIT_BAD_SETTING = 2
 # aiohttp's own limits on the request head, named here so they are a decision, not a default.
@@ -80,6 +82,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="N",
         help=f"N processes sharing the HTTP port (overrides {PREFIX}WORKERS)",
     )
+    serve_parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="for development: restart when a handler module or the subscriptions file "
+        "changes, draining as on SIGTERM (one process: not with --workers)",
+    )
     # Set by the supervisor on the processes it starts: bind the port with SO_REUSEPORT.
     serve_parser.add_argument(REUSE_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
     topology = commands.add_parser(
@@ -91,18 +99,27 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     topology.add_argument("--apply", action="store_true", help="declare it on the broker")
     topology.add_argument("--json", action="store_true", help="print JSON")
     add_asyncapi_command(commands)
+    commands.add_parser(
+        "check",
+        help="check the settings and the subscriptions file without a broker (for CI)",
+        description="Load the settings and CONVEYOR_CONFIG, import every handler, check its "
+        "signature and typed payload, the patterns, retry policies and ordering settings, and "
+        "print what would be declared. Exit 0 when all is well, 2 with one line per problem.",
+    )
     add_client_commands(commands, environ)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser(os.environ).parse_args(argv)
-    if arguments.command not in ("serve", "topology", "asyncapi"):
+    if arguments.command not in ("serve", "topology", "asyncapi", "check"):
         return asyncio.run(run_client(arguments))
     # Handler paths such as "examples.handlers:send_welcome" resolve from the working directory.
     working_directory = str(Path.cwd())
     if working_directory not in sys.path:
         sys.path.insert(0, working_directory)
+    if arguments.command == "check":
+        return asyncio.run(check_command(os.environ))
     # Flags override their settings; the environment carries them on to supervised processes.
     environ = dict(os.environ)
     if arguments.command == "serve" and arguments.workers is not None:
@@ -126,7 +143,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(topology_command(settings, subscriptions, arguments))
     if arguments.command == "asyncapi":
         return asyncapi_command(settings, subscriptions)
+    return serve_command(arguments, settings, subscriptions, tracing, environ)
+
+
+def serve_command(
+    arguments: argparse.Namespace,
+    settings: Settings,
+    subscriptions: Sequence[Subscription],
+    tracing: Tracing | None,
+    environ: Mapping[str, str],
+) -> int:
+    """`conveyor serve`: one process, a supervisor of --workers N, or a reloader (--reload)."""
+    if arguments.reload and (arguments.workers is not None or settings.workers > 1):
+        refusal = f"conveyor: --reload runs one process: not with --workers or {PREFIX}WORKERS > 1"
+        print(refusal, file=sys.stderr)  # noqa: T201 - the one line before logging exists
+        return EXIT_BAD_SETTING
     configure_logging(settings)
+    if arguments.reload:
+        watched = watched_paths(settings.config_path, subscriptions)
+        return run_on_loop(reload_on_change(settings, environ, watched), settings.event_loop)
     if settings.workers > 1 and not arguments.reuse_port:
         return run_on_loop(supervise(settings, environ), settings.event_loop)
     return run_on_loop(

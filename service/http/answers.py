@@ -9,6 +9,7 @@ call per request on the ingest path.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -29,6 +30,7 @@ from service.http.idempotency import (
     InvalidIdempotencyKeyError,
 )
 from service.http.metrics_route import count_answer
+from service.http.payload_check import InvalidDataError
 from service.http.problems import Problem, problem_response
 from service.store import StoreUnavailableError, describe
 
@@ -39,7 +41,7 @@ RETRY_AFTER_SECONDS = "2"
 INGEST_PATH = "/v1/events"  # served by service.http.ingress; its rejections are counted here
 
 
-def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - one case per error kind
+def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911, PLR0912 - one case per error kind
     """The one mapping from a domain error to the answer the client gets."""
     match error:
         case InvalidEventError(attribute=attribute):
@@ -47,6 +49,9 @@ def problem_for(error: Exception) -> Problem | None:  # noqa: C901, PLR0911 - on
             return Problem(400, "invalid-event", "Invalid CloudEvent", str(error), extra)
         case MalformedJsonError():
             return Problem(400, "malformed-json", "Malformed JSON", str(error))
+        case InvalidDataError(subscription=subscription, errors=errors):
+            shown: dict[str, Any] = {"subscription": subscription, "errors": errors}
+            return Problem(422, "invalid-data", "Invalid data", str(error), shown)
         case UnsupportedMediaTypeError():
             return Problem(415, "unsupported-media-type", "Unsupported media type", str(error))
         case BatchTooLargeError(limit=limit):

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
@@ -23,6 +23,9 @@ from producers.formats import (
     validate_attributes,
     validate_content_type,
 )
+
+if TYPE_CHECKING:  # payload_check builds on this module: no import cycle at run time
+    from service.http.payload_check import InvalidDataError
 
 __all__ = [
     "BatchTooLargeError",
@@ -65,7 +68,7 @@ class ParsedSingle:
 class ParsedBatch:
     """One entry per array element, in order: the event, or why that entry is invalid."""
 
-    entries: tuple[OutgoingEvent | InvalidEventError | MalformedJsonError, ...]
+    entries: tuple[OutgoingEvent | InvalidEventError | MalformedJsonError | InvalidDataError, ...]
 
 
 def parse_request(

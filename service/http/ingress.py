@@ -24,6 +24,7 @@ from service.app_keys import (
     ADMISSION,
     DEDUPLICATOR,
     METRICS,
+    PAYLOAD_CHECK,
     PUBLISHER,
     SETTINGS,
     STATUS_BOOK,
@@ -50,6 +51,7 @@ from service.http.idempotency import (
     event_identity,
     request_fingerprint,
 )
+from service.http.payload_check import InvalidDataError
 from service.http.problems import PROBLEM_CONTENT_TYPE, Problem
 from service.http.status_book import StatusBook
 from service.observability.metrics import Metrics
@@ -155,9 +157,10 @@ async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) ->
     )
 
     def parse() -> ParsedSingle | ParsedBatch:
-        return parse_request(
+        parsed = parse_request(
             content_type, headers, body, max_batch_events=settings.max_batch_events
         )
+        return request.app[PAYLOAD_CHECK](parsed)  # typed payloads, where a subscription asks
 
     async def accept() -> Answer:
         return await _accept(parse(), publish)
@@ -249,7 +252,7 @@ def _batch_status(total: int, failures: list[Problem]) -> int:
     return 207
 
 
-def _invalid(error: InvalidEventError | MalformedJsonError) -> Problem:
+def _invalid(error: InvalidEventError | MalformedJsonError | InvalidDataError) -> Problem:
     problem = problem_for(error)
     assert problem is not None  # noqa: S101 - problem_for maps both
     return problem

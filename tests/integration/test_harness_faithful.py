@@ -120,7 +120,6 @@ SCENARIOS = {
         (("succeeded", 1, None), ("succeeded", 0, None)),
     ),
 }
-TYPED_PAYLOADS_PENDING = pytest.mark.xfail(reason="typed payloads not merged yet", strict=True)
 
 
 @dataclass
@@ -232,13 +231,7 @@ async def _wait_for_completions(
     await eventually(arrived, timeout=30.0, what="a completion event for every event sent")
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=TYPED_PAYLOADS_PENDING) if name == "invalid-data" else name
-        for name in SCENARIOS
-    ],
-)
+@pytest.mark.parametrize("name", list(SCENARIOS))
 async def test_the_harness_decides_as_conveyor_on_rabbitmq_does(
     name: str, tmp_path: Path, start_conveyor: StartConveyor, namespace: Namespace
 ) -> None:

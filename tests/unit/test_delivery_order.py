@@ -7,21 +7,29 @@ import dataclasses
 from types import SimpleNamespace
 from typing import cast
 
-from consumers import builtin
+import pydantic
+
+from consumers import Event, builtin
 from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder, Ordered, Unordered, delivery_order
 from consumers.observe import NO_DELIVERY_OBSERVER
 from consumers.ordering import Ordering
 from consumers.pipeline import checks
 from consumers.reporting import StatusReporter
-from consumers.settling import Outcome
-from consumers.stages import SkipSucceeded
+from consumers.settling import Outcome, Settler
+from consumers.stages import SkipSucceeded, ValidatePayload
 from consumers.subscription import Subscription
 from tests.conftest import subscription
+
+
+class Signup(pydantic.BaseModel):
+    email: str
+
 
 UNORDERED = subscription("plain", ("#",), builtin.discard)
 ORDERED = dataclasses.replace(UNORDERED, ordering=Ordering("subject", partitions=2))
 REPORTER = cast("StatusReporter", SimpleNamespace())  # held, not called, by what is built here
+SETTLER = cast("Settler", SimpleNamespace())  # held, not called, by what is built here
 LIVE = cast("Inbound", SimpleNamespace(channel=SimpleNamespace()))  # its channel still open
 
 
@@ -66,7 +74,27 @@ async def test_a_judging_failure_returns_unordered_and_holds_an_ordered_key_then
 
 
 def test_deduplication_is_a_stage_only_where_the_subscription_deduplicates() -> None:
-    [stage] = checks(UNORDERED, REPORTER, NO_DELIVERY_OBSERVER)
+    [stage] = checks(UNORDERED, REPORTER, NO_DELIVERY_OBSERVER, SETTLER)
     assert isinstance(stage, SkipSucceeded)
-    off = dataclasses.replace(UNORDERED, deduplicate=False)
-    assert checks(off, REPORTER, NO_DELIVERY_OBSERVER) == ()
+    assert (
+        checks(
+            dataclasses.replace(UNORDERED, deduplicate=False),
+            REPORTER,
+            NO_DELIVERY_OBSERVER,
+            SETTLER,
+        )
+        == ()
+    )
+
+
+async def _typed(event: Event[Signup]) -> None:
+    del event
+
+
+def test_a_typed_handler_gets_its_validation_stage_after_deduplication() -> None:
+    typed = dataclasses.replace(UNORDERED, handler=_typed)
+    assert typed.payload is not None
+    skip, validate = checks(typed, REPORTER, NO_DELIVERY_OBSERVER, SETTLER)
+    assert isinstance(skip, SkipSucceeded)
+    assert isinstance(validate, ValidatePayload)
+    assert UNORDERED.payload is None

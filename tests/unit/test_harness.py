@@ -18,7 +18,7 @@ from consumers.observe import DeliveryObserver
 from consumers.ordering import Ordering
 from consumers.reporting import StatusReporter
 from consumers.retry import IN_PROCESS_MAX_WAIT_SECONDS, RetryPolicy
-from consumers.settling import Outcome, Verdict
+from consumers.settling import Outcome, Settler, Verdict
 from consumers.stages import Judging, Stage
 from consumers.status import DeliveryState
 from consumers.subscription import Subscription
@@ -230,9 +230,12 @@ async def test_a_stage_added_to_the_pipeline_s_checks_applies_in_the_harness(
             return Verdict(Outcome.SKIPPED, status=judging.status(DeliveryState.SUCCEEDED, 0))
 
     def with_nightly(
-        subscription: Subscription, reporter: StatusReporter, observer: DeliveryObserver
+        subscription: Subscription,
+        reporter: StatusReporter,
+        observer: DeliveryObserver,
+        settler: Settler,
     ) -> tuple[Stage, ...]:
-        return (*real_checks(subscription, reporter, observer), SkipNightly())
+        return (*real_checks(subscription, reporter, observer, settler), SkipNightly())
 
     from consumers import pipeline  # noqa: PLC0415 - patched where the pipeline looks it up
 

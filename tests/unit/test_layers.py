@@ -10,7 +10,7 @@ Inside `service`, from the bottom up (a module may import its own layer and the 
 1. `store` and `observability`;
 2. `broker`;
 3. `http`, `admin`, and `app_keys` (the aiohttp application keys that both look their parts up by);
-4. the process assembly: `app`, `supervisor`;
+4. the process assembly: `app`, `supervisor`, `reloader`;
 5. `cli`;
 6. the package's own `__init__` and `__main__`.
 
@@ -41,6 +41,7 @@ SERVICE_LAYERS: dict[str, int] = {
     "service.app_keys": 3,
     "service.app": 4,
     "service.supervisor": 4,
+    "service.reloader": 4,
     "service.cli": 5,
     "service": 6,
     "service.__main__": 6,
