@@ -24,7 +24,7 @@ from tests.conftest import Namespace, StartConveyor, subscription
 from tests.support.asyncapi_schema import asyncapi_complaints
 from tests.support.processes import ROOT
 from tests.support.recorder import Recorder
-from tests.support.typed_handlers import SignupRecorder
+from tests.support.typed_handlers import Signup, SignupRecorder
 
 
 def _resolve(document: dict[str, Any], reference: dict[str, Any]) -> Any:
@@ -87,7 +87,7 @@ async def test_a_message_built_from_the_served_document_reaches_the_handler(
         "from-the-document-ce-source",
         "user.signup",
     )
-    assert event.data == body
+    assert event.data == Signup.model_validate(body)  # validated into the declared model
 
 
 async def test_every_queue_the_document_names_exists_once_conveyor_started(
