@@ -11,6 +11,7 @@ from producers.publisher import Publisher
 from service.admin.rate_history import RateHistory
 from service.broker.link import BrokerLink
 from service.http.admission import Admission
+from service.http.delay_book import DelayBook
 from service.http.idempotency import Deduplicator
 from service.http.status_book import StatusBook
 from service.observability.metrics import Metrics
@@ -21,6 +22,7 @@ from service.store import StoreCheck
 __all__ = [
     "ADMISSION",
     "DEDUPLICATOR",
+    "DELAY_BOOK",
     "LIFECYCLE",
     "LINK",
     "METRICS",
@@ -49,6 +51,7 @@ LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
+DELAY_BOOK = web.AppKey("delay_book", DelayBook)
 STORE_CHECK = web.AppKey("store_check", StoreCheck)
 METRICS = web.AppKey("metrics", Metrics)
 RATE_HISTORY = web.AppKey("rate_history", RateHistory)
