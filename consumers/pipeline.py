@@ -37,6 +37,7 @@ from consumers.dead_letter import (
     read_int,
     without_conveyor_headers,
 )
+from consumers.deferral import DeferUntilDue
 from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder
 from consumers.observe import DeliveryObserver, HandlerTracer
@@ -50,9 +51,14 @@ __all__ = ["DeliveryPipeline", "checks"]
 _log = structlog.get_logger(component="consumer")
 
 
-def checks(subscription: Subscription, reporter: StatusReporter) -> tuple[Stage, ...]:
+def checks(
+    subscription: Subscription, reporter: StatusReporter, deferral: DeferUntilDue | None = None
+) -> tuple[Stage, ...]:
     """The stages between decoding and the handler, in the order they run."""
-    return (SkipSucceeded(reporter),) if subscription.deduplicate else ()
+    stages: list[Stage] = [] if deferral is None else [deferral]
+    if subscription.deduplicate:
+        stages.append(SkipSucceeded(reporter))
+    return tuple(stages)
 
 
 class DeliveryPipeline:
@@ -69,13 +75,14 @@ class DeliveryPipeline:
         observer: DeliveryObserver,
         tracer: HandlerTracer,
         stopping: asyncio.Event,
+        deferral: DeferUntilDue | None = None,
     ) -> None:
         self._subscription = subscription
         self._order = order
         self._settler = settler
         self._stopping = stopping
         self._decode = Decode(subscription, queues, settler)
-        self._checks = checks(subscription, reporter)
+        self._checks = checks(subscription, reporter, deferral)
         self._attempts = RunHandler(
             subscription,
             order=order,

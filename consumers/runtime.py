@@ -16,6 +16,7 @@ import aiormq.exceptions
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from consumers.deferral import DeferUntilDue
 from consumers.delivery import Inbound
 from consumers.delivery_order import delivery_order
 from consumers.moves import MessageMover
@@ -31,6 +32,7 @@ from consumers.settling import Settler
 from consumers.status import StatusLedger
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps, WatchedHandler
+from producers.delay import DelayChain
 from producers.publisher import BROKER_FAILURES
 from producers.topology import Topology
 
@@ -56,6 +58,7 @@ class SubscriptionConsumer:
         observer: DeliveryObserver = NO_DELIVERY_OBSERVER,
         tracer: HandlerTracer = NO_HANDLER_TRACER,
         steps: HandlerSteps | None = None,
+        chain: DelayChain | None = None,
     ) -> None:
         self.subscription = subscription
         self._channel = channel
@@ -94,6 +97,7 @@ class SubscriptionConsumer:
             observer=observer,
             tracer=tracer,
             stopping=self._stopping,
+            deferral=None if chain is None else DeferUntilDue(subscription, topology, chain),
         )
 
     async def start(self) -> None:

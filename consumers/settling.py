@@ -54,6 +54,7 @@ class Outcome(enum.StrEnum):
     DEAD_LETTERED = "dead-lettered"  # a copy sits in {ns}.{subscription}.dlq
     RETURNED = "returned"  # back to the queue untouched (shutdown, or a move that failed)
     SKIPPED = "skipped"  # acked without running the handler: it already succeeded here
+    DEFERRED = "deferred"  # not due yet: a copy waits in the delay chain (consumers.deferral)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ class Move:
 @dataclass(slots=True)  # not frozen: one per delivery (see DeliveryUpdate); treat as immutable
 class Verdict:
     outcome: Outcome
-    move: Move | None = None  # for RETRY_SCHEDULED and DEAD_LETTERED
+    move: Move | None = None  # for RETRY_SCHEDULED, DEAD_LETTERED and DEFERRED
     status: DeliveryUpdate | None = None  # what to record (and announce, when terminal)
 
 

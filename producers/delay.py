@@ -34,18 +34,18 @@ from pamqp.common import FieldTable
 from producers.topology import Topology
 
 __all__ = [
+    "DELIVER_KEY_HEADER",
     "DELIVER_TO_HEADER",
-    "DUE_AT_HEADER",
     "DelayChain",
     "declare_delay_chain",
     "levels_for",
 ]
 
-# Where the due event goes when it is not routed anew: a queue name (a consumer deferred an
-# event that came in over AMQP with `deliverat`, for its own subscription only).
+# Where the due event goes when it is not routed anew through `{ns}.events`: the exchange
+# and routing key of one subscription's queue (a consumer deferred an event that came in over
+# AMQP with `deliverat`, for its own subscription only; consumers.deferral).
 DELIVER_TO_HEADER = "x-conveyor-deliver-to"
-# When the event is due (Unix seconds), for the lateness metric and the status.
-DUE_AT_HEADER = "x-conveyor-due-at"
+DELIVER_KEY_HEADER = "x-conveyor-deliver-key"
 MAX_LEVELS = 32
 
 

@@ -18,6 +18,7 @@ from consumers.runtime import SubscriptionConsumer
 from consumers.status import StatusLedger
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
+from producers.delay import DelayChain, levels_for
 from producers.topology import Topology
 from service.observability.metrics import Metrics
 from service.settings import Settings
@@ -44,6 +45,9 @@ class ConsumerFactory:
         self._metrics = metrics
         self._tracer = tracer
         self._steps = steps
+        levels = levels_for(settings.max_delay)
+        # Events over AMQP with a deliverat ahead wait in the chain (consumers.deferral).
+        self._chain = DelayChain(topology, levels) if levels else None
         self._retired: set[asyncio.Task[None]] = set()
 
     async def mover(self, connection: AbstractRobustConnection) -> MessageMover:
@@ -71,6 +75,7 @@ class ConsumerFactory:
             observer=self._metrics,
             tracer=self._tracer,
             steps=self._steps,
+            chain=self._chain,
         )
         await consumer.start()
         _log.info(

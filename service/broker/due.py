@@ -31,7 +31,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from producers import InvalidEventError, OutgoingEvent
-from producers.delay import DELIVER_TO_HEADER
+from producers.delay import DELIVER_KEY_HEADER, DELIVER_TO_HEADER
 from producers.formats import parse_time
 from producers.frames import WireMessage
 from producers.publisher import AmqpPublisher, Destination, PublishRejectedError
@@ -56,6 +56,7 @@ _DROPPED_HEADERS = frozenset(
         "x-first-death-reason",
         "x-first-death-exchange",
         DELIVER_TO_HEADER,
+        DELIVER_KEY_HEADER,
     )
 )
 
@@ -118,7 +119,7 @@ class DueConsumer:
         headers = dict(message.headers or {})
         event = _event_of(message, headers)
         due_at = _due_at(event)
-        target = _text(headers.get(DELIVER_TO_HEADER))
+        target = _target(headers)
         if target is None and await self._book.release(event, due_at) is Release.CANCELLED:
             _log.info("cancelled event came due; acked without routing", event_id=event.id)
             self._metrics.delayed_events.labels("cancelled").inc()
@@ -149,15 +150,22 @@ class DueConsumer:
                 stop_if_cancelled(error)
                 _log.warning("could not record a released event's status", error=str(error))
 
-    async def _back_to(self, queue: str, wire: WireMessage, event: OutgoingEvent) -> None:
+    async def _back_to(self, to: Destination, wire: WireMessage, event: OutgoingEvent) -> None:
         try:
-            await self._publisher.publish_message(wire, event.id, Destination("", queue))
+            await self._publisher.publish_message(wire, event.id, to)
         except PublishRejectedError as error:
             if error.outcome != "returned":
                 raise
             # The subscription's queue is gone: kept in {ns}.unrouted, never dropped.
             unrouted = Destination(self._topology.unrouted, event.type)
             await self._publisher.publish_message(wire, event.id, unrouted)
+
+
+def _target(headers: dict[str, Any]) -> Destination | None:
+    exchange = _text(headers.get(DELIVER_TO_HEADER))
+    if exchange is None:
+        return None
+    return Destination(exchange, _text(headers.get(DELIVER_KEY_HEADER)) or "")
 
 
 def _text(value: Any) -> str | None:
