@@ -8,6 +8,7 @@ to the nearest second, and one under half a second is no delay.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,10 +17,29 @@ from producers.event import format_time
 from producers.formats import parse_time
 from service.settings_reader import parse_duration
 
-__all__ = ["DELAY_HEADER", "DELIVERAT", "Due", "check_deliverat", "due_of", "requested_delay"]
+__all__ = [
+    "DELAY_HEADER",
+    "DELAY_PATTERN",
+    "DELIVERAT",
+    "Due",
+    "check_deliverat",
+    "due_of",
+    "requested_delay",
+]
 
 DELIVERAT = "deliverat"
 DELAY_HEADER = "Conveyor-Delay"
+# A duration of at most 365 days in seconds (the unit may be left out), milliseconds, minutes,
+# hours or days, ASCII digits: the pattern the OpenAPI document gives, so a value it allows is
+# taken (up to CONVEYOR_MAX_DELAY) and one it refuses never is.
+DELAY_PATTERN = (
+    r"^(?:[0-2]?[0-9]{1,7}(?:\.[0-9]{1,3})?s?"
+    r"|[0-9]{1,10}(?:\.[0-9]{1,3})?ms"
+    r"|[0-4]?[0-9]{1,5}(?:\.[0-9]{1,3})?m"
+    r"|(?:[0-7]?[0-9]{1,3}|8[0-6][0-9]{2}|87[0-5][0-9])(?:\.[0-9]{1,3})?h"
+    r"|(?:[0-2]?[0-9]{1,2}|3[0-5][0-9]|36[0-4])(?:\.[0-9]{1,3})?d|365d)$"
+)
+_DELAY = re.compile(DELAY_PATTERN)
 # Under this the event goes out at once: the chain's shortest wait is one second.
 _SHORTEST_DELAY_SECONDS = 0.5
 
@@ -44,13 +64,13 @@ def requested_delay(header: str | None, max_delay: float) -> float | None:
     """Seconds the request's Conveyor-Delay header asks for (None: no header)."""
     if header is None:
         return None
-    try:
-        seconds = parse_duration(header)
-    except ValueError:
+    if _DELAY.fullmatch(header) is None:
         raise InvalidEventError(
-            f"{DELAY_HEADER} must be a duration such as 90s, 15m or 2h (a bare number is seconds)",
+            f"{DELAY_HEADER} must be a duration of at most 365 days such as 90s, 15m, 2h or 7d "
+            "(a bare number is seconds)",
             DELIVERAT,
-        ) from None
+        )
+    seconds = parse_duration(header)
     if seconds > 0 and max_delay <= 0:
         raise _off()
     if seconds > max_delay:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from consumers import Event
@@ -135,9 +134,8 @@ async def test_conveyor_delay_header_sets_deliverat(start_conveyor: StartConveyo
 
 
 async def test_a_delayed_event_survives_a_restart_of_conveyor(
-    start_conveyor: StartConveyor, tmp_path: Path
+    start_conveyor: StartConveyor, store_url: str
 ) -> None:
-    store_url = f"sqlite:///{tmp_path}/restart.db"
     arrivals = Arrivals()
     sub = subscription("later", ("remind.*",), arrivals)
     first = await start_conveyor((sub,), max_delay=MAX_DELAY, store_url=store_url)
@@ -155,11 +153,11 @@ async def test_a_delayed_event_survives_a_restart_of_conveyor(
 
 
 async def test_a_cancelled_event_never_reaches_its_handler(
-    start_conveyor: StartConveyor, namespace: Namespace
+    start_conveyor: StartConveyor, namespace: Namespace, store_url: str
 ) -> None:
     arrivals = Arrivals()
     conveyor = await start_conveyor(
-        (subscription("later", ("remind.*",), arrivals),), max_delay=MAX_DELAY
+        (subscription("later", ("remind.*",), arrivals),), max_delay=MAX_DELAY, store_url=store_url
     )
     now = time.time()
     cancelled = await accept(conveyor, delayed("cancel-me", now + 2))
