@@ -11,8 +11,10 @@ from typing import Any
 from consumers import Event
 from producers import EventClient
 from producers.event import format_time
+from service.cli.client import EXIT_ANSWERED_ERROR
 from service.settings import Role
 from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.integration.test_cli_client import conveyor_cli
 from tests.integration.test_metrics import scrape, value
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
@@ -342,3 +344,26 @@ async def test_a_batch_mixes_delayed_and_immediate_events(start_conveyor: StartC
     await arrivals.recorder.wait_for(2, timeout=20)
     assert arrivals.recorder.ids() == ["batch-now", "batch-later"]
     assert arrivals.at["batch-later"] >= due - EARLY
+
+
+async def test_conveyor_cancel_and_status_on_the_command_line(
+    start_conveyor: StartConveyor,
+) -> None:
+    conveyor = await start_conveyor(role=Role.INGRESS, max_delay=MAX_DELAY)
+    due = time.time() + 600
+    await accept(conveyor, delayed("cli-later", due))
+
+    code, text = await conveyor_cli(conveyor, "status", "cli-later")
+    assert code == 0
+    assert text.splitlines()[0] == (
+        f"cli-later (source /tests, type remind.me): scheduled, not done yet, due {at(due)}"
+    )
+    code, text = await conveyor_cli(conveyor, "cancel", "cli-later")
+    assert (code, text) == (0, "cli-later (source /tests): cancelled\n")
+    code, text = await conveyor_cli(conveyor, "status", "cli-later")
+    assert (
+        text.splitlines()[0]
+        == f"cli-later (source /tests, type remind.me): cancelled, due {at(due)}"
+    )
+    code, _ = await conveyor_cli(conveyor, "cancel", "no-such-event")
+    assert code == EXIT_ANSWERED_ERROR
