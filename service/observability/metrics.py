@@ -123,7 +123,7 @@ class Metrics:
         self.deliveries = Counter(
             "conveyor_deliveries",
             "Deliveries settled, by subscription and outcome "
-            "(acked, retry-scheduled, dead-lettered, skipped, returned)",
+            "(acked, retry-scheduled, dead-lettered, skipped, deferred, returned)",
             ("subscription", "outcome"),
             registry=registry,
         )
