@@ -3,12 +3,14 @@ chain and reach their handlers when due, in due order; cancelled ones never do."
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from consumers import Event
+from consumers.ordering import Ordering
 from producers import EventClient
 from producers.event import format_time
 from service.cli.client import EXIT_ANSWERED_ERROR
@@ -367,3 +369,28 @@ async def test_conveyor_cancel_and_status_on_the_command_line(
     )
     code, _ = await conveyor_cli(conveyor, "cancel", "no-such-event")
     assert code == EXIT_ANSWERED_ERROR
+
+
+async def test_an_ordered_subscription_gets_an_amqp_event_back_in_its_keys_partition(
+    start_conveyor: StartConveyor, amqp_url: str, namespace: Namespace
+) -> None:
+    arrivals = Arrivals()
+    plain = subscription("orderly", ("remind.*",), arrivals)
+    sub = dataclasses.replace(plain, ordering=Ordering("partitionkey", 2))
+    await start_conveyor((sub,), max_delay=MAX_DELAY)
+    due = time.time() + 2
+    async with EventClient(amqp_url, namespace=namespace.name) as client:
+        await client.send(
+            "remind.me",
+            source="/amqp",
+            id="ordered-later",
+            extensions={"deliverat": at(due), "partitionkey": "k1"},
+        )
+
+    [event] = await arrivals.recorder.wait_for(1, timeout=30)
+
+    assert event.id == "ordered-later"
+    assert arrivals.at["ordered-later"] >= due - EARLY
+    partitions = [namespace.topology.partition_queue("orderly", index) for index in range(2)]
+    assert [await namespace.depth(queue) for queue in partitions] == [0, 0]
+    assert await namespace.depth(namespace.topology.unrouted) == 0
