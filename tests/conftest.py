@@ -321,7 +321,7 @@ async def start_conveyor(
         defaults: dict[str, Any] = {
             "shutdown_timeout": 5.0,
             "store_url": f"sqlite:///{tmp_path}/conveyor-{len(running)}.db",
-            # No delay chain unless a test asks for one: its queues cost every start a second.
+            # No delay chain unless a test asks for one: its 25 quorum queues slow every start.
             "max_delay": 0.0,
         }
         settings = replace(

@@ -21,7 +21,7 @@ from tests.integration.test_metrics import scrape, value
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 
-# 12 levels (delays up to 68 minutes): enough for every test here, declared in about a second.
+# 12 levels (delays up to 68 minutes): enough for every test here, and few queues to declare.
 MAX_DELAY = 3600.0
 # The chain rounds a delay to the nearest whole second: an event may come this much early.
 EARLY = 0.5
@@ -108,7 +108,21 @@ async def test_an_event_due_in_10_minutes_does_not_hold_back_one_due_in_1_s(
         (subscription("later", ("remind.*",), arrivals),), max_delay=MAX_DELAY
     )
     now = time.time()
-    far = await accept(conveyor, delayed("far", now + 600))
+    # The far one in binary mode: `ce-deliverat`.
+    response = await conveyor.client.post(
+        "/v1/events",
+        data=b"{}",
+        headers={
+            "Content-Type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-id": "far",
+            "ce-source": "/tests",
+            "ce-type": "remind.me",
+            "ce-deliverat": at(now + 600),
+        },
+    )
+    assert response.status == 202, await response.text()
+    far = response.headers["Location"]
     await accept(conveyor, delayed("near", now + 1))
 
     await arrivals.recorder.wait_for(1, timeout=20)
@@ -116,7 +130,7 @@ async def test_an_event_due_in_10_minutes_does_not_hold_back_one_due_in_1_s(
     assert arrivals.recorder.ids() == ["near"]
     assert arrivals.at["near"] <= now + 1 + LATE
     _, status = await conveyor.status(far)
-    assert status["state"] == "scheduled"
+    assert (status["state"], status["due"]) == ("scheduled", at(now + 600))
 
 
 async def test_conveyor_delay_header_sets_deliverat(start_conveyor: StartConveyor) -> None:
