@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from consumers.deferral import DeferUntilDue
 from consumers.delivery_order import DeliveryOrder, delivery_order
 from consumers.event import Handler
 from consumers.moves import Mover
@@ -50,6 +51,7 @@ def assemble(
     stopping: asyncio.Event,
     retry_clock: RetryClock = LOOP_RETRY_CLOCK,
     bucket: TokenBucket | None = None,
+    deferral: DeferUntilDue | None = None,
 ) -> DeliveryPath:
     """The path of `subscription`'s deliveries through `handler` (the subscription's own, or
     one that wraps it)."""
@@ -76,5 +78,6 @@ def assemble(
         tracer=tracer,
         stopping=stopping,
         bucket=bucket,
+        deferral=deferral,
     )
     return DeliveryPath(order, settler, pipeline)

@@ -42,6 +42,7 @@ from consumers.dead_letter import (
     read_int,
     without_conveyor_headers,
 )
+from consumers.deferral import DeferUntilDue
 from consumers.delivery import Inbound
 from consumers.delivery_order import DeliveryOrder
 from consumers.observe import DeliveryObserver, HandlerTracer
@@ -69,10 +70,12 @@ def checks(
     reporter: StatusReporter,
     observer: DeliveryObserver,
     settler: Settler,
+    deferral: DeferUntilDue | None = None,
 ) -> tuple[Stage, ...]:
-    """The stages between decoding and the handler, in the order they run: the filters first,
-    which cost no store lookup; validation last, once the event is known to be handled."""
-    stages: list[Stage] = []
+    """The stages between decoding and the handler, in the order they run: an event not due yet
+    first (it is not this delivery's to judge), then the filters, which cost no store lookup;
+    validation last, once the event is known to be handled."""
+    stages: list[Stage] = [] if deferral is None else [deferral]
     if subscription.filters:
         stages.append(SkipFiltered(subscription))
     if subscription.deduplicate:
@@ -97,6 +100,7 @@ class DeliveryPipeline:
         tracer: HandlerTracer,
         stopping: asyncio.Event,
         bucket: TokenBucket | None = None,
+        deferral: DeferUntilDue | None = None,
     ) -> None:
         """`bucket`: the subscription's rate limit, kept by the caller across reconnects; by
         default a new one when the subscription has a `rate`."""
@@ -105,7 +109,7 @@ class DeliveryPipeline:
         self._settler = settler
         self._stopping = stopping
         self._decode = Decode(subscription, queues, settler)
-        self._checks = checks(subscription, reporter, observer, settler)
+        self._checks = checks(subscription, reporter, observer, settler, deferral)
         if bucket is None and subscription.rate is not None:
             bucket = TokenBucket(subscription.rate)
         pacer = Pacer(subscription.name, bucket, observer=observer, stopping=stopping)

@@ -17,6 +17,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from consumers.assembly import assemble
+from consumers.deferral import DeferUntilDue
 from consumers.delivery import Inbound
 from consumers.moves import MessageMover
 from consumers.observe import (
@@ -29,6 +30,7 @@ from consumers.pacing import TokenBucket
 from consumers.status import StatusLedger
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
+from producers.delay import DelayChain
 from producers.publisher import BROKER_FAILURES
 from producers.topology import Topology
 
@@ -55,6 +57,7 @@ class SubscriptionConsumer:
         tracer: HandlerTracer = NO_HANDLER_TRACER,
         steps: HandlerSteps | None = None,
         bucket: TokenBucket | None = None,
+        chain: DelayChain | None = None,
     ) -> None:
         self.subscription = subscription
         self._channel = channel
@@ -79,6 +82,7 @@ class SubscriptionConsumer:
             steps=steps or HandlerSteps(),
             stopping=self._stopping,
             bucket=bucket,
+            deferral=None if chain is None else DeferUntilDue(subscription, topology, chain),
         )
         self._order, self._settler, self._pipeline = path.order, path.settler, path.pipeline
 

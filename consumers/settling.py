@@ -55,6 +55,7 @@ class Outcome(enum.StrEnum):
     RETURNED = "returned"  # back to the queue untouched (shutdown, or a move that failed)
     SKIPPED = "skipped"  # acked without running the handler: it already succeeded here
     FILTERED = "filtered"  # acked without running the handler: the filters left it out
+    DEFERRED = "deferred"  # not due yet: a copy waits in the delay chain (consumers.deferral)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class Move:
 @dataclass(slots=True)  # not frozen: one per delivery (see DeliveryUpdate); treat as immutable
 class Verdict:
     outcome: Outcome
-    move: Move | None = None  # for RETRY_SCHEDULED and DEAD_LETTERED
+    move: Move | None = None  # for RETRY_SCHEDULED, DEAD_LETTERED and DEFERRED
     status: DeliveryUpdate | None = None  # what to record (and announce, when terminal)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiormq.exceptions
@@ -24,11 +25,20 @@ __all__ = [
     "BROKER_FAILURES",
     "AmqpPublisher",
     "BrokerUnavailableError",
+    "Destination",
     "PublishError",
     "PublishRejectedError",
     "PublishTimeoutError",
     "Publisher",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a message is published: an exchange and a routing key."""
+
+    exchange: str
+    routing_key: str
 
 
 class PublishError(Exception):
@@ -63,6 +73,7 @@ class Publisher(Protocol):
         correlation_id: str | None = None,
         traceparent: str | None = None,
         first_copy_mark: str | None = None,
+        destination: Destination | None = None,
     ) -> None:
         """Return once the broker confirmed the event; raise PublishError otherwise."""
         ...
@@ -166,18 +177,28 @@ class AmqpPublisher:
         correlation_id: str | None = None,
         traceparent: str | None = None,
         first_copy_mark: str | None = None,
+        destination: Destination | None = None,
     ) -> None:
+        """Publish `event` to the events exchange (or to `destination`: the delay chain) as a
+        persistent, mandatory message, and return once RabbitMQ confirmed it."""
         message = to_wire_message(
             event,
             correlation_id=correlation_id,
             traceparent=traceparent,
             first_copy_mark=first_copy_mark,
         )
+        await self.publish_message(message, event.id, destination or self._to_events(event.type))
+
+    async def publish_message(
+        self, message: WireMessage, event_id: str, destination: Destination
+    ) -> None:
+        """`publish` for a message already on the wire form (one coming out of the delay
+        chain, passed on as it is)."""
         started = time.perf_counter()
         self._observer.publish_started()
         outcome = "unavailable"
         try:
-            await self._publish(message, event)
+            await self._publish(message, event_id, destination)
             outcome = "ack"
         except PublishError as error:
             outcome = _outcome_label(error)
@@ -289,17 +310,20 @@ class AmqpPublisher:
             return failure
         return _unless_acked(confirmation.result())
 
-    async def _publish(self, message: WireMessage, event: OutgoingEvent) -> None:
+    def _to_events(self, event_type: str) -> Destination:
+        return Destination(self._exchange, event_type)
+
+    async def _publish(self, message: WireMessage, event_id: str, to: Destination) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout_at(deadline) as scope, self._same_id.turn(event.id):
+            async with asyncio.timeout_at(deadline) as scope, self._same_id.turn(event_id):
                 pipeline = await self._state.pipeline()
                 # From here the confirm's own wait keeps the deadline (`settle_by`).
                 scope.reschedule(None)
                 confirmation = await settle_by(
                     pipeline.publish(
-                        message, exchange=self._exchange, routing_key=event.type, mandatory=True
+                        message, exchange=to.exchange, routing_key=to.routing_key, mandatory=True
                     ),
                     deadline,
                 )

@@ -21,6 +21,7 @@ from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECO
 from service.app_keys import (
     ADMISSION,
     DEDUPLICATOR,
+    DELAY_BOOK,
     LIFECYCLE,
     LINK,
     METRICS,
@@ -41,6 +42,8 @@ from service.http.admission import Admission
 from service.http.answers import answers_middleware
 from service.http.api_docs import add_api_docs_routes
 from service.http.asyncapi import add_asyncapi_route
+from service.http.cancel_route import cancel_event
+from service.http.delay_book import DelayBook
 from service.http.health import livez, readyz
 from service.http.idempotency import Deduplicator
 from service.http.ingress import INGEST_PATH, ingest
@@ -138,6 +141,7 @@ def build_app(
         app.router.add_post(INGEST_PATH, ingest)
         # Event ids may hold '/' (sent percent-encoded), hence the pattern.
         app.router.add_get("/v1/events/{event_id:.+}", event_status)
+        app.router.add_delete("/v1/events/{event_id:.+}", cancel_event)
     add_asyncapi_route(app, settings, subscriptions)
     add_api_docs_routes(app)
     add_openapi_route(app)  # last: the document it serves lists the routes above
@@ -206,6 +210,7 @@ def _store(
         writer.on_written = book.wake_waiters
         writer.start()
         app[STATUS_BOOK] = book
+        app[DELAY_BOOK] = DelayBook(store, writer, book, ttl=settings.status_ttl, clock=clock)
         # A duplicate waits for the first request's answer about as long as that one may take.
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
         claims = ClaimBatcher(store, remember=settings.idempotency_ttl)
@@ -257,7 +262,7 @@ async def _count_keys(store: Store, metrics: Metrics) -> None:
 
 async def _broker_link(app: web.Application) -> AsyncIterator[None]:
     link = app[LINK]
-    link.start(app[STATUS_BOOK])
+    link.start(app[STATUS_BOOK], app[DELAY_BOOK])
     yield
     # By now the listener is closed and in-flight requests have finished (aiohttp's runner
     # waits for them before cleanup), so only the consumers are left to drain.

@@ -11,6 +11,7 @@ from producers.publisher import Publisher
 from service.admin.rate_history import RateHistory
 from service.broker.link import BrokerLink
 from service.http.admission import Admission
+from service.http.delay_book import DelayBook
 from service.http.idempotency import Deduplicator
 from service.http.payload_check import PayloadCheck
 from service.http.status_book import StatusBook
@@ -22,6 +23,7 @@ from service.store import StoreCheck
 __all__ = [
     "ADMISSION",
     "DEDUPLICATOR",
+    "DELAY_BOOK",
     "LIFECYCLE",
     "LINK",
     "METRICS",
@@ -51,6 +53,7 @@ LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
+DELAY_BOOK = web.AppKey("delay_book", DelayBook)
 STORE_CHECK = web.AppKey("store_check", StoreCheck)
 METRICS = web.AppKey("metrics", Metrics)
 RATE_HISTORY = web.AppKey("rate_history", RateHistory)

@@ -168,6 +168,12 @@ class Settings:
     status_ttl: float = setting(
         "STATUS_TTL", duration(), "7d", "how long GET /v1/events/{id} knows an event's status"
     )
+    max_delay: float = setting(
+        "MAX_DELAY",
+        duration(allow_zero=True),
+        "365d",
+        "longest delay of an event (deliverat, Conveyor-Delay); 0 turns delayed delivery off",
+    )
     # (name it is logged under, token) pairs; none: the admin API is off
     admin_tokens: tuple[tuple[str, str], ...] = optional(
         "ADMIN_TOKEN",

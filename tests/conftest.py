@@ -25,6 +25,7 @@ from yarl import URL
 from consumers import Handler
 from consumers.retry import RetryPolicy, delay_label
 from consumers.subscription import Subscription
+from producers.delay import DelayChain, levels_for
 from producers.topology import Topology
 from service import Settings, build_app
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
@@ -112,6 +113,8 @@ class Namespace:
     subscriptions: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # ordered subscription name -> its partition count: its partition queues and hash exchange
     partitioned: dict[str, int] = field(default_factory=dict)
+    # the most levels of delay chain a conveyor started here declared (CONVEYOR_MAX_DELAY)
+    delay_levels: int = 0
 
     def register(self, subscription: Subscription) -> None:
         self.subscriptions[subscription.name] = subscription.tier_delays
@@ -198,6 +201,10 @@ class Namespace:
         for name, partitions in self.partitioned.items():
             queues += [topology.partition_queue(name, index) for index in range(partitions)]
             exchanges.append(topology.partition_exchange(name))
+        if self.delay_levels:
+            chain = DelayChain(topology, self.delay_levels)
+            queues += chain.names()
+            exchanges += chain.names()
         async with await aio_pika.connect(self.amqp_url) as connection:
             for name in queues:
                 channel = await connection.channel()
@@ -317,6 +324,8 @@ async def start_conveyor(
         defaults: dict[str, Any] = {
             "shutdown_timeout": 5.0,
             "store_url": f"sqlite:///{tmp_path}/conveyor-{len(running)}.db",
+            # No delay chain unless a test asks for one: its 25 quorum queues slow every start.
+            "max_delay": 0.0,
         }
         settings = replace(
             Settings(),
@@ -328,6 +337,7 @@ async def start_conveyor(
         )
         for declared in subscriptions:
             namespace.register(declared)
+        namespace.delay_levels = max(namespace.delay_levels, levels_for(settings.max_delay))
         app = build_app(
             settings,
             subscriptions,

@@ -19,6 +19,7 @@ from consumers.runtime import SubscriptionConsumer
 from consumers.status import StatusLedger
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
+from producers.delay import DelayChain, levels_for
 from producers.topology import Topology
 from service.observability.metrics import Metrics
 from service.settings import Settings
@@ -45,6 +46,9 @@ class ConsumerFactory:
         self._metrics = metrics
         self._tracer = tracer
         self._steps = steps
+        levels = levels_for(settings.max_delay)
+        # Events over AMQP with a deliverat ahead wait in the chain (consumers.deferral).
+        self._chain = DelayChain(topology, levels) if levels else None
         self._retired: set[asyncio.Task[None]] = set()
         # Rate limits by subscription, kept across reconnects and failovers: a new connection's
         # consumers do not start with a full bucket.
@@ -76,6 +80,7 @@ class ConsumerFactory:
             tracer=self._tracer,
             steps=self._steps,
             bucket=self._bucket(subscription),
+            chain=self._chain,
         )
         await consumer.start()
         _log.info(

@@ -28,11 +28,13 @@ from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
 from producers import BrokerUnavailableError
 from producers.amqp_internals import is_blocked
+from producers.delay import DelayChain, declare_delay_chain, levels_for
 from producers.publisher import AmqpPublisher
 from producers.topology import Topology
 from service.broker.addresses import AddressRotation, redact_url
 from service.broker.consumer_set import ConsumerFactory
 from service.broker.declaring import attach_publisher, declare_exchanges, declare_subscription
+from service.broker.due import DueBook, DueConsumer
 from service.broker.queue_stats import poll_queue_stats
 from service.broker.watchdog import watch_for_silence
 from service.cancellation import stop_if_cancelled, stop_task
@@ -106,11 +108,16 @@ class BrokerLink:
         self._problem: str | None = "connecting"
         self._task: asyncio.Task[None] | None = None
         self._ledger: StatusLedger | None = None
+        self._due_book: DueBook | None = None
+        levels = levels_for(settings.max_delay)
+        self.chain = DelayChain(self._topology, levels) if levels else None
         self.consumers: list[SubscriptionConsumer] = []
 
-    def start(self, ledger: StatusLedger) -> None:
-        """Connect in the background; consumers report their deliveries' progress to `ledger`."""
+    def start(self, ledger: StatusLedger, due_book: DueBook | None = None) -> None:
+        """Connect in the background; consumers report their deliveries' progress to `ledger`;
+        with a publisher and `due_book`, this process also routes delayed events when due."""
         self._ledger = ledger
+        self._due_book = due_book
         self._task = asyncio.create_task(self._run(), name="conveyor-broker-link")
 
     def status(self) -> LinkStatus:
@@ -226,6 +233,7 @@ class BrokerLink:
                 self._subscriptions,
                 self._metrics,
                 interval=self._queue_poll_interval,
+                chain=self.chain,
             ),
             name="conveyor-queue-stats",
         )
@@ -314,6 +322,8 @@ class BrokerLink:
         exchange = await declare_exchanges(connection, self._topology)
         if self._publisher is not None:
             await attach_publisher(connection, self._publisher, exchange)
+        if self.chain is not None:
+            await self._declare_chain(connection, self.chain)
         mover = await self._consumers.mover(connection)
         consumers = []
         for subscription in self._subscriptions:
@@ -326,6 +336,21 @@ class BrokerLink:
                 )
             )
         self.consumers = consumers
+
+    async def _declare_chain(self, connection: AbstractRobustConnection, chain: DelayChain) -> None:
+        """The delay chain, on a channel that stays open (so a reconnect re-declares it), and
+        its due queue consumed there when this process publishes."""
+        channel = await connection.channel()
+        due = await declare_delay_chain(channel, chain)
+        if self._publisher is None or self._due_book is None:
+            return
+        consumer = DueConsumer(
+            topology=self._topology,
+            publisher=self._publisher,
+            book=self._due_book,
+            metrics=self._metrics,
+        )
+        await consumer.start(due)
 
     async def _abandon(self, connection: AbstractRobustConnection) -> None:
         if self._publisher is not None:

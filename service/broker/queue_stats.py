@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from consumers.retry import delay_label
 from consumers.subscription import Subscription
 from consumers.topology import subscription_queue_names
+from producers.delay import DelayChain
 from producers.publisher import BROKER_FAILURES
 from producers.topology import Topology
 from service.cancellation import stop_if_cancelled
@@ -37,10 +38,20 @@ async def poll_queue_stats(
     metrics: Metrics,
     *,
     interval: float = POLL_SECONDS,
+    chain: DelayChain | None = None,
 ) -> None:
     """Refresh the queue gauges every `interval` seconds until cancelled."""
     channel: AbstractRobustChannel | None = None
     while True:
+        if chain is not None:
+            try:
+                if channel is None or channel.is_closed:
+                    channel = await connection.channel()
+                await _poll_chain(channel, chain, metrics)
+            except _POLL_FAILURES as error:
+                stop_if_cancelled(error)
+                _log.warning("delay chain stats poll failed", error=str(error))
+                channel = None
         for subscription in subscriptions:
             # One subscription at a time: a queue missing for one must not blind the rest.
             try:
@@ -122,3 +133,12 @@ async def _poll_one(
     metrics.queue_messages.labels(name, "dlq").set(stats.dead_letters)
     metrics.queue_messages.labels(name, "retry").set(sum(stats.retry_tiers.values()))
     metrics.queue_consumers.labels(name).set(stats.consumers)
+
+
+async def _poll_chain(channel: AbstractRobustChannel, chain: DelayChain, metrics: Metrics) -> None:
+    # Level L holds events whose remaining wait has no bit above L: due within 2**(L+1) s.
+    async with asyncio.timeout(5.0):
+        for index in range(chain.levels):
+            level = await channel.declare_queue(chain.level(index), passive=True, robust=False)
+            waiting = level.declaration_result.message_count or 0
+            metrics.delayed_waiting.labels(str(2 << index)).set(waiting)

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel
 
 from consumers.subscription import Subscription
 from consumers.topology import declare_subscription_queues
+from producers.delay import DelayChain, declare_delay_chain
 from producers.topology import Topology, declare_events_exchange, declare_results_exchange
 
 __all__ = ["apply_topology", "plan_topology", "render_topology"]
@@ -83,21 +84,27 @@ class _RecordingChannel:
 
 
 async def _declare(
-    channel: AbstractChannel, topology: Topology, subscriptions: Sequence[Subscription]
+    channel: AbstractChannel,
+    topology: Topology,
+    subscriptions: Sequence[Subscription],
+    delay_levels: int,
 ) -> None:
     await declare_events_exchange(channel, topology)
     await declare_results_exchange(channel, topology)
+    if delay_levels:
+        await declare_delay_chain(channel, DelayChain(topology, delay_levels))
     for subscription in subscriptions:
         await declare_subscription_queues(channel, topology, subscription)
 
 
 async def plan_topology(
-    topology: Topology, subscriptions: Sequence[Subscription]
+    topology: Topology, subscriptions: Sequence[Subscription], *, delay_levels: int = 0
 ) -> list[dict[str, Any]]:
-    """Every exchange, queue and binding conveyor declares, in declaration order."""
+    """Every exchange, queue and binding conveyor declares, in declaration order (with the
+    delay chain's `delay_levels` levels, producers.delay)."""
     recorder = _RecordingChannel()
     # The recorder has the methods the declaration functions call, and no others.
-    await _declare(cast("AbstractChannel", recorder), topology, subscriptions)
+    await _declare(cast("AbstractChannel", recorder), topology, subscriptions, delay_levels)
     return recorder.entities
 
 
@@ -107,6 +114,7 @@ async def apply_topology(
     subscriptions: Sequence[Subscription],
     *,
     ssl_context: ssl.SSLContext | None = None,
+    delay_levels: int = 0,
 ) -> None:
     """Declare it all on the broker (idempotent), as a starting conveyor would, on the first
     of `amqp_urls` that answers (the nodes of one cluster share their definitions)."""
@@ -118,7 +126,7 @@ async def apply_topology(
             unreachable = error
             continue
         async with connection:
-            await _declare(await connection.channel(), topology, subscriptions)
+            await _declare(await connection.channel(), topology, subscriptions, delay_levels)
         return
     if unreachable is not None:
         raise unreachable

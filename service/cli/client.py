@@ -1,4 +1,5 @@
-"""`conveyor status`, `subscriptions`, `dlq` and `publish`: talking to a running conveyor.
+"""`conveyor status`, `cancel`, `subscriptions`, `dlq` and `publish`: talking to a running
+conveyor.
 
 Human output by default, `--json` for scripts. Exit codes: 0 done, 1 the service answered with
 an error (the problem's detail is printed), 2 a usage error (or an invalid event), 3 the service
@@ -62,6 +63,11 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     status.add_argument("event_id")
     status.add_argument("--source", help="pick one when several sources used this id")
     status.add_argument("--wait", help="wait up to this long for it to finish, e.g. 10s")
+    cancel = commands.add_parser(
+        "cancel", parents=[common], help="cancel a delayed event that is not due yet"
+    )
+    cancel.add_argument("event_id")
+    cancel.add_argument("--source", help="pick one when several sources used this id")
     commands.add_parser(
         "subscriptions", parents=[common], help="subscriptions with their queue counts (admin)"
     )
@@ -135,6 +141,11 @@ async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) ->
                 }
                 answer = await ask(arguments, "GET", path, query=query)
                 return finish(arguments, answer, out, _print_status)
+            case "cancel":
+                path = f"/v1/events/{quote(arguments.event_id, safe='')}"
+                query = {"source": arguments.source} if arguments.source else {}
+                answer = await ask(arguments, "DELETE", path, query=query)
+                return finish(arguments, answer, out, _print_cancelled)
         answer = await ask(arguments, "GET", "/v1/admin/subscriptions")
         return finish(arguments, answer, out, _print_subscriptions)
     except CommandError as failure:
@@ -142,10 +153,15 @@ async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) ->
         return failure.exit_code
 
 
+def _print_cancelled(document: dict[str, Any], out: TextIO) -> None:
+    out.write(f"{document['id']} (source {document['source']}): cancelled\n")
+
+
 def _print_status(document: dict[str, Any], out: TextIO) -> None:
+    due = f", due {document['due']}" if document.get("due") else ""
     out.write(
         f"{document['id']} (source {document['source']}, type {document['type']}): "
-        f"{document['state']}{'' if document['done'] else ', not done yet'}\n"
+        f"{document['state']}{'' if document['done'] else ', not done yet'}{due}\n"
     )
     for name, entry in document["subscriptions"].items():
         line = f"  {name:<24} {entry['state']:<14} attempts {entry['attempts']}"

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from consumers.subscription import Subscription
 from producers.amqp_internals import InternalsMissingError, check_internals
+from producers.delay import levels_for
 from producers.topology import Topology
 from service.app import build_app
 from service.app_keys import LIFECYCLE
@@ -188,7 +189,8 @@ async def topology_command(
     out: TextIO = sys.stdout,
 ) -> int:
     topology = Topology(settings.namespace)
-    entities = await plan_topology(topology, subscriptions)
+    delay_levels = levels_for(settings.max_delay)
+    entities = await plan_topology(topology, subscriptions, delay_levels=delay_levels)
     if arguments.json:
         out.write(orjson.dumps(entities, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -200,6 +202,7 @@ async def topology_command(
                 topology,
                 subscriptions,
                 ssl_context=settings.amqp_tls_context(),
+                delay_levels=delay_levels,
             )
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             # The broker answered: something with this name exists with other arguments.

@@ -23,6 +23,8 @@ from producers.publisher import Publisher
 from service.app_keys import (
     ADMISSION,
     DEDUPLICATOR,
+    DELAY_BOOK,
+    LINK,
     METRICS,
     PAYLOAD_CHECK,
     PUBLISHER,
@@ -40,6 +42,8 @@ from service.http.cloudevents import (
     check_header_text,
     parse_request,
 )
+from service.http.delay_book import RequestDelays
+from service.http.deliverat import DELAY_HEADER, requested_delay
 from service.http.idempotency import (
     IDEMPOTENCY_HEADER,
     Answer,
@@ -146,10 +150,14 @@ async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) ->
     correlation_id = _correlation_id(request)
     traceparent = request.headers.get("traceparent", "").strip().lower()
     deduplicator = request.app[DEDUPLICATOR]
+    delay = requested_delay(request.headers.get(DELAY_HEADER), settings.max_delay)
     publish = _Publication(
         request.app[PUBLISHER],
         deduplicator=deduplicator,
         book=request.app[STATUS_BOOK],
+        delays=RequestDelays(
+            request.app[DELAY_BOOK], request.app[LINK].chain, settings.max_delay, delay
+        ),
         metrics=request.app[METRICS],
         tracing=request.app[TRACING],
         correlation_id=correlation_id,
@@ -202,15 +210,17 @@ async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) ->
 
 async def _accept(parsed: ParsedSingle | ParsedBatch, publish: _Publication) -> Answer:
     if isinstance(parsed, ParsedSingle):
+        publish.delays.check(parsed.event)
         await publish(parsed.event)  # a PublishError becomes the 503 problem
         location = _status_location(parsed.event.id)
         body = orjson.dumps({"id": parsed.event.id, "location": location})
         return Answer(202, body, location=location)
-    valid = [entry for entry in parsed.entries if isinstance(entry, OutgoingEvent)]
+    entries = [publish.delays.checked(entry) for entry in parsed.entries]
+    valid = [entry for entry in entries if isinstance(entry, OutgoingEvent)]
     published = iter(await publish.many(valid) if valid else [])
     outcomes = [
         next(published) if isinstance(entry, OutgoingEvent) else _invalid(entry)
-        for entry in parsed.entries
+        for entry in entries
     ]
     results = [
         _accepted_entry(outcome)
@@ -267,6 +277,7 @@ class _Publication:
         *,
         deduplicator: Deduplicator,
         book: StatusBook,
+        delays: RequestDelays,
         metrics: Metrics,
         tracing: Tracing,
         correlation_id: str,
@@ -275,6 +286,7 @@ class _Publication:
         self._publisher = publisher
         self._deduplicator = deduplicator
         self._book = book
+        self.delays = delays
         self.metrics = metrics
         self._tracing = tracing
         self._correlation_id = correlation_id
@@ -314,23 +326,37 @@ class _Publication:
         tokens = structlog.contextvars.bind_contextvars(
             event_id=event.id, event_type=event.type, correlation_id=self._correlation_id
         )
+        event, destination, scheduled = self.delays.route(event)
         try:
             with self._tracing.publish(event, self._traceparent) as traceparent:
                 await self._publisher.publish(
                     event,
                     correlation_id=self._correlation_id,
                     traceparent=traceparent,
-                    first_copy_mark=self._first_copy_mark(event, first),
+                    # A delayed event is published again when due, maybe twice: never marked.
+                    first_copy_mark=None
+                    if destination is not None
+                    else self._first_copy_mark(event, first),
+                    destination=destination,
                 )
         except PublishError as error:
             _log.warning("event not accepted", reason=error.reason, error=str(error))
             raise
         else:
             _log.debug("event accepted")
+            if scheduled:
+                self.metrics.delayed_events.labels("scheduled").inc()
+                return Answer(202, b"", writes=tuple(scheduled))
             # The status goes to the store with the answer, in one write.
             return Answer(202, b"", writes=self._status_writes(event))
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _one_of_many(self, event: OutgoingEvent, first: bool) -> Answer | Exception:  # noqa: FBT001 - the claim's answer, passed along
+        try:
+            return await self._publish(event, first)
+        except PublishError as error:
+            return error
 
     async def many(self, events: Sequence[OutgoingEvent]) -> list[OutgoingEvent | Problem]:
         """`settled` for each event of a batch, in one pass: one claim statement, one write of
@@ -371,6 +397,16 @@ class _Publication:
     async def _publish_many(
         self, events: Sequence[OutgoingEvent], firsts: Sequence[bool]
     ) -> list[Answer | Exception]:
+        if self.delays.any_delayed(events):
+            # Each to its own destination: the delay chain or the events exchange.
+            return list(
+                await asyncio.gather(
+                    *(
+                        self._one_of_many(event, first)
+                        for event, first in zip(events, firsts, strict=True)
+                    )
+                )
+            )
         with (
             structlog.contextvars.bound_contextvars(correlation_id=self._correlation_id),
             contextlib.ExitStack() as spans,

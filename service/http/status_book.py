@@ -41,6 +41,9 @@ MAX_LOOKUPS_PER_QUERY = 256
 LOOKUP_TIMEOUT_SECONDS = 5.0
 # Earlier rounds of a delivery shown in its status (each replay from the DLQ ends one).
 MAX_HISTORY_SHOWN = 20
+_CANCELLED = "cancelled"
+# A delayed event's own states, before (or instead of) any subscription's.
+_WAITING_STATES = frozenset(("scheduled", _CANCELLED))
 _SucceededKey = tuple[str, str, str]  # event id, source, subscription
 _EVENT_ROW_STATEMENTS = frozenset(
     (Statements.accept_event, Statements.see_event, Statements.put_delivery)
@@ -55,9 +58,13 @@ class EventStatus:
     accepted_at: float | None
     subscriptions: dict[str, dict[str, Any]]
     unrouted: bool
+    due_at: float | None = None  # a delayed event: when it is (or was) due
+    delay_state: str | None = None  # scheduled, due or cancelled (service.http.delay_book)
 
     @property
     def state(self) -> str:
+        if self.delay_state in _WAITING_STATES:
+            return str(self.delay_state)
         states = {str(entry["state"]) for entry in self.subscriptions.values()}
         if not states:
             return "unrouted" if self.unrouted else DeliveryState.PENDING.value
@@ -73,12 +80,14 @@ class EventStatus:
     @property
     def done(self) -> bool:
         """Nothing more will happen to it: every subscription finished, or it went nowhere."""
+        if self.delay_state in _WAITING_STATES:
+            return self.delay_state == _CANCELLED
         if not self.subscriptions:
             return self.unrouted
         return all(DeliveryState(entry["state"]).terminal for entry in self.subscriptions.values())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        shown = {
             "id": self.attributes.get("id"),
             "source": self.attributes.get("source"),
             "type": self.attributes.get("type"),
@@ -88,6 +97,9 @@ class EventStatus:
             "attributes": self.attributes,
             "subscriptions": self.subscriptions,
         }
+        if self.due_at is not None:
+            shown["due"] = _time(self.due_at)
+        return shown
 
 
 class StatusBook:
@@ -217,8 +229,20 @@ class StatusBook:
         now = self._clock.now()
         rows = await self._store.query(Statements.select_events, event_id, now)
         found = []
-        for _, row_source, attributes, routed, accepted_at in rows:
+        for _, row_source, attributes, routed, accepted_at, due_at, delay_state in rows:
             if source is not None and row_source != source:
+                continue
+            if delay_state in _WAITING_STATES:
+                # Not routed yet (or never to be): no subscription has it.
+                waiting = EventStatus(
+                    orjson.loads(attributes),
+                    accepted_at,
+                    subscriptions={},
+                    unrouted=False,
+                    due_at=due_at,
+                    delay_state=delay_state,
+                )
+                found.append(waiting)
                 continue
             deliveries = await self._store.query(
                 Statements.select_deliveries, event_id, row_source, now
@@ -252,6 +276,8 @@ class StatusBook:
                     accepted_at=accepted_at,
                     subscriptions=subscriptions,
                     unrouted=routed is not None and not expected,
+                    due_at=due_at,
+                    delay_state=delay_state,
                 )
             )
         return found

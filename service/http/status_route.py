@@ -10,7 +10,7 @@ from service.app_keys import SETTINGS, STATUS_BOOK
 from service.http.auth import ForbiddenError, UnauthorizedError, authorize, authorize_admin
 from service.http.problems import Problem, json_response, problem_response
 
-__all__ = ["MAX_WAIT_SECONDS", "WAIT_PATTERN", "event_status"]
+__all__ = ["MAX_ID_BYTES", "MAX_WAIT_SECONDS", "WAIT_PATTERN", "event_status", "is_admin"]
 
 MAX_WAIT_SECONDS = 60.0
 # Up to 60 s in seconds (the unit may be left out) or milliseconds, ASCII digits: the pattern the
@@ -20,7 +20,7 @@ WAIT_PATTERN = (
     r"|(?:60000(?:\.0{1,3})?|[0-5]?[0-9]{1,4}(?:\.[0-9]{1,3})?)ms)$"
 )
 _WAIT = re.compile(WAIT_PATTERN)
-_MAX_ID_BYTES = 255  # the ingress takes no longer id, so no status can have one
+MAX_ID_BYTES = 255  # the ingress takes no longer id, so no status can have one
 
 
 async def event_status(request: web.Request) -> web.Response:
@@ -29,7 +29,7 @@ async def event_status(request: web.Request) -> web.Response:
         authorize(request, settings.api_keys)
     except UnauthorizedError:
         # An admin token reads statuses too: the dashboard looks events up with the one it has.
-        if not _is_admin(request, settings.admin_tokens):
+        if not is_admin(request, settings.admin_tokens):
             raise
     event_id = request.match_info["event_id"]
     source = request.query.get("source")
@@ -47,7 +47,7 @@ async def event_status(request: web.Request) -> web.Response:
     wait = float(wait_text.removesuffix("ms").removesuffix("s")) / (1000 if milliseconds else 1)
     book = request.app[STATUS_BOOK]
     found = []
-    if len(event_id.encode()) <= _MAX_ID_BYTES:
+    if len(event_id.encode()) <= MAX_ID_BYTES:
         found = await (
             book.wait(event_id, source, wait) if wait > 0 else book.lookup(event_id, source)
         )
@@ -74,7 +74,7 @@ async def event_status(request: web.Request) -> web.Response:
     return json_response(found[0].to_json())
 
 
-def _is_admin(request: web.Request, tokens: tuple[tuple[str, str], ...]) -> bool:
+def is_admin(request: web.Request, tokens: tuple[tuple[str, str], ...]) -> bool:
     try:
         authorize_admin(request, tokens)
     except (UnauthorizedError, ForbiddenError):

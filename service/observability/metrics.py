@@ -40,6 +40,7 @@ class QueueRates:
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LATENESS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 _HANDLER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -124,7 +125,7 @@ class Metrics:
         self.deliveries = Counter(
             "conveyor_deliveries",
             "Deliveries settled, by subscription and outcome "
-            "(acked, retry-scheduled, dead-lettered, skipped, filtered, returned)",
+            "(acked, retry-scheduled, dead-lettered, skipped, filtered, deferred, returned)",
             ("subscription", "outcome"),
             registry=registry,
         )
@@ -165,6 +166,27 @@ class Metrics:
             "conveyor_retries",
             "Deliveries moved into a retry tier, by subscription and tier",
             ("subscription", "tier"),
+            registry=registry,
+        )
+        self.delayed_events = Counter(
+            "conveyor_delayed_events",
+            "Delayed events by what became of them: scheduled (confirmed into the delay chain), "
+            "released (routed when due) or cancelled (acked unrouted when due)",
+            ("outcome",),
+            registry=registry,
+        )
+        self.delayed_lateness_seconds = Histogram(
+            "conveyor_delayed_lateness_seconds",
+            "How late a delayed event was routed, after its deliverat",
+            buckets=_LATENESS_BUCKETS,
+            registry=registry,
+        )
+        self.delayed_waiting = Gauge(
+            "conveyor_delayed_events_waiting",
+            "Delayed events waiting in the delay chain (polled), by an upper bound of the "
+            "seconds until they are due (a level of the chain holds those due within twice "
+            "its wait)",
+            ("due_within_seconds",),
             registry=registry,
         )
         self.queue_messages = Gauge(

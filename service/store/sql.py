@@ -81,6 +81,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # attempt that failed): a copy of its event may be in RabbitMQ already (service.http.
     # idempotency marks only a first claim's publish as the first copy)
     ("ALTER TABLE conveyor_idempotency ADD COLUMN earlier_attempt INTEGER",),
+    # 5: delayed events: when one is due, and whether it is still scheduled, due (released to
+    # the events exchange) or cancelled
+    (
+        "ALTER TABLE conveyor_events ADD COLUMN due_at DOUBLE PRECISION",
+        "ALTER TABLE conveyor_events ADD COLUMN delay_state TEXT",
+    ),
 )
 
 # Every table whose rows carry `expires_at` and are purged once it passed (each has an index
@@ -258,9 +264,36 @@ class Statements:
         "AND excluded.state_rank > conveyor_deliveries.state_rank)))"
     )
     select_events = (
-        "SELECT event_id, source, attributes, routed, accepted_at FROM conveyor_events "
-        "WHERE event_id = ? AND expires_at > ? ORDER BY source LIMIT 20"
+        "SELECT event_id, source, attributes, routed, accepted_at, due_at, delay_state "
+        "FROM conveyor_events WHERE event_id = ? AND expires_at > ? ORDER BY source LIMIT 20"
     )
+    # A delayed event, accepted into the delay chain: no routing yet (it is routed when due).
+    schedule_event = (
+        "INSERT INTO conveyor_events (event_id, source, attributes, routed, accepted_at, "
+        "expires_at, due_at, delay_state) VALUES (?, ?, ?, NULL, ?, ?, ?, 'scheduled') "
+        "ON CONFLICT (event_id, source) DO UPDATE SET attributes = excluded.attributes, "
+        "routed = NULL, accepted_at = excluded.accepted_at, expires_at = excluded.expires_at, "
+        "due_at = excluded.due_at, delay_state = 'scheduled' "
+        # A slow write of this very scheduling, after the event came due or was cancelled
+        # (`release_event` inserts the row it did not find), must not schedule it again.
+        "WHERE conveyor_events.delay_state IS NULL OR conveyor_events.delay_state = 'scheduled' "
+        "OR conveyor_events.due_at IS NULL OR conveyor_events.due_at <> excluded.due_at"
+    )
+    # Cancelling and coming due race for the same row: whichever moves it out of `scheduled`
+    # first wins, and `select_delay_state` tells each which one did.
+    cancel_event = (
+        "UPDATE conveyor_events SET delay_state = 'cancelled' "
+        "WHERE event_id = ? AND source = ? AND delay_state = 'scheduled'"
+    )
+    # Inserts the row when the scheduling's own write has not landed yet (or expired): the
+    # event goes out either way, and the late write then finds it due.
+    release_event = (
+        "INSERT INTO conveyor_events (event_id, source, attributes, routed, accepted_at, "
+        "expires_at, due_at, delay_state) VALUES (?, ?, ?, NULL, NULL, ?, ?, 'due') "
+        "ON CONFLICT (event_id, source) DO UPDATE SET delay_state = 'due' "
+        "WHERE conveyor_events.delay_state = 'scheduled'"
+    )
+    select_delay_state = "SELECT delay_state FROM conveyor_events WHERE event_id = ? AND source = ?"
     select_deliveries = (
         "SELECT subscription, state, attempts, next_attempt_at, last_error, first_attempt_at, "
         "updated_at, finished_at, history FROM conveyor_deliveries "

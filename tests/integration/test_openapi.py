@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 from service import Role
 from service.http.openapi_route import load_document
 from service.http.status_route import MAX_WAIT_SECONDS
-from service.settings import parse_duration
+from service.settings import Settings, parse_duration
 from tests.conftest import StartConveyor, subscription
 from tests.support.recorder import Recorder
 
@@ -243,6 +243,8 @@ async def test_schemathesis_finds_no_server_error_and_only_documented_answers(
         (subscription(SUBSCRIPTION, ("#",), Recorder()),),
         api_keys=frozenset({API_KEY}),
         admin_tokens=(("ops", ADMIN_TOKEN),),
+        # The documented Conveyor-Delay values reach up to the default maximum.
+        max_delay=Settings().max_delay,
     )
     base_url = str(conveyor.client.make_url("")).rstrip("/")
 

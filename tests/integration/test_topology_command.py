@@ -25,7 +25,11 @@ async def test_apply_declares_exactly_what_the_plan_prints(namespace: Namespace)
     )
     namespace.register(sub)
     namespace.register(ledger)
-    settings = replace(Settings(), amqp_url=namespace.amqp_url, namespace=namespace.name)
+    # A delay chain of three levels (delays up to 7 s): its entities are listed too.
+    settings = replace(
+        Settings(), amqp_url=namespace.amqp_url, namespace=namespace.name, max_delay=7.0
+    )
+    namespace.delay_levels = 3
     out = io.StringIO()
     printed = io.StringIO()
 
@@ -54,6 +58,11 @@ async def test_apply_declares_exactly_what_the_plan_prints(namespace: Namespace)
         ("exchange", f"{ns}.ledger.partitions"),
         ("queue", f"{ns}.ledger.p0"),
         ("queue", f"{ns}.ledger.p1"),
+        *(
+            (kind, f"{ns}.{name}")
+            for kind in ("exchange", "queue")
+            for name in ("due", "delay.0", "delay.1", "delay.2")
+        ),
     }
     bindings = {
         (e["exchange"], e.get("queue", e.get("destination")), e["routing_key"])
@@ -63,6 +72,9 @@ async def test_apply_declares_exactly_what_the_plan_prints(namespace: Namespace)
     assert (f"{ns}.events", f"{ns}.orders", "refund.#") in bindings
     assert (f"{ns}.events", f"{ns}.ledger.partitions", "account.*") in bindings
     assert (f"{ns}.ledger.partitions", f"{ns}.ledger.p1", "20") in bindings
+    assert (f"{ns}.delay.2", f"{ns}.delay.2", "*.*.1.#") in bindings
+    assert (f"{ns}.delay.2", f"{ns}.delay.1", "*.*.0.#") in bindings
+    assert (f"{ns}.delay.0", f"{ns}.due", "0.#") in bindings
     text = printed.getvalue()
     assert f"exchange {ns}.ledger.partitions (x-consistent-hash)" in text
     assert f"binding  {ns}.events -> exchange {ns}.ledger.partitions [account.*]" in text
