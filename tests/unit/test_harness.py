@@ -14,6 +14,7 @@ import pytest
 
 from consumers import Event, PermanentError
 from consumers.attempts import HandlerTimeoutError
+from consumers.deferral import DeferUntilDue
 from consumers.observe import DeliveryObserver
 from consumers.ordering import Ordering
 from consumers.reporting import StatusReporter
@@ -234,8 +235,9 @@ async def test_a_stage_added_to_the_pipeline_s_checks_applies_in_the_harness(
         reporter: StatusReporter,
         observer: DeliveryObserver,
         settler: Settler,
+        deferral: DeferUntilDue | None = None,
     ) -> tuple[Stage, ...]:
-        return (*real_checks(subscription, reporter, observer, settler), SkipNightly())
+        return (*real_checks(subscription, reporter, observer, settler, deferral), SkipNightly())
 
     from consumers import pipeline  # noqa: PLC0415 - patched where the pipeline looks it up
 
