@@ -15,8 +15,9 @@ from service.http.idempotency import Deduplicator
 from service.http.status_book import StatusBook
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
+from service.schedules import Scheduler
 from service.settings import Settings
-from service.store import StoreCheck
+from service.store import Store, StoreCheck
 
 __all__ = [
     "ADMISSION",
@@ -26,8 +27,10 @@ __all__ = [
     "METRICS",
     "PUBLISHER",
     "RATE_HISTORY",
+    "SCHEDULER",
     "SETTINGS",
     "STATUS_BOOK",
+    "STORE",
     "STORE_CHECK",
     "SUBSCRIPTIONS",
     "TRACING",
@@ -49,6 +52,8 @@ LINK = web.AppKey("link", BrokerLink)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
+STORE = web.AppKey("store", Store)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
 STORE_CHECK = web.AppKey("store_check", StoreCheck)
 METRICS = web.AppKey("metrics", Metrics)
 RATE_HISTORY = web.AppKey("rate_history", RateHistory)

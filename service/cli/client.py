@@ -1,4 +1,4 @@
-"""`conveyor status`, `subscriptions`, `dlq` and `publish`: talking to a running conveyor.
+"""`conveyor status`, `subscriptions`, `schedules`, `dlq`, `publish`: asking a running conveyor.
 
 Human output by default, `--json` for scripts. Exit codes: 0 done, 1 the service answered with
 an error (the problem's detail is printed), 2 a usage error (or an invalid event), 3 the service
@@ -64,6 +64,11 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     status.add_argument("--wait", help="wait up to this long for it to finish, e.g. 10s")
     commands.add_parser(
         "subscriptions", parents=[common], help="subscriptions with their queue counts (admin)"
+    )
+    commands.add_parser(
+        "schedules",
+        parents=[common],
+        help="schedules with their last and next ticks and the last tick's event (admin)",
     )
     dlq = commands.add_parser(
         "dlq", parents=[common], help="dead letters of a subscription, or 'unrouted' (admin)"
@@ -135,6 +140,9 @@ async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) ->
                 }
                 answer = await ask(arguments, "GET", path, query=query)
                 return finish(arguments, answer, out, _print_status)
+            case "schedules":
+                answer = await ask(arguments, "GET", "/v1/admin/schedules")
+                return finish(arguments, answer, out, _print_schedules)
         answer = await ask(arguments, "GET", "/v1/admin/subscriptions")
         return finish(arguments, answer, out, _print_subscriptions)
     except CommandError as failure:
@@ -196,6 +204,31 @@ def _print_subscriptions(document: dict[str, Any], out: TextIO) -> None:
     if len(partitions) > 1:
         out.write("\n")
         print_table(partitions, out)
+
+
+def _print_schedules(document: dict[str, Any], out: TextIO) -> None:
+    rows = [("NAME", "WHEN", "TYPE", "LAST TICK", "ITS EVENT", "NEXT TICK")]
+    for entry in document["schedules"]:
+        when = (
+            f"{entry['cron']} ({entry['timezone']})"
+            if "cron" in entry
+            else f"every {entry['every']}"
+        )
+        last = entry["last_event"]
+        outcome = "-" if last is None else last["state"] or "status expired"
+        if entry.get("failing_here"):
+            outcome = "retrying: " + printable(entry["failing_here"])
+        rows.append(
+            (
+                entry["name"],
+                when,
+                entry["type"],
+                entry["last_tick"] or "never",
+                outcome,
+                entry["next_tick"],
+            )
+        )
+    print_table(rows, out)
 
 
 def _bounded(

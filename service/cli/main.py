@@ -1,5 +1,5 @@
 """The `conveyor` command: `serve` runs the service with settings from the environment; the
-client commands (`status`, `subscriptions`) ask a running one."""
+client commands (`status`, `subscriptions`, `schedules`, ...) ask a running one."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from service.cli.client import (
 )
 from service.observability.logs import configure_logging
 from service.observability.tracing import Tracing, build_tracing
+from service.schedules import Schedule, load_schedules
 from service.settings import (
     DECLARED_SETTINGS,
     PREFIX,
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(environ)
         subscriptions = load_subscriptions(settings.config_path) if settings.config_path else ()
+        schedules = load_schedules(settings.config_path) if settings.config_path else ()
         tracing = build_tracing(settings) if arguments.command == "serve" else None
         if arguments.command == "serve":
             # Before anything starts: without these the watchdog and the blocked check would
@@ -124,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.workers > 1 and not arguments.reuse_port:
         return run_on_loop(supervise(settings, environ), settings.event_loop)
     return run_on_loop(
-        serve(settings, subscriptions, tracing, reuse_port=arguments.reuse_port),
+        serve(
+            settings, subscriptions, tracing, reuse_port=arguments.reuse_port, schedules=schedules
+        ),
         settings.event_loop,
     )
 
@@ -180,9 +184,10 @@ async def serve(
     tracing: Tracing | None = None,
     *,
     reuse_port: bool = False,
+    schedules: Sequence[Schedule] = (),
 ) -> int:
     log = structlog.get_logger(component="service")
-    app = build_app(settings, subscriptions, tracing=tracing)
+    app = build_app(settings, subscriptions, tracing=tracing, schedules=schedules)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -207,6 +212,7 @@ async def serve(
         namespace=settings.namespace,
         listening=[str(name) for name in runner.addresses],
         subscriptions=[subscription.name for subscription in subscriptions],
+        schedules=[schedule.name for schedule in schedules],
         amqp_url=settings.amqp_url_redacted,
         event_loop=type(loop).__module__.split(".")[0],
     )
