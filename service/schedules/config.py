@@ -99,7 +99,7 @@ def _schedule(index: int, entry: Any) -> Schedule:
         raise SettingError(SETTING, f"{where} to be a table")
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name))
+        raise SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", str(name))
     where = f"schedules[{index}] ({name})"
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
@@ -107,14 +107,14 @@ def _schedule(index: int, entry: Any) -> Schedule:
     missed_text = entry.get("missed", Missed.LAST.value)
     if missed_text not in {missed.value for missed in Missed}:
         raise SettingError(
-            SETTING, f"{where}.missed among {[m.value for m in Missed]}", repr(missed_text)
+            SETTING, f"{where}.missed among {[m.value for m in Missed]}", str(missed_text)
         )
     source = entry.get("source", f"/conveyor/schedules/{name}")
     event_type = entry.get("type")
     if not isinstance(event_type, str) or not event_type:
         raise SettingError(SETTING, f"{where}.type as the events' type, such as 'billing.due'")
     if not isinstance(source, str) or not source:
-        raise SettingError(SETTING, f"{where}.source as a URI reference", repr(source))
+        raise SettingError(SETTING, f"{where}.source as a URI reference", str(source))
     schedule = Schedule(
         name=name,
         timing=_timing(entry, where),
@@ -137,7 +137,7 @@ def _timing(entry: dict[str, Any], where: str) -> CronTiming | EveryTiming:
             raise SettingError(SETTING, f"{where}.timezone only with cron, not with every")
         return _every(every, where)
     if not isinstance(cron, str):
-        raise SettingError(SETTING, f"{where}.cron as a cron line such as '0 2 * * *'", repr(cron))
+        raise SettingError(SETTING, f"{where}.cron as a cron line such as '0 2 * * *'", str(cron))
     zone_name = entry.get("timezone", "UTC")
     try:
         timezone = ZoneInfo(zone_name) if isinstance(zone_name, str) else None
@@ -145,13 +145,13 @@ def _timing(entry: dict[str, Any], where: str) -> CronTiming | EveryTiming:
         timezone = None
     if timezone is None:
         raise SettingError(
-            SETTING, f"{where}.timezone as an IANA name such as 'Europe/Berlin'", repr(zone_name)
+            SETTING, f"{where}.timezone as an IANA name such as 'Europe/Berlin'", str(zone_name)
         )
     try:
         return parse_cron(cron, timezone)
     except ValueError as error:
         raise SettingError(
-            SETTING, f"{where}.cron as a cron line such as '0 2 * * *' ({error})", repr(cron)
+            SETTING, f"{where}.cron as a cron line such as '0 2 * * *' ({error})", str(cron)
         ) from None
 
 
@@ -164,7 +164,7 @@ def _every(value: Any, where: str) -> EveryTiming:
         raise SettingError(
             SETTING,
             f"{where}.every as whole seconds from 1s to 366d, such as '30s' or '1h'",
-            repr(value),
+            str(value),
         )
     return EveryTiming(int(seconds), value)
 
