@@ -9,7 +9,7 @@ from aiohttp import web
 from service.admin.api import ADMIN_PREFIX, PAGE_HEADERS, admin_operation
 from service.app_keys import SCHEDULER, SETTINGS
 from service.http.auth import authorize_admin
-from service.http.problems import json_response
+from service.http.problems import Problem, json_response, problem_response
 
 __all__ = ["add_schedule_routes"]
 
@@ -22,10 +22,15 @@ def add_schedule_routes(app: web.Application) -> None:
 async def list_schedules(request: web.Request) -> web.Response:
     """Each schedule: its timing, its last tick (fired by any process) and that tick's event's
     state, its next tick, and what this process knows (running here, failing, skipped)."""
-    if request.query.get("poll") == "1":
-        authorize_admin(request, request.app[SETTINGS].admin_tokens)  # the dashboard's poll
-    else:
+    poll = request.query.get("poll")
+    if poll is None:
         admin_operation(request, "schedules.list")
+    else:
+        authorize_admin(request, request.app[SETTINGS].admin_tokens)  # polled: not audit-logged
+        if poll != "1":
+            return problem_response(
+                Problem(400, "invalid-admin-request", "Invalid request", "poll must be 1")
+            )
     listed = await request.app[SCHEDULER].listing()
     return json_response({"schedules": listed, "time": request.app[SCHEDULER].now()})
 
