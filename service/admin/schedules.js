@@ -44,6 +44,8 @@
     panel.querySelector("tbody").replaceChildren(...answer.schedules.map(row));
   }
 
+  // The main script keeps the token on login (its listener runs first): show the panel at once.
+  document.getElementById("login-form").addEventListener("submit", () => setTimeout(refresh, 0));
   refresh();
   setInterval(refresh, POLL_MS);
 })();
