@@ -59,7 +59,6 @@ class _Progress:
     """What this process knows of one schedule beyond the store."""
 
     started_at: float | None = None  # when this process began running it
-    next_tick: float | None = None
     failing: str | None = None  # why the tick being fired has not gone out yet
     skipped: int = 0  # missed ticks the policy did not fire, since this process started
 
@@ -151,8 +150,8 @@ class Scheduler:
             now = self._clock.now()
             due = schedule.timing.newest(cursor, now, MAX_MISSED_TICKS)
             if not due:
-                progress.next_tick = schedule.timing.after(cursor)
-                await self._sleep(max(0.0, min(progress.next_tick - now, MAX_SLEEP_SECONDS)))
+                wait = schedule.timing.after(cursor) - now
+                await self._sleep(max(0.0, min(wait, MAX_SLEEP_SECONDS)))
                 continue
             for tick in due:
                 await self._fire(schedule, tick, progress)
