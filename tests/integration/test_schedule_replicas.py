@@ -124,7 +124,9 @@ async def test_three_replicas_fire_each_tick_once_also_after_one_is_killed(
     assert [i for i, count in Counter(pulses).items() if count > 1] == []
     fired = sorted(tick_of(i) for i in pulses)
     assert fired == [float(t) for t in range(int(fired[0]), int(fired[-1]) + 1)]
-    assert fired[0] < all_up < killed_at + SECONDS_EACH_PHASE <= fired[-1]
+    # The run spans both phases: three replicas, then two.
+    assert fired[0] < killed_at - 1
+    assert fired[-1] >= killed_at + SECONDS_EACH_PHASE
     # Both survivors kept running the schedule after the kill: each published every tick or
     # found it published by the other (a replica may be a tick behind when its counters are read).
     for before, after in zip(copies_at_kill, copies_at_end, strict=True):
