@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 
@@ -18,6 +19,7 @@ from producers.publisher import AmqpPublisher
 from service.admin.api import add_admin_routes, rate_history_context
 from service.admin.dead_letter_routes import add_dead_letter_routes
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
+from service.admin.schedule_routes import add_schedule_routes
 from service.app_keys import (
     ADMISSION,
     DEDUPLICATOR,
@@ -27,8 +29,10 @@ from service.app_keys import (
     METRICS,
     PAYLOAD_CHECK,
     PUBLISHER,
+    SCHEDULER,
     SETTINGS,
     STATUS_BOOK,
+    STORE,
     STORE_CHECK,
     SUBSCRIPTIONS,
     TRACING,
@@ -46,7 +50,7 @@ from service.http.cancel_route import cancel_event
 from service.http.delay_book import DelayBook
 from service.http.health import livez, readyz
 from service.http.idempotency import Deduplicator
-from service.http.ingress import INGEST_PATH, ingest
+from service.http.ingress import INGEST_PATH, ingest, publish_inside
 from service.http.memory import MemoryReturn, glibc_trim
 from service.http.metrics_route import metrics_endpoint
 from service.http.openapi_route import add_openapi_route
@@ -56,6 +60,7 @@ from service.http.status_route import event_status
 from service.observability.loop_lag import LoopLagMonitor, loop_lag_context
 from service.observability.metrics import Metrics
 from service.observability.tracing import NoTracing, Tracing
+from service.schedules import Schedule, Scheduler
 from service.settings import Settings
 from service.store import (
     BatchWriter,
@@ -83,10 +88,11 @@ def build_app(
     tracing: Tracing | None = None,
     history_interval: float = HISTORY_INTERVAL_SECONDS,
     clock: Clock = SYSTEM_CLOCK,
+    schedules: Sequence[Schedule] = (),
 ) -> web.Application:
     """The whole process as an aiohttp app; nothing connects until the app starts.
 
-    `clock` is where the store, statuses and idempotency read the time (expiry, leases).
+    `clock` is where the store, statuses, idempotency and schedules read the time.
     """
     subscriptions = with_completions(subscriptions, default=settings.completions)
     app = web.Application(
@@ -125,6 +131,7 @@ def build_app(
     if settings.admin_tokens:
         add_admin_routes(app)
         add_dead_letter_routes(app)
+        add_schedule_routes(app)
         app.cleanup_ctx.append(rate_history_context(history_interval, clock))
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
@@ -150,6 +157,8 @@ def build_app(
     # Handlers close after the link is down (cleanup runs in reverse order).
     app.cleanup_ctx.append(_handler_resources(subscriptions))
     app.cleanup_ctx.append(_broker_link)
+    # After the link: the schedules stop firing before it closes.
+    app.cleanup_ctx.append(_schedules(schedules, clock))
     lag = LoopLagMonitor(
         steps=steps, observe=metrics.event_loop_lag.observe, warn_after=settings.loop_lag_warning
     )
@@ -209,6 +218,7 @@ def _store(
         )
         writer.on_written = book.wake_waiters
         writer.start()
+        app[STORE] = store
         app[STATUS_BOOK] = book
         app[DELAY_BOOK] = DelayBook(store, writer, book, ttl=settings.status_ttl, clock=clock)
         # A duplicate waits for the first request's answer about as long as that one may take.
@@ -258,6 +268,27 @@ async def _count_keys(store: Store, metrics: Metrics) -> None:
         return
     for scope in ("request", "event"):
         metrics.idempotency_keys.labels(scope).set(counts.get(scope, 0))
+
+
+def _schedules(
+    schedules: Sequence[Schedule], clock: Clock
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def fire_while_running(app: web.Application) -> AsyncIterator[None]:
+        # Every process that runs the ingress fires every schedule; the ingress's dedup of
+        # each tick's source and id makes one copy per tick go out.
+        app[SCHEDULER] = scheduler = Scheduler(
+            schedules,
+            publish=functools.partial(publish_inside, app),
+            store=app[STORE],
+            book=app[STATUS_BOOK],
+            clock=clock,
+        )
+        if app[SETTINGS].role.runs_ingress:
+            scheduler.start()
+        yield
+        await scheduler.close()
+
+    return fire_while_running
 
 
 async def _broker_link(app: web.Application) -> AsyncIterator[None]:

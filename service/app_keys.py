@@ -17,8 +17,9 @@ from service.http.payload_check import PayloadCheck
 from service.http.status_book import StatusBook
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
+from service.schedules import Scheduler
 from service.settings import Settings
-from service.store import StoreCheck
+from service.store import Store, StoreCheck
 
 __all__ = [
     "ADMISSION",
@@ -30,8 +31,10 @@ __all__ = [
     "PAYLOAD_CHECK",
     "PUBLISHER",
     "RATE_HISTORY",
+    "SCHEDULER",
     "SETTINGS",
     "STATUS_BOOK",
+    "STORE",
     "STORE_CHECK",
     "SUBSCRIPTIONS",
     "TRACING",
@@ -54,6 +57,8 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 DEDUPLICATOR = web.AppKey("deduplicator", Deduplicator)
 STATUS_BOOK = web.AppKey("status_book", StatusBook)
 DELAY_BOOK = web.AppKey("delay_book", DelayBook)
+STORE = web.AppKey("store", Store)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
 STORE_CHECK = web.AppKey("store_check", StoreCheck)
 METRICS = web.AppKey("metrics", Metrics)
 RATE_HISTORY = web.AppKey("rate_history", RateHistory)

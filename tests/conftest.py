@@ -33,6 +33,7 @@ from service.app import PURGE_INTERVAL_SECONDS
 from service.app_keys import STATUS_BOOK
 from service.clock import SYSTEM_CLOCK, Clock
 from service.observability.tracing import Tracing
+from service.schedules import Schedule
 from service.store import Store, open_store
 from tests.support.broker_plugins import ensure_consistent_hash
 from tests.support.ledger import ACCOUNTS, HEADER, Account
@@ -319,6 +320,7 @@ async def start_conveyor(
         history_interval: float = HISTORY_INTERVAL_SECONDS,
         clock: Clock = SYSTEM_CLOCK,
         purge_interval: float = PURGE_INTERVAL_SECONDS,
+        schedules: tuple[Schedule, ...] = (),
         **overrides: Any,
     ) -> Running:
         defaults: dict[str, Any] = {
@@ -347,6 +349,7 @@ async def start_conveyor(
             history_interval=history_interval,
             clock=clock,
             purge_interval=purge_interval,
+            schedules=schedules,
         )
         client = TestClient(TestServer(app))
         await client.start_server()

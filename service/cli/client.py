@@ -1,5 +1,5 @@
-"""`conveyor status`, `cancel`, `subscriptions`, `dlq` and `publish`: talking to a running
-conveyor.
+"""`conveyor status`, `cancel`, `subscriptions`, `schedules`, `dlq` and `publish`: talking to a
+running conveyor.
 
 Human output by default, `--json` for scripts. Exit codes: 0 done, 1 the service answered with
 an error (the problem's detail is printed), 2 a usage error (or an invalid event), 3 the service
@@ -71,6 +71,11 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
     commands.add_parser(
         "subscriptions", parents=[common], help="subscriptions with their queue counts (admin)"
     )
+    commands.add_parser(
+        "schedules",
+        parents=[common],
+        help="schedules with their last and next ticks and the last tick's event (admin)",
+    )
     dlq = commands.add_parser(
         "dlq", parents=[common], help="dead letters of a subscription, or 'unrouted' (admin)"
     )
@@ -132,25 +137,35 @@ async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) ->
                 return await publish_command(arguments, out)
             case "dlq":
                 return await dlq_command(arguments, out)
-            case "status":
-                path = f"/v1/events/{quote(arguments.event_id, safe='')}"
-                query = {
-                    key: value
-                    for key, value in (("source", arguments.source), ("wait", arguments.wait))
-                    if value
-                }
-                answer = await ask(arguments, "GET", path, query=query)
-                return finish(arguments, answer, out, _print_status)
-            case "cancel":
-                path = f"/v1/events/{quote(arguments.event_id, safe='')}"
-                query = {"source": arguments.source} if arguments.source else {}
-                answer = await ask(arguments, "DELETE", path, query=query)
-                return finish(arguments, answer, out, _print_cancelled)
-        answer = await ask(arguments, "GET", "/v1/admin/subscriptions")
-        return finish(arguments, answer, out, _print_subscriptions)
+        method, path, query, printer = _request_for(arguments)
+        answer = await ask(arguments, method, path, query=query)
+        return finish(arguments, answer, out, printer)
     except CommandError as failure:
         complain(str(failure))
         return failure.exit_code
+
+
+Printer = Callable[[dict[str, Any], TextIO], None]
+
+
+def _request_for(arguments: argparse.Namespace) -> tuple[str, str, dict[str, str], Printer]:
+    """The one request of a simple client command, and how its answer is printed."""
+    match arguments.command:
+        case "status":
+            path = f"/v1/events/{quote(arguments.event_id, safe='')}"
+            query = {
+                key: value
+                for key, value in (("source", arguments.source), ("wait", arguments.wait))
+                if value
+            }
+            return "GET", path, query, _print_status
+        case "cancel":
+            path = f"/v1/events/{quote(arguments.event_id, safe='')}"
+            query = {"source": arguments.source} if arguments.source else {}
+            return "DELETE", path, query, _print_cancelled
+        case "schedules":
+            return "GET", "/v1/admin/schedules", {}, _print_schedules
+    return "GET", "/v1/admin/subscriptions", {}, _print_subscriptions
 
 
 def _print_cancelled(document: dict[str, Any], out: TextIO) -> None:
@@ -212,6 +227,31 @@ def _print_subscriptions(document: dict[str, Any], out: TextIO) -> None:
     if len(partitions) > 1:
         out.write("\n")
         print_table(partitions, out)
+
+
+def _print_schedules(document: dict[str, Any], out: TextIO) -> None:
+    rows = [("NAME", "WHEN", "TYPE", "LAST TICK", "ITS EVENT", "NEXT TICK")]
+    for entry in document["schedules"]:
+        when = (
+            f"{entry['cron']} ({entry['timezone']})"
+            if "cron" in entry
+            else f"every {entry['every']}"
+        )
+        last = entry["last_event"]
+        outcome = "-" if last is None else last["state"] or "status expired"
+        if entry.get("failing_here"):
+            outcome = "retrying: " + printable(entry["failing_here"])
+        rows.append(
+            (
+                entry["name"],
+                when,
+                entry["type"],
+                entry["last_tick"] or "never",
+                outcome,
+                entry["next_tick"],
+            )
+        )
+    print_table(rows, out)
 
 
 def _bounded(

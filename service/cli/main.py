@@ -1,5 +1,5 @@
 """The `conveyor` command: `serve` runs the service with settings from the environment; the
-client commands (`status`, `subscriptions`) ask a running one."""
+client commands (`status`, `subscriptions`, `schedules`, ...) ask a running one."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from service.cli.client import (
 from service.observability.logs import configure_logging
 from service.observability.tracing import Tracing, build_tracing
 from service.reloader import reload_on_change, watched_paths
+from service.schedules import Schedule, load_schedules
 from service.settings import (
     DECLARED_SETTINGS,
     PREFIX,
@@ -132,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subscriptions = (
             load_subscriptions(settings.config_path, environ) if settings.config_path else ()
         )
+        schedules = load_schedules(settings.config_path) if settings.config_path else ()
         tracing = build_tracing(settings) if arguments.command == "serve" else None
         if arguments.command == "serve":
             # Before anything starts: without these the watchdog and the blocked check would
@@ -144,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(topology_command(settings, subscriptions, arguments))
     if arguments.command == "asyncapi":
         return asyncapi_command(settings, subscriptions)
-    return serve_command(arguments, settings, subscriptions, tracing, environ)
+    return serve_command(
+        arguments, settings, subscriptions, tracing, environ=environ, schedules=schedules
+    )
 
 
 def serve_command(
@@ -152,7 +156,9 @@ def serve_command(
     settings: Settings,
     subscriptions: Sequence[Subscription],
     tracing: Tracing | None,
+    *,
     environ: Mapping[str, str],
+    schedules: Sequence[Schedule] = (),
 ) -> int:
     """`conveyor serve`: one process, a supervisor of --workers N, or a reloader (--reload)."""
     if arguments.reload and (arguments.workers is not None or settings.workers > 1):
@@ -166,7 +172,9 @@ def serve_command(
     if settings.workers > 1 and not arguments.reuse_port:
         return run_on_loop(supervise(settings, environ), settings.event_loop)
     return run_on_loop(
-        serve(settings, subscriptions, tracing, reuse_port=arguments.reuse_port),
+        serve(
+            settings, subscriptions, tracing, reuse_port=arguments.reuse_port, schedules=schedules
+        ),
         settings.event_loop,
     )
 
@@ -224,9 +232,10 @@ async def serve(
     tracing: Tracing | None = None,
     *,
     reuse_port: bool = False,
+    schedules: Sequence[Schedule] = (),
 ) -> int:
     log = structlog.get_logger(component="service")
-    app = build_app(settings, subscriptions, tracing=tracing)
+    app = build_app(settings, subscriptions, tracing=tracing, schedules=schedules)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -251,6 +260,7 @@ async def serve(
         namespace=settings.namespace,
         listening=[str(name) for name in runner.addresses],
         subscriptions=[subscription.name for subscription in subscriptions],
+        schedules=[schedule.name for schedule in schedules],
         amqp_url=settings.amqp_url_redacted,
         event_loop=type(loop).__module__.split(".")[0],
     )

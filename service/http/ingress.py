@@ -63,7 +63,7 @@ from service.observability.tracing import Tracing
 from service.settings import Settings
 from service.store import Write
 
-__all__ = ["INGEST_PATH", "ingest"]
+__all__ = ["INGEST_PATH", "ingest", "publish_inside"]
 
 _log = structlog.get_logger(component="ingress")
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -136,6 +136,26 @@ async def ingest(request: web.Request) -> web.Response:
         authorize(request, settings.api_keys)
         with app[ADMISSION].admit() as ticket:
             return await _admitted(request, settings, ticket)
+
+
+async def publish_inside(app: web.Application, event: OutgoingEvent) -> None:
+    """One event made inside the service (a schedule's tick) on the ingress's own path: its
+    source and id claimed, published with confirm, its status stored; a copy accepted before
+    publishes nothing. Raises what a request would answer as a problem (PublishError,
+    StoreUnavailableError, IdempotencyInProgressError, EventIdConflictError). Its logs carry
+    the event's id as their correlation id."""
+    publish = _Publication(
+        app[PUBLISHER],
+        deduplicator=app[DEDUPLICATOR],
+        book=app[STATUS_BOOK],
+        # No request header: only the event's own `deliverat`, as over HTTP.
+        delays=RequestDelays(app[DELAY_BOOK], app[LINK].chain, app[SETTINGS].max_delay, None),
+        metrics=app[METRICS],
+        tracing=app[TRACING],
+        correlation_id=event.id,
+        traceparent=None,
+    )
+    await publish(event)
 
 
 async def _admitted(request: web.Request, settings: Settings, ticket: Ticket) -> web.Response:

@@ -87,6 +87,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE conveyor_events ADD COLUMN due_at DOUBLE PRECISION",
         "ALTER TABLE conveyor_events ADD COLUMN delay_state TEXT",
     ),
+    # 6: the newest tick each schedule fired (service/schedules), so that a start knows which
+    # ticks its stop missed; one small row per schedule name, kept
+    (
+        """
+        CREATE TABLE IF NOT EXISTS conveyor_schedule_ticks (
+            name TEXT NOT NULL PRIMARY KEY,
+            tick DOUBLE PRECISION NOT NULL,
+            fired_at DOUBLE PRECISION NOT NULL
+        )
+        """,
+    ),
 )
 
 # Every table whose rows carry `expires_at` and are purged once it passed (each has an index
@@ -294,6 +305,13 @@ class Statements:
         "WHERE conveyor_events.delay_state = 'scheduled'"
     )
     select_delay_state = "SELECT delay_state FROM conveyor_events WHERE event_id = ? AND source = ?"
+    # Only ever moves forward: replicas record the same ticks, in any order.
+    record_tick = (
+        "INSERT INTO conveyor_schedule_ticks (name, tick, fired_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET tick = excluded.tick, fired_at = excluded.fired_at "
+        "WHERE excluded.tick > conveyor_schedule_ticks.tick"
+    )
+    select_ticks = "SELECT name, tick FROM conveyor_schedule_ticks"
     select_deliveries = (
         "SELECT subscription, state, attempts, next_attempt_at, last_error, first_attempt_at, "
         "updated_at, finished_at, history FROM conveyor_deliveries "

@@ -9,7 +9,8 @@ Inside `service`, from the bottom up (a module may import its own layer and the 
    `subscription_config`;
 1. `store` and `observability`;
 2. `broker`;
-3. `http`, `admin`, and `app_keys` (the aiohttp application keys that both look their parts up by);
+3. `http`, `admin`, `schedules`, and `app_keys` (the aiohttp application keys that all look
+   their parts up by);
 4. the process assembly: `app`, `supervisor`, `reloader`;
 5. `cli`;
 6. the package's own `__init__` and `__main__`.
@@ -38,6 +39,7 @@ SERVICE_LAYERS: dict[str, int] = {
     "service.broker": 2,
     "service.http": 3,
     "service.admin": 3,
+    "service.schedules": 3,
     "service.app_keys": 3,
     "service.app": 4,
     "service.supervisor": 4,
