@@ -25,7 +25,7 @@ from yarl import URL
 from consumers import Handler
 from consumers.retry import RetryPolicy, delay_label
 from consumers.subscription import Subscription
-from producers.delay import DelayChain, levels_for
+from producers.delay import MAX_LEVELS, DelayChain, levels_for
 from producers.topology import Topology
 from service import Settings, build_app
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
@@ -202,11 +202,16 @@ class Namespace:
         for name, partitions in self.partitioned.items():
             queues += [topology.partition_queue(name, index) for index in range(partitions)]
             exchanges.append(topology.partition_exchange(name))
-        if self.delay_levels:
-            chain = DelayChain(topology, self.delay_levels)
-            queues += chain.names()
-            exchanges += chain.names()
         async with await aio_pika.connect(self.amqp_url) as connection:
+            # A `conveyor serve` started as a process declares the chain its own settings ask
+            # for, which this fixture cannot see: its `due` queue tells that one exists.
+            levels = self.delay_levels or (
+                MAX_LEVELS if await _exists(connection, DelayChain(topology, 0).due) else 0
+            )
+            if levels:
+                chain = DelayChain(topology, levels)
+                queues += chain.names()
+                exchanges += chain.names()
             for name in queues:
                 channel = await connection.channel()
                 with contextlib.suppress(aiormq.exceptions.ChannelClosed):
@@ -215,6 +220,16 @@ class Namespace:
                 channel = await connection.channel()
                 with contextlib.suppress(aiormq.exceptions.ChannelClosed):
                     await channel.exchange_delete(name)
+
+
+async def _exists(connection: aio_pika.abc.AbstractConnection, queue: str) -> bool:
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    await channel.close()
+    return True
 
 
 @pytest.fixture

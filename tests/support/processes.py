@@ -114,6 +114,8 @@ async def launch(
             "CONVEYOR_HTTP_PORT": str(port),
             "CONVEYOR_CONFIG": str(config),
             "CONVEYOR_STORE_URL": f"sqlite:///{tmp_path}/store.db",
+            # No delay chain (26 quorum queues) unless a test asks for delayed delivery.
+            "CONVEYOR_MAX_DELAY": "0",
             **env,
         }
         with output.open("w") as sink:
