@@ -165,7 +165,7 @@ def _store(
         app[STATUS_BOOK] = book
         # A duplicate waits for the first request's answer about as long as that one may take.
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
-        claims = ClaimBatcher(store)
+        claims = ClaimBatcher(store, writer=writer)  # with the status writes: one turn for both
         app[DEDUPLICATOR] = Deduplicator(
             claims,
             writer,

@@ -6,6 +6,10 @@ each. `ClaimBatcher` is the store as the `Deduplicator` sees it: a claim that fi
 running goes out on the next turn of the event loop with whatever else was asked in that turn;
 claims made while a batch runs go out together in the next. A batch holds each key once: a second
 claim of a key waits for the next batch, so it sees the first claim, exactly as if it came alone.
+
+Given the status writer, the claims go out with its turns (`BatchWriter.carry`): a request's claim
+and another's answer, asked for in one turn, then share one operation of the store. Without it,
+or once it stops, the batcher runs turns of claims alone.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import structlog
 
 from service.cancellation import STOP_SECONDS, stop_task
 from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencyStore
+from service.store.batching import BatchWriter, ClaimTurn
 from service.store.faults import describe
 
 __all__ = ["ClaimBatcher"]
@@ -30,12 +35,22 @@ _Entry = tuple[ClaimRequest, asyncio.Future[Claim]]
 class ClaimBatcher:
     """An `IdempotencyStore` whose `claim` calls are batched into the store's `claim_many`."""
 
-    def __init__(self, store: IdempotencyStore, *, max_batch: int = MAX_CLAIMS_PER_BATCH) -> None:
+    def __init__(
+        self,
+        store: IdempotencyStore,
+        *,
+        max_batch: int = MAX_CLAIMS_PER_BATCH,
+        writer: BatchWriter | None = None,
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._queue: list[_Entry] = []  # in arrival order
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._writer = writer
+        self._releasing: set[asyncio.Task[None]] = set()  # abandoned claims being released
+        if writer is not None:
+            writer.carry(self)
 
     async def claim(
         self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
@@ -44,9 +59,26 @@ class ClaimBatcher:
             raise RuntimeError("the store is closing")
         answer: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
         self._queue.append((ClaimRequest(scope, key, fingerprint, owner, lease), answer))
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="conveyor-store-claims")
+        self._send()
         return await answer
+
+    def take(self) -> ClaimTurn | None:
+        """The claims to take now, for the status writer's turn (`BatchWriter.carry`)."""
+        if self._task is not None:  # a turn of claims alone is under way: it takes them
+            return None
+        batch = self._next_batch()
+        if not batch:
+            return None
+        requests = [request for request, _ in batch]
+        return ClaimTurn(requests, lambda claims: self._settle(batch, claims))
+
+    def _send(self) -> None:
+        """Have the queued claims taken: with the writer's next turn, or in a turn alone."""
+        if self._task is not None:
+            return
+        if self._writer is not None and self._writer.wake():
+            return
+        self._task = asyncio.create_task(self._run(), name="conveyor-store-claims")
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claim]:
         return await self._store.claim_many(requests)
@@ -65,6 +97,8 @@ class ClaimBatcher:
             await stop_task(self._task, STOP_SECONDS)
         self._fail(self._queue, RuntimeError("the store is closing"))
         self._queue.clear()
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=STOP_SECONDS)
 
     async def _run(self) -> None:
         try:
@@ -100,15 +134,28 @@ class ClaimBatcher:
         try:
             claims = await self._store.claim_many([request for request, _ in batch])
         except Exception as error:  # noqa: BLE001 - handed to each claimer; claims go on
-            self._fail(batch, error)
+            self._settle(batch, error)
             return
-        for (request, answer), claim in zip(batch, claims, strict=True):
-            if not answer.done():
-                answer.set_result(claim)
-            elif claim.outcome is ClaimOutcome.OWNER:
-                # Its claimer gave up while the claim was being taken: free the key at once
-                # rather than when the lease runs out.
-                await self._release(request)
+        self._settle(batch, claims)
+        if self._releasing:  # an abandoned key is free before the next claims go out
+            await asyncio.wait(set(self._releasing))
+
+    def _settle(self, batch: list[_Entry], claims: list[Claim] | Exception) -> None:
+        """Tell each claimer of `batch` its claim, or the batch's failure."""
+        if isinstance(claims, Exception):
+            self._fail(batch, claims)
+        else:
+            for (request, answer), claim in zip(batch, claims, strict=True):
+                if not answer.done():
+                    answer.set_result(claim)
+                elif claim.outcome is ClaimOutcome.OWNER:
+                    # Its claimer gave up while the claim was being taken: free the key at
+                    # once rather than when the lease runs out.
+                    release = asyncio.create_task(self._release(request))
+                    self._releasing.add(release)
+                    release.add_done_callback(self._releasing.discard)
+        if self._queue and not self._closed:  # a repeated key waits for a turn of its own
+            self._send()
 
     async def _release(self, request: ClaimRequest) -> None:
         try:

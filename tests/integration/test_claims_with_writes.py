@@ -1,0 +1,145 @@
+"""Claims of concurrent requests go to the store with the answers' writes, in one operation a
+turn, each caller told only its own outcome; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+import pytest
+
+from service.http.idempotency import Answer, Deduplicator
+from service.store import (
+    BatchWriter,
+    ClaimBatcher,
+    ClaimOutcome,
+    ClaimRequest,
+    Statements,
+    Store,
+    Write,
+)
+from service.store.base import ClaimsAndWrite
+
+
+class CountingStore:
+    """The real store, recording each operation asked of it: (kind, claims, writes)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.operations: list[tuple[str, int, int]] = []
+
+    async def claim_and_write(
+        self, requests: Sequence[ClaimRequest], writes: Sequence[Write]
+    ) -> ClaimsAndWrite:
+        self.operations.append(("claim_and_write", len(requests), len(writes)))
+        return await self.store.claim_and_write(requests, writes)
+
+    async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Any]:
+        self.operations.append(("claim_many", len(requests), 0))
+        return await self.store.claim_many(requests)
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        self.operations.append(("write", 0, len(writes)))
+        await self.store.write(writes)
+
+    async def release(self, scope: str, key: str, owner: str) -> None:
+        await self.store.release(scope, key, owner)
+
+
+@pytest.fixture
+async def counted(store: Store) -> AsyncIterator[tuple[Deduplicator, CountingStore, BatchWriter]]:
+    """A deduplicator as the app builds it (claims riding the status writer's turns), over the
+    real store counted."""
+    counting = CountingStore(store)
+    seam = cast("Store", counting)  # the operations the writer and the batcher use
+    writer = BatchWriter(seam)
+    writer.start()
+    claims = ClaimBatcher(seam, writer=writer)
+    deduplicator = Deduplicator(claims, writer, ttl=60, wait=10, store_timeout=10)
+    yield deduplicator, counting, writer
+    await claims.close()
+    await writer.close()
+
+
+class Conflicted(Exception):  # noqa: N818 - what the test's conflicts are refused with
+    pass
+
+
+async def test_concurrent_single_requests_share_one_operation_for_claims_and_one_for_answers(
+    counted: tuple[Deduplicator, CountingStore, BatchWriter],
+) -> None:
+    deduplicator, counting, _ = counted
+    scope = f"test-{uuid.uuid4().hex}"
+    produced: list[str] = []
+
+    def request(key: str, fingerprint: str) -> asyncio.Task[Answer]:
+        async def produce() -> Answer:
+            produced.append(key)
+            return Answer(202, f'{{"key":"{key}"}}'.encode())
+
+        return asyncio.create_task(
+            deduplicator.once(scope, key, fingerprint, produce, conflict=Conflicted)
+        )
+
+    # All in one turn: 30 keys, one of them sent twice alike and once with other content.
+    firsts = [request(f"k-{n}", "fp") for n in range(30)]
+    repeated, conflicting = request("k-7", "fp"), request("k-7", "other")
+    answers = await asyncio.gather(*firsts)
+    repeat = await repeated
+    with pytest.raises(Conflicted):
+        await conflicting
+
+    assert sorted(produced) == sorted(f"k-{n}" for n in range(30))  # k-7 once
+    assert [(a.status, a.body, a.replayed) for a in answers] == [
+        (202, f'{{"key":"k-{n}"}}'.encode(), False) for n in range(30)
+    ]
+    assert (repeat.status, repeat.body, repeat.replayed) == (202, b'{"key":"k-7"}', True)
+    # The 30 claims in one operation; the 30 answers in one with the repeated key's claims
+    # (a key is claimed once per operation: its second and third claims wait for the next).
+    assert counting.operations[:2] == [("claim_and_write", 30, 0), ("claim_and_write", 1, 30)]
+    # Nothing went to the store apart: later operations are the repeats asking again.
+    assert {kind for kind, _, _ in counting.operations} == {"claim_and_write"}
+    assert all(writes == 0 for _, _, writes in counting.operations[2:])
+
+
+async def test_writes_that_fail_leave_the_claims_of_their_operation_standing(
+    counted: tuple[Deduplicator, CountingStore, BatchWriter],
+) -> None:
+    _, counting, writer = counted
+    scope = f"test-{uuid.uuid4().hex}"
+    claims = ClaimBatcher(cast("Store", counting), writer=writer)
+    broken: Write = ("INSERT INTO no_such_table VALUES (?)", (1,))
+    written = asyncio.create_task(writer.store(broken))
+    taken = [
+        asyncio.create_task(claims.claim(scope, f"k-{n}", "fp", owner="o", lease=60))
+        for n in range(5)
+    ]
+    with pytest.raises(Exception, match="no_such_table"):
+        await written
+    assert [claim.outcome for claim in await asyncio.gather(*taken)] == [ClaimOutcome.OWNER] * 5
+    assert counting.operations == [("claim_and_write", 5, 1)]
+    await claims.close()
+
+
+async def test_claims_that_fail_leave_the_writes_of_their_operation_standing(
+    counted: tuple[Deduplicator, CountingStore, BatchWriter], store: Store
+) -> None:
+    _, counting, writer = counted
+    scope = f"test-{uuid.uuid4().hex}"
+    assert (await store.claim(scope, "answered", "fp", owner="o", lease=60)).outcome is (
+        ClaimOutcome.OWNER
+    )
+    claims = ClaimBatcher(cast("Store", counting), writer=writer)
+    unbindable = cast("str", object())  # no store can take it: the claims' statement fails
+    complete = (202, b"kept", 4_102_444_800.0, scope, "answered", "o")
+    written = asyncio.create_task(writer.store((Statements.complete, (complete))))
+    taken = asyncio.create_task(claims.claim(scope, "k", unbindable, owner="o", lease=60))
+    await written  # stored though the claim beside it failed
+    with pytest.raises(Exception):  # noqa: B017, PT011 - each driver words it its own way
+        await taken
+    assert counting.operations == [("claim_and_write", 1, 1)]
+    replay = await store.claim(scope, "answered", "fp", owner="x", lease=60)
+    assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b"kept")
+    await claims.close()
