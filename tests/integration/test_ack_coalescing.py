@@ -28,7 +28,7 @@ async def queues(amqp_url: str) -> AsyncIterator[tuple[str, str]]:
     async with await aio_pika.connect(amqp_url) as connection:
         channel = await connection.channel()
         await channel.declare_queue(dead, arguments={"x-queue-type": "quorum"}, durable=True)
-        arguments = {
+        arguments: dict[str, Any] = {
             "x-queue-type": "quorum",
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": dead,
