@@ -165,7 +165,9 @@ def _store(
         app[STATUS_BOOK] = book
         # A duplicate waits for the first request's answer about as long as that one may take.
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
-        claims = ClaimBatcher(store, writer=writer)  # with the status writes: one turn for both
+        # With a serial store (SQLite) the claims ride the status writer's turns: one wait in
+        # its line for a turn's claims and answers instead of two.
+        claims = ClaimBatcher(store, writer=writer if store.serial else None)
         app[DEDUPLICATOR] = Deduplicator(
             claims,
             writer,

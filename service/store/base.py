@@ -124,6 +124,11 @@ class IdempotencyStore(Protocol):
 
 
 class Store(IdempotencyStore, Protocol):
+    # True when the store runs its operations one at a time (SQLite's one thread): claims and
+    # writes asked for together then wait once instead of twice in line. PostgreSQL runs them
+    # side by side on pooled connections, and one waiting for the other would only slow both.
+    serial: bool
+
     async def write(self, writes: Sequence[Write]) -> None:
         """Apply `writes` in one transaction, in order: all of them or none."""
         ...

@@ -7,9 +7,9 @@ running goes out on the next turn of the event loop with whatever else was asked
 claims made while a batch runs go out together in the next. A batch holds each key once: a second
 claim of a key waits for the next batch, so it sees the first claim, exactly as if it came alone.
 
-Given the status writer, the claims go out with its turns (`BatchWriter.carry`): a request's claim
-and another's answer, asked for in one turn, then share one operation of the store. Without it,
-or once it stops, the batcher runs turns of claims alone.
+Given the status writer (for a serial store: SQLite), the claims go out with its turns
+(`BatchWriter.carry`): a request's claim and another's answer, asked for in one turn, then share
+one operation of the store. Without it, or once it stops, the batcher runs turns of claims alone.
 """
 
 from __future__ import annotations

@@ -113,6 +113,8 @@ def _row_key(row: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 class PostgresStore:
+    serial = False  # a pool of connections: operations run side by side
+
     def __init__(self, pool: asyncpg.Pool, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._pool = pool
         self._clock = clock  # expiry of claims and leases, and of what a purge deletes

@@ -74,6 +74,8 @@ _OWNER = Claim(ClaimOutcome.OWNER)
 
 
 class SqliteStore:
+    serial = True  # one connection, one thread: operations wait in line
+
     def __init__(
         self,
         thread: ThreadPoolExecutor,
