@@ -152,6 +152,12 @@ class BatchWriter:
     async def _write(self, batch: list[_Entry], claims: ClaimTurn | None) -> None:
         writes = [write for group, _ in batch for write in group]
         error = await self._apply(writes) if claims is None else await self._take(claims, writes)
+        refused = error is not None and not isinstance(error, _PASSING_FAILURES)
+        if refused and sum(1 for group, _ in batch if group) > 1:
+            # A write the store refuses (a value it cannot hold) fails its own caller, not
+            # everyone whose writes shared its transaction.
+            await self._each_alone(batch)
+            return
         if error is not None:
             again = isinstance(error, _PASSING_FAILURES) and not self._closed
             _log.warning(
@@ -171,6 +177,23 @@ class BatchWriter:
                 done.set_result(None)
         if self.on_written is not None and writes:
             self.on_written(writes)
+
+    async def _each_alone(self, batch: list[_Entry]) -> None:
+        """Each entry's writes in a transaction of their own, in order."""
+        written: list[Write] = []
+        for group, done in batch:
+            error = await self._apply(list(group))
+            if error is not None:
+                _log.warning("status writes failed", writes=len(group), error=describe(error))
+            else:
+                written += group
+            if done is not None and not done.done():
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+        if self.on_written is not None and written:
+            self.on_written(written)
 
     async def _apply(self, writes: list[Write]) -> Exception | None:
         """The writes alone: why they failed, or None."""

@@ -22,7 +22,7 @@ import structlog
 from service.cancellation import STOP_SECONDS, stop_task
 from service.store.base import Claim, ClaimOutcome, ClaimRequest, IdempotencyStore
 from service.store.batching import BatchWriter, ClaimTurn
-from service.store.faults import describe
+from service.store.faults import StoreUnavailableError, describe
 
 __all__ = ["ClaimBatcher"]
 
@@ -30,6 +30,8 @@ _log = structlog.get_logger(component="store")
 MAX_CLAIMS_PER_BATCH = 500
 
 _Entry = tuple[ClaimRequest, asyncio.Future[Claim]]
+# Failures of the store, not of a claim: every claim of the batch had them alike.
+_PASSING_FAILURES = (StoreUnavailableError, TimeoutError)
 
 
 class ClaimBatcher:
@@ -48,7 +50,8 @@ class ClaimBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._writer = writer
-        self._releasing: set[asyncio.Task[None]] = set()  # abandoned claims being released
+        # Abandoned claims being released; claims of a refused batch being taken alone.
+        self._side_tasks: set[asyncio.Task[None]] = set()
         if writer is not None:
             writer.carry(self)
 
@@ -70,7 +73,15 @@ class ClaimBatcher:
         if not batch:
             return None
         requests = [request for request, _ in batch]
-        return ClaimTurn(requests, lambda claims: self._settle(batch, claims))
+        told = False
+
+        def settle(claims: list[Claim] | Exception) -> None:
+            nonlocal told
+            if not told:  # once: the writer may say "not taken" after a batch went wrong
+                told = True
+                self._settle(batch, claims)
+
+        return ClaimTurn(requests, settle)
 
     def _send(self) -> None:
         """Have the queued claims taken: with the writer's next turn, or in a turn alone."""
@@ -97,8 +108,8 @@ class ClaimBatcher:
             await stop_task(self._task, STOP_SECONDS)
         self._fail(self._queue, RuntimeError("the store is closing"))
         self._queue.clear()
-        if self._releasing:
-            await asyncio.wait(set(self._releasing), timeout=STOP_SECONDS)
+        if self._side_tasks:
+            await asyncio.wait(set(self._side_tasks), timeout=STOP_SECONDS)
 
     async def _run(self) -> None:
         try:
@@ -131,19 +142,29 @@ class ClaimBatcher:
         return batch
 
     async def _answer(self, batch: list[_Entry]) -> None:
+        claims: list[Claim] | Exception
         try:
             claims = await self._store.claim_many([request for request, _ in batch])
         except Exception as error:  # noqa: BLE001 - handed to each claimer; claims go on
-            self._settle(batch, error)
-            return
+            claims = error
         self._settle(batch, claims)
-        if self._releasing:  # an abandoned key is free before the next claims go out
-            await asyncio.wait(set(self._releasing))
+        # An abandoned key is free, and a refused batch's claims taken one by one, before the
+        # next claims go out.
+        if self._side_tasks:
+            await asyncio.wait(set(self._side_tasks))
 
     def _settle(self, batch: list[_Entry], claims: list[Claim] | Exception) -> None:
         """Tell each claimer of `batch` its claim, or the batch's failure."""
         if isinstance(claims, Exception):
-            self._fail(batch, claims)
+            waiting = [entry for entry in batch if not entry[1].done()]
+            if isinstance(claims, _PASSING_FAILURES) or len(waiting) <= 1:
+                self._fail(waiting, claims)
+            else:
+                # A claim the store refuses (a value it cannot hold) fails its own claimer,
+                # not everyone whose claims shared its statement: each is asked again alone.
+                alone = asyncio.create_task(self._each_alone(waiting))
+                self._side_tasks.add(alone)
+                alone.add_done_callback(self._side_tasks.discard)
         else:
             for (request, answer), claim in zip(batch, claims, strict=True):
                 if not answer.done():
@@ -152,10 +173,18 @@ class ClaimBatcher:
                     # Its claimer gave up while the claim was being taken: free the key at
                     # once rather than when the lease runs out.
                     release = asyncio.create_task(self._release(request))
-                    self._releasing.add(release)
-                    release.add_done_callback(self._releasing.discard)
+                    self._side_tasks.add(release)
+                    release.add_done_callback(self._side_tasks.discard)
         if self._queue and not self._closed:  # a repeated key waits for a turn of its own
             self._send()
+
+    async def _each_alone(self, batch: list[_Entry]) -> None:
+        for entry in batch:
+            try:
+                claims: list[Claim] | Exception = await self._store.claim_many([entry[0]])
+            except Exception as error:  # noqa: BLE001 - handed to its claimer
+                claims = error
+            self._settle([entry], claims)
 
     async def _release(self, request: ClaimRequest) -> None:
         try:

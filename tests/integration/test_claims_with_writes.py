@@ -104,42 +104,59 @@ async def test_concurrent_single_requests_share_one_operation_for_claims_and_one
     assert all(writes == 0 for _, _, writes in counting.operations[2:])
 
 
-async def test_writes_that_fail_leave_the_claims_of_their_operation_standing(
-    counted: tuple[Deduplicator, CountingStore, BatchWriter],
-) -> None:
-    _, counting, writer = counted
-    scope = f"test-{uuid.uuid4().hex}"
-    claims = ClaimBatcher(cast("Store", counting), writer=writer)
-    broken: Write = ("INSERT INTO no_such_table VALUES (?)", (1,))
-    written = asyncio.create_task(writer.store(broken))
-    taken = [
-        asyncio.create_task(claims.claim(scope, f"k-{n}", "fp", owner="o", lease=60))
-        for n in range(5)
-    ]
-    with pytest.raises(Exception, match="no_such_table"):
-        await written
-    assert [claim.outcome for claim in await asyncio.gather(*taken)] == [ClaimOutcome.OWNER] * 5
-    assert counting.operations == [("claim_and_write", 5, 1)]
-    await claims.close()
+def complete(scope: str, key: str, body: bytes) -> Write:
+    return (Statements.complete, (202, body, 4_102_444_800.0, scope, key, "o"))
 
 
-async def test_claims_that_fail_leave_the_writes_of_their_operation_standing(
+async def test_a_write_the_store_refuses_fails_its_caller_alone(
     counted: tuple[Deduplicator, CountingStore, BatchWriter], store: Store
 ) -> None:
     _, counting, writer = counted
     scope = f"test-{uuid.uuid4().hex}"
-    assert (await store.claim(scope, "answered", "fp", owner="o", lease=60)).outcome is (
-        ClaimOutcome.OWNER
-    )
+    for key in ("a", "b"):
+        await store.claim(scope, key, "fp", owner="o", lease=60)
+    claims = ClaimBatcher(cast("Store", counting), writer=writer)
+    refused: Write = ("INSERT INTO no_such_table VALUES (?)", (1,))
+    # One turn: an answer, a write the store refuses, another answer, and five claims.
+    first = asyncio.create_task(writer.store(complete(scope, "a", b"A")))
+    broken = asyncio.create_task(writer.store(refused))
+    second = asyncio.create_task(writer.store(complete(scope, "b", b"B")))
+    taken = [
+        asyncio.create_task(claims.claim(scope, f"k-{n}", "fp", owner="o", lease=60))
+        for n in range(5)
+    ]
+    await first
+    await second
+    with pytest.raises(Exception, match="no_such_table"):
+        await broken
+    assert [claim.outcome for claim in await asyncio.gather(*taken)] == [ClaimOutcome.OWNER] * 5
+    # One operation for all; then each write alone, the refused one failing by itself.
+    assert counting.operations == [("claim_and_write", 5, 3), *[("write", 0, 1)] * 3]
+    for key, body in (("a", b"A"), ("b", b"B")):
+        replay = await store.claim(scope, key, "fp", owner="x", lease=60)
+        assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, body)
+    await claims.close()
+
+
+async def test_a_claim_the_store_refuses_fails_its_claimer_alone(
+    counted: tuple[Deduplicator, CountingStore, BatchWriter], store: Store
+) -> None:
+    _, counting, writer = counted
+    scope = f"test-{uuid.uuid4().hex}"
+    await store.claim(scope, "answered", "fp", owner="o", lease=60)
     claims = ClaimBatcher(cast("Store", counting), writer=writer)
     unbindable = cast("str", object())  # no store can take it: the claims' statement fails
-    complete = (202, b"kept", 4_102_444_800.0, scope, "answered", "o")
-    written = asyncio.create_task(writer.store((Statements.complete, (complete))))
-    taken = asyncio.create_task(claims.claim(scope, "k", unbindable, owner="o", lease=60))
-    await written  # stored though the claim beside it failed
+    written = asyncio.create_task(writer.store(complete(scope, "answered", b"kept")))
+    before = asyncio.create_task(claims.claim(scope, "k-1", "fp", owner="o", lease=60))
+    refused = asyncio.create_task(claims.claim(scope, "k-2", unbindable, owner="o", lease=60))
+    after = asyncio.create_task(claims.claim(scope, "k-3", "fp", owner="o", lease=60))
+    await written  # stored though the claims beside it failed
+    assert (await before).outcome is ClaimOutcome.OWNER
+    assert (await after).outcome is ClaimOutcome.OWNER
     with pytest.raises(Exception):  # noqa: B017, PT011 - each driver words it its own way
-        await taken
-    assert counting.operations == [("claim_and_write", 1, 1)]
+        await refused
+    # One operation for all; then each claim alone, the refused one failing by itself.
+    assert counting.operations == [("claim_and_write", 3, 1), *[("claim_many", 1, 0)] * 3]
     replay = await store.claim(scope, "answered", "fp", owner="x", lease=60)
     assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b"kept")
     await claims.close()
