@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from service import Role
 from service.http.idempotency import Answer, Deduplicator
 from service.store import (
     BatchWriter,
@@ -21,6 +22,9 @@ from service.store import (
     Write,
 )
 from service.store.base import ClaimsAndWrite
+from service.store.sqlite import SqliteStore
+from tests.conftest import Namespace, StartConveyor, subscription, take_published
+from tests.support.recorder import Recorder
 
 
 class CountingStore:
@@ -160,3 +164,56 @@ async def test_a_claim_the_store_refuses_fails_its_claimer_alone(
     replay = await store.claim(scope, "answered", "fp", owner="x", lease=60)
     assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b"kept")
     await claims.close()
+
+
+async def test_concurrent_posts_on_sqlite_claim_with_the_writes_and_get_their_own_answers(
+    start_conveyor: StartConveyor, namespace: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    operations: list[str] = []
+    claim_and_write, claim_many = SqliteStore.claim_and_write, SqliteStore.claim_many
+
+    async def counted_claim_and_write(
+        self: SqliteStore, requests: Sequence[ClaimRequest], writes: Sequence[Write]
+    ) -> ClaimsAndWrite:
+        operations.append("claim_and_write")
+        return await claim_and_write(self, requests, writes)
+
+    async def counted_claim_many(self: SqliteStore, requests: Sequence[ClaimRequest]) -> Any:
+        operations.append("claim_many")
+        return await claim_many(self, requests)
+
+    monkeypatch.setattr(SqliteStore, "claim_and_write", counted_claim_and_write)
+    monkeypatch.setattr(SqliteStore, "claim_many", counted_claim_many)
+    conveyor = await start_conveyor((subscription("once", ("#",), Recorder()),), role=Role.INGRESS)
+    event = {"specversion": "1.0", "source": "/orders", "type": "order.placed"}
+    ct = {"Content-Type": "application/cloudevents+json"}
+    documents = [{**event, "id": f"o-{n}", "data": n} for n in range(20)]
+    documents += [{**event, "id": "o-3", "data": 3}, {**event, "id": "o-3", "data": "other"}]
+
+    responses = await asyncio.gather(
+        *(conveyor.client.post("/v1/events", json=doc, headers=ct) for doc in documents)
+    )
+
+    # Of the three posts of o-3, the content that came first is accepted (twice: once a
+    # replay) and the other refused, whichever that was.
+    assert [response.status for response in responses[:20]] == [202] * 20
+    answers = {
+        "first": responses[3].status,
+        "repeat": responses[20].status,
+        "other": responses[21].status,
+    }
+    assert answers in (
+        {"first": 202, "repeat": 202, "other": 422},
+        {"first": 422, "repeat": 422, "other": 202},
+    )
+    refused = responses[21] if answers["other"] == 422 else responses[3]
+    problem = await refused.json(content_type="application/problem+json")
+    assert problem["type"] == "urn:conveyor:problem:event-id-conflict"
+    queue = namespace.topology.queue("once")
+    taken = await take_published(conveyor, namespace, queue, sentinel_type="test.sentinel")
+    assert sorted(message.message_id or "" for message in taken) == sorted(
+        f"o-{n}" for n in range(20)
+    )  # o-3 once
+    # Every claim rode an operation with the writes; none went to the store alone.
+    assert "claim_and_write" in operations
+    assert "claim_many" not in operations
