@@ -151,7 +151,7 @@ def _store(
     async def open_and_close(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         store = await open_store(settings.store_url, clock=clock)
-        writer = BatchWriter(store)
+        writer = BatchWriter(store, queue_ahead=store.serial)
         book = StatusBook(
             store,
             writer,

@@ -14,6 +14,7 @@ succeeds or fails on its own, and each caller hears only about its own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,8 +66,13 @@ class WriterClosedError(RuntimeError):
 
 
 class BatchWriter:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, queue_ahead: bool = False) -> None:
+        """`queue_ahead`: for a store that runs its operations one at a time, in the order asked
+        (SQLite's thread), the next batch is handed to it while one runs, so that it never
+        idles between them; the order in which they apply stays the order they were asked."""
         self._store = store
+        self._in_flight = 2 if queue_ahead else 1
+        self._running: collections.deque[asyncio.Task[None]] = collections.deque()
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         self._notes = 0  # queued entries nobody waits for
         self._closed = False
@@ -121,6 +127,8 @@ class BatchWriter:
                 await self._queue.join()
         # Bounded: a store driver that swallowed the cancellation must not hold shutdown.
         await stop_task(self._task, STOP_SECONDS)
+        for running in self._running:
+            await stop_task(running, STOP_SECONDS)
         self._task = None
 
     async def _run(self) -> None:
@@ -136,18 +144,36 @@ class BatchWriter:
                 self._woken = False
             self._notes -= sum(1 for _, done in entries if done is None)
             claims = self._claims.take() if self._claims is not None else None
-            try:
-                await self._write(entries, claims)
-            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
-                _log.exception("status writer failed on a batch")
-            finally:
-                if claims is not None:  # told already unless the batch failed unexpectedly
-                    claims.settle(WriterClosedError("the claims were not taken"))
-                for _, done in entries:
-                    if done is not None and not done.done():
-                        done.set_exception(WriterClosedError("the batch was not written"))
-                for _ in batch:
-                    self._queue.task_done()
+            if self._in_flight == 1:
+                await self._write_batch(batch, entries, claims)
+                continue
+            # Created in order, each task hands its operation to the store on its first step,
+            # so the store gets them in this order.
+            self._running.append(
+                asyncio.create_task(
+                    self._write_batch(batch, entries, claims), name="conveyor-store-batch"
+                )
+            )
+            while len(self._running) >= self._in_flight:
+                await asyncio.wait({self._running[0]})
+                while self._running and self._running[0].done():
+                    del self._running[0]
+
+    async def _write_batch(
+        self, batch: list[_Entry], entries: list[_Entry], claims: ClaimTurn | None
+    ) -> None:
+        try:
+            await self._write(entries, claims)
+        except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+            _log.exception("status writer failed on a batch")
+        finally:
+            if claims is not None:  # told already unless the batch failed unexpectedly
+                claims.settle(WriterClosedError("the claims were not taken"))
+            for _, done in entries:
+                if done is not None and not done.done():
+                    done.set_exception(WriterClosedError("the batch was not written"))
+            for _ in batch:
+                self._queue.task_done()
 
     async def _write(self, batch: list[_Entry], claims: ClaimTurn | None) -> None:
         writes = [write for group, _ in batch for write in group]

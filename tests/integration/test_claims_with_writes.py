@@ -58,7 +58,7 @@ async def counted(store: Store) -> AsyncIterator[tuple[Deduplicator, CountingSto
     real store counted."""
     counting = CountingStore(store)
     seam = cast("Store", counting)  # the operations the writer and the batcher use
-    writer = BatchWriter(seam)
+    writer = BatchWriter(seam, queue_ahead=store.serial)  # as the app builds it
     writer.start()
     claims = ClaimBatcher(seam, writer=writer)
     deduplicator = Deduplicator(claims, writer, ttl=60, wait=10, store_timeout=10)
