@@ -4,8 +4,10 @@ turn, each caller told only its own outcome; SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -20,6 +22,7 @@ from service.store import (
     Statements,
     Store,
     Write,
+    open_store,
 )
 from service.store.base import ClaimsAndWrite
 from service.store.sqlite import SqliteStore
@@ -33,12 +36,23 @@ class CountingStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.operations: list[tuple[str, int, int]] = []
+        self.running = self.most_running = 0  # operations handed to the store, not answered
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            yield
+        finally:
+            self.running -= 1
 
     async def claim_and_write(
         self, requests: Sequence[ClaimRequest], writes: Sequence[Write]
     ) -> ClaimsAndWrite:
         self.operations.append(("claim_and_write", len(requests), len(writes)))
-        return await self.store.claim_and_write(requests, writes)
+        with self._counted():
+            return await self.store.claim_and_write(requests, writes)
 
     async def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Any]:
         self.operations.append(("claim_many", len(requests), 0))
@@ -46,7 +60,8 @@ class CountingStore:
 
     async def write(self, writes: Sequence[Write]) -> None:
         self.operations.append(("write", 0, len(writes)))
-        await self.store.write(writes)
+        with self._counted():
+            await self.store.write(writes)
 
     async def release(self, scope: str, key: str, owner: str) -> None:
         await self.store.release(scope, key, owner)
@@ -217,3 +232,27 @@ async def test_concurrent_posts_on_sqlite_claim_with_the_writes_and_get_their_ow
     # Every claim rode an operation with the writes; none went to the store alone.
     assert "claim_and_write" in operations
     assert "claim_many" not in operations
+
+
+async def test_batches_handed_to_sqlite_ahead_apply_in_the_order_they_were_asked(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/ahead.db")
+    counting = CountingStore(store)
+    writer = BatchWriter(cast("Store", counting), queue_ahead=True)
+    writer.start()
+    scope = f"test-{uuid.uuid4().hex}"
+    await store.claim(scope, "k", "fp", owner="o", lease=60)
+    try:
+        # Each answer in a turn of its own, while the batches before it are on their way.
+        stored = []
+        for n in range(100):
+            stored.append(asyncio.create_task(writer.store(complete(scope, "k", b"%d" % n))))
+            await asyncio.sleep(0)
+        await asyncio.gather(*stored)
+        replay = await store.claim(scope, "k", "fp", owner="x", lease=60)
+    finally:
+        await writer.close()
+        await store.close()
+    assert (replay.outcome, replay.body) == (ClaimOutcome.REPLAY, b"99")
+    assert counting.most_running == 2  # a batch was handed over while the one before ran
