@@ -145,5 +145,6 @@ async def test_bodies_of_no_frame_one_frame_and_several_frames_are_read_whole(
         taken = [await asyncio.wait_for(hooked.get(), 10) for _ in bodies]
         assert all(isinstance(delivery, Delivery) for delivery in taken)
         assert [delivery.body for delivery in taken] == bodies
+        assert {type(delivery.body) for delivery in taken} == {bytes}  # as handlers get it
         for delivery in taken:
             await delivery.nack(requeue=False)
