@@ -8,7 +8,7 @@ The "head" arm is this checkout, the "base" arm the checkout at `--base` (e.g. a
 of the commit before); each conveyor process starts in its arm's tree, with it on PYTHONPATH. Arms
 alternate within each round, starting arm rotating, so a noisy neighbour hits both alike.
 Prints each arm's median events/s (min-max) and the median of the per-round head/base ratios;
-for `consume`, also the conveyor process's CPU time per event: the work a delivery costs, apart
+for each item, also the conveyor process's CPU time per event: the work an event costs, apart
 from what it waits for. It is no steadier than the rate on a shared machine (the same code in
 both arms, 4 rounds: 0.88-1.19 per round), so read both.
 `--base-python` runs the base arm's conveyor on another interpreter (a venv of another Python

@@ -6,9 +6,11 @@ constructor copies and converts every property: much of a cheap handler's delive
 `DeliveryHook` replaces the delivery handler of the consumer's aiormq channel (through
 `producers.amqp_internals`, which checks at start that aiormq has one): a delivery to one of the
 hooked consumer tags becomes a `Delivery` (the message's fields, read as needed) and one task;
-deliveries to any other consumer go on exactly as aiormq does it. As aiormq does with its own,
-the tasks of a channel are cancelled when the channel closes: the broker has their deliveries
-back.
+deliveries to any other consumer go on exactly as aiormq does it. The body is read from its
+frames here, as aiormq reads it but without its `BytesIO` and `DeliveredMessage` (a body in one
+frame is that frame's bytes, uncopied); aiormq's message is made only for the other consumers.
+As aiormq does with its own, the tasks of a channel are cancelled when the channel closes: the
+broker has their deliveries back.
 
 The consumer stays registered through aio-pika, so a reconnect restores it as before. A
 restored channel is a new aiormq channel: its first deliveries come the aio-pika way, and the
@@ -30,12 +32,12 @@ import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from producers.amqp_internals import (
     consumer_callbacks,
     consumer_done_callback,
-    content_reader,
     frame_reader,
     install_delivery_handler,
 )
@@ -99,11 +101,17 @@ class Delivery:
         "routing_key",
     )
 
-    def __init__(self, frame: spec.Basic.Deliver, message: DeliveredMessage) -> None:
-        self._channel = message.channel
-        self._properties = message.header.properties
-        self.body: bytes = message.body
-        self.headers: Mapping[str, Any] = self._properties.headers or {}
+    def __init__(
+        self,
+        frame: spec.Basic.Deliver,
+        properties: spec.Basic.Properties,
+        body: bytes,
+        channel: aiormq.abc.AbstractChannel,
+    ) -> None:
+        self._channel = channel
+        self._properties = properties
+        self.body: bytes = body
+        self.headers: Mapping[str, Any] = properties.headers or {}
         self.delivery_tag: int | None = frame.delivery_tag
         self.redelivered: bool | None = frame.redelivered
         self.exchange: str | None = frame.exchange
@@ -202,7 +210,6 @@ class _HookedChannel:
         self._name = name
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_frame = frame_reader(channel)
-        self._read_content = content_reader(channel)
         self._consumers = consumer_callbacks(channel)
         self._consumer_done = consumer_done_callback(channel)
         install_delivery_handler(channel, self._on_deliver_frame)
@@ -214,18 +221,41 @@ class _HookedChannel:
         header = await self._next_frame()
         if not isinstance(header, ContentHeader):
             raise TypeError(f"Unexpected frame {header!r} instead of ContentHeader", header)
-        message = await self._read_content(frame, header)
+        body = await self._read_body(header.body_size or 0)
         if frame.consumer_tag in self._tags:
             task = asyncio.get_running_loop().create_task(
-                self._handle(Delivery(frame, message)), name=self._name
+                self._handle(Delivery(frame, header.properties, body, channel)), name=self._name
             )
             self._tasks.add(task)
             task.add_done_callback(self._finished)
             return
         consumer = self._consumers.get(frame.consumer_tag or "")
         if consumer is not None:
+            message = DeliveredMessage(delivery=frame, header=header, body=body, channel=channel)
             other = channel.create_task(consumer(message))
             other.add_done_callback(self._consumer_done)
+
+    async def _read_body(self, size: int) -> bytes:
+        """The body frames after a content header, up to its `size`, as aiormq reads them."""
+        if not size:
+            return b""
+        value = await self._next_body_part()
+        if len(value) >= size or not value:
+            return value
+        parts, read = [value], len(value)
+        while read < size:
+            value = await self._next_body_part()
+            if not value:
+                break
+            parts.append(value)
+            read += len(value)
+        return b"".join(parts)
+
+    async def _next_body_part(self) -> bytes:
+        frame = await self._next_frame()
+        if not isinstance(frame, ContentBody):
+            raise TypeError(f"Unexpected frame {frame!r} instead of ContentBody", frame)
+        return frame.value
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

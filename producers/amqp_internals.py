@@ -14,9 +14,9 @@ and why:
   returns and a closed channel. No public call registers a confirmation without publishing.
 - `Channel.write_queue` (`frame_queue`): the pipeline queues many publishes as one frame set.
 - `Channel._on_deliver_frame` (replaced, `install_delivery_handler`), `Channel._get_frame`,
-  `Channel._read_content`, `Channel._on_consumer_done`, `Channel.consumers`: deliveries to
-  hooked consumers become one task each, without aio-pika's two tasks and message copy; the
-  others go on as aiormq runs them. aiormq has no public per-delivery hook below aio-pika.
+  `Channel._on_consumer_done`, `Channel.consumers`: deliveries to hooked consumers become one
+  task each, their bodies read from the frames, without aio-pika's two tasks and message copy;
+  the others go on as aiormq runs them. aiormq has no public per-delivery hook below aio-pika.
 - `Connection._Connection__last_frame_time` (`last_frame_time`): the watchdog cuts a link
   silent past two heartbeats; aiormq keeps when the last frame came only here.
 - `Connection._reader_task` (`running_reader`): cancelling it is how aiormq itself drops a
@@ -42,9 +42,8 @@ from typing import Any, Protocol, cast
 
 import aiormq
 from aio_pika.abc import AbstractConnection
-from aiormq.abc import ConfirmationFrameType, ConsumerCallback, DeliveredMessage, FrameType
+from aiormq.abc import ConfirmationFrameType, ConsumerCallback, FrameType
 from pamqp import commands as spec
-from pamqp.header import ContentHeader
 
 __all__ = [
     "REQUIRED_AIORMQ",
@@ -57,7 +56,6 @@ __all__ = [
     "confirmation_store",
     "consumer_callbacks",
     "consumer_done_callback",
-    "content_reader",
     "frame_queue",
     "frame_reader",
     "install_confirm_handler",
@@ -80,7 +78,6 @@ _CHANNEL_METHODS: dict[str, tuple[tuple[str, ...], bool]] = {
     "_confirm_delivery": (("delivery_tag", "frame"), False),
     "_on_deliver_frame": (("frame",), True),
     "_get_frame": ((), True),
-    "_read_content": (("frame", "header"), True),
 }
 # Instance attributes, set in `__init__`.
 _CHANNEL_ATTRIBUTES = (
@@ -225,13 +222,6 @@ def install_delivery_handler(
 def frame_reader(channel: aiormq.Channel) -> Callable[[], Awaitable[FrameType]]:
     """The next frame of `channel` (after a basic.deliver: its content header)."""
     return channel._get_frame  # noqa: SLF001 - see the module docstring
-
-
-def content_reader(
-    channel: aiormq.Channel,
-) -> Callable[[spec.Basic.Deliver, ContentHeader], Awaitable[DeliveredMessage]]:
-    """Reads a delivery's body frames after its content header, into aiormq's message."""
-    return channel._read_content  # noqa: SLF001 - see the module docstring
 
 
 def consumer_callbacks(channel: aiormq.Channel) -> Mapping[str, ConsumerCallback]:

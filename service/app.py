@@ -206,7 +206,7 @@ def _store(
         except BaseException:
             await store.close()
             raise
-        writer = BatchWriter(store)
+        writer = BatchWriter(store, queue_ahead=store.serial)
         book = StatusBook(
             store,
             writer,
@@ -223,7 +223,11 @@ def _store(
         app[DELAY_BOOK] = DelayBook(store, writer, book, ttl=settings.status_ttl, clock=clock)
         # A duplicate waits for the first request's answer about as long as that one may take.
         # Concurrent claims (a batch's entries, concurrent requests) go out in few statements.
-        claims = ClaimBatcher(store, remember=settings.idempotency_ttl)
+        # With a serial store (SQLite) the claims ride the status writer's turns: one wait in
+        # its line for a turn's claims and answers instead of two.
+        claims = ClaimBatcher(
+            store, remember=settings.idempotency_ttl, writer=writer if store.serial else None
+        )
         app[DEDUPLICATOR] = Deduplicator(
             claims,
             writer,

@@ -11,6 +11,7 @@ __all__ = [
     "Claim",
     "ClaimOutcome",
     "ClaimRequest",
+    "ClaimsAndWrite",
     "IdempotencyStore",
     "Store",
     "Write",
@@ -49,6 +50,15 @@ class ClaimRequest:
     fingerprint: str
     owner: str
     lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimsAndWrite:
+    """What `Store.claim_and_write` did: each part's outcome on its own, a failure of one part
+    leaving the other's standing."""
+
+    claims: list[Claim] | Exception  # in the order of the requests, or why none was taken
+    write_error: Exception | None  # None: the writes are committed
 
 
 def check_distinct(requests: Sequence[ClaimRequest]) -> None:
@@ -121,8 +131,21 @@ class IdempotencyStore(Protocol):
 
 
 class Store(IdempotencyStore, Protocol):
+    # True when the store runs its operations one at a time (SQLite's one thread): claims and
+    # writes asked for together then wait once instead of twice in line. PostgreSQL runs them
+    # side by side on pooled connections, and one waiting for the other would only slow both.
+    serial: bool
+
     async def write(self, writes: Sequence[Write]) -> None:
         """Apply `writes` in one transaction, in order: all of them or none."""
+        ...
+
+    async def claim_and_write(
+        self, requests: Sequence[ClaimRequest], writes: Sequence[Write]
+    ) -> ClaimsAndWrite:
+        """`write(writes)` and `claim_many(requests)` as one operation of the store, each part
+        failing alone. A claim may see an answer written beside it (replay) or not yet (in
+        progress); either is what `claim` alone could have answered at that moment."""
         ...
 
     async def query(self, statement: str, *params: Any) -> list[tuple[Any, ...]]: ...

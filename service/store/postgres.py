@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Sequence
@@ -14,6 +15,7 @@ from service.store.base import (
     Claim,
     ClaimOutcome,
     ClaimRequest,
+    ClaimsAndWrite,
     Write,
     check_distinct,
     purge_in_chunks,
@@ -112,6 +114,8 @@ def _row_key(row: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 class PostgresStore:
+    serial = False  # a pool of connections: operations run side by side
+
     def __init__(self, pool: asyncpg.Pool, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._pool = pool
         self._clock = clock  # expiry of claims and leases, and of what a purge deletes
@@ -211,6 +215,25 @@ class PostgresStore:
                 )
             claims.append(claim)
         return claims
+
+    async def claim_and_write(
+        self, requests: Sequence[ClaimRequest], writes: Sequence[Write]
+    ) -> ClaimsAndWrite:
+        if not writes:
+            try:
+                return ClaimsAndWrite(await self.claim_many(requests), None)
+            except Exception as error:  # noqa: BLE001 - the claims' outcome, handed back
+                return ClaimsAndWrite(error, None)
+        # Side by side, each on a connection of its own: one waits for the slower of the two,
+        # not for both in a row, and a connection that breaks under one leaves the other.
+        claims, written = await asyncio.gather(
+            self.claim_many(requests), self.write(writes), return_exceptions=True
+        )
+        if isinstance(claims, BaseException) and not isinstance(claims, Exception):
+            raise claims  # a cancellation
+        if isinstance(written, BaseException) and not isinstance(written, Exception):
+            raise written
+        return ClaimsAndWrite(claims, written)
 
     async def release(self, scope: str, key: str, owner: str, *, remember: float) -> None:
         expires_at = self._clock.now() + remember

@@ -33,6 +33,7 @@ from service.store.base import (
     Claim,
     ClaimOutcome,
     ClaimRequest,
+    ClaimsAndWrite,
     Write,
     check_distinct,
     purge_in_chunks,
@@ -74,6 +75,8 @@ _FIRST_OWNER = Claim(ClaimOutcome.OWNER, first=True)
 
 
 class SqliteStore:
+    serial = True  # one connection, one thread: operations wait in line
+
     def __init__(
         self,
         thread: ThreadPoolExecutor,
@@ -119,9 +122,10 @@ class SqliteStore:
                 asyncio.get_running_loop().run_in_executor(self._thread, call)
             )
         except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode & 0xFF in _UNAVAILABLE_CODES:  # the primary code
-                raise StoreUnavailableError(f"SQLite: {describe(error)}") from error
-            raise
+            unavailable = _as_unavailable(error)
+            if unavailable is error:
+                raise
+            raise unavailable from error
 
     async def claim(
         self, scope: str, key: str, fingerprint: str, *, owner: str, lease: float
@@ -194,6 +198,31 @@ class SqliteStore:
             claim if claim is not None else self._claim_now(request)
             for request, claim in zip(requests, claims, strict=True)
         ]
+
+    async def claim_and_write(
+        self, requests: Sequence[ClaimRequest], writes: Sequence[Write]
+    ) -> ClaimsAndWrite:
+        # One hand-off to the thread and back for both, instead of one each.
+        check_distinct(requests)
+        return await self._run(self._claim_and_write_now, requests, writes)
+
+    def _claim_and_write_now(
+        self, requests: Sequence[ClaimRequest], writes: Sequence[Write]
+    ) -> ClaimsAndWrite:
+        # The writes first, in their transaction: a claim then sees an answer stored beside it.
+        # Each part fails alone: a rolled-back batch leaves the claims their own statements.
+        write_error: Exception | None = None
+        if writes:
+            try:
+                self._transaction(writes)
+            except Exception as error:  # noqa: BLE001 - the writes' outcome, handed back
+                write_error = _as_unavailable(error)
+        claims: list[Claim] | Exception
+        try:
+            claims = self._claim_many_now(requests)
+        except Exception as error:  # noqa: BLE001 - the claims' outcome, handed back
+            claims = _as_unavailable(error)
+        return ClaimsAndWrite(claims, write_error)
 
     async def release(self, scope: str, key: str, owner: str, *, remember: float) -> None:
         expires_at = self._clock.now() + remember
@@ -281,6 +310,19 @@ class SqliteStore:
             await self._run(self._db.close)
         finally:
             self._thread.shutdown(wait=False)
+
+
+def _as_unavailable(error: Exception) -> Exception:
+    """A failure of the file (see `_UNAVAILABLE_CODES`) as `StoreUnavailableError`; others as
+    they are."""
+    if (
+        isinstance(error, sqlite3.OperationalError)
+        and error.sqlite_errorcode & 0xFF in _UNAVAILABLE_CODES  # the primary code
+    ):
+        unavailable = StoreUnavailableError(f"SQLite: {describe(error)}")
+        unavailable.__cause__ = error
+        return unavailable
+    return error
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -121,3 +121,30 @@ async def test_the_tasks_of_a_closed_channel_are_cancelled_and_the_broker_has_th
         assert message is not None
         assert message.body == b"x"
         assert message.redelivered is True
+
+
+async def test_bodies_of_no_frame_one_frame_and_several_frames_are_read_whole(
+    amqp_url: str, queue_name: str
+) -> None:
+    hooked: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def take(delivery: Delivery) -> None:
+        await hooked.put(delivery)
+
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        underlay = await channel.get_underlay_channel()
+        frame_max = underlay.connection.connection_tune.frame_max
+        # Empty, one frame, and a body spread over three frames and a bit.
+        bodies = [b"", b"small", bytes(range(256)) * (frame_max * 3 // 256 + 7)]
+        for body in bodies:
+            await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue_name)
+        DeliveryHook({"whole"}, take, name="test").hook(underlay)
+        queue = await channel.declare_queue(queue_name, passive=True)
+        await queue.consume(cast("Any", take), consumer_tag="whole")
+        taken = [await asyncio.wait_for(hooked.get(), 10) for _ in bodies]
+        assert all(isinstance(delivery, Delivery) for delivery in taken)
+        assert [delivery.body for delivery in taken] == bodies
+        assert {type(delivery.body) for delivery in taken} == {bytes}  # as handlers get it
+        for delivery in taken:
+            await delivery.nack(requeue=False)

@@ -33,15 +33,15 @@ def test_a_missing_channel_method_is_named_with_the_aiormq_needed(method: str) -
 
 
 def test_a_method_whose_parameters_changed_is_refused() -> None:
-    async def _read_content(self: object, frame: object) -> None: ...
+    def _confirm_delivery(self: object, delivery_tag: object) -> None: ...
 
-    stand_in = _channel_without("_read_content", _read_content=_read_content)
+    stand_in = _channel_without("_confirm_delivery", _confirm_delivery=_confirm_delivery)
 
     with pytest.raises(
         InternalsMissingError,
         match=(
-            r"Channel\._read_content as a coroutine function of \(self, frame, header\) "
-            r"\(found \(self, frame\)\)"
+            r"Channel\._confirm_delivery as a plain function of \(self, delivery_tag, frame\) "
+            r"\(found \(self, delivery_tag\)\)"
         ),
     ):
         check_internals(channel_class=stand_in)
