@@ -228,6 +228,7 @@ async def test_processes_starting_together_on_postgresql_migrate_once(postgres_u
         "conveyor_deliveries",
         "conveyor_events",
         "conveyor_idempotency",
+        "conveyor_schedule_ticks",
         "conveyor_schema",
     ]
 

@@ -218,6 +218,10 @@ async def run_until(
     try:
         async with asyncio.timeout(10):
             await published.enough.wait()
+            # Each tick is recorded in the store after its publish: wait for the last one's.
+            last = published.ids[-1].split(":", 1)[1]
+            while (await scheduler.listing())[0]["last_tick"] != last:
+                await asyncio.sleep(0)
     finally:
         await scheduler.close()
     return scheduler
