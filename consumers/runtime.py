@@ -88,6 +88,11 @@ class SubscriptionConsumer:
         self._pipeline = DeliveryPipeline(
             subscription,
             queues=frozenset(queue.name for queue in queues),
+            own_exchange=(
+                None
+                if subscription.ordering is None
+                else topology.partition_exchange(subscription.name)
+            ),
             order=self._order,
             settler=self._settler,
             reporter=reporter,

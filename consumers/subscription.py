@@ -28,6 +28,8 @@ class Subscription:
     completions: bool = True
     # Events of one key handled one at a time, in publish order (see consumers.ordering).
     ordering: Ordering | None = None
+    # Seconds of the archive replayed into it once, when it is first declared (None: none).
+    backfill: float | None = None
 
     @property
     def tier_delays(self) -> tuple[float, ...]:

@@ -11,7 +11,9 @@ from aiohttp import web
 from consumers.subscription import Subscription
 from consumers.watch import HandlerSteps
 from producers.publisher import AmqpPublisher
+from producers.topology import Topology
 from service.admin.api import add_admin_routes, rate_history_context
+from service.admin.archive_routes import add_archive_routes
 from service.admin.dead_letter_routes import add_dead_letter_routes
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.app_keys import (
@@ -21,6 +23,7 @@ from service.app_keys import (
     LINK,
     METRICS,
     PUBLISHER,
+    REPLAYS,
     SETTINGS,
     STATUS_BOOK,
     STORE_CHECK,
@@ -28,6 +31,7 @@ from service.app_keys import (
     TRACING,
     Lifecycle,
 )
+from service.archive import Replays
 from service.broker.link import BrokerLink
 from service.broker.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
@@ -102,6 +106,7 @@ def build_app(
     if settings.admin_tokens:
         add_admin_routes(app)
         add_dead_letter_routes(app)
+        add_archive_routes(app)
         app.cleanup_ctx.append(rate_history_context(history_interval, clock))
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
@@ -175,10 +180,13 @@ def _store(
             store_timeout=settings.store_timeout,
         )
         app[STORE_CHECK] = check = StoreCheck(store.probe, timeout=settings.store_timeout)
+        replays = _replays(app, store, clock)
         purge = asyncio.create_task(
             _purge_expired(store, app[METRICS], purge_interval), name="conveyor-store-purge"
         )
         yield
+        if replays is not None:
+            await replays.close()
         await stop_task(purge, STOP_SECONDS)
         await check.close()
         await claims.close()
@@ -187,6 +195,27 @@ def _store(
         await store.close()
 
     return open_and_close
+
+
+def _replays(app: web.Application, store: Store, clock: Clock) -> Replays | None:
+    """The archive's replays (and new subscriptions' backfills), when the archive is on."""
+    settings = app[SETTINGS]
+    if settings.archive is None:
+        return None
+    link = app[LINK]
+    subscriptions: tuple[Subscription, ...] = app[SUBSCRIPTIONS]
+    app[REPLAYS] = replays = Replays(
+        channel=link.channel,
+        topology=Topology(settings.namespace),
+        subscriptions=subscriptions,
+        store=store,
+        metrics=app[METRICS],
+        clock=clock,
+        idle=settings.archive_read_idle,
+        publish_timeout=settings.publish_timeout,
+    )
+    link.on_backfill = replays.backfill_soon
+    return replays
 
 
 async def _purge_expired(store: Store, metrics: Metrics, interval: float) -> None:

@@ -9,6 +9,7 @@ from aiohttp import web
 from consumers.subscription import Subscription
 from producers.publisher import Publisher
 from service.admin.rate_history import RateHistory
+from service.archive import Replays
 from service.broker.link import BrokerLink
 from service.http.admission import Admission
 from service.http.idempotency import Deduplicator
@@ -26,6 +27,7 @@ __all__ = [
     "METRICS",
     "PUBLISHER",
     "RATE_HISTORY",
+    "REPLAYS",
     "SETTINGS",
     "STATUS_BOOK",
     "STORE_CHECK",
@@ -54,3 +56,5 @@ METRICS = web.AppKey("metrics", Metrics)
 RATE_HISTORY = web.AppKey("rate_history", RateHistory)
 SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])
 TRACING = web.AppKey("tracing", Tracing)
+# Only with CONVEYOR_ARCHIVE set.
+REPLAYS = web.AppKey("replays", Replays)

@@ -29,7 +29,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 # AMQP topic pattern: dot-separated words, each '*', '#' or characters other than '.'.
 _PATTERN_WORD = re.compile(r"^(\*|#|[^.*#\s]+)$")
 MAX_PATTERN_LENGTH = 255
-RESERVED_NAMES = frozenset(("unrouted", "results", "events", "dlx"))
+RESERVED_NAMES = frozenset(("unrouted", "results", "events", "dlx", "archive"))
 _KEYS = frozenset(
     (
         "name",
@@ -44,6 +44,7 @@ _KEYS = frozenset(
         "completions",
         "ordered_by",
         "partitions",
+        "backfill",
     )
 )
 _RETRY_KEYS = frozenset(("in_process", "delays"))
@@ -82,7 +83,7 @@ def _subscription(index: int, entry: Any) -> Subscription:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name))
     if name in RESERVED_NAMES:
-        # {ns}.unrouted and {ns}.results are conveyor's own queue and exchange.
+        # {ns}.unrouted, {ns}.archive and {ns}.results are conveyor's own queues and exchange.
         raise SettingError(SETTING, f"{where}.name other than {sorted(RESERVED_NAMES)}", name)
     where = f"subscriptions[{index}] ({name})"
     events = entry.get("events")
@@ -116,6 +117,11 @@ def _subscription(index: int, entry: Any) -> Subscription:
         deduplicate=_flag(entry, "deduplicate", default=True, where=where),
         completions=_flag(entry, "completions", default=True, where=where),
         ordering=_ordering(entry, where, retry, timeout),
+        backfill=(
+            None
+            if "backfill" not in entry
+            else _duration(entry["backfill"], f"{where}.backfill", low=1.0)
+        ),
     )
 
 

@@ -28,7 +28,13 @@ from service.clock import SYSTEM_CLOCK, Clock
 from service.http.auth import authorize_admin
 from service.http.problems import Problem, json_response, problem_response
 
-__all__ = ["ADMIN_PREFIX", "add_admin_routes", "admin_operation", "rate_history_context"]
+__all__ = [
+    "ADMIN_PREFIX",
+    "PAGE_HEADERS",
+    "add_admin_routes",
+    "admin_operation",
+    "rate_history_context",
+]
 
 _log = structlog.get_logger(component="admin")
 ADMIN_PREFIX = "/v1/admin"
@@ -142,7 +148,7 @@ async def dashboard_history(request: web.Request) -> web.Response:
     return json_response(document)
 
 
-_PAGE_HEADERS = {
+PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
     "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'none'",
@@ -155,12 +161,12 @@ _PAGE_HEADERS = {
 async def dashboard_page(_request: web.Request) -> web.Response:
     # The page holds no data: it asks for the admin token and fetches everything with it.
     page = resources.files("service.admin").joinpath("dashboard.html").read_bytes()
-    return web.Response(body=page, content_type="text/html", headers=_PAGE_HEADERS)
+    return web.Response(body=page, content_type="text/html", headers=PAGE_HEADERS)
 
 
 async def dashboard_script(_request: web.Request) -> web.Response:
     script = resources.files("service.admin").joinpath("dashboard.js").read_bytes()
-    return web.Response(body=script, content_type="text/javascript", headers=_PAGE_HEADERS)
+    return web.Response(body=script, content_type="text/javascript", headers=PAGE_HEADERS)
 
 
 async def favicon(_request: web.Request) -> web.Response:

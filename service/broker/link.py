@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from producers import BrokerUnavailableError
 from producers.amqp_internals import is_blocked
 from producers.publisher import AmqpPublisher
 from producers.topology import Topology
+from service.archive.stream import ArchiveSpec, declare_archive
 from service.broker.addresses import AddressRotation, redact_url
 from service.broker.consumer_set import ConsumerFactory
 from service.broker.declaring import attach_publisher, declare_exchanges, declare_subscription
@@ -107,6 +108,8 @@ class BrokerLink:
         self._task: asyncio.Task[None] | None = None
         self._ledger: StatusLedger | None = None
         self.consumers: list[SubscriptionConsumer] = []
+        # Told of each subscription declared with a backfill (it starts the backfill, once).
+        self.on_backfill: Callable[[Subscription], None] | None = None
 
     def start(self, ledger: StatusLedger) -> None:
         """Connect in the background; consumers report their deliveries' progress to `ledger`."""
@@ -312,12 +315,22 @@ class BrokerLink:
 
     async def _declare_and_attach(self, connection: AbstractRobustConnection) -> None:
         exchange = await declare_exchanges(connection, self._topology)
+        if (retention := self._settings.archive) is not None:
+            # On a channel that stays open, so a reconnect restores the stream's binding.
+            spec = ArchiveSpec(
+                max_age=retention,
+                max_bytes=self._settings.archive_max_bytes,
+                segment_bytes=self._settings.archive_segment_bytes,
+            )
+            await declare_archive(await connection.channel(), self._topology, spec)
         if self._publisher is not None:
             await attach_publisher(connection, self._publisher, exchange)
         mover = await self._consumers.mover(connection)
         consumers = []
         for subscription in self._subscriptions:
             channel, queues = await declare_subscription(connection, self._topology, subscription)
+            if subscription.backfill is not None and self.on_backfill is not None:
+                self.on_backfill(subscription)
             if not self._consume or self._ledger is None:
                 continue
             consumers.append(

@@ -36,6 +36,7 @@ SERVICE_LAYERS: dict[str, int] = {
     "service.store": 1,
     "service.observability": 1,
     "service.broker": 2,
+    "service.archive": 2,
     "service.http": 3,
     "service.admin": 3,
     "service.app_keys": 3,
