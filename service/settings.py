@@ -259,7 +259,7 @@ class Settings:
         "ARCHIVE",
         duration(),
         None,
-        "off",
+        "none",
         "keep every event this long in the stream {ns}.archive (e.g. 7d); unset: no archive",
     )
     archive_max_bytes: int = setting(
