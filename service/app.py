@@ -54,6 +54,7 @@ from service.store import BatchWriter, ClaimBatcher, Store, StoreCheck, open_sto
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
+ARCHIVE_LOOK_SECONDS = 60  # how often the archive's size and age gauges are refreshed
 
 __all__ = ["PURGE_INTERVAL_SECONDS", "build_app"]
 
@@ -106,7 +107,8 @@ def build_app(
     if settings.admin_tokens:
         add_admin_routes(app)
         add_dead_letter_routes(app)
-        add_archive_routes(app)
+        if settings.archive is not None:
+            add_archive_routes(app)
         app.cleanup_ctx.append(rate_history_context(history_interval, clock))
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
@@ -181,11 +183,19 @@ def _store(
         )
         app[STORE_CHECK] = check = StoreCheck(store.probe, timeout=settings.store_timeout)
         replays = _replays(app, store, clock)
+        watching = (
+            None
+            if replays is None
+            else asyncio.create_task(
+                replays.watch_span(ARCHIVE_LOOK_SECONDS), name="conveyor-archive-span"
+            )
+        )
         purge = asyncio.create_task(
             _purge_expired(store, app[METRICS], purge_interval), name="conveyor-store-purge"
         )
         yield
-        if replays is not None:
+        if replays is not None and watching is not None:
+            await stop_task(watching, STOP_SECONDS)
             await replays.close()
         await stop_task(purge, STOP_SECONDS)
         await check.close()

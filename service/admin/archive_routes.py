@@ -24,7 +24,6 @@ from service.archive import (
     ArchiveOffError,
     ArchiveQuery,
     ReplayRequest,
-    first_and_last,
     read_archive,
 )
 from service.archive.replays import (
@@ -155,14 +154,11 @@ async def show_archived_event(request: web.Request) -> web.Response:
 
 async def archive_span(request: web.Request) -> web.Response:
     admin_operation(request, "archive.span")
-    if _replays(request) is None:
+    if (replays := _replays(request)) is None:
         return _archive_off()
     settings = request.app[SETTINGS]
     try:
-        async with request.app[LINK].channel() as channel:
-            oldest, newest = await first_and_last(
-                channel, _topology(request), idle=settings.archive_read_idle
-            )
+        oldest, newest = await replays.span()
     except ArchiveOffError:
         return _archive_off()
     return json_response(

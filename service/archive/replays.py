@@ -35,7 +35,7 @@ from consumers.subscription import Subscription
 from producers import BrokerUnavailableError
 from producers.topology import Topology
 from service.archive.events import ArchivedEvent, ArchiveQuery
-from service.archive.reading import read_archive
+from service.archive.reading import first_and_last, read_archive
 from service.cancellation import stop_if_cancelled
 from service.clock import Clock
 from service.observability.metrics import Metrics
@@ -312,6 +312,31 @@ class Replays:
                 return
             # The link was not up yet, or went: resume once it can be.
             await asyncio.sleep(_BACKFILL_RETRY_SECONDS)
+
+    async def span(self) -> tuple[ArchivedEvent | None, ArchivedEvent | None]:
+        """The oldest and newest event the archive holds; the size and age gauges follow."""
+        async with self._channel() as channel:
+            oldest, newest = await first_and_last(channel, self._topology, idle=self._idle)
+        if oldest is not None and newest is not None:
+            self._metrics.archive_events.set(newest.offset - oldest.offset + 1)
+            if oldest.time is not None:
+                self._metrics.archive_oldest_age.set(max(0.0, self.clock.now() - oldest.time))
+        else:
+            self._metrics.archive_events.set(0)
+            self._metrics.archive_oldest_age.set(0)
+        return oldest, newest
+
+    async def watch_span(self, interval: float) -> None:
+        """`span` every `interval` seconds, for the gauges."""
+        while True:
+            wait = interval
+            try:
+                await self.span()
+            except Exception as error:  # noqa: BLE001 - the gauges keep their last values
+                stop_if_cancelled(error)
+                _log.debug("could not look at the archive's span", error=_why(error))
+                wait = min(interval, _BACKFILL_RETRY_SECONDS * 5)  # the link may be up soon
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         for task in list(self._backfills):
