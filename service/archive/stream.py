@@ -14,8 +14,9 @@ from aio_pika.abc import AbstractChannel
 from pamqp.common import FieldTable
 
 from producers.topology import Topology
+from service.settings import Settings
 
-__all__ = ["ArchiveSpec", "declare_archive", "stream_arguments"]
+__all__ = ["ArchiveSpec", "archive_spec", "declare_archive", "stream_arguments"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,17 @@ class ArchiveSpec:
     max_age: float  # seconds
     max_bytes: int
     segment_bytes: int
+
+
+def archive_spec(settings: Settings) -> ArchiveSpec | None:
+    """The archive the settings ask for; None when CONVEYOR_ARCHIVE is unset."""
+    if settings.archive is None:
+        return None
+    return ArchiveSpec(
+        max_age=settings.archive,
+        max_bytes=settings.archive_max_bytes,
+        segment_bytes=settings.archive_segment_bytes,
+    )
 
 
 def stream_arguments(spec: ArchiveSpec) -> FieldTable:

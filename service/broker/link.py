@@ -30,7 +30,7 @@ from producers import BrokerUnavailableError
 from producers.amqp_internals import is_blocked
 from producers.publisher import AmqpPublisher
 from producers.topology import Topology
-from service.archive.stream import ArchiveSpec, declare_archive
+from service.archive.stream import archive_spec, declare_archive
 from service.broker.addresses import AddressRotation, redact_url
 from service.broker.consumer_set import ConsumerFactory
 from service.broker.declaring import attach_publisher, declare_exchanges, declare_subscription
@@ -315,13 +315,8 @@ class BrokerLink:
 
     async def _declare_and_attach(self, connection: AbstractRobustConnection) -> None:
         exchange = await declare_exchanges(connection, self._topology)
-        if (retention := self._settings.archive) is not None:
+        if (spec := archive_spec(self._settings)) is not None:
             # On a channel that stays open, so a reconnect restores the stream's binding.
-            spec = ArchiveSpec(
-                max_age=retention,
-                max_bytes=self._settings.archive_max_bytes,
-                segment_bytes=self._settings.archive_segment_bytes,
-            )
             await declare_archive(await connection.channel(), self._topology, spec)
         if self._publisher is not None:
             await attach_publisher(connection, self._publisher, exchange)

@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractChannel
 from consumers.subscription import Subscription
 from consumers.topology import declare_subscription_queues
 from producers.topology import Topology, declare_events_exchange, declare_results_exchange
+from service.archive.stream import ArchiveSpec, declare_archive
 
 __all__ = ["apply_topology", "plan_topology", "render_topology"]
 
@@ -83,21 +84,28 @@ class _RecordingChannel:
 
 
 async def _declare(
-    channel: AbstractChannel, topology: Topology, subscriptions: Sequence[Subscription]
+    channel: AbstractChannel,
+    topology: Topology,
+    subscriptions: Sequence[Subscription],
+    archive: ArchiveSpec | None,
 ) -> None:
     await declare_events_exchange(channel, topology)
     await declare_results_exchange(channel, topology)
+    if archive is not None:
+        await declare_archive(channel, topology, archive)
     for subscription in subscriptions:
         await declare_subscription_queues(channel, topology, subscription)
 
 
 async def plan_topology(
-    topology: Topology, subscriptions: Sequence[Subscription]
+    topology: Topology,
+    subscriptions: Sequence[Subscription],
+    archive: ArchiveSpec | None = None,
 ) -> list[dict[str, Any]]:
     """Every exchange, queue and binding conveyor declares, in declaration order."""
     recorder = _RecordingChannel()
     # The recorder has the methods the declaration functions call, and no others.
-    await _declare(cast("AbstractChannel", recorder), topology, subscriptions)
+    await _declare(cast("AbstractChannel", recorder), topology, subscriptions, archive)
     return recorder.entities
 
 
@@ -107,6 +115,7 @@ async def apply_topology(
     subscriptions: Sequence[Subscription],
     *,
     ssl_context: ssl.SSLContext | None = None,
+    archive: ArchiveSpec | None = None,
 ) -> None:
     """Declare it all on the broker (idempotent), as a starting conveyor would, on the first
     of `amqp_urls` that answers (the nodes of one cluster share their definitions)."""
@@ -118,7 +127,7 @@ async def apply_topology(
             unreachable = error
             continue
         async with connection:
-            await _declare(await connection.channel(), topology, subscriptions)
+            await _declare(await connection.channel(), topology, subscriptions, archive)
         return
     if unreachable is not None:
         raise unreachable

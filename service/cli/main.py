@@ -22,6 +22,7 @@ from producers.amqp_internals import InternalsMissingError, check_internals
 from producers.topology import Topology
 from service.app import build_app
 from service.app_keys import LIFECYCLE
+from service.archive.stream import archive_spec
 from service.broker.topology_plan import apply_topology, plan_topology, render_topology
 from service.cli.client import (
     EXIT_ANSWERED_ERROR,
@@ -147,7 +148,8 @@ async def topology_command(
     out: TextIO = sys.stdout,
 ) -> int:
     topology = Topology(settings.namespace)
-    entities = await plan_topology(topology, subscriptions)
+    archive = archive_spec(settings)
+    entities = await plan_topology(topology, subscriptions, archive)
     if arguments.json:
         out.write(orjson.dumps(entities, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -158,6 +160,7 @@ async def topology_command(
                 settings.amqp_addresses,
                 topology,
                 subscriptions,
+                archive=archive,
                 ssl_context=settings.amqp_tls_context(),
             )
         except aiormq.exceptions.ChannelPreconditionFailed as error:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from consumers.ordering import Ordering
 from consumers.subscription import Subscription
 from service import Role
 from tests.conftest import Running, StartConveyor, subscription
@@ -223,3 +224,31 @@ async def test_a_new_subscription_is_backfilled_once(
 
 def _backfilled(declared: Subscription, seconds: float) -> Subscription:
     return replace(declared, backfill=seconds)
+
+
+async def test_an_ordered_subscription_gets_the_replay_in_order_through_its_partitions(
+    start_conveyor: StartConveyor,
+) -> None:
+    seen = Recorder()
+    plain = subscription("ordered", ("order.*",), seen, prefetch=16, concurrency=8)
+    since = time.time() - 1
+    conveyor = await start_conveyor((replace(plain, ordering=Ordering("subject", 4)),), **ARCHIVE)
+    ids = [f"{key}-{step}" for step in range(3) for key in ("a", "b", "c")]
+    for event_id in ids:
+        document = {"type": "order.step", "id": event_id, "source": "/o", "subject": event_id[0]}
+        assert await conveyor.post_status(document) == 202
+    await seen.wait_for(9)
+
+    _, started = await replay(
+        conveyor, subscription="ordered", since=since, until=time.time() + 1, rate=500
+    )
+    progress = await ended(conveyor, started["replay_id"])
+    await seen.wait_for(18)
+
+    assert (progress["state"], progress["published"]) == ("done", 9)
+    again = seen.ids()[9:]
+    assert sorted(again) == sorted(ids)
+    for key in "abc":  # each key's events in their order again
+        assert [event_id for event_id in again if event_id[0] == key] == [
+            f"{key}-{step}" for step in range(3)
+        ]
