@@ -13,7 +13,7 @@ from consumers.watch import HandlerSteps
 from producers.publisher import AmqpPublisher
 from producers.topology import Topology
 from service.admin.api import add_admin_routes, rate_history_context
-from service.admin.archive_routes import add_archive_routes
+from service.admin.archive_routes import add_archive_routes, archive_script
 from service.admin.dead_letter_routes import add_dead_letter_routes
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.app_keys import (
@@ -107,6 +107,9 @@ def build_app(
     if settings.admin_tokens:
         add_admin_routes(app)
         add_dead_letter_routes(app)
+        # The dashboard loads its archive card's script either way; the card hides itself
+        # when the archive is off, and its routes then do not exist.
+        app.router.add_get("/archive.js", archive_script)
         if settings.archive is not None:
             add_archive_routes(app)
         app.cleanup_ctx.append(rate_history_context(history_interval, clock))

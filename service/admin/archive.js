@@ -96,6 +96,8 @@
     if (response && response.ok) document.getElementById("archive-progress").textContent = progressLine(await response.json());
   });
 
+  // After a login the token is there: look at once rather than at the next interval.
+  document.getElementById("login-form").addEventListener("submit", () => setTimeout(showSpan, 200));
   showSpan();
   setInterval(showSpan, SPAN_MS);
 })();

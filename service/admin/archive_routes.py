@@ -57,7 +57,6 @@ def add_archive_routes(app: web.Application) -> None:
     app.router.add_get(f"{_BASE}/replays", list_replays)
     app.router.add_get(f"{_BASE}/replays/{{replay_id}}", show_replay)
     app.router.add_delete(f"{_BASE}/replays/{{replay_id}}", cancel_replay)
-    app.router.add_get("/archive.js", archive_script)
 
 
 async def archive_script(_request: web.Request) -> web.Response:
