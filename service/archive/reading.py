@@ -3,9 +3,10 @@
 A stream consumer needs a prefetch and manual acks; `x-stream-offset` places it at a timestamp
 (whole seconds, and then at the start of the chunk holding it, so a little earlier) or at an
 offset. A read ends, so a browse never hangs: at the window's end (an event past `until`), at a
-limit the caller sets, or at the stream's end, known as no message for `idle` seconds: over AMQP
-0-9-1 RabbitMQ 3.10 tells neither the committed offset nor a count (a stream's
-`queue.declare-ok` says 0 messages).
+limit the caller sets, or at the stream's end. Over AMQP 0-9-1 RabbitMQ 3.10 tells neither the
+committed offset nor a count (a stream's `queue.declare-ok` says 0 messages), so the end is known
+thus: no message for `idle` seconds, and a second consumer placed at `last` finds nothing later
+in the stream's last chunk than what was read.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from service.archive.events import STREAM_OFFSET, ArchivedEvent, archived_event
 __all__ = ["ArchiveOffError", "first_and_last", "read_archive"]
 
 PREFETCH = 256
+# A read that paused this often at a stream whose last chunk is further along gives up there.
+MAX_PAUSES = 30
+_REST_OF_CHUNK_SECONDS = 0.2
 
 
 class ArchiveOffError(LookupError):
@@ -39,8 +43,12 @@ async def read_archive(
     idle: float,
 ) -> AsyncGenerator[ArchivedEvent]:
     """Each archived event from `since` (Unix seconds; None: the stream's first), or from just
-    after `after_offset`, in order, until no event comes for `idle` seconds. The caller stops
-    earlier by leaving the loop; the consumer goes with the channel, which the caller owns."""
+    after `after_offset`, in order, to the stream's end. The caller stops earlier by leaving the
+    loop; the consumer goes with the channel, which the caller owns.
+
+    The end: no event for `idle` seconds, and the stream's last chunk holds nothing later than
+    what was read (a loaded broker may pause longer than `idle` mid-stream; then the read goes
+    on, at most `MAX_PAUSES` times)."""
     start: int | datetime | str
     if after_offset is not None:
         start = after_offset + 1
@@ -52,26 +60,24 @@ async def read_archive(
     await channel.set_qos(prefetch_count=PREFETCH)
     arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     tag = await stream.consume(arrived.put, no_ack=False, arguments={STREAM_OFFSET: start})
+    last_read = -1 if after_offset is None else after_offset
+    pauses = 0
     try:
         while True:
             try:
                 message = await asyncio.wait_for(arrived.get(), idle)
             except TimeoutError:
-                return
-            offset = message.headers.get(STREAM_OFFSET) if message.headers else None
-            await message.ack()
-            if not isinstance(offset, int) or (after_offset is not None and offset <= after_offset):
+                pauses += 1
+                newest = await _newest(stream, idle)
+                if newest is None or newest.offset <= last_read or pauses > MAX_PAUSES:
+                    return
                 continue
-            yield archived_event(
-                offset,
-                message.body,
-                message.headers,
-                content_type=message.content_type,
-                correlation_id=message.correlation_id,
-                message_id=message.message_id,
-                routing_key=message.routing_key or "",
-                timestamp=message.timestamp,
-            )
+            await message.ack()
+            event = _read(message)
+            if event is None or event.offset <= last_read:
+                continue
+            last_read = event.offset
+            yield event
     finally:
         with contextlib.suppress(Exception):
             await stream.cancel(tag)
@@ -89,33 +95,47 @@ async def first_and_last(
             break
     if oldest is None:
         return None, None
-    newest = oldest
-    stream = await _stream(channel, topology)
+    newest = await _newest(await _stream(channel, topology), idle)
+    return oldest, newest if newest is not None and newest.offset >= oldest.offset else oldest
+
+
+async def _newest(stream: AbstractQueue, wait: float) -> ArchivedEvent | None:
+    """The last event of the stream's last chunk, read by a consumer of its own placed at
+    `last`: the chunk comes at once, so a short wait after its first message is enough."""
     arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     tag = await stream.consume(arrived.put, no_ack=False, arguments={STREAM_OFFSET: "last"})
+    newest: ArchivedEvent | None = None
     try:
-        # The last chunk comes at once; a short wait after its first message is enough.
         while True:
             try:
-                message = await asyncio.wait_for(arrived.get(), idle if newest is oldest else 0.2)
-            except TimeoutError:
-                break
-            await message.ack()
-            offset = message.headers.get(STREAM_OFFSET) if message.headers else None
-            if isinstance(offset, int) and offset >= newest.offset:
-                newest = archived_event(
-                    offset,
-                    message.body,
-                    message.headers,
-                    content_type=message.content_type,
-                    message_id=message.message_id,
-                    routing_key=message.routing_key or "",
-                    timestamp=message.timestamp,
+                message = await asyncio.wait_for(
+                    arrived.get(), wait if newest is None else _REST_OF_CHUNK_SECONDS
                 )
+            except TimeoutError:
+                return newest
+            await message.ack()
+            event = _read(message)
+            if event is not None and (newest is None or event.offset > newest.offset):
+                newest = event
     finally:
         with contextlib.suppress(Exception):
             await stream.cancel(tag)
-    return oldest, newest
+
+
+def _read(message: AbstractIncomingMessage) -> ArchivedEvent | None:
+    offset = message.headers.get(STREAM_OFFSET) if message.headers else None
+    if not isinstance(offset, int):
+        return None
+    return archived_event(
+        offset,
+        message.body,
+        message.headers,
+        content_type=message.content_type,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        routing_key=message.routing_key or "",
+        timestamp=message.timestamp,
+    )
 
 
 async def _stream(channel: AbstractChannel, topology: Topology) -> AbstractQueue:
