@@ -26,12 +26,8 @@ from service.archive import (
     ReplayRequest,
     read_archive,
 )
-from service.archive.replays import (
-    BACKFILL_PREFIX,
-    ReplayConflictError,
-    Replays,
-    UnknownSubscriptionError,
-)
+from service.archive.replay_progress import ReplayConflictError, UnknownSubscriptionError
+from service.archive.replays import BACKFILL_PREFIX, Replays
 from service.http.problems import Problem, json_response, problem_response
 
 __all__ = ["add_archive_routes", "archive_script"]

@@ -2,7 +2,8 @@
 
 from service.archive.events import ArchivedEvent, ArchiveQuery
 from service.archive.reading import ArchiveOffError, first_and_last, read_archive
-from service.archive.replays import ReplayRequest, Replays, ReplayState
+from service.archive.replay_progress import ReplayRequest, ReplayState
+from service.archive.replays import Replays
 from service.archive.stream import ArchiveSpec, declare_archive
 
 __all__ = [

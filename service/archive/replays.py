@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -36,21 +33,21 @@ from producers import BrokerUnavailableError
 from producers.topology import Topology
 from service.archive.events import ArchivedEvent, ArchiveQuery
 from service.archive.reading import first_and_last, read_archive
+from service.archive.replay_progress import (
+    ReplayConflictError,
+    ReplayDoneError,
+    ReplayProgress,
+    ReplayRequest,
+    ReplayState,
+    UnknownSubscriptionError,
+)
 from service.cancellation import stop_if_cancelled
 from service.clock import Clock
 from service.observability.metrics import Metrics
 from service.store import ClaimOutcome, Store
 from service.store.sql import Statements
 
-__all__ = [
-    "BACKFILL_PREFIX",
-    "REPLAY_SCOPE",
-    "ReplayConflictError",
-    "ReplayRequest",
-    "ReplayState",
-    "Replays",
-    "UnknownSubscriptionError",
-]
+__all__ = ["BACKFILL_PREFIX", "BACKFILL_RATE", "REPLAY_SCOPE", "Replays"]
 
 _log = structlog.get_logger(component="archive")
 REPLAY_SCOPE = "replay"
@@ -72,95 +69,6 @@ _CUT = (
 _BACKFILL_RETRY_SECONDS = 1.0
 
 ChannelFactory = Callable[..., AbstractAsyncContextManager[AbstractChannel]]
-
-
-class ReplayState(enum.StrEnum):
-    RUNNING = "running"
-    DONE = "done"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"  # the broker connection went; asking again resumes it
-    FAILED = "failed"  # the subscription's queue refused it (returned or nacked)
-
-
-class UnknownSubscriptionError(LookupError):
-    pass
-
-
-class ReplayDoneError(Exception):
-    """The id's replay ended, in this process or another: what it came to."""
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        super().__init__("this replay has ended")
-        self.document = document
-
-
-class ReplayConflictError(RuntimeError):
-    """The id was used for another replay, or runs in another process."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayRequest:
-    replay_id: str
-    subscription: str
-    query: ArchiveQuery
-    rate: float  # events a second at most
-    dry_run: bool = False
-    backfill: bool = False  # a new subscription's: its window moves with each start
-
-    def fingerprint(self) -> str:
-        if self.backfill:
-            return hashlib.sha256(f"backfill\0{self.subscription}".encode()).hexdigest()
-        spec = [
-            self.subscription,
-            self.query.since,
-            self.query.until,
-            self.query.type_pattern,
-            self.query.source,
-            self.query.subject,
-            self.dry_run,
-        ]
-        return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
-
-
-@dataclass(slots=True)
-class ReplayProgress:
-    request: ReplayRequest
-    started_at: float
-    state: ReplayState = ReplayState.RUNNING
-    scanned: int = 0  # archived events read
-    matched: int = 0  # of those, in the window and through the filters
-    published: int = 0  # confirmed by RabbitMQ
-    after_offset: int | None = None  # every event up to this offset is done with
-    uncertain: dict[str, Any] | None = None  # published, confirm lost: it may be there
-    error: str | None = None
-    finished_at: float | None = None
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-    owner: str = ""
-
-    def document(self) -> dict[str, Any]:
-        query = self.request.query
-        return {
-            "replay_id": self.request.replay_id,
-            "subscription": self.request.subscription,
-            "state": self.state.value,
-            "dry_run": self.request.dry_run,
-            "since": query.since,
-            "until": query.until,
-            "filters": {
-                "type": query.type_pattern,
-                "source": query.source,
-                "subject": query.subject,
-            },
-            "rate": self.request.rate,
-            "scanned": self.scanned,
-            "matched": self.matched,
-            "published": self.published,
-            "after_offset": self.after_offset,
-            "uncertain": self.uncertain,
-            "error": self.error,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
 
 
 class Pace:
@@ -202,6 +110,7 @@ class Replays:
         self._publish_timeout = publish_timeout
         self._replays: dict[str, ReplayProgress] = {}
         self._backfills: set[asyncio.Task[None]] = set()
+        self._closing = False
         # Replays that ended before (another process, an earlier start), as the store keeps them.
         self._ended_elsewhere: dict[str, dict[str, Any]] = {}
 
@@ -339,6 +248,11 @@ class Replays:
             await asyncio.sleep(wait)
 
     async def close(self) -> None:
+        self._closing = True
+        for progress in self._replays.values():
+            # Interrupted and not resumed here: its id is given back for after a restart.
+            if progress.state is ReplayState.INTERRUPTED:
+                await self._release(progress)
         for task in list(self._backfills):
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -359,8 +273,14 @@ class Replays:
         try:
             await self._publish_all(progress)
         except asyncio.CancelledError:
-            progress.state = ReplayState.CANCELLED
-            await self._finish(progress)
+            if self._closing:
+                # Stopped with the process, not by an operator: the id is given back, so the
+                # same replay can be asked for again after a restart.
+                progress.state, progress.error = ReplayState.INTERRUPTED, "conveyor stopped"
+                await self._release(progress)
+            else:
+                progress.state = ReplayState.CANCELLED
+                await self._finish(progress)
             raise
         except _CUT as error:
             stop_if_cancelled(error)
@@ -441,6 +361,14 @@ class Replays:
         progress.uncertain = None
         progress.published += 1
         self._metrics.archive_replayed.labels(subscription.name).inc()
+
+    async def _release(self, progress: ReplayProgress) -> None:
+        if progress.request.dry_run:
+            return
+        try:
+            await self._store.release(REPLAY_SCOPE, progress.request.replay_id, progress.owner)
+        except Exception as error:  # noqa: BLE001 - the claim's lease frees it later anyway
+            _log.warning("could not give the replay id back", error=_why(error))
 
     async def _finish(self, progress: ReplayProgress) -> None:
         """Keep the outcome under its id for good: the id is never used again."""

@@ -252,3 +252,61 @@ async def test_an_ordered_subscription_gets_the_replay_in_order_through_its_part
         assert [event_id for event_id in again if event_id[0] == key] == [
             f"{key}-{step}" for step in range(3)
         ]
+
+
+async def test_a_cancelled_replay_stops_where_it_is_and_its_id_is_spent(
+    start_conveyor: StartConveyor,
+) -> None:
+    orders = Recorder()
+    since = time.time() - 1
+    conveyor = await start_conveyor((subscription("orders", ("order.*",), orders),), **ARCHIVE)
+    ids = [f"s-{index}" for index in range(10)]
+    await post_all(conveyor, ids)
+    await orders.wait_for(10)
+    window = {"subscription": "orders", "since": since, "until": time.time() + 1, "rate": 2}
+    await replay(conveyor, replay_id="slow-1", **window)
+
+    async def one_published() -> bool:
+        _, progress = await call(conveyor, "GET", "/v1/admin/archive/replays/slow-1")
+        return bool(progress["published"] >= 1)
+
+    await eventually(one_published, what="the slow replay's first event")
+    status, cancelled = await call(conveyor, "DELETE", "/v1/admin/archive/replays/slow-1")
+    again_status, again = await replay(conveyor, replay_id="slow-1", **window)
+    await sentinel(conveyor, orders)
+
+    assert (status, cancelled["state"]) == (200, "cancelled")
+    assert 1 <= cancelled["published"] < 10
+    assert (again_status, again["state"], again["published"]) == (
+        200,
+        "cancelled",
+        cancelled["published"],
+    )
+    runs = Counter(orders.ids())
+    assert sum(runs[event_id] == 2 for event_id in ids) == cancelled["published"]
+
+
+async def test_a_replay_id_is_spent_for_every_process_sharing_the_store(
+    start_conveyor: StartConveyor, tmp_path: Path
+) -> None:
+    handled = Recorder()
+    store_url = f"sqlite:///{tmp_path}/shared.db"
+    orders = subscription("orders", ("order.*",), handled)
+    first = await start_conveyor((orders,), store_url=store_url, **ARCHIVE)
+    second = await start_conveyor((orders,), store_url=store_url, **ARCHIVE)
+    since = time.time() - 1
+    await post_all(first, ["x-1", "x-2", "x-3"])
+    await handled.wait_for(3)
+    window = {"subscription": "orders", "since": since, "until": time.time() + 1, "rate": 200}
+    _, started = await replay(first, replay_id="shared-1", **window)
+    done = await ended(first, "shared-1")
+
+    status, elsewhere = await replay(second, replay_id="shared-1", **window)
+    await sentinel(first, handled)
+
+    assert done["published"] == 3
+    assert status == 200
+    assert (elsewhere["state"], elsewhere["published"]) == ("done", 3)
+    runs = Counter(handled.ids())
+    assert [runs[event_id] for event_id in ("x-1", "x-2", "x-3")] == [2, 2, 2]
+    assert started["replay_id"] == "shared-1"

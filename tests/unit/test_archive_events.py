@@ -12,7 +12,7 @@ from consumers.dead_letter import REPLAY
 from consumers.reporting import replay_subscription
 from consumers.stages import replay_id
 from service.archive.events import STREAM_OFFSET, ArchiveQuery, archived_event
-from service.archive.replays import ReplayRequest
+from service.archive.replay_progress import ReplayRequest
 from service.archive.stream import ArchiveSpec, stream_arguments
 from service.settings import SettingError
 from service.subscription_config import load_subscriptions
