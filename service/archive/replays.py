@@ -51,6 +51,9 @@ __all__ = ["BACKFILL_PREFIX", "BACKFILL_RATE", "REPLAY_SCOPE", "Replays"]
 
 _log = structlog.get_logger(component="archive")
 REPLAY_SCOPE = "replay"
+BACKFILL_SCOPE = "backfill"  # when each backfilled subscription was first declared
+# Long enough for the one write that records a first declaration.
+_RECORDING_SECONDS = 60.0
 BACKFILL_PREFIX = "backfill-"  # a backfill's replay id: this and the subscription's name
 # A replay's record outlives any archive: its id is never used twice.
 _RECORD_SECONDS = 100 * 365 * 24 * 3600.0
@@ -190,20 +193,24 @@ class Replays:
         task.add_done_callback(self._backfills.discard)
 
     async def backfill(self, subscription: Subscription, since_seconds: float) -> None:
-        """The archive's last `since_seconds` replayed into a new subscription, once ever: the
-        replay id `backfill-<name>` is claimed in the store, so a restart or another replica
-        finds it taken. Up to the next whole second: an event of the second in which the
+        """The archive's `since_seconds` before the subscription was first declared, replayed
+        into it once ever: the replay id `backfill-<name>` is claimed in the store, so a restart
+        or another replica finds it taken. The window is fixed by the first declaration, as
+        the store records it, so a backfill started again (after a shutdown cut it) replays
+        the same events. Up to the next whole second: an event of the second in which the
         queue was bound may come twice rather than not at all."""
-        now = self.clock.now()
-        request = ReplayRequest(
-            replay_id=BACKFILL_PREFIX + subscription.name,
-            subscription=subscription.name,
-            query=ArchiveQuery(since=now - since_seconds, until=float(int(now) + 1)),
-            rate=BACKFILL_RATE,
-            backfill=True,
-        )
         while True:
             try:
+                declared = await self._first_declared(subscription.name)
+                request = ReplayRequest(
+                    replay_id=BACKFILL_PREFIX + subscription.name,
+                    subscription=subscription.name,
+                    query=ArchiveQuery(
+                        since=declared - since_seconds, until=float(int(declared) + 1)
+                    ),
+                    rate=BACKFILL_RATE,
+                    backfill=True,
+                )
                 _, started = await self.start(request)
             except ReplayConflictError:
                 return  # taken: it ran, or runs, elsewhere
@@ -221,6 +228,21 @@ class Replays:
                 return
             # The link was not up yet, or went: resume once it can be.
             await asyncio.sleep(_BACKFILL_RETRY_SECONDS)
+
+    async def _first_declared(self, name: str) -> float:
+        """When the subscription was first declared with a backfill: recorded by the first
+        process to get here (scope `backfill`, kept for good), read by every later one."""
+        owner, now = uuid.uuid4().hex, self.clock.now()
+        claim = await self._store.claim(
+            BACKFILL_SCOPE, name, "first-declared", owner=owner, lease=_RECORDING_SECONDS
+        )
+        if claim.outcome is ClaimOutcome.OWNER:
+            recorded = (200, repr(now).encode(), now + _RECORD_SECONDS, BACKFILL_SCOPE, name, owner)
+            await self._store.write([(Statements.complete, recorded)])
+            return now
+        if claim.outcome is ClaimOutcome.REPLAY and claim.body is not None:
+            return float(claim.body.decode())
+        raise RuntimeError("another process is recording when the subscription was declared")
 
     async def span(self) -> tuple[ArchivedEvent | None, ArchivedEvent | None]:
         """The oldest and newest event the archive holds; the size and age gauges follow."""
