@@ -283,7 +283,9 @@ async def test_a_cancelled_replay_stops_where_it_is_and_its_id_is_spent(
         cancelled["published"],
     )
     runs = Counter(orders.ids())
-    assert sum(runs[event_id] == 2 for event_id in ids) == cancelled["published"]
+    # A publish the cancel cut short, its confirm unseen, may have arrived: it is named.
+    twice = sum(runs[event_id] == 2 for event_id in ids)
+    assert cancelled["published"] <= twice <= cancelled["published"] + bool(cancelled["uncertain"])
 
 
 async def test_a_replay_id_is_spent_for_every_process_sharing_the_store(
