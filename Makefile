@@ -94,13 +94,15 @@ test-cluster: install
 	$(BIN)/pytest tests/cluster -q -ra
 
 # The performance table (bench/run.py, about 10 minutes, capped), then what the store's claims cost,
-# what ordered partitions cost, and the AMQP client's floor under the consumer (bench/floor.py).
+# what ordered partitions cost, the AMQP client's floor under the consumer (bench/floor.py), and
+# what the archive costs ingest (bench/archive_cost.py).
 # BENCH_ARGS passes options to bench.run, e.g. BENCH_ARGS='--rounds 1'.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.store_claims
 	$(BIN)/python bench/ordered_partitions.py
 	$(BIN)/python -m bench.floor
+	$(BIN)/python -m bench.archive_cost
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -32,7 +32,9 @@ from consumers import builtin
 from consumers.retry import RetryPolicy
 from consumers.subscription import Subscription
 from consumers.topology import subscription_queue_arguments
+from producers.delay import MAX_LEVELS
 from producers.topology import Topology
+from service.archive.stream import ArchiveSpec
 from service.broker.topology_plan import apply_topology, plan_topology
 
 __all__ = [
@@ -134,7 +136,12 @@ async def declare_namespace(namespace: str) -> None:
 
 async def delete_namespace(namespace: str) -> None:
     """Delete every queue and exchange conveyor declares for `sink` in the namespace."""
-    entities = await plan_topology(Topology(namespace), (sink_subscription(),))
+    # The archive's stream too, declared when a run turns it on (bench.archive_cost).
+    archive = ArchiveSpec(max_age=1.0, max_bytes=1, segment_bytes=1)
+    # And the delay chain, at its most levels: conveyor runs with its defaults here.
+    entities = await plan_topology(
+        Topology(namespace), (sink_subscription(),), delay_levels=MAX_LEVELS, archive=archive
+    )
     async with await aio_pika.connect(AMQP_URL) as connection:
         for kind in ("queue", "exchange"):
             for entity in entities:

@@ -79,5 +79,9 @@ def assemble(
         stopping=stopping,
         bucket=bucket,
         deferral=deferral,
+        # An ordered subscription's partition exchange: an archive replay reaches it there.
+        own_exchange=None
+        if subscription.ordering is None
+        else topology.partition_exchange(subscription.name),
     )
     return DeliveryPath(order, settler, pipeline)

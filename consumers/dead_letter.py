@@ -19,6 +19,7 @@ from producers.event import format_time
 __all__ = [
     "CONVEYOR_PREFIX",
     "ORIGINAL_ROUTING_KEY",
+    "REPLAY",
     "DeadLetterReason",
     "Failure",
     "Headers",
@@ -31,6 +32,8 @@ __all__ = [
 CONVEYOR_PREFIX = "x-conveyor-"
 ATTEMPTS = "x-conveyor-attempts"  # handler attempts made so far
 REPLAYS = "x-conveyor-replays"  # times an operator sent it back from the dead-letter queue
+# The archive replay (its id) a message was sent again by: its dedup and status are its own.
+REPLAY = "x-conveyor-replay"
 RETRIES = "x-conveyor-retries"  # passes through the broker-side ladder so far
 REASON = "x-conveyor-reason"
 ERROR_CLASS = "x-conveyor-error-class"

@@ -93,6 +93,7 @@ class DeliveryPipeline:
         subscription: Subscription,
         *,
         queues: Collection[str],
+        own_exchange: str | None = None,
         order: DeliveryOrder,
         settler: Settler,
         reporter: StatusReporter,
@@ -108,7 +109,7 @@ class DeliveryPipeline:
         self._order = order
         self._settler = settler
         self._stopping = stopping
-        self._decode = Decode(subscription, queues, settler)
+        self._decode = Decode(subscription, queues, settler, own_exchange)
         self._checks = checks(subscription, reporter, observer, settler, deferral)
         if bucket is None and subscription.rate is not None:
             bucket = TokenBucket(subscription.rate)

@@ -23,7 +23,7 @@ from consumers.subscription import Subscription
 from producers.frames import WireMessage
 from producers.topology import Topology
 
-__all__ = ["StatusOf", "StatusReporter", "malformed_status"]
+__all__ = ["StatusOf", "StatusReporter", "malformed_status", "replay_subscription"]
 
 _log = structlog.get_logger(component="consumer")
 # The status store is a helper, not a gate: past this, a delivery goes on without its answer.
@@ -50,11 +50,13 @@ class StatusReporter:
         self._reporting: asyncio.Task[None] | None = None
         self._lookup_timeout = SharedTimeout(STORE_TIMEOUT_SECONDS)  # one per delivery: shared
 
-    async def succeeded_before(self, event: Event) -> bool:
+    async def succeeded_before(self, event: Event, subscription: str | None = None) -> bool:
+        """Whether `event` already succeeded here; `subscription`: the key it is recorded under
+        (a replay's own, `replay_subscription`), by default the subscription's name."""
         try:
             async with self._lookup_timeout():
                 return await self._ledger.succeeded_before(
-                    self._subscription.name, event.source, event.id
+                    subscription or self._subscription.name, event.source, event.id
                 )
         except Exception as error:  # noqa: BLE001 - the store being away must not stop delivery
             # Without the answer, run the handler: at-least-once still holds.
@@ -235,14 +237,29 @@ def _answer_all(reports: list[_Report], outcome: _Outcome) -> None:
             )
 
 
-class StatusOf:
-    """Builds the status updates of one event for one subscription."""
+def replay_subscription(subscription: str, replay: str) -> str:
+    """The key a replay's deliveries are recorded (and deduplicated) under: `orders@replay:ID`,
+    a status entry of its own beside the subscription's first run."""
+    return f"{subscription}@replay:{replay}"
 
-    def __init__(self, event: Event, subscription: str, replays: int) -> None:
+
+class StatusOf:
+    """Builds the status updates of one event for one subscription (or one replay into it)."""
+
+    def __init__(
+        self, event: Event, subscription: str, replays: int, replay: str | None = None
+    ) -> None:
         self._event = event
-        self._subscription = subscription
+        self._subscription = (
+            subscription if replay is None else replay_subscription(subscription, replay)
+        )
         self._replays = replays
         self.attributes = event_attributes(event)  # also what the filters compare
+
+    @property
+    def subscription(self) -> str:
+        """The key its updates are recorded under."""
+        return self._subscription
 
     def __call__(
         self,

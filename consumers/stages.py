@@ -14,6 +14,7 @@ import structlog
 from consumers.attempts import AttemptsResult
 from consumers.dead_letter import (
     ATTEMPTS,
+    REPLAY,
     REPLAYS,
     RETRIES,
     DeadLetterReason,
@@ -49,6 +50,7 @@ __all__ = [
 
 _log = structlog.get_logger(component="consumer")
 # What a delivery taken by a shutdown before its handler started comes to: returned, unhandled.
+MAX_REPLAY_ID_LENGTH = 64
 _NOT_STARTED = AttemptsResult(0, Failure("ShutdownError", "the consumer is shutting down", ""))
 
 
@@ -78,17 +80,27 @@ class Decode:
     """The message read into an Event; one that cannot be read is dead-lettered as malformed."""
 
     def __init__(
-        self, subscription: Subscription, queues: Collection[str], settler: Settler
+        self,
+        subscription: Subscription,
+        queues: Collection[str],
+        settler: Settler,
+        own_exchange: str | None = None,
     ) -> None:
         self._name = subscription.name
         self._queues = queues
         self._settler = settler
+        # An ordered subscription's partition exchange: a replay reaches its partitions there.
+        self._own_exchange = own_exchange
 
     def __call__(self, message: Inbound) -> Judging | Verdict:
         headers: dict[str, Any] = dict(message.headers or {})
         mark = None
-        # A retry tier dead-letters through the default exchange with our queue as routing key.
-        if not (message.exchange == "" and message.routing_key in self._queues):
+        # A retry tier dead-letters through the default exchange with our queue as routing key;
+        # an archive replay comes that way too, or through an ordered subscription's exchange.
+        if not (
+            (message.exchange == "" and message.routing_key in self._queues)
+            or (self._own_exchange is not None and message.exchange == self._own_exchange)
+        ):
             mark = first_copy_mark(headers, redelivered=bool(message.redelivered))
             # Counters are ours only when we wrote them: a fresh publish (or a replay from the
             # DLQ) that carries x-conveyor-* headers starts from the first attempt again.
@@ -122,7 +134,7 @@ class Decode:
         if event.id != message.message_id or event.type != message.routing_key:
             # Bound by the pipeline from the message's properties, which usually say the same.
             structlog.contextvars.bind_contextvars(event_id=event.id, event_type=event.type)
-        status = StatusOf(event, self._name, read_int(headers, REPLAYS))
+        status = StatusOf(event, self._name, read_int(headers, REPLAYS), replay_id(headers))
         retries = read_int(headers, RETRIES)
         return Judging(message, headers, event, status, attempts_before, retries, mark)
 
@@ -139,6 +151,16 @@ class SkipFiltered:
         _log.debug("event left out by the subscription's filters; acked unhandled")
         filtered = judging.status(DeliveryState.FILTERED, judging.attempts_before)
         return Verdict(Outcome.FILTERED, status=filtered)
+
+
+def replay_id(headers: dict[str, Any]) -> str | None:
+    """The archive replay this message belongs to, if it is one (an id of at most 64 bytes)."""
+    value = headers.get(REPLAY)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and 0 < len(value) <= MAX_REPLAY_ID_LENGTH:
+        return value
+    return None
 
 
 class SkipSucceeded:
@@ -164,7 +186,8 @@ class SkipSucceeded:
             self._observer.dedup_lookup(self._name, skipped=True)
             return None
         self._observer.dedup_lookup(self._name, skipped=False)
-        if not await self._reporter.succeeded_before(event):
+        # A replay's own key: it runs again once, however often its copies come.
+        if not await self._reporter.succeeded_before(event, judging.status.subscription):
             return None
         _log.info("event already succeeded here; acked without running the handler")
         succeeded = judging.status(DeliveryState.SUCCEEDED, judging.attempts_before)

@@ -49,6 +49,9 @@ class Subscription:
     def __post_init__(self) -> None:
         object.__setattr__(self, "payload", payload_adapter(self.handler))
 
+    # Seconds of the archive replayed into it once, when it is first declared (None: none).
+    backfill: float | None = None
+
     @property
     def tier_delays(self) -> tuple[float, ...]:
         """Delays that wait in broker-side tier queues; an ordered subscription has none: it

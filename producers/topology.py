@@ -38,6 +38,11 @@ class Topology:
     def dead_letter_exchange(self) -> str:
         return f"{self.namespace}.dlx"
 
+    @property
+    def archive(self) -> str:
+        """The stream every event published to the events exchange is kept in, when on."""
+        return f"{self.namespace}.archive"
+
     def queue(self, subscription: str) -> str:
         return f"{self.namespace}.{subscription}"
 

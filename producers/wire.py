@@ -8,6 +8,8 @@ structured mode, so any AMQP publisher can feed conveyor.
 
 from __future__ import annotations
 
+import time
+
 from producers.event import OutgoingEvent
 from producers.first_copy import FIRST_COPY_HEADER
 from producers.frames import WireMessage
@@ -39,4 +41,7 @@ def to_wire_message(
         content_type=event.datacontenttype,
         correlation_id=correlation_id,
         app_id="conveyor",
+        # When it was published, to the second: what an archive read filters on
+        # (service.archive), since a stream places a read by whole chunks only.
+        timestamp=int(time.time()),
     )

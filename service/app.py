@@ -16,7 +16,9 @@ from consumers.watch import HandlerSteps
 from consumers.webhook import Webhook
 from producers.first_copy import FirstCopyMarks
 from producers.publisher import AmqpPublisher
+from producers.topology import Topology
 from service.admin.api import add_admin_routes, rate_history_context
+from service.admin.archive_routes import add_archive_routes, archive_script
 from service.admin.dead_letter_routes import add_dead_letter_routes
 from service.admin.rate_history import INTERVAL_SECONDS as HISTORY_INTERVAL_SECONDS
 from service.admin.schedule_routes import add_schedule_routes
@@ -29,6 +31,7 @@ from service.app_keys import (
     METRICS,
     PAYLOAD_CHECK,
     PUBLISHER,
+    REPLAYS,
     SCHEDULER,
     SETTINGS,
     STATUS_BOOK,
@@ -38,6 +41,7 @@ from service.app_keys import (
     TRACING,
     Lifecycle,
 )
+from service.archive import Replays
 from service.broker.link import BrokerLink
 from service.broker.queue_stats import POLL_SECONDS as QUEUE_POLL_SECONDS
 from service.cancellation import STOP_SECONDS, stop_if_cancelled, stop_task
@@ -74,6 +78,7 @@ from service.subscription_config import with_completions
 
 _log = structlog.get_logger(component="store")
 PURGE_INTERVAL_SECONDS = 600
+ARCHIVE_LOOK_SECONDS = 60  # how often the archive's size and age gauges are refreshed
 
 __all__ = ["PURGE_INTERVAL_SECONDS", "build_app"]
 
@@ -132,6 +137,11 @@ def build_app(
         add_admin_routes(app)
         add_dead_letter_routes(app)
         add_schedule_routes(app)
+        # The dashboard loads its archive card's script either way; the card hides itself
+        # when the archive is off, and its routes then do not exist.
+        app.router.add_get("/archive.js", archive_script)
+        if settings.archive is not None:
+            add_archive_routes(app)
         app.cleanup_ctx.append(rate_history_context(history_interval, clock))
     app.router.add_get("/readyz", readyz)
     if publisher is not None:
@@ -237,10 +247,21 @@ def _store(
             store_timeout=settings.store_timeout,
         )
         app[STORE_CHECK] = check = StoreCheck(store.probe, timeout=settings.store_timeout)
+        replays = _replays(app, store, clock)
+        watching = (
+            None
+            if replays is None
+            else asyncio.create_task(
+                replays.watch_span(ARCHIVE_LOOK_SECONDS), name="conveyor-archive-span"
+            )
+        )
         purge = asyncio.create_task(
             _purge_expired(store, app[METRICS], purge_interval), name="conveyor-store-purge"
         )
         yield
+        if replays is not None and watching is not None:
+            await stop_task(watching, STOP_SECONDS)
+            await replays.close()
         await stop_task(purge, STOP_SECONDS)
         await check.close()
         await claims.close()
@@ -249,6 +270,27 @@ def _store(
         await store.close()
 
     return open_and_close
+
+
+def _replays(app: web.Application, store: Store, clock: Clock) -> Replays | None:
+    """The archive's replays (and new subscriptions' backfills), when the archive is on."""
+    settings = app[SETTINGS]
+    if settings.archive is None:
+        return None
+    link = app[LINK]
+    subscriptions: tuple[Subscription, ...] = app[SUBSCRIPTIONS]
+    app[REPLAYS] = replays = Replays(
+        channel=link.channel,
+        topology=Topology(settings.namespace),
+        subscriptions=subscriptions,
+        store=store,
+        metrics=app[METRICS],
+        clock=clock,
+        idle=settings.archive_read_idle,
+        publish_timeout=settings.publish_timeout,
+    )
+    link.on_backfill = replays.backfill_soon
+    return replays
 
 
 async def _purge_expired(store: Store, metrics: Metrics, interval: float) -> None:

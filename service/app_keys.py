@@ -9,6 +9,7 @@ from aiohttp import web
 from consumers.subscription import Subscription
 from producers.publisher import Publisher
 from service.admin.rate_history import RateHistory
+from service.archive import Replays
 from service.broker.link import BrokerLink
 from service.http.admission import Admission
 from service.http.delay_book import DelayBook
@@ -31,6 +32,7 @@ __all__ = [
     "PAYLOAD_CHECK",
     "PUBLISHER",
     "RATE_HISTORY",
+    "REPLAYS",
     "SCHEDULER",
     "SETTINGS",
     "STATUS_BOOK",
@@ -65,3 +67,5 @@ RATE_HISTORY = web.AppKey("rate_history", RateHistory)
 SUBSCRIPTIONS = web.AppKey("subscriptions", tuple[Subscription, ...])
 PAYLOAD_CHECK = web.AppKey("payload_check", PayloadCheck)
 TRACING = web.AppKey("tracing", Tracing)
+# Only with CONVEYOR_ARCHIVE set.
+REPLAYS = web.AppKey("replays", Replays)

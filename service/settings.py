@@ -268,6 +268,33 @@ class Settings:
         "in the cert file",
         "amqps://: PEM key of the certificate",
     )
+    # The archive: a stream of every event published to {ns}.events (docs/archive.md).
+    archive: float | None = optional(
+        "ARCHIVE",
+        duration(),
+        None,
+        "none",
+        "keep every event this long in the stream {ns}.archive (e.g. 7d); unset: no archive",
+    )
+    archive_max_bytes: int = setting(
+        "ARCHIVE_MAX_BYTES",
+        integer(low=1),
+        "10000000000",
+        "the archive's size bound in bytes: past it the oldest segments go",
+    )
+    # Retention removes whole segments: see docs/archive.md for the choice of size.
+    archive_segment_bytes: int = setting(
+        "ARCHIVE_SEGMENT_BYTES",
+        integer(low=1),
+        "100000000",
+        "size of one archive segment file, the unit retention removes",
+    )
+    archive_read_idle: float = setting(
+        "ARCHIVE_READ_IDLE",
+        duration(),
+        "2s",
+        "an archive read that waits this long for the next event takes the stream's end as reached",
+    )
     amqp_verify_hostname: bool = setting(
         "AMQP_VERIFY_HOSTNAME", flag, "1", "amqps://: 0 skips the name check (not the chain)"
     )

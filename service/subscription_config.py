@@ -40,7 +40,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 # AMQP topic pattern: dot-separated words, each '*', '#' or characters other than '.'.
 _PATTERN_WORD = re.compile(r"^(\*|#|[^.*#\s]+)$")
 MAX_PATTERN_LENGTH = 255
-RESERVED_NAMES = frozenset(("unrouted", "results", "events", "dlx"))
+RESERVED_NAMES = frozenset(("unrouted", "results", "events", "dlx", "archive"))
 _KEYS = frozenset(
     (
         "name",
@@ -60,6 +60,7 @@ _KEYS = frozenset(
         "rate",
         "burst",
         "rate_scope",
+        "backfill",
     )
 )
 RATE_SCOPES = ("process",)
@@ -154,6 +155,13 @@ def _subscription(
         "deduplicate": checked(lambda: _flag(entry, "deduplicate", default=True, where=where)),
         "completions": checked(lambda: _optional_flag(entry, "completions", where=where)),
         "filters": checked(lambda: subscription_filters(entry.get("filters", []), where)),
+        "backfill": checked(
+            lambda: (
+                None
+                if "backfill" not in entry
+                else _duration(entry["backfill"], f"{where}.backfill", low=1.0)
+            )
+        ),
         "validate_at_ingress": checked(
             lambda: _flag(entry, "validate_at_ingress", default=False, where=where)
         ),
@@ -233,7 +241,7 @@ def _name(entry: dict[str, Any], where: str, problems: list[SettingError]) -> st
         problems.append(SettingError(SETTING, f"{where}.name of a-z, 0-9, '_' or '-'", repr(name)))
         return None
     if name in RESERVED_NAMES:
-        # {ns}.unrouted and {ns}.results are conveyor's own queue and exchange.
+        # {ns}.unrouted, {ns}.archive and {ns}.results are conveyor's own queues and exchange.
         message = f"{where}.name other than {sorted(RESERVED_NAMES)}"
         problems.append(SettingError(SETTING, message, name))
     return name

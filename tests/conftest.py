@@ -189,7 +189,7 @@ class Namespace:
 
     async def cleanup(self) -> None:
         topology = self.topology
-        queues = [topology.unrouted]
+        queues = [topology.unrouted, topology.archive]
         for name, delays in self.subscriptions.items():
             queues += [topology.queue(name), topology.dead_letter_queue(name)]
             queues += [topology.retry_queue(name, delay_label(delay)) for delay in delays]

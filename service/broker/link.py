@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from producers.amqp_internals import is_blocked
 from producers.delay import DelayChain, declare_delay_chain, levels_for
 from producers.publisher import AmqpPublisher
 from producers.topology import Topology
+from service.archive.stream import archive_spec, declare_archive
 from service.broker.addresses import AddressRotation, redact_url
 from service.broker.consumer_set import ConsumerFactory
 from service.broker.declaring import attach_publisher, declare_exchanges, declare_subscription
@@ -112,6 +113,8 @@ class BrokerLink:
         levels = levels_for(settings.max_delay)
         self.chain = DelayChain(self._topology, levels) if levels else None
         self.consumers: list[SubscriptionConsumer] = []
+        # Told of each subscription declared with a backfill (it starts the backfill, once).
+        self.on_backfill: Callable[[Subscription], None] | None = None
 
     def start(self, ledger: StatusLedger, due_book: DueBook | None = None) -> None:
         """Connect in the background; consumers report their deliveries' progress to `ledger`;
@@ -320,6 +323,9 @@ class BrokerLink:
 
     async def _declare_and_attach(self, connection: AbstractRobustConnection) -> None:
         exchange = await declare_exchanges(connection, self._topology)
+        if (spec := archive_spec(self._settings)) is not None:
+            # On a channel that stays open, so a reconnect restores the stream's binding.
+            await declare_archive(await connection.channel(), self._topology, spec)
         if self._publisher is not None:
             await attach_publisher(connection, self._publisher, exchange)
         if self.chain is not None:
@@ -328,6 +334,8 @@ class BrokerLink:
         consumers = []
         for subscription in self._subscriptions:
             channel, queues = await declare_subscription(connection, self._topology, subscription)
+            if subscription.backfill is not None and self.on_backfill is not None:
+                self.on_backfill(subscription)
             if not self._consume or self._ledger is None:
                 continue
             consumers.append(

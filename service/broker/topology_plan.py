@@ -17,6 +17,7 @@ from consumers.subscription import Subscription
 from consumers.topology import declare_subscription_queues
 from producers.delay import DelayChain, declare_delay_chain
 from producers.topology import Topology, declare_events_exchange, declare_results_exchange
+from service.archive.stream import ArchiveSpec, declare_archive
 
 __all__ = ["apply_topology", "plan_topology", "render_topology"]
 
@@ -88,23 +89,32 @@ async def _declare(
     topology: Topology,
     subscriptions: Sequence[Subscription],
     delay_levels: int,
+    archive: ArchiveSpec | None,
 ) -> None:
     await declare_events_exchange(channel, topology)
     await declare_results_exchange(channel, topology)
     if delay_levels:
         await declare_delay_chain(channel, DelayChain(topology, delay_levels))
+    if archive is not None:
+        await declare_archive(channel, topology, archive)
     for subscription in subscriptions:
         await declare_subscription_queues(channel, topology, subscription)
 
 
 async def plan_topology(
-    topology: Topology, subscriptions: Sequence[Subscription], *, delay_levels: int = 0
+    topology: Topology,
+    subscriptions: Sequence[Subscription],
+    *,
+    delay_levels: int = 0,
+    archive: ArchiveSpec | None = None,
 ) -> list[dict[str, Any]]:
     """Every exchange, queue and binding conveyor declares, in declaration order (with the
     delay chain's `delay_levels` levels, producers.delay)."""
     recorder = _RecordingChannel()
     # The recorder has the methods the declaration functions call, and no others.
-    await _declare(cast("AbstractChannel", recorder), topology, subscriptions, delay_levels)
+    await _declare(
+        cast("AbstractChannel", recorder), topology, subscriptions, delay_levels, archive
+    )
     return recorder.entities
 
 
@@ -115,6 +125,7 @@ async def apply_topology(
     *,
     ssl_context: ssl.SSLContext | None = None,
     delay_levels: int = 0,
+    archive: ArchiveSpec | None = None,
 ) -> None:
     """Declare it all on the broker (idempotent), as a starting conveyor would, on the first
     of `amqp_urls` that answers (the nodes of one cluster share their definitions)."""
@@ -126,7 +137,9 @@ async def apply_topology(
             unreachable = error
             continue
         async with connection:
-            await _declare(await connection.channel(), topology, subscriptions, delay_levels)
+            await _declare(
+                await connection.channel(), topology, subscriptions, delay_levels, archive
+            )
         return
     if unreachable is not None:
         raise unreachable

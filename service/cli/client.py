@@ -1,5 +1,5 @@
-"""`conveyor status`, `cancel`, `subscriptions`, `schedules`, `dlq` and `publish`: talking to a
-running conveyor.
+"""`conveyor status`, `cancel`, `subscriptions`, `schedules`, `dlq`, `archive` and `publish`:
+talking to a running conveyor.
 
 Human output by default, `--json` for scripts. Exit codes: 0 done, 1 the service answered with
 an error (the problem's detail is printed), 2 a usage error (or an invalid event), 3 the service
@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from service.admin.dead_letter_routes import MAX_PAGE, MAX_RATE
+from service.cli.archive import add_archive_command, archive_command
 from service.cli.dead_letters import REASONS, dlq_command
 from service.cli.http_client import (
     EXIT_ANSWERED_ERROR,
@@ -104,6 +105,7 @@ def add_client_commands(commands: Any, environ: Mapping[str, str]) -> None:
         type=_bounded(int, 1, MAX_PAGE),
         help=f"ls: show at most this many (default 100, up to {MAX_PAGE})",
     )
+    add_archive_command(commands, common)
     publish = commands.add_parser(
         "publish",
         parents=[common],
@@ -137,6 +139,8 @@ async def run_client(arguments: argparse.Namespace, out: TextIO = sys.stdout) ->
                 return await publish_command(arguments, out)
             case "dlq":
                 return await dlq_command(arguments, out)
+            case "archive":
+                return await archive_command(arguments, out)
         method, path, query, printer = _request_for(arguments)
         answer = await ask(arguments, method, path, query=query)
         return finish(arguments, answer, out, printer)

@@ -23,6 +23,7 @@ from producers.delay import levels_for
 from producers.topology import Topology
 from service.app import build_app
 from service.app_keys import LIFECYCLE
+from service.archive.stream import archive_spec
 from service.broker.topology_plan import apply_topology, plan_topology, render_topology
 from service.cli.asyncapi import add_asyncapi_command, asyncapi_command
 from service.cli.check import check_command
@@ -198,7 +199,10 @@ async def topology_command(
 ) -> int:
     topology = Topology(settings.namespace)
     delay_levels = levels_for(settings.max_delay)
-    entities = await plan_topology(topology, subscriptions, delay_levels=delay_levels)
+    archive = archive_spec(settings)
+    entities = await plan_topology(
+        topology, subscriptions, delay_levels=delay_levels, archive=archive
+    )
     if arguments.json:
         out.write(orjson.dumps(entities, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -209,6 +213,7 @@ async def topology_command(
                 settings.amqp_addresses,
                 topology,
                 subscriptions,
+                archive=archive,
                 ssl_context=settings.amqp_tls_context(),
                 delay_levels=delay_levels,
             )

@@ -249,6 +249,27 @@ class Metrics:
             "The most bytes ingest requests held at once since the process started",
             registry=registry,
         )
+        self.archive_events = Gauge(
+            "conveyor_archive_events",
+            "Events the archive stream holds (its newest offset less its oldest), at the last look",
+            registry=registry,
+        )
+        self.archive_oldest_age = Gauge(
+            "conveyor_archive_oldest_age_seconds",
+            "Age of the oldest event the archive still holds, at the last look",
+            registry=registry,
+        )
+        self.archive_replayed = Counter(
+            "conveyor_archive_replayed",
+            "Archived events published again by replays (backfills included), by subscription",
+            ("subscription",),
+            registry=registry,
+        )
+        self.archive_replays_running = Gauge(
+            "conveyor_archive_replays_running",
+            "Archive replays running in this process",
+            registry=registry,
+        )
         self.event_loop_lag = Histogram(
             "conveyor_event_loop_lag_seconds",
             "How late the event loop ran a timer, measured every tick of the lag monitor",

@@ -263,7 +263,7 @@ def _paths(document: dict[str, Any]) -> set[tuple[str, str]]:
 async def test_every_role_serves_the_document_of_exactly_its_routes(
     start_conveyor: StartConveyor,
 ) -> None:
-    everything = await start_conveyor(admin_tokens=(("ops", ADMIN_TOKEN),))
+    everything = await start_conveyor(admin_tokens=(("ops", ADMIN_TOKEN),), archive=3600.0)
     worker = await start_conveyor(role=Role.WORKER)
 
     full = await (await everything.client.get("/openapi.json")).json()

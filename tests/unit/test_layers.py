@@ -8,7 +8,7 @@ Inside `service`, from the bottom up (a module may import its own layer and the 
 0. configuration: `clock`, `cancellation`, `settings`, `settings_reader`, `store_url`,
    `subscription_config`;
 1. `store` and `observability`;
-2. `broker`;
+2. `broker` and `archive` (the event archive's stream, reads and replays);
 3. `http`, `admin`, `schedules`, and `app_keys` (the aiohttp application keys that all look
    their parts up by);
 4. the process assembly: `app`, `supervisor`, `reloader`;
@@ -37,6 +37,7 @@ SERVICE_LAYERS: dict[str, int] = {
     "service.store": 1,
     "service.observability": 1,
     "service.broker": 2,
+    "service.archive": 2,
     "service.http": 3,
     "service.admin": 3,
     "service.schedules": 3,

@@ -17,8 +17,8 @@ def documented(document: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def test_the_document_lists_exactly_the_routes_of_a_full_process() -> None:
-    # role `all` with an admin token registers every route conveyor has.
-    app = build_app(Settings(role=Role.ALL, admin_tokens=(("ops", "x" * 16),)))
+    # role `all` with an admin token and the archive registers every route conveyor has.
+    app = build_app(Settings(role=Role.ALL, admin_tokens=(("ops", "x" * 16),), archive=3600.0))
 
     assert served_routes(app.router) == documented(load_document())
 

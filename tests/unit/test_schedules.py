@@ -220,7 +220,7 @@ async def run_until(
             await published.enough.wait()
             # Each tick is recorded in the store after its publish: wait for the last one's.
             last = published.ids[-1].split(":", 1)[1]
-            while (await scheduler.listing())[0]["last_tick"] != last:
+            while (await scheduler.listing())[0]["last_tick"] != last:  # noqa: ASYNC110 - a store read, no event to wait on
                 await asyncio.sleep(0)
     finally:
         await scheduler.close()
