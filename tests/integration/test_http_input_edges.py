@@ -26,6 +26,7 @@ async def conveyor(start_conveyor: StartConveyor) -> Running:
         (subscription("all", ("#",), Recorder()),),
         api_keys=frozenset({API_KEY}),
         admin_tokens=(("ops", ADMIN_TOKEN),),
+        archive=3600.0,  # its routes exist only with it, and every route is checked here
     )
 
 
@@ -243,7 +244,14 @@ async def test_the_server_takes_exactly_the_waits_the_document_allows(conveyor: 
 
 
 async def test_only_the_documented_methods_are_allowed_on_each_path(conveyor: Running) -> None:
-    concrete = {"{name}": "all", "{entry_id}": "e-1", "{event_id}": "x", "{asset}": "api_docs.js"}
+    concrete = {
+        "{name}": "all",
+        "{entry_id}": "e-1",
+        "{event_id}": "x",
+        "{asset}": "api_docs.js",
+        "{replay_id}": "r-1",
+        "{offset}": "1",
+    }
     allowed = {}
     documented = {}
     for template, item in load_document()["paths"].items():
