@@ -173,6 +173,7 @@ async def _consume(
     uvloop: bool = False,
     env: dict[str, str] | None = None,
     sink_settings: str = "",
+    store_url: str | None = None,
 ) -> dict[str, Any]:
     """Fill a fresh namespace's `sink` with `count` events, then time the consumer draining it.
     `start` is the peer's command (bench.peers), None for conveyor in the worker role."""
@@ -189,6 +190,7 @@ async def _consume(
                 uvloop=uvloop,
                 env=env,
                 sink_settings=sink_settings,
+                store_url=store_url,
             )
         else:
             log = folder / f"{namespace}-{start[0]}.log"
@@ -233,6 +235,7 @@ async def conveyor_consume(
     uvloop: bool = False,
     env: dict[str, str] | None = None,
     sink_settings: str = "",
+    store_url: str | None = None,
 ) -> dict[str, Any]:
     return await _consume(
         folder,
@@ -242,6 +245,7 @@ async def conveyor_consume(
         uvloop=uvloop,
         env=env,
         sink_settings=sink_settings,
+        store_url=store_url,
     )
 
 
