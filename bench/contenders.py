@@ -179,6 +179,7 @@ async def _consume(
     uvloop: bool = False,
     env: dict[str, str] | None = None,
     sink_settings: str = "",
+    store_url: str | None = None,
 ) -> dict[str, Any]:
     """Fill a fresh namespace's `sink` with `count` events, then time the consumer draining it.
     `start` is the peer's command (bench.peers), None for conveyor in the worker role."""
@@ -195,6 +196,7 @@ async def _consume(
                 uvloop=uvloop,
                 env=env,
                 sink_settings=sink_settings,
+                store_url=store_url,
             )
         else:
             log = folder / f"{namespace}-{start[0]}.log"
@@ -239,6 +241,7 @@ async def conveyor_consume(
     uvloop: bool = False,
     env: dict[str, str] | None = None,
     sink_settings: str = "",
+    store_url: str | None = None,
 ) -> dict[str, Any]:
     return await _consume(
         folder,
@@ -248,6 +251,7 @@ async def conveyor_consume(
         uvloop=uvloop,
         env=env,
         sink_settings=sink_settings,
+        store_url=store_url,
     )
 
 

@@ -1,4 +1,4 @@
-"""The Markdown table of a bench run: medians, spreads, ratios and the targets of issue 7."""
+"""The Markdown table of a bench run: medians, spreads, ratios and the performance targets."""
 
 from __future__ import annotations
 
@@ -101,11 +101,15 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
 
     single_vs_fs, single_vs_fs_median = _paired(samples, "single", "conveyor", "faststream")
     consume_vs_fs, consume_vs_fs_median = _paired(samples, "consume", "conveyor", "faststream")
+    consume_vs_ceiling, consume_vs_ceiling_median = _paired(
+        samples, "consume", "conveyor", "ceiling"
+    )
     fills = _fills(samples)
     publish_ceiling = statistics.median(fills) if fills else None
     single, batch = med("single", "conveyor"), med("batch", "conveyor")
     columns = (
-        "#", "figure", "conveyor (defaults: SQLite store)", "conveyor, no store", "FastStream",
+        "#", "figure", "conveyor (defaults: SQLite store)", "conveyor, no store",
+        "conveyor, PostgreSQL store", "FastStream",
         "naive aiohttp + aio-pika", "raw aio-pika ceiling", "conveyor / FastStream",
         "conveyor / ceiling", "store cost (conveyor / no store)", "target",
     )  # fmt: skip
@@ -113,11 +117,12 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
         _row(columns),
         _row(("---",) * len(columns)),
         _row(("1", f"publish, msgs/s (confirms, {PUBLISH_IN_FLIGHT} in flight)", "", "", "",
-              "", _cell(fills))),
-        _row(("1", "consume, msgs/s", "", "", "", "", cell("consume", "ceiling"))),
+              "", "", _cell(fills))),
+        _row(("1", "consume, msgs/s", "", "", "", "", "", cell("consume", "ceiling"))),
         _row((
             "2", "single-event ingest, events/s", cell("single", "conveyor"),
-            cell("single", "conveyor-no-store"), cell("single", "faststream"),
+            cell("single", "conveyor-no-store"), cell("single", "conveyor-postgres"),
+            cell("single", "faststream"),
             cell("single", "naive"), _cell(fills), single_vs_fs,
             _ratio(single, publish_ceiling),
             _paired(samples, "single", "conveyor", "conveyor-no-store")[0],
@@ -128,24 +133,25 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
         scaling = _paired(samples, "single-workers", name, "conveyor-workers-1")[0]
         rows.append(_row((
             "2", f"single-event ingest, `serve --workers {name.rsplit('-', 1)[1]}`",
-            cell("single-workers", name), "", "", "", "", "", "", "",
+            cell("single-workers", name), "", "", "", "", "", "", "", "",
             f"scales with N: {scaling} x N = 1",
         )))  # fmt: skip
     rows += [
         _row((
             "3", "batch ingest (100 a request), events/s", cell("batch", "conveyor"),
-            cell("batch", "conveyor-no-store"), "", "", _cell(fills), "",
+            cell("batch", "conveyor-no-store"), "", "", "", _cell(fills), "",
             _ratio(batch, publish_ceiling),
             _paired(samples, "batch", "conveyor", "conveyor-no-store")[0],
             f">= 2 x ceiling: {_verdict(_quotient(batch, publish_ceiling), 2, at_least=True)}",
         )),
         _row((
             "4", "consume (no-op handler), events/s", cell("consume", "conveyor"),
-            cell("consume", "conveyor-no-store"), cell("consume", "faststream"), "",
-            cell("consume", "ceiling"), consume_vs_fs,
-            _paired(samples, "consume", "conveyor", "ceiling")[0],
+            cell("consume", "conveyor-no-store"), cell("consume", "conveyor-postgres"),
+            cell("consume", "faststream"), "", cell("consume", "ceiling"), consume_vs_fs,
+            consume_vs_ceiling,
             _paired(samples, "consume", "conveyor", "conveyor-no-store")[0],
-            f">= 1.5 x FastStream: {_verdict(consume_vs_fs_median, 1.5, at_least=True)}",
+            (f">= 1.5 x FastStream: {_verdict(consume_vs_fs_median, 1.5, at_least=True)}; "
+             f">= 0.8 x ceiling: {_verdict(consume_vs_ceiling_median, 0.8, at_least=True)}"),
         )),
     ]  # fmt: skip
     latency = samples.get("latency", {})
@@ -160,7 +166,8 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
                 "5",
                 (f"ingest to handler start at {first['rate']:,.0f} events/s{how}, "
                  "ms p50 / p99 / max"),
-                _latencies(first), "", "", "", _latencies(floor) if floor else "", "", "", "",
+                _latencies(first), "", "", "", "", _latencies(floor) if floor else "", "", "",
+                "",
                 f"p99 <= {P99_TARGET_MS} ms: {verdict}",
             )))  # fmt: skip
     for name, what in (
@@ -171,7 +178,7 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
         verdict = _verdict(rss / MB if rss else None, RSS_TARGET_MB, at_least=False)
         rows.append(_row((
             "6", what, _cell(_values(samples, "memory", name, "peak_rss_bytes"), _mb),
-            "", "", "", "", "", "", "", f"<= {RSS_TARGET_MB} MB: {verdict}",
+            "", "", "", "", "", "", "", "", f"<= {RSS_TARGET_MB} MB: {verdict}",
         )))  # fmt: skip
     notes = [
         (
@@ -191,7 +198,7 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
             "conveyor runs with its defaults (SQLite store in a temporary file, JSON logs at "
             "info, default subscription settings) in the `ingress` role for 2, 3, 6b, `worker` "
             "for 4, 6a, `all` for 5; 'no store' replaces the store with one that remembers "
-            "nothing."
+            "nothing; 'PostgreSQL store' gives it a database of its own on the local server."
         ),
     ]
     for item in ("single", "batch", "consume"):
@@ -205,7 +212,7 @@ def render_table(samples: Samples, settings: dict[str, Any], host: dict[str, Any
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def _row(cells: tuple[str, ...], width: int = 11) -> str:
+def _row(cells: tuple[str, ...], width: int = 12) -> str:
     return "| " + " | ".join(cells + ("",) * (width - len(cells))) + " |"
 
 

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.run [--rounds 3] [--seconds 5] [--consume-events 50000]
                                   [--backlog 100000] [--workers 1,2] [--max-minutes 10]
-                                  [--uvloop] [--items single,batch,consume,latency,memory]
+                                  [--uvloop] [--latency-rate 1000]
+                                  [--items single,batch,consume,latency,memory]
 
 Every figure is a median over rounds, and the contenders of each comparison run interleaved
 (round 1: A B C, round 2: B C A, ...), so a noisy neighbour hits them alike; the table shows
@@ -30,7 +31,7 @@ import orjson
 
 from bench import contenders
 from bench.harness import EVENT_BYTES, PREFETCH, ROOT, postgres_store
-from bench.report import Samples, median_of, render_table
+from bench.report import Samples, render_table
 
 RESULTS = ROOT / "bench" / "results"
 Measure = Callable[[Path], Awaitable[dict[str, Any]]]
@@ -114,6 +115,11 @@ async def one_round(run: Run, number: int) -> None:
             "conveyor-no-store": lambda f: contenders.conveyor_ingest(
                 f, connections=connections, seconds=seconds, null_store=True
             ),
+            "conveyor-postgres": lambda f: _on_postgres(
+                lambda url: contenders.conveyor_ingest(
+                    f, connections=connections, seconds=seconds, store_url=url
+                )
+            ),
             "faststream": lambda f: contenders.peer_ingest(
                 f, "faststream-http", connections=connections, seconds=seconds
             ),
@@ -174,17 +180,19 @@ async def one_round(run: Run, number: int) -> None:
             "ceiling": lambda f: contenders.ceiling_consume(f, events),
             "conveyor": lambda f: contenders.conveyor_consume(f, events),
             "conveyor-no-store": lambda f: contenders.conveyor_consume(f, events, null_store=True),
+            "conveyor-postgres": lambda f: _on_postgres(
+                lambda url: contenders.conveyor_consume(f, events, store_url=url)
+            ),
             "faststream": lambda f: contenders.faststream_consume(f, events),
         }
         | _on_uvloop(arguments, lambda f: contenders.conveyor_consume(f, events, uvloop=True)),
         number,
     )
-    single = median_of(run.samples, "single", "conveyor", "events_per_second")
     if number:
         return  # latency and memory: once, in the first round
-    if single:
-        print(f"5. latency at {single / 2:.0f} events/s (half of conveyor's single ingest)")
-        rate = single / 2
+    rate = arguments.latency_rate
+    if rate:
+        print(f"5. latency at {rate:.0f} events/s")
         await run.compare(
             "latency",
             {
@@ -239,6 +247,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1", help="e.g. 1,2: also run serve --workers N")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="global cap")
     parser.add_argument("--uvloop", action="store_true", help="also conveyor on uvloop")
+    parser.add_argument(
+        "--latency-rate", type=float, default=1000.0, help="events/s of the latency run (0: none)"
+    )
     parser.add_argument(
         "--items", default="", help="only these, e.g. single,consume (also batch, latency, memory)"
     )
