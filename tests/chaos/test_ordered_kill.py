@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from producers import EventClient
-from tests.conftest import Namespace
+from tests.support.namespace import Namespace
 from tests.support.ordering import order_violations, repeats
 from tests.support.processes import Process, handler_log
 from tests.support.waiting import eventually

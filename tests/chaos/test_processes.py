@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from service import Role
-from tests.conftest import Namespace, StartConveyor
+from tests.conftest import StartConveyor
 from tests.support.ledger import Account, Ledger
+from tests.support.namespace import Namespace
 from tests.support.processes import Process, done_ids, handler_log
 from tests.support.waiting import eventually
 

@@ -10,8 +10,9 @@ import shutil
 
 import pytest
 
-from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
+from tests.conftest import StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
+from tests.support.namespace import Namespace
 from tests.support.proxy import FaultProxy
 
 RABBITMQCTL = shutil.which("rabbitmqctl")

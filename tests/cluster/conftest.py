@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.conftest import Namespace
 from tests.support.cluster import NODES, RabbitCluster
+from tests.support.namespace import Namespace
 
 
 @pytest.fixture(scope="session")

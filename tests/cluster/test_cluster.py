@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import Namespace
 from tests.support.cluster import NODES, RabbitCluster, full_name
 from tests.support.ledger import Account, Ledger
+from tests.support.namespace import Namespace
 from tests.support.processes import Process
 from tests.support.waiting import eventually
 

@@ -8,7 +8,8 @@ import aio_pika
 import orjson
 
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Gate, Recorder
 
 TOKEN = "ops-token-0123456789"

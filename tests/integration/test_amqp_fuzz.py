@@ -26,7 +26,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

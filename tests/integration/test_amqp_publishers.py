@@ -10,7 +10,8 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from producers import EventClient
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 

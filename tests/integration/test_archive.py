@@ -12,7 +12,8 @@ import aio_pika
 import aiormq.exceptions
 import pytest
 
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

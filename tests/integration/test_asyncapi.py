@@ -20,8 +20,9 @@ from aio_pika.abc import FieldValue
 from consumers.ordering import Ordering
 from consumers.retry import RetryPolicy
 from service.http.asyncapi import asyncapi_document
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
 from tests.support.asyncapi_schema import asyncapi_complaints
+from tests.support.namespace import Namespace
 from tests.support.processes import ROOT
 from tests.support.recorder import Recorder
 from tests.support.typed_handlers import Signup, SignupRecorder

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 PROBLEM = "application/problem+json"

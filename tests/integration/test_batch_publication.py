@@ -5,14 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from service import Role
-from tests.conftest import (
-    Namespace,
-    Running,
-    StartConveyor,
-    subscription,
-    take_published,
-    url_with_port,
-)
+from tests.conftest import Running, StartConveyor, subscription, take_published, url_with_port
+from tests.support.namespace import Namespace
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 

@@ -22,8 +22,9 @@ from consumers.reporting import StatusReporter
 from consumers.status import DeliveryState
 from producers.topology import declare_results_exchange
 from service.http.status_book import StatusBook
-from tests.conftest import Namespace, subscription
+from tests.conftest import subscription
 from tests.integration.test_status_store import CountingStore, open_book, state, update
+from tests.support.namespace import Namespace
 
 
 async def _noop(event: object) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 from yarl import URL
 
-from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
+from tests.conftest import Running, StartConveyor, subscription, url_with_port
+from tests.support.namespace import Namespace
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually

@@ -26,7 +26,8 @@ from service.store import (
 )
 from service.store.base import ClaimsAndWrite
 from service.store.sqlite import SqliteStore
-from tests.conftest import Namespace, StartConveyor, subscription, take_published
+from tests.conftest import StartConveyor, subscription, take_published
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 

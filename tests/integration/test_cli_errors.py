@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from service.cli.client import EXIT_ANSWERED_ERROR, EXIT_USAGE
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
 from tests.support.cli import CliResult, cli_environ, run_cli, run_entry_point
+from tests.support.namespace import Namespace
 from tests.support.processes import free_port
 from tests.support.recorder import Recorder
 

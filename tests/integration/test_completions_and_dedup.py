@@ -13,8 +13,9 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from consumers import Event, PermanentError
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
 from tests.integration.test_metrics import scrape, value
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

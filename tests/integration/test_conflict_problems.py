@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 PROBLEM = "application/problem+json"

@@ -14,7 +14,8 @@ import pytest
 from playwright.async_api import Browser, Dialog, Locator, Page, async_playwright, expect
 
 from consumers import Event, PermanentError
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Gate, Recorder
 from tests.support.waiting import eventually
 

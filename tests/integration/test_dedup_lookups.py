@@ -18,7 +18,8 @@ from consumers.reporting import StatusReporter
 from consumers.status import DeliveryState, DeliveryUpdate
 from service.http.status_book import MAX_LOOKUPS_PER_QUERY, StatusBook
 from service.store import BatchWriter, Store, Write, open_store
-from tests.conftest import Namespace, subscription
+from tests.conftest import subscription
+from tests.support.namespace import Namespace
 from tests.support.waiting import eventually
 
 

@@ -15,9 +15,10 @@ from producers import EventClient
 from producers.event import format_time
 from service.cli.client import EXIT_ANSWERED_ERROR
 from service.settings import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
 from tests.integration.test_cli_client import conveyor_cli
 from tests.integration.test_metrics import scrape, value
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

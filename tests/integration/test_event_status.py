@@ -8,7 +8,8 @@ from typing import Any
 from consumers import PermanentError
 from consumers.retry import RetryPolicy
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

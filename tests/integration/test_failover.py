@@ -18,9 +18,10 @@ from yarl import URL
 from consumers import Event
 from service.cli.client import run_client
 from service.cli.main import build_parser
-from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
+from tests.conftest import Running, StartConveyor, subscription, url_with_port
 from tests.integration.test_metrics import scrape
 from tests.support.ledger import Account, Ledger
+from tests.support.namespace import Namespace
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 

@@ -14,9 +14,10 @@ from consumers.filters import parse_filters
 from consumers.retry import RetryPolicy
 from consumers.subscription import Subscription
 from service.broker.topology_plan import plan_topology
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
 from tests.integration.test_completions_and_dedup import ResultsProbe, subject
 from tests.integration.test_metrics import scrape, value
+from tests.support.namespace import Namespace
 from tests.support.ordering import KeyedRecorder, order_violations, ordered, publish_keys
 from tests.support.recorder import Recorder
 

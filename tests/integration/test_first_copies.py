@@ -15,9 +15,10 @@ import aio_pika
 from consumers.subscription import Subscription
 from producers.first_copy import FIRST_COPY_HEADER
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
+from tests.conftest import Running, StartConveyor, subscription, url_with_port
 from tests.integration.test_completions_and_dedup import publish
 from tests.integration.test_metrics import scrape, value
+from tests.support.namespace import Namespace
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually

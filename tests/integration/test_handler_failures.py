@@ -10,7 +10,8 @@ import orjson
 
 from consumers import Event, PermanentError
 from consumers.retry import RetryPolicy
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 FAST_LADDER = RetryPolicy(in_process=2, delays=(0.2, 0.4))

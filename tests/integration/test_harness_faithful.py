@@ -27,8 +27,9 @@ from consumers.testing import TestConveyor
 from consumers.testing.events import event_to_publish
 from producers.wire import to_wire_message
 from service.subscription_config import load_subscriptions
-from tests.conftest import Namespace, Running, StartConveyor
+from tests.conftest import Running, StartConveyor
 from tests.support import harness_handlers
+from tests.support.namespace import Namespace
 from tests.support.waiting import eventually
 
 SUBSCRIPTION = "faithful"

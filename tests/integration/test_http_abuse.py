@@ -16,7 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.processes import Process
 from tests.support.recorder import Recorder
 

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from service.http.openapi_route import load_document
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 API_KEY = "findings-ingest-key"

@@ -17,8 +17,9 @@ import pytest
 
 from consumers import Event, PermanentError, RetryableError
 from consumers.retry import RetryPolicy
-from tests.conftest import Namespace, Running, StartConveyor, subscription, url_with_port
+from tests.conftest import Running, StartConveyor, subscription, url_with_port
 from tests.support.ledger import Account, Ledger
+from tests.support.namespace import Namespace
 from tests.support.processes import Process
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually

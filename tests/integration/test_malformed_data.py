@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

@@ -17,7 +17,8 @@ from consumers import Event
 from consumers.pipeline import DeliveryPipeline
 from consumers.retry import RetryPolicy
 from service import Role
-from tests.conftest import Namespace, StartConveyor, url_with_port
+from tests.conftest import StartConveyor, url_with_port
+from tests.support.namespace import Namespace
 from tests.support.ordering import KeyedRecorder, ordered, publish_keys
 from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually

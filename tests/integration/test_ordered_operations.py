@@ -7,8 +7,9 @@ from typing import Any
 
 from consumers.retry import RetryPolicy
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor
+from tests.conftest import Running, StartConveyor
 from tests.integration.test_cli_client import TOKEN, conveyor_cli
+from tests.support.namespace import Namespace
 from tests.support.ordering import KeyedRecorder, ordered, publish_keys
 from tests.support.waiting import eventually
 

@@ -8,7 +8,8 @@ from consumers import Event
 from consumers.ordering import Ordering
 from consumers.retry import RetryPolicy
 from service import Role
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.ordering import KeyedRecorder, order_violations, ordered, publish_keys
 from tests.support.waiting import eventually
 

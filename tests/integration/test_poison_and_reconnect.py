@@ -7,7 +7,8 @@ from typing import Any
 import aio_pika
 
 from service import Role
-from tests.conftest import Namespace, StartConveyor, subscription, url_with_port
+from tests.conftest import StartConveyor, subscription, url_with_port
+from tests.support.namespace import Namespace
 from tests.support.proxy import FaultProxy
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import Namespace
+from tests.support.namespace import Namespace
 from tests.support.processes import (
     ROOT,
     Process,

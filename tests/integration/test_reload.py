@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 
 from consumers.retry import RetryPolicy
-from tests.conftest import Namespace
 from tests.support.cli import run_entry_point
+from tests.support.namespace import Namespace
 from tests.support.processes import Process, handler_log
 from tests.support.waiting import eventually
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from service import Role
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

@@ -18,7 +18,8 @@ import orjson
 
 from consumers import Event
 from service import Role
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.processes import Process
 from tests.support.waiting import eventually
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 
-from tests.conftest import Namespace
+from tests.support.namespace import Namespace
 from tests.support.processes import ROOT, Process, conveyor_command, done_ids
 from tests.support.waiting import eventually
 

@@ -8,8 +8,9 @@ import pytest
 
 from service import Role
 from service.broker.routing import routed_subscriptions
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
 from tests.support.clock import ShiftedClock
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 PROBLEM = "urn:conveyor:problem:"

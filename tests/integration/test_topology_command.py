@@ -13,7 +13,8 @@ from consumers.ordering import Ordering
 from consumers.retry import RetryPolicy
 from service.cli.main import topology_command
 from service.settings import Settings
-from tests.conftest import Namespace, subscription
+from tests.conftest import subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 

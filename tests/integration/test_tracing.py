@@ -9,7 +9,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from consumers import PermanentError
 from service.observability.otel_spans import OtelTracing
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 from tests.support.waiting import eventually
 

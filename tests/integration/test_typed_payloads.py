@@ -13,7 +13,8 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 from consumers import Event
 from consumers.dead_letter import ATTEMPTS, ERROR_CLASS, ERROR_MESSAGE, REASON
 from service import Role
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.recorder import Recorder
 
 PROBLEM = "application/problem+json"

@@ -21,8 +21,9 @@ from producers.frames import WireMessage
 from producers.pipeline import ChannelPipeline
 from service.cli.client import run_client
 from service.cli.main import build_parser
-from tests.conftest import Namespace, Running, StartConveyor, subscription
+from tests.conftest import Running, StartConveyor, subscription
 from tests.support.frames import PADDING_HEADER, frame_filling, negotiated_frame_max
+from tests.support.namespace import Namespace
 from tests.support.recorder import Gate, Recorder
 
 TOKEN = "ops-token-0123456789"

@@ -17,7 +17,8 @@ from consumers import Handler
 from consumers.builtin import webhook
 from consumers.retry import RetryPolicy
 from service.settings import parse_duration
-from tests.conftest import Namespace, StartConveyor, subscription
+from tests.conftest import StartConveyor, subscription
+from tests.support.namespace import Namespace
 from tests.support.waiting import eventually
 
 OLD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

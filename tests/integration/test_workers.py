@@ -8,8 +8,8 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.conftest import Namespace
 from tests.support.ledger import Ledger
+from tests.support.namespace import Namespace
 from tests.support.processes import Process
 from tests.support.waiting import eventually
 

@@ -26,7 +26,7 @@ from tests.support.processes import done_ids
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:  # conftest imports this module for its summary table: no import cycle
-    from tests.conftest import Namespace
+    from tests.support.namespace import Namespace
 
 
 class Ingress(Protocol):

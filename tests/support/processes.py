@@ -21,7 +21,7 @@ from consumers.retry import RetryPolicy
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:  # conftest registers this module's fixture: no import cycle
-    from tests.conftest import Namespace
+    from tests.support.namespace import Namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 
