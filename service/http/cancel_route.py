@@ -10,44 +10,33 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.app_keys import DELAY_BOOK, SETTINGS, STATUS_BOOK
-from service.http.auth import UnauthorizedError, authorize
+from service.app_keys import DELAY_BOOK, STATUS_BOOK
 from service.http.delay_book import CancelOutcome
 from service.http.problems import Problem, json_response, problem_response
-from service.http.status_route import MAX_ID_BYTES, is_admin
+from service.http.status_route import (
+    EVENT_NOT_FOUND,
+    MAX_ID_BYTES,
+    authorize_event_reader,
+    one_event_problem,
+)
 
 __all__ = ["cancel_event"]
 
 
 async def cancel_event(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    try:
-        authorize(request, settings.api_keys)
-    except UnauthorizedError:
-        if not is_admin(request, settings.admin_tokens):
-            raise
+    authorize_event_reader(request)
     event_id = request.match_info["event_id"]
     source = request.query.get("source")
     found = []
     if len(event_id.encode()) <= MAX_ID_BYTES:
         found = await request.app[STATUS_BOOK].lookup(event_id, source)
-    if not found:
-        return problem_response(_not_found())
-    if len(found) > 1:
-        sources = [status.attributes.get("source") for status in found]
-        return problem_response(
-            Problem(
-                409,
-                "ambiguous-event-id",
-                "Ambiguous event id",
-                "events from several sources have this id; add ?source= to pick one",
-                {"sources": sources},
-            )
-        )
+    problem = one_event_problem([status.attributes.get("source") for status in found])
+    if problem is not None:
+        return problem_response(problem)
     source = str(found[0].attributes.get("source", ""))
     outcome = await request.app[DELAY_BOOK].cancel(event_id, source)
     if outcome is CancelOutcome.NOT_FOUND:
-        return problem_response(_not_found())
+        return problem_response(EVENT_NOT_FOUND)
     if outcome is CancelOutcome.ALREADY_DUE:
         return problem_response(
             Problem(
@@ -59,12 +48,3 @@ async def cancel_event(request: web.Request) -> web.Response:
             )
         )
     return json_response({"id": event_id, "source": source, "state": "cancelled"})
-
-
-def _not_found() -> Problem:
-    return Problem(
-        404,
-        "event-not-found",
-        "Event not found",
-        "no event with this id is known (never accepted, or its status expired)",
-    )
