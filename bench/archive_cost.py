@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import tempfile
 from pathlib import Path
 
 from bench.contenders import conveyor_ingest
+from bench.ingest_store_cost import BATCH, BATCH_CONNECTIONS, SINGLE_CONNECTIONS, compare
 
 MODES = {"off": {}, "archive": {"CONVEYOR_ARCHIVE": "7d"}}
-SINGLE_CONNECTIONS = 64
-BATCH_CONNECTIONS = 8
-BATCH = 100
 
 
 async def one_round(mode: str, seconds: float, folder: Path) -> tuple[float, float]:
@@ -38,31 +34,13 @@ async def one_round(mode: str, seconds: float, folder: Path) -> tuple[float, flo
     return figures[0], figures[1]
 
 
-async def main(rounds: int, seconds: float) -> None:
-    figures: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as folder:
-        for number in range(rounds):
-            for mode in MODES:
-                figures[mode].append(await one_round(mode, seconds, Path(folder)))
-                single, batched = figures[mode][-1]
-                print(
-                    f"round {number + 1} {mode:>8}: {single:7.0f} single/s {batched:7.0f} batch/s"
-                )
-    print(f"\nmedians over {rounds} rounds, {seconds:g} s of load each way:")
-    base_single = statistics.median(f[0] for f in figures["off"])
-    base_batched = statistics.median(f[1] for f in figures["off"])
-    for mode in MODES:
-        single = statistics.median(f[0] for f in figures[mode])
-        batched = statistics.median(f[1] for f in figures[mode])
-        print(
-            f"{mode:>8}: {single:7.0f} single/s ({single / base_single:4.0%} of off)"
-            f"  {batched:7.0f} batched/s ({batched / base_batched:4.0%})"
-        )
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.rounds, arguments.seconds))
+    asyncio.run(
+        compare(
+            tuple(MODES), one_round, rounds=arguments.rounds, seconds=arguments.seconds, base="off"
+        )
+    )

@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import statistics
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -56,24 +56,33 @@ async def one_round(mode: str, seconds: float, folder: Path) -> tuple[float, flo
     return figures[0], figures[1]
 
 
-async def main(rounds: int, seconds: float) -> None:
-    figures: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+RoundOf = Callable[[str, float, Path], Awaitable[tuple[float, float]]]
+
+
+async def compare(
+    modes: Sequence[str], one_round: RoundOf, *, rounds: int, seconds: float, base: str
+) -> None:
+    """Each mode once a round, side by side; print each round, then the medians against `base`.
+    Also what bench.archive_cost runs."""
+    figures: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
+    width = max(len(mode) for mode in modes) + 2
     with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as folder:
         for number in range(rounds):
-            for mode in MODES:
+            for mode in modes:
                 figures[mode].append(await one_round(mode, seconds, Path(folder)))
                 single, batched = figures[mode][-1]
                 print(
-                    f"round {number + 1} {mode:>10}: {single:7.0f} single/s {batched:7.0f} batch/s"
+                    f"round {number + 1} {mode:>{width}}: {single:7.0f} single/s "
+                    f"{batched:7.0f} batch/s"
                 )
     print(f"\nmedians over {rounds} rounds, {seconds:g} s of load each way:")
-    base_single = statistics.median(f[0] for f in figures["none"])
-    base_batched = statistics.median(f[1] for f in figures["none"])
-    for mode in MODES:
+    base_single = statistics.median(f[0] for f in figures[base])
+    base_batched = statistics.median(f[1] for f in figures[base])
+    for mode in modes:
         single = statistics.median(f[0] for f in figures[mode])
         batched = statistics.median(f[1] for f in figures[mode])
         print(
-            f"{mode:>10}: {single:7.0f} single/s ({single / base_single:4.0%} of no store)"
+            f"{mode:>{width}}: {single:7.0f} single/s ({single / base_single:4.0%} of {base})"
             f"  {batched:7.0f} batched/s ({batched / base_batched:4.0%})"
         )
 
@@ -83,4 +92,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.rounds, arguments.seconds))
+    asyncio.run(
+        compare(MODES, one_round, rounds=arguments.rounds, seconds=arguments.seconds, base="none")
+    )
