@@ -9,25 +9,30 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from producers.event import SPECVERSION, OutgoingEvent
+from producers.event import SPECVERSION, OutgoingEvent, format_time
 
 __all__ = [
     "BASE64_PATTERN",
+    "INGRESS_SOURCE",
     "InvalidEventError",
     "event_from_json",
     "is_json_content_type",
     "parse_time",
+    "plain_event_document",
     "validate_attributes",
     "validate_content_type",
 ]
 
 REQUIRED = ("id", "source", "specversion", "type")
+# The source the ingress gives a plain JSON event that names none.
+INGRESS_SOURCE = "/conveyor/ingress"
 # One event carries at most this many context attributes; an event is not a header dump.
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_LENGTH = 4096
@@ -220,3 +225,20 @@ def _decode_base64(value: Any) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidEventError("data_base64 is not valid base64", "data_base64") from None
+
+
+def plain_event_document(document: Any) -> dict[str, Any]:
+    """A plain JSON event (at least `type`) with what the ingress fills in where it says
+    nothing: a new `id`, `source`, `specversion` and the time now."""
+    if not isinstance(document, Mapping):
+        raise InvalidEventError("the body must be a JSON object with at least 'type'")
+    if "type" not in document:
+        raise InvalidEventError("required attribute 'type' is missing", "type")
+    filled: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "source": INGRESS_SOURCE,
+        "specversion": SPECVERSION,
+        "time": format_time(datetime.now(UTC)),
+    }
+    filled.update(document)
+    return filled

@@ -9,18 +9,17 @@ ingress fills them) or a full CloudEvent in the JSON format (`data` or `data_bas
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from producers import InvalidEventError, OutgoingEvent
-from producers.event import SPECVERSION, format_time
 from producers.formats import (
+    INGRESS_SOURCE,
     event_from_json,
     is_json_content_type,
+    plain_event_document,
     validate_attributes,
     validate_content_type,
 )
@@ -28,7 +27,6 @@ from producers.formats import (
 __all__ = ["INGRESS_SOURCE", "SendableEvent", "event_to_publish"]
 
 # The `source` the ingress gives a plain event without one (a unit test keeps the two equal).
-INGRESS_SOURCE = "/conveyor/ingress"
 
 SendableEvent = Mapping[str, Any] | OutgoingEvent
 
@@ -39,17 +37,7 @@ def event_to_publish(event: SendableEvent) -> OutgoingEvent:
         validate_attributes(event.attributes)  # `new_event` fills them in but does not check
         validate_content_type(event.datacontenttype)
         return event
-    if not isinstance(event, Mapping):
-        raise InvalidEventError("the body must be a JSON object with at least 'type'")
-    if "type" not in event:
-        raise InvalidEventError("required attribute 'type' is missing", "type")
-    filled: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "source": INGRESS_SOURCE,
-        "specversion": SPECVERSION,
-        "time": format_time(datetime.now(UTC)),
-    }
-    filled.update(event)
+    filled = plain_event_document(event)
     # Through JSON, as a request body would come: what cannot be written as JSON is refused.
     try:
         document = orjson.loads(orjson.dumps(filled))

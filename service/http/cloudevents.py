@@ -6,20 +6,19 @@ plus plain `application/json` where conveyor fills in id, source, specversion an
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
 
 from producers import InvalidEventError, OutgoingEvent
-from producers.event import SPECVERSION, format_time
 from producers.formats import (
+    INGRESS_SOURCE,
     event_from_json,
     is_json_content_type,
+    plain_event_document,
     validate_attributes,
     validate_content_type,
 )
@@ -41,7 +40,7 @@ STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 PLAIN_JSON = "application/json"
 ACCEPTED_CONTENT_TYPES = (STRUCTURED, BATCH, PLAIN_JSON, "any type with ce-* headers (binary)")
-DEFAULT_SOURCE = "/conveyor/ingress"
+DEFAULT_SOURCE = INGRESS_SOURCE
 _CE_HEADER = "ce-"
 
 
@@ -190,15 +189,4 @@ def _with_json_data(event: OutgoingEvent, what: str) -> OutgoingEvent:
 
 
 def _parse_plain(document: Any) -> OutgoingEvent:
-    if not isinstance(document, dict):
-        raise InvalidEventError("the body must be a JSON object with at least 'type'")
-    if "type" not in document:
-        raise InvalidEventError("required attribute 'type' is missing", "type")
-    filled: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "source": DEFAULT_SOURCE,
-        "specversion": SPECVERSION,
-        "time": format_time(datetime.now(UTC)),
-    }
-    filled.update(document)
-    return _structured(filled)
+    return _structured(plain_event_document(document))
